@@ -1,0 +1,50 @@
+# The two set-up commands of the README:
+#   make demo   - install, then run the demo end to end on the embedded broker
+#   make test   - install everything the tests need, then run the full suite
+#
+# torch: TORCH_SPEC is installed before the package so that a CPU-only machine keeps
+# the CPU wheel (on a GPU machine `make TORCH_SPEC=torch` takes the CUDA build).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps test test-unit test-integration demo broker clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# Debian's docker-compose validates docker-compose.yml without a Docker engine.
+system-deps:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null \
+	  || echo "warning: could not install docker-compose; its tests will be skipped"; }
+
+test: install system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/recsys-stream demo
+
+broker: install
+	$(BIN)/recsys-stream broker
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache recsys-data

@@ -1,0 +1,1 @@
+"""Pure learning code on torch and numpy; never imports Kafka or ``stream``."""

@@ -1,0 +1,5 @@
+"""``python -m stream`` is the same as ``recsys-stream``."""
+
+from stream.cli import main
+
+main()

@@ -1,0 +1,266 @@
+"""The ``recsys-stream`` command line: one entry point for every role and job.
+
+Long-running roles log; finite jobs show progress on stderr and offer ``--json``
+for a machine-readable result on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+
+from stream.config import MissingBootstrapError, Settings
+
+log = logging.getLogger("recsys_stream")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        _fail(f"invalid configuration:\n{exc}", 2)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _admin(settings: Settings, role: str):
+    """An admin client that has proven it can reach the cluster."""
+    from confluent_kafka import KafkaException
+
+    from stream.clients import make_admin
+
+    try:
+        admin = make_admin(settings, role)
+        admin.list_topics(timeout=10)
+    except MissingBootstrapError as exc:
+        _fail(str(exc), 2)
+    except KafkaException as exc:
+        _fail(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0].str()}")
+    return admin
+
+
+def _emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="recsys-stream")
+def cli() -> None:
+    """Kafka streaming continual-learning worker for recommender systems.
+
+    Configuration comes from RECSYS_* environment variables (see `recsys-stream config`).
+    Without RECSYS_BOOTSTRAP_SERVERS, start a local broker with `recsys-stream broker`.
+    """
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Loopback port to listen on (default: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def broker(port: int | None, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground; Ctrl-C stops it."""
+    from stream.broker import BrokerError, EmbeddedBroker
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    # A shell's background job inherits SIGINT ignored; Ctrl-C must still stop us cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with EmbeddedBroker(port=port, host=host) as embedded:
+            click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (memory storage)")
+            click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+            click.echo("press Ctrl-C to stop", err=True)
+            sys.stdout.flush()
+            try:
+                while embedded.running():
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                click.echo("stopping embedded broker", err=True)
+                return
+            _fail(f"embedded broker exited unexpectedly; last log lines:\n{embedded.log_tail()}")
+    except BrokerError as exc:
+        _fail(str(exc))
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def show_config(as_json: bool) -> None:
+    """Print the effective settings (secrets masked)."""
+    settings = _settings()
+    values = settings.masked()
+    if as_json:
+        _emit_json(values)
+        return
+    width = max(len(k) for k in values)
+    for name, value in values.items():
+        shown = "(unset)" if value is None else value
+        click.echo(f"RECSYS_{name.upper():<{width}}  {shown}")
+
+
+@cli.group()
+def topics() -> None:
+    """Create or list the system's topics."""
+
+
+@topics.command("create")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def topics_create(as_json: bool) -> None:
+    """Create every missing topic (idempotent)."""
+    from stream.topics import TopicError, ensure_topics
+
+    settings = _settings()
+    admin = _admin(settings, "topics")
+    try:
+        result = ensure_topics(admin, settings)
+    except TopicError as exc:
+        _fail(str(exc))
+    if as_json:
+        _emit_json(result)
+    else:
+        for name, status in result.items():
+            click.echo(f"{name:<40} {status}")
+
+
+@topics.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def topics_list(as_json: bool) -> None:
+    """List the system's topics with partitions and cleanup policy."""
+    from dataclasses import asdict
+
+    from stream.topics import describe_topics, topic_specs
+
+    settings = _settings()
+    admin = _admin(settings, "topics")
+    infos = describe_topics(admin, settings)
+    missing = sorted({s.name for s in topic_specs(settings)} - {i.name for i in infos})
+    if as_json:
+        _emit_json({"topics": [asdict(i) for i in infos], "missing": missing})
+        return
+    click.echo(f"{'topic':<40} {'partitions':>10}  {'cleanup':<8} retention.ms")
+    for info in infos:
+        click.echo(f"{info.name:<40} {info.partitions:>10}  {info.cleanup_policy:<8} {info.retention_ms}")
+    if missing:
+        click.echo(f"missing (run `recsys-stream topics create`): {', '.join(missing)}", err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--topic", "logical", required=True,
+              type=click.Choice(["clicks", "purchases", "impressions", "items"]),
+              help="Topic the events belong to.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics on this port while ingesting.")
+def ingest(file: Path, logical: str, as_json: bool, metrics_port: int | None) -> None:
+    """Validate a JSONL FILE and produce its events; invalid lines go to the dead-letter topic.
+
+    Each line is one JSON event. Ends with counts: read, produced, dead-lettered.
+    Exits 1 if the broker did not acknowledge every message.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from stream.ingest import ingest_file
+    from stream.metrics import serve_metrics
+    from stream.topics import ensure_topics
+
+    settings = _settings()
+    _setup_logging("WARNING" if as_json else settings.log_level)
+    if not file.is_file():
+        _fail(f"no such file: {file}", 2)
+    admin = _admin(settings, "ingest")
+    ensure_topics(admin, settings)
+    port = metrics_port if metrics_port is not None else settings.metrics_port or None
+    if port is not None:
+        serve_metrics(port)
+
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), transient=as_json,
+        console=_stderr_console(),
+    )
+    with progress:
+        task = progress.add_task(f"ingest {file.name} -> {logical}", total=file.stat().st_size)
+        report = ingest_file(settings, file, logical,
+                             progress=lambda done: progress.update(task, completed=done))
+    summary = report.as_dict()
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(
+            f"read {report.read}, produced {report.produced}, dead-lettered {report.dead_lettered}"
+            + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(report.reasons.items()))})"
+               if report.reasons else "")
+            + (f", blank {report.blank}" if report.blank else "")
+            + f" in {report.seconds:.2f}s"
+        )
+    if report.delivery_failures:
+        _fail(f"{len(report.delivery_failures)} messages were not acknowledged by the broker, "
+              f"first: {report.delivery_failures[0]}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def demo(as_json: bool) -> None:
+    """Run the system end to end on the embedded broker (or RECSYS_BOOTSTRAP_SERVERS).
+
+    Starts a broker when none is configured, creates the topics, ingests a small
+    shop's events (some deliberately invalid), shows what reached each topic and
+    the dead-letter topic, and stops everything it started.
+    """
+    from stream.broker import BrokerError
+    from stream.demo import run_demo
+
+    settings = _settings()
+    _setup_logging("WARNING")
+    say = (lambda _line: None) if as_json else click.echo
+    try:
+        summary = run_demo(settings, say)
+    except BrokerError as exc:
+        _fail(str(exc))
+    if as_json:
+        _emit_json(summary)
+        return
+    click.echo("")
+    click.echo(f"{'topic':<14} {'read':>6} {'produced':>9} {'dead-lettered':>14} {'on topic':>9}")
+    for logical, counts in summary["ingested"].items():
+        click.echo(f"{logical:<14} {counts['read']:>6} {counts['produced']:>9} "
+                   f"{counts['dead_lettered']:>14} {summary['messages_on_topics'][logical]:>9}")
+    click.echo(f"dead letters by reason: {summary['dead_letters']}  ({summary['seconds']}s)")
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def main() -> None:
+    cli(prog_name="recsys-stream")
+
+
+if __name__ == "__main__":
+    main()

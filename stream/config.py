@@ -1,0 +1,156 @@
+"""One settings object for every role, read from ``RECSYS_*`` environment variables.
+
+Each field's description names its variable; secrets are ``SecretStr`` so they never
+print by accident. Roles take a ``Settings`` instance instead of reading the
+environment themselves, which keeps tests and the demo in control of configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MissingBootstrapError(RuntimeError):
+    """Raised when a role needs a broker but none is configured."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__(
+            f"`{role}` needs a Kafka broker but RECSYS_BOOTSTRAP_SERVERS is not set.\n"
+            "Start the embedded broker in another terminal with `recsys-stream broker` and "
+            "export the address it prints, e.g. RECSYS_BOOTSTRAP_SERVERS=127.0.0.1:9092, "
+            "or point it at your own Kafka cluster."
+        )
+
+
+class Settings(BaseSettings):
+    """Effective configuration of a process."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str | None = Field(
+        None,
+        description="RECSYS_BOOTSTRAP_SERVERS: Kafka bootstrap servers (host:port,...). "
+        "Unset: `demo` and the tests start an embedded broker; other roles refuse to start.",
+    )
+    topic_prefix: str = Field(
+        "", description="RECSYS_TOPIC_PREFIX: prepended to every topic name (e.g. `shop1.`)."
+    )
+    partitions: int = Field(
+        4, ge=1, le=1024, description="RECSYS_PARTITIONS: partitions of the keyed event topics."
+    )
+    replication_factor: int = Field(
+        1, ge=1, le=16, description="RECSYS_REPLICATION_FACTOR: replicas of each topic created."
+    )
+    event_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000,
+        ge=60_000,
+        description="RECSYS_EVENT_RETENTION_MS: retention of impressions, clicks and purchases.",
+    )
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="RECSYS_MAX_MESSAGE_BYTES: largest message the broker accepts; "
+        "policy weights are chunked below it.",
+    )
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="RECSYS_SECURITY_PROTOCOL: Kafka security.protocol."
+    )
+    sasl_mechanism: str | None = Field(
+        None, description="RECSYS_SASL_MECHANISM: e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512."
+    )
+    sasl_username: str | None = Field(None, description="RECSYS_SASL_USERNAME.")
+    sasl_password: SecretStr | None = Field(None, description="RECSYS_SASL_PASSWORD (secret).")
+    ssl_ca_location: str | None = Field(None, description="RECSYS_SSL_CA_LOCATION: CA bundle path.")
+    ssl_certificate_location: str | None = Field(
+        None, description="RECSYS_SSL_CERTIFICATE_LOCATION: client certificate path."
+    )
+    ssl_key_location: str | None = Field(None, description="RECSYS_SSL_KEY_LOCATION: client key path.")
+    ssl_key_password: SecretStr | None = Field(None, description="RECSYS_SSL_KEY_PASSWORD (secret).")
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="RECSYS_KAFKA_EXTRA: JSON object of extra librdkafka settings passed to "
+        'every client, e.g. {"client.rack": "eu-1a"}.',
+    )
+
+    data_dir: Path = Field(
+        Path("./recsys-data"),
+        description="RECSYS_DATA_DIR: checkpoints, replay store and caches live here.",
+    )
+    policy_name: str = Field(
+        "default",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="RECSYS_POLICY_NAME: key of the policy on the policies topic.",
+    )
+    hmac_key: SecretStr | None = Field(
+        None, description="RECSYS_HMAC_KEY (secret): signs and verifies policy versions when set."
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="RECSYS_METRICS_PORT: port of /metrics (0 picks a free port for "
+        "long-running roles; finite jobs serve none unless set).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="RECSYS_LOG_LEVEL."
+    )
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("kafka_extra", mode="before")
+    @classmethod
+    def _parse_extra(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    def require_bootstrap(self, role: str) -> str:
+        """The bootstrap address, or a clear error telling the operator how to get one."""
+        if not self.bootstrap_servers:
+            raise MissingBootstrapError(role)
+        return self.bootstrap_servers
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display: secrets shown as ``**********``, never in clear."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif name == "kafka_extra":
+                value = {
+                    k: ("**********" if _looks_secret(k) else v) for k, v in value.items()
+                }
+            out[name] = value
+        return out
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, description) for every setting; feeds the README table."""
+        rows = []
+        for name, field in cls.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"RECSYS_{name.upper()}", repr(default), field.description or ""))
+        return rows
+
+
+def _looks_secret(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in ("password", "secret", "token", "key"))

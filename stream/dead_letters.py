@@ -1,0 +1,105 @@
+"""The dead-letter topic: where refused input goes, with its reason and origin.
+
+Nothing is dropped silently: every message a role cannot use is copied here with
+the reason, the error text, its source topic/partition/offset (or file line) and
+its original bytes, and ``recsys_dead_letters_total`` goes up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from confluent_kafka import Message, Producer
+
+from stream import schemas
+from stream.config import Settings
+from stream.metrics import DEAD_LETTERS, EVENTS_CONSUMED
+from stream.topics import topic_name
+
+log = logging.getLogger(__name__)
+
+
+def envelope(
+    source_topic: str,
+    raw: bytes,
+    reason: str,
+    error: str,
+    component: str,
+    *,
+    key: bytes | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    line: int | None = None,
+) -> schemas.DeadLetter:
+    """A dead letter; huge originals keep their first bytes and their true size."""
+    limit = schemas.MAX_DEAD_LETTER_ORIGINAL_BYTES
+    return schemas.DeadLetter(
+        source_topic=source_topic,
+        reason=reason,
+        error=error[:2000],
+        component=component,
+        ts=time.time(),
+        original=bytes(raw[:limit]),
+        original_size=len(raw),
+        original_truncated=len(raw) > limit,
+        key=key[:1024] if key is not None else None,
+        partition=partition,
+        offset=offset,
+        line=line,
+    )
+
+
+class DeadLetters:
+    """Sends dead letters through a caller's producer, so they share its delivery tracking."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        component: str,
+        producer: Producer,
+        on_delivery: Callable[[Any, Message], None] | None = None,
+    ) -> None:
+        self.topic = topic_name(settings, "dlq")
+        self.component = component
+        self._producer = producer
+        self._on_delivery = on_delivery
+        self.sent = 0
+
+    def send(
+        self,
+        source_topic: str,
+        raw: bytes,
+        reason: str,
+        error: str,
+        **coordinates: Any,
+    ) -> schemas.DeadLetter:
+        letter = envelope(source_topic, raw, reason, error, self.component, **coordinates)
+        payload = schemas.encode(letter)
+        while True:
+            try:
+                kwargs = {"on_delivery": self._on_delivery} if self._on_delivery else {}
+                self._producer.produce(self.topic, key=source_topic.encode(), value=payload, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        self.sent += 1
+        DEAD_LETTERS.labels(topic=source_topic, component=self.component, reason=reason).inc()
+        log.debug("dead-lettered message from %s: %s", source_topic, error)
+        return letter
+
+    def decode_or_dead_letter(self, logical: str, msg: Message) -> Any | None:
+        """Decode a consumed message; an invalid one goes to the dead-letter topic (returns None)."""
+        raw = msg.value() or b""
+        try:
+            event = schemas.decode(logical, raw)
+        except schemas.InvalidMessage as exc:
+            EVENTS_CONSUMED.labels(topic=logical, component=self.component, status="invalid").inc()
+            self.send(
+                msg.topic(), raw, exc.reason, exc.detail,
+                key=msg.key(), partition=msg.partition(), offset=msg.offset(),
+            )
+            return None
+        EVENTS_CONSUMED.labels(topic=logical, component=self.component, status="ok").inc()
+        return event

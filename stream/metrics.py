@@ -1,0 +1,53 @@
+"""Prometheus metrics shared by every role, and the ``/metrics`` endpoint.
+
+Names follow ``recsys_<what>_<unit>`` (DESIGN.md section 6). Labels stay
+low-cardinality: topic, component, status, reason; never user or item ids.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+EVENTS_PRODUCED = Counter(
+    "recsys_events_produced_total",
+    "Messages acknowledged by the broker, by topic and producing component.",
+    ["topic", "component"],
+)
+PRODUCE_ERRORS = Counter(
+    "recsys_produce_errors_total",
+    "Messages the broker did not acknowledge (delivery failed after retries).",
+    ["topic", "component"],
+)
+EVENTS_CONSUMED = Counter(
+    "recsys_events_consumed_total",
+    "Messages read from Kafka and decoded, by topic, component and status (ok or invalid).",
+    ["topic", "component", "status"],
+)
+DEAD_LETTERS = Counter(
+    "recsys_dead_letters_total",
+    "Messages sent to the dead-letter topic, by source topic, component and reason.",
+    ["topic", "component", "reason"],
+)
+INGEST_LINES = Counter(
+    "recsys_ingest_lines_total",
+    "Lines read by `recsys-stream ingest`, by target topic and outcome.",
+    ["topic", "status"],
+)
+PRODUCE_LATENCY = Histogram(
+    "recsys_produce_latency_seconds",
+    "Time from produce() to broker acknowledgement.",
+    ["topic"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def serve_metrics(port: int, addr: str = "0.0.0.0") -> int:
+    """Serve ``/metrics`` in a background thread; port 0 picks a free one. Returns the port."""
+    server, _thread = start_http_server(port, addr=addr)
+    bound = server.server_address[1]
+    log.info("serving /metrics on http://%s:%d/metrics", addr, bound)
+    return bound

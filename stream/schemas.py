@@ -1,0 +1,246 @@
+"""Typed contracts of every topic (DESIGN.md section 3), validated at the edge.
+
+msgspec Structs decode JSON straight into typed objects with range checks in one C
+pass, so validation costs about as much as parsing. Unknown fields are ignored for
+forward compatibility; oversized messages are rejected before parsing, never
+truncated. ``decode`` turns every failure into ``InvalidMessage`` with a short,
+low-cardinality ``reason`` suitable for a metric label and the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# Epoch seconds. The upper bound (year 2100) also catches milliseconds sent by mistake.
+MAX_TS = 4_102_444_800.0
+Timestamp = Annotated[float, Meta(ge=0.0, le=MAX_TS, description="event time, epoch seconds")]
+Id = Annotated[str, Meta(min_length=1, max_length=128)]
+Propensity = Annotated[float, Meta(gt=0.0, le=1.0)]
+Version = Annotated[int, Meta(ge=0)]
+NonNegative = Annotated[float, Meta(ge=0.0)]
+
+MAX_SLATE = 100
+MAX_FEATURES = 512
+
+#: Largest accepted encoded message per kind; the policy header carries only metadata.
+MAX_EVENT_BYTES = 64 * 1024
+MAX_ITEM_BYTES = 64 * 1024
+MAX_POLICY_HEADER_BYTES = 256 * 1024
+#: Largest original payload copied into a dead letter (the rest is summarised by size).
+MAX_DEAD_LETTER_ORIGINAL_BYTES = 64 * 1024
+
+
+class InvalidMessage(ValueError):
+    """A message failed validation; ``reason`` is one of ``REASONS``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+#: Every reason a message can be rejected for, bounded so it is safe as a label.
+REASONS = ("oversized", "malformed_json", "schema", "unknown_topic")
+
+
+class Context(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """What the scorer knew about the request: numeric user features and string attributes."""
+
+    features: Annotated[list[float], Meta(max_length=MAX_FEATURES)] = []
+    attrs: Annotated[dict[str, str], Meta(max_length=32)] = {}
+
+    def __post_init__(self) -> None:
+        if any(not math.isfinite(x) for x in self.features):
+            raise ValueError("context.features must be finite numbers")
+
+
+class ShownItem(msgspec.Struct, frozen=True):
+    item_id: Id
+    position: Annotated[int, Meta(ge=0, lt=MAX_SLATE)]
+    propensity: Propensity
+    score: float | None = None
+
+
+class Impression(msgspec.Struct, frozen=True):
+    """A slate the scorer showed, with the propensity of every item under the live policy."""
+
+    event_id: Id
+    request_id: Id
+    user_id: Id
+    ts: Timestamp
+    shown: Annotated[list[ShownItem], Meta(min_length=1, max_length=MAX_SLATE)]
+    policy_version: Version
+    context: Context = Context()
+
+    def __post_init__(self) -> None:
+        positions = [s.position for s in self.shown]
+        if len(set(positions)) != len(positions):
+            raise ValueError("shown items must have distinct positions")
+        items = [s.item_id for s in self.shown]
+        if len(set(items)) != len(items):
+            raise ValueError("shown items must be distinct")
+
+
+class Click(msgspec.Struct, frozen=True):
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    ts: Timestamp
+    request_id: Id | None = None
+
+
+class Purchase(msgspec.Struct, frozen=True):
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    value: NonNegative
+    ts: Timestamp
+    request_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value):
+            raise ValueError("value must be finite")
+
+
+class Item(msgspec.Struct, frozen=True):
+    """Catalogue entry; its text lets the policy score it before anyone clicks it."""
+
+    item_id: Id
+    title: Annotated[str, Meta(max_length=512)]
+    ts: Timestamp
+    description: Annotated[str, Meta(max_length=8192)] = ""
+    category: Annotated[str, Meta(max_length=128)] = ""
+    price: NonNegative = 0.0
+
+
+class RewardParts(msgspec.Struct, frozen=True):
+    click: NonNegative = 0.0
+    purchase: NonNegative = 0.0
+    value: NonNegative = 0.0
+
+
+class Experience(msgspec.Struct, frozen=True):
+    """One logged bandit example: what was shown, with what propensity, and what it earned.
+
+    ``kind`` says which reward part this record carries; a late purchase produces a
+    follow-up record of kind ``purchase`` so no part is ever counted twice.
+    """
+
+    event_id: Id
+    request_id: Id
+    user_id: Id
+    action: Id
+    position: Annotated[int, Meta(ge=0, lt=MAX_SLATE)]
+    propensity: Propensity
+    reward: float
+    reward_parts: RewardParts
+    kind: Literal["click", "no_click", "purchase"]
+    policy_version: Version
+    ts: Timestamp
+    context: Context = Context()
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.reward):
+            raise ValueError("reward must be finite")
+
+
+class PolicyHeader(msgspec.Struct, frozen=True):
+    """Metadata of one policy version; the safetensors weights follow in chunks."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    version: Annotated[int, Meta(ge=1)]
+    created_at: Timestamp
+    checksum: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+    total_bytes: Annotated[int, Meta(ge=1)]
+    n_chunks: Annotated[int, Meta(ge=1)]
+    model_config: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    parent: Annotated[int, Meta(ge=1)] | None = None
+    signature: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """Why a message was refused and where it came from, with its original bytes."""
+
+    source_topic: str
+    reason: str
+    error: str
+    component: str
+    ts: Timestamp
+    original: bytes
+    original_size: Annotated[int, Meta(ge=0)]
+    original_truncated: bool = False
+    key: bytes | None = None
+    partition: int | None = None
+    offset: int | None = None
+    line: Annotated[int, Meta(ge=1)] | None = None
+
+
+@dataclass(frozen=True)
+class Contract:
+    """How one logical topic's values are typed, limited and keyed."""
+
+    type: type
+    max_bytes: int
+    key_field: str | None
+
+
+#: Logical topic name -> its contract. Topic names here are before the prefix.
+CONTRACTS: dict[str, Contract] = {
+    "impressions": Contract(Impression, MAX_EVENT_BYTES, "user_id"),
+    "clicks": Contract(Click, MAX_EVENT_BYTES, "user_id"),
+    "purchases": Contract(Purchase, MAX_EVENT_BYTES, "user_id"),
+    "items": Contract(Item, MAX_ITEM_BYTES, "item_id"),
+    "experiences": Contract(Experience, MAX_EVENT_BYTES, "user_id"),
+    "policies": Contract(PolicyHeader, MAX_POLICY_HEADER_BYTES, "name"),
+    "dlq": Contract(DeadLetter, 2 * MAX_DEAD_LETTER_ORIGINAL_BYTES, "source_topic"),
+}
+
+_DECODERS: dict[str, msgspec.json.Decoder] = {}
+_ENCODER = msgspec.json.Encoder()
+
+
+def decoder_for(topic: str) -> msgspec.json.Decoder:
+    try:
+        return _DECODERS[topic]
+    except KeyError:
+        if topic not in CONTRACTS:
+            raise InvalidMessage("unknown_topic", f"no contract for topic {topic!r}") from None
+        dec = msgspec.json.Decoder(CONTRACTS[topic].type)
+        _DECODERS[topic] = dec
+        return dec
+
+
+def decode(topic: str, data: bytes | bytearray | memoryview | str) -> Any:
+    """Validate and decode one message of a logical topic, or raise ``InvalidMessage``."""
+    dec = decoder_for(topic)
+    limit = CONTRACTS[topic].max_bytes
+    if isinstance(data, str):
+        data = data.encode()
+    size = len(data)
+    if size > limit:
+        raise InvalidMessage("oversized", f"{size} bytes exceeds the {limit}-byte limit of {topic}")
+    try:
+        return dec.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidMessage("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidMessage("malformed_json", f"not valid JSON: {exc}") from None
+
+
+def encode(event: msgspec.Struct) -> bytes:
+    return _ENCODER.encode(event)
+
+
+def key_of(topic: str, event: msgspec.Struct) -> bytes | None:
+    """The partitioning key of an event (user_id for user events, so joins stay local)."""
+    field = CONTRACTS[topic].key_field
+    if field is None:
+        return None
+    value = getattr(event, field)
+    return value.encode() if isinstance(value, str) else None

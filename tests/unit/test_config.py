@@ -1,0 +1,92 @@
+"""Settings from RECSYS_* variables, secret masking and the missing-broker message."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from stream.clients import consumer_config, producer_config
+from stream.config import MissingBootstrapError, Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("RECSYS_"):
+            monkeypatch.delenv(key)
+
+
+def test_reads_prefixed_environment(monkeypatch):
+    monkeypatch.setenv("RECSYS_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("RECSYS_TOPIC_PREFIX", "shop1.")
+    monkeypatch.setenv("RECSYS_PARTITIONS", "12")
+    monkeypatch.setenv("RECSYS_KAFKA_EXTRA", '{"client.rack": "eu-1a"}')
+    s = Settings()
+    assert s.bootstrap_servers == "k1:9092,k2:9092"
+    assert s.topic_prefix == "shop1."
+    assert s.partitions == 12
+    assert s.kafka_extra == {"client.rack": "eu-1a"}
+
+
+def test_blank_bootstrap_means_unset(monkeypatch):
+    monkeypatch.setenv("RECSYS_BOOTSTRAP_SERVERS", "  ")
+    assert Settings().bootstrap_servers is None
+
+
+def test_missing_bootstrap_points_at_the_broker_command():
+    with pytest.raises(MissingBootstrapError) as info:
+        Settings().require_bootstrap("process")
+    assert "recsys-stream broker" in str(info.value)
+    assert "RECSYS_BOOTSTRAP_SERVERS" in str(info.value)
+
+
+def test_secrets_are_masked_everywhere_they_are_shown(monkeypatch):
+    monkeypatch.setenv("RECSYS_SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("RECSYS_HMAC_KEY", "sign-me")
+    monkeypatch.setenv("RECSYS_KAFKA_EXTRA", '{"sasl.oauthbearer.client.secret": "s3cr3t"}')
+    s = Settings()
+    shown = repr(s) + str(s.masked())
+    for secret in ("hunter2", "sign-me", "s3cr3t"):
+        assert secret not in str(s.masked())
+    assert "hunter2" not in shown and "sign-me" not in shown
+    assert s.hmac_key.get_secret_value() == "sign-me"
+
+
+def test_invalid_values_are_refused_with_the_field_name(monkeypatch):
+    monkeypatch.setenv("RECSYS_PARTITIONS", "0")
+    with pytest.raises(ValidationError, match="partitions"):
+        Settings()
+    monkeypatch.delenv("RECSYS_PARTITIONS")
+    monkeypatch.setenv("RECSYS_SECURITY_PROTOCOL", "TLS")
+    with pytest.raises(ValidationError, match="security_protocol"):
+        Settings()
+
+
+def test_security_settings_reach_every_client():
+    s = Settings(
+        bootstrap_servers="k:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc", sasl_password="pw", ssl_ca_location="/etc/ca.pem",
+    )
+    for conf in (producer_config(s, "x"), consumer_config(s, "x", "g")):
+        assert conf["security.protocol"] == "SASL_SSL"
+        assert conf["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert conf["sasl.username"] == "svc"
+        assert conf["sasl.password"] == "pw"
+        assert conf["ssl.ca.location"] == "/etc/ca.pem"
+
+
+def test_producer_is_idempotent_and_consumer_stores_offsets_manually():
+    s = Settings(bootstrap_servers="k:9092")
+    p = producer_config(s, "ingest")
+    assert p["enable.idempotence"] is True and p["acks"] == "all"
+    c = consumer_config(s, "process", "g")
+    assert c["enable.auto.offset.store"] is False
+    assert c["session.timeout.ms"] <= 6000
+
+
+def test_describe_lists_every_variable():
+    names = {row[0] for row in Settings.describe()}
+    assert "RECSYS_BOOTSTRAP_SERVERS" in names and "RECSYS_HMAC_KEY" in names
+    assert len(names) == len(Settings.model_fields)
