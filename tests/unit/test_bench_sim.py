@@ -1,0 +1,20 @@
+"""The simulator benchmark runs in a tiny configuration and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_sim_throughput_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.sim_throughput", "--requests", "5000",
+                           "--batch", "1000", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["name"] == "sim_throughput" and out["params"]["requests"] == 5000
+    assert out["metrics"]["requests_per_second"] > 0
+    assert 0 < out["metrics"]["clicks_per_request"] < 5
+    assert out["machine"]["cpus"] >= 1
