@@ -39,6 +39,7 @@ def make_population(
     preference_scale: float = 2.2,
     individuality: float = 0.8,
     feature_noise: float = 0.3,
+    feature_personal: float = 0.35,
 ) -> Population:
     """``n_users`` exist from the start; ``new_users`` more arrive between the two steps.
 
@@ -53,8 +54,9 @@ def make_population(
     preference = (centroids[segment] + personal).astype(np.float32)
     preference *= preference_scale / np.maximum(np.linalg.norm(preference, axis=1, keepdims=True), 1e-6)
     projection = rng.normal(0.0, 1.0 / np.sqrt(n_topics), size=(n_topics, n_features))
-    # Features see the segment centroid clearly and the personal part only dimly.
-    observed = centroids[segment] + 0.35 * personal
+    # Features see the segment centroid clearly and the personal part only dimly
+    # (``feature_personal``): the rest of a user's taste shows only in behaviour.
+    observed = centroids[segment] + feature_personal * personal
     features = (observed @ projection + rng.normal(0.0, feature_noise, size=(total, n_features)))
     arrival = np.zeros(total, dtype=np.int64)
     if new_users:

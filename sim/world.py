@@ -35,6 +35,9 @@ class WorldConfig:
     n_topics: int = 8
     n_features: int = 16
     n_segments: int = 4
+    #: Spread of personal taste around the segment's, and how much of it features reveal.
+    individuality: float = 0.8
+    feature_personal: float = 0.35
     new_users: int = 0
     new_items: int = 0
     #: Steps over which new users arrive and new items are released.
@@ -66,7 +69,8 @@ class World:
             self.rng, cfg.n_items, cfg.n_topics, cfg.new_items, 1, cfg.horizon)
         self.users: Population = make_population(
             self.rng, cfg.n_users, cfg.n_topics, cfg.n_features, cfg.n_segments,
-            cfg.new_users, 1, cfg.horizon)
+            cfg.new_users, 1, cfg.horizon,
+            individuality=cfg.individuality, feature_personal=cfg.feature_personal)
         self._base_preference = self.users.preference.copy()
         self.behaviour = cfg.behaviour
         self.weights = cfg.weights
@@ -78,6 +82,11 @@ class World:
     # -- clock -------------------------------------------------------------------
     def advance(self, n: int) -> None:
         self.step += int(n)
+        self._apply_drifts()
+
+    def set_clock(self, step: int) -> None:
+        """Move the clock anywhere (e.g. back before a drift, to score a probe set of that period)."""
+        self.step = int(step)
         self._apply_drifts()
 
     def active_drifts(self) -> frozenset[Drift]:

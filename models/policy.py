@@ -1,0 +1,165 @@
+"""The two-tower policy: what a user is likely to reward, and how a slate is drawn from it.
+
+Item tower: a hashed item-id embedding plus a projection of the item's frozen text
+embedding, so a new item is scored from its words alone. User tower: observable
+features, a hashed user-id embedding and the mean text of the user's recent clicks.
+The score of an item is an estimate of its reward if shown at the top; per-user
+fast weights (``delta``, see ``models/meta.py``) shift the user vector at serve time.
+
+Slates are drawn by Plackett-Luce over an exploration distribution (softmax with a
+temperature, mixed with an epsilon floor). The propensity logged for each shown
+item is sequential: the probability of picking it at its position given the items
+above it, which is exact and what off-policy learning needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    user_features: int = 16
+    text_dim: int = 384
+    dim: int = 32
+    hidden: int = 64
+    item_buckets: int = 1 << 14
+    user_buckets: int = 1 << 14
+    max_positions: int = 100
+    #: Size of the per-user fast weights: few enough to estimate from a handful of events.
+    fast_dim: int = 8
+    #: Fast-weight inner-loop step size before meta-learning tunes it (per dimension).
+    inner_lr: float = 0.3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PolicyConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown policy config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+class TwoTowerPolicy(nn.Module):
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or PolicyConfig()
+        self.item_id = nn.Embedding(cfg.item_buckets, cfg.dim)
+        self.item_bias = nn.Embedding(cfg.item_buckets, 1)
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.dim)
+        self.user_id = nn.Embedding(cfg.user_buckets, cfg.dim)
+        self.history_proj = nn.Linear(cfg.text_dim, cfg.dim, bias=False)
+        self.user_mlp = nn.Sequential(
+            nn.Linear(cfg.user_features + 2 * cfg.dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim))
+        self.position_bias = nn.Embedding(cfg.max_positions, 1)
+        self.global_bias = nn.Parameter(torch.zeros(()))
+        # Per-user fast weights act on a learned low-dimensional view of the item
+        # (fast_proj), plus one per-user score offset that absorbs how much a user
+        # clicks overall so the rest learns what they like. Their initialisation and
+        # per-dimension step sizes are meta-learned.
+        self.fast_proj = nn.Linear(cfg.dim, cfg.fast_dim, bias=False)
+        self.delta0 = nn.Parameter(torch.zeros(cfg.fast_dim + 1))
+        self.inner_log_lr = nn.Parameter(torch.full((cfg.fast_dim + 1,), math.log(cfg.inner_lr)))
+        nn.init.normal_(self.item_id.weight, std=0.01)
+        nn.init.zeros_(self.item_bias.weight)
+        nn.init.normal_(self.user_id.weight, std=0.01)
+        nn.init.zeros_(self.position_bias.weight)
+
+    def user_vectors(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([features, self.user_id(user_bucket), self.history_proj(history)], dim=-1)
+        return self.user_mlp(x)
+
+    def item_vectors(self, item_bucket: torch.Tensor, item_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, dim) item vectors and (N,) biases."""
+        vectors = self.item_id(item_bucket) + self.text_proj(item_text)
+        return vectors, self.item_bias(item_bucket).squeeze(-1) + self.global_bias
+
+    @staticmethod
+    def scores(user: torch.Tensor, items: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """(B, K) estimated reward at the top position; user (B, d), items (B, K, d), bias (B, K)."""
+        return torch.einsum("bd,bkd->bk", user, items) + bias
+
+    def score_candidates(
+        self,
+        features: torch.Tensor,
+        user_bucket: torch.Tensor,
+        history: torch.Tensor,
+        item_bucket: torch.Tensor,
+        item_text: torch.Tensor,
+        candidates: torch.Tensor,
+        delta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, K) scores of each user's candidates (rows of item_*), with optional fast weights."""
+        user = self.user_vectors(features, user_bucket, history)
+        vectors, bias = self.item_vectors(item_bucket, item_text)
+        return self.personal_scores(user, vectors[candidates], bias[candidates], delta)
+
+    def fast_features(self, items: torch.Tensor) -> torch.Tensor:
+        """What the fast weights multiply: (..., fast_dim) item view plus a constant 1."""
+        view = self.fast_proj(items)
+        return torch.cat([view, torch.ones_like(view[..., :1])], dim=-1)
+
+    def personal_scores(self, user: torch.Tensor, items: torch.Tensor, bias: torch.Tensor,
+                        delta: torch.Tensor | None) -> torch.Tensor:
+        """``scores`` plus the fast-weight term; delta is (B, fast_dim + 1) or (fast_dim + 1,)."""
+        scores = self.scores(user, items, bias)
+        if delta is None:
+            return scores
+        delta = delta if delta.dim() == 2 else delta.expand(items.shape[0], -1)
+        return scores + torch.einsum("bkf,bf->bk", self.fast_features(items), delta)
+
+
+def exploration_probs(
+    scores: torch.Tensor, temperature: float, epsilon: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(1 - epsilon) * softmax(scores / temperature) + epsilon / K over valid candidates."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use greedy_slates for deterministic ranking)")
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError("epsilon must be in [0, 1]")
+    logits = scores / temperature
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+        valid = mask.sum(dim=-1, keepdim=True).clamp(min=1).to(scores.dtype)
+        floor = mask.to(scores.dtype) / valid
+    else:
+        floor = torch.full_like(scores, 1.0 / scores.shape[-1])
+    return (1.0 - epsilon) * torch.softmax(logits, dim=-1) + epsilon * floor
+
+
+def sample_slates(
+    probs: torch.Tensor, k: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plackett-Luce draw of k distinct items per row, with their sequential propensities.
+
+    Gumbel-top-k gives an exact PL sample in one pass; the propensity of the item at
+    position p is ``probs[item] / (1 - sum of probs of the items above it)``.
+    """
+    if k > probs.shape[-1]:
+        raise ValueError(f"slate size {k} exceeds {probs.shape[-1]} candidates")
+    uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    keys = torch.log(probs.double()) + gumbel
+    slates = keys.topk(k, dim=-1).indices
+    return slates, sequential_propensities(probs, slates)
+
+
+def sequential_propensities(probs: torch.Tensor, slates: torch.Tensor) -> torch.Tensor:
+    chosen = probs.double().gather(-1, slates)
+    taken_before = torch.cumsum(chosen, dim=-1) - chosen
+    return (chosen / (1.0 - taken_before).clamp_min(1e-12)).clamp(max=1.0).to(probs.dtype)
+
+
+def greedy_slates(scores: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic top-k; every propensity is 1."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    slates = scores.topk(k, dim=-1).indices
+    return slates, torch.ones(slates.shape, dtype=scores.dtype, device=scores.device)

@@ -1,0 +1,104 @@
+"""A policy version as an immutable artifact: safetensors weights plus a JSON header.
+
+The header carries the model config, version, parent, creation time and metrics,
+the SHA-256 of the weights and, when a key is configured, an HMAC-SHA256 signature
+over the header and that checksum. Loading verifies all of it and the tensor
+shapes against the config before anything reaches a live model. No pickle anywhere:
+safetensors holds only raw tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from models.policy import PolicyConfig, TwoTowerPolicy
+
+#: Header fields covered by the signature (transport fields like n_chunks are not).
+SIGNED_FIELDS = ("name", "version", "parent", "created_at", "model_config", "metrics", "checksum", "total_bytes")
+
+
+class PolicyIntegrityError(ValueError):
+    """A policy artifact failed verification; ``reason`` is a short label for metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _signature(header: dict[str, Any], key: bytes) -> str:
+    payload = json.dumps({k: header.get(k) for k in SIGNED_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def pack(
+    model: TwoTowerPolicy,
+    name: str,
+    version: int,
+    parent: int | None = None,
+    metrics: dict[str, float] | None = None,
+    key: bytes | None = None,
+    created_at: float | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """(header, weights): the header is JSON-ready; the weights are safetensors bytes."""
+    tensors = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
+    blob = save_tensors(tensors)
+    header: dict[str, Any] = {
+        "name": name,
+        "version": int(version),
+        "parent": parent,
+        "created_at": float(created_at if created_at is not None else time.time()),
+        "model_config": model.config.to_dict(),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "checksum": hashlib.sha256(blob).hexdigest(),
+        "total_bytes": len(blob),
+        "signature": None,
+    }
+    if key:
+        header["signature"] = _signature(header, key)
+    return header, blob
+
+
+def unpack(header: dict[str, Any], blob: bytes, key: bytes | None = None) -> TwoTowerPolicy:
+    """A verified model, or PolicyIntegrityError naming what did not match."""
+    if len(blob) != header.get("total_bytes"):
+        raise PolicyIntegrityError("size", f"weights are {len(blob)} bytes, header says {header.get('total_bytes')}")
+    digest = hashlib.sha256(blob).hexdigest()
+    if not hmac.compare_digest(digest, str(header.get("checksum"))):
+        raise PolicyIntegrityError("checksum", f"weights hash to {digest[:16]}..., header says "
+                                               f"{str(header.get('checksum'))[:16]}...")
+    if key:
+        signature = header.get("signature")
+        if not signature:
+            raise PolicyIntegrityError("unsigned", "a signing key is configured but the version is not signed")
+        if not hmac.compare_digest(_signature(header, key), str(signature)):
+            raise PolicyIntegrityError("signature", "HMAC signature does not match (wrong key or altered header)")
+    try:
+        config = PolicyConfig.from_dict(header["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyIntegrityError("config", f"invalid model_config: {exc}") from exc
+    try:
+        tensors = load_tensors(blob)
+    except (SafetensorError, ValueError) as exc:
+        raise PolicyIntegrityError("format", f"not a safetensors payload: {exc}") from exc
+    model = TwoTowerPolicy(config)
+    expected = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    got = {n: tuple(t.shape) for n, t in tensors.items()}
+    if expected != got:
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        wrong = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
+        detail = "; ".join(part for part in (
+            f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else "",
+            ", ".join(f"{n} is {got[n]} not {expected[n]}" for n in wrong)) if part)
+        raise PolicyIntegrityError("shape", detail)
+    model.load_state_dict(tensors)
+    return model.eval()
+

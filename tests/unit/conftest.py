@@ -1,0 +1,43 @@
+"""Fixtures for learning tests: a simulated shop whose items are embedded by the packaged MiniLM once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def text_encoder():
+    from models.encoders import TextEncoder
+
+    return TextEncoder()
+
+
+@pytest.fixture(scope="session")
+def shop_embeddings(text_encoder):
+    """(world config, text embeddings of its catalogue): the catalogue is fixed by the seed."""
+    from models.encoders import item_text
+    from sim.world import World, WorldConfig
+
+    config = WorldConfig(seed=11, n_items=300, n_users=3000)
+    world = World(config)
+    cat = world.catalog
+    texts = [item_text(t, d, c) for t, d, c in zip(cat.titles, cat.descriptions, cat.categories)]
+    return config, text_encoder.encode(texts)
+
+
+def sub_batch(batch, index):
+    """Rows ``index`` of a Batch (the item table stays whole)."""
+    from dataclasses import fields
+
+    return type(batch)(**{
+        f.name: getattr(batch, f.name) if f.name in ("item_bucket", "item_text") else getattr(batch, f.name)[index]
+        for f in fields(batch)
+    })
+
+
+def seeded(seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)

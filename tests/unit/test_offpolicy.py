@@ -1,0 +1,64 @@
+"""Off-policy learning on uniform logs beats the logging policy; DR estimates its value honestly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.sim_logs import SimTensors
+from models import evaluation
+from models.learner import Learner, LearnerConfig
+from models.objectives import ObjectiveConfig
+from models.policy import PolicyConfig
+from sim.world import World
+from tests.unit.conftest import seeded, sub_batch
+
+K = 20
+
+
+def train(sim: SimTensors, kind: str, logs, epochs: int = 4) -> Learner:
+    seeded(0)
+    learner = Learner(sim.config, LearnerConfig(objective=ObjectiveConfig(kind=kind)))
+    for _ in range(epochs):
+        order = torch.randperm(len(logs))
+        for start in range(0, len(logs), 256):
+            learner.update(sub_batch(logs, order[start:start + 256]))
+    return learner
+
+
+@pytest.fixture(scope="module")
+def trained(shop_embeddings):
+    config, emb = shop_embeddings
+    world = World(config)
+    sim = SimTensors(world, emb, PolicyConfig(text_dim=emb.shape[1]))
+    logs, _ = sim.uniform_logs(20_000, K)
+    return sim, {kind: train(sim, kind, logs) for kind in ("dr", "reward_model")}
+
+
+def test_learned_policy_clearly_beats_the_uniform_logging_policy(trained):
+    sim, learners = trained
+    world = sim.world
+    users = world.sample_users(5000)
+    cands = world.candidates(5000, K)
+    uniform = sim.true_value(users, cands, world.rng.integers(0, K, size=5000))
+    oracle = sim.true_value(users, cands, world.expected_item_reward(users, cands).argmax(1))
+    for kind, learner in learners.items():
+        greedy = sim.true_value(users, cands, sim.scores(learner.model, users, cands).argmax(1))
+        assert greedy > 1.5 * uniform, (kind, greedy, uniform)
+        assert greedy < oracle + 1e-6
+
+
+def test_dr_estimate_of_the_learned_policy_covers_the_truth(trained):
+    sim, learners = trained
+    model = learners["dr"].model
+    held_out, users = sim.uniform_logs(8000, K)
+    inputs = evaluation.target_inputs(model, held_out, temperature=0.5, epsilon=0.05)
+    # Ground truth: the target policy's exact expected reward on these very contexts.
+    truth_items = sim.world.expected_item_reward(users, held_out.candidates.numpy())
+    truth = float((inputs.probs * truth_items).sum(axis=1).mean())
+    estimates = evaluation.estimate(model, held_out, temperature=0.5, epsilon=0.05)
+    dr = estimates["dr"]
+    assert dr.low <= truth <= dr.high, (dr, truth)
+    # The estimate also says what matters: better than the policy that logged the data.
+    assert dr.low > float(truth_items.mean())
