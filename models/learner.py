@@ -9,6 +9,7 @@ checkpoint (model, optimiser, regularisers, step) round-trips through
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -125,7 +126,8 @@ class Learner:
                 reg.consolidate(self.model, batches, rm_loss)
 
     def state_dict(self) -> dict:
-        return {
+        """A snapshot (deep copy): later updates never alter a checkpoint already taken."""
+        return copy.deepcopy({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ewc": self.ewc.state_dict() if self.ewc else None,
@@ -133,7 +135,7 @@ class Learner:
             "l2": self.l2.state_dict() if self.l2 else None,
             "step": self.step,
             "samples": self.samples,
-        }
+        })
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

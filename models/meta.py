@@ -54,9 +54,12 @@ def meta_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Query-set loss after adapting each task on its support set (the MAML outer objective).
 
-    Also reports the query loss before adaptation, so the gain from adapting is visible.
+    Tasks are played as cold-start users (no user-id embedding): adaptation must learn
+    to recover what the global model cannot know about a new user, not to mop up the
+    noise left over for users it has already memorised. Also reports the query loss
+    before adaptation, so the gain from adapting is visible.
     """
-    user = model.user_vectors(tasks.features, tasks.user_bucket, tasks.history)   # (T, d)
+    user = model.user_vectors(tasks.features, tasks.user_bucket, tasks.history, cold=True)   # (T, d)
     vectors, bias = model.item_vectors(tasks.item_bucket, tasks.item_text)       # (M, d), (M,)
     pos = model.position_bias.weight.squeeze(-1)
 

@@ -72,8 +72,12 @@ class TwoTowerPolicy(nn.Module):
         nn.init.normal_(self.user_id.weight, std=0.01)
         nn.init.zeros_(self.position_bias.weight)
 
-    def user_vectors(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([features, self.user_id(user_bucket), self.history_proj(history)], dim=-1)
+    def user_vectors(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor,
+                     cold: bool = False) -> torch.Tensor:
+        """(B, dim). ``cold`` leaves out the user-id embedding: the view of a user never trained on."""
+        ids = torch.zeros(len(user_bucket), self.config.dim, device=features.device, dtype=features.dtype) \
+            if cold else self.user_id(user_bucket)
+        x = torch.cat([features, ids, self.history_proj(history)], dim=-1)
         return self.user_mlp(x)
 
     def item_vectors(self, item_bucket: torch.Tensor, item_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

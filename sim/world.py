@@ -36,8 +36,8 @@ class WorldConfig:
     n_features: int = 16
     n_segments: int = 4
     #: Spread of personal taste around the segment's, and how much of it features reveal.
-    individuality: float = 0.8
-    feature_personal: float = 0.35
+    individuality: float = 1.2
+    feature_personal: float = 0.2
     new_users: int = 0
     new_items: int = 0
     #: Steps over which new users arrive and new items are released.

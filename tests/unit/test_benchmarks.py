@@ -1,4 +1,4 @@
-"""The simulator benchmark runs in a tiny configuration and reports what it measured."""
+"""Each benchmark runs in a tiny configuration and reports what it measured."""
 
 from __future__ import annotations
 
@@ -18,3 +18,14 @@ def test_sim_throughput_benchmark_prints_json():
     assert out["metrics"]["requests_per_second"] > 0
     assert 0 < out["metrics"]["clicks_per_request"] < 5
     assert out["machine"]["cpus"] >= 1
+
+
+def test_learner_throughput_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.learner_throughput", "--seconds", "0.3", "--batch", "64",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["name"] == "learner_throughput" and out["params"]["batch"] == 64
+    m = out["metrics"]
+    assert m["samples_per_second"] > 0 and m["samples_per_second_with_meta"] > 0
+    assert 0 < m["adapt_k3_n20_p50_ms"] <= m["adapt_k3_n20_p99_ms"]

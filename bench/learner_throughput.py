@@ -1,0 +1,133 @@
+"""Learner update throughput (samples/s) and serve-time adapt() latency, default model.
+
+    python -m bench.learner_throughput [--seconds S] [--batch B] [--device auto|cpu|cuda] [--json]
+
+Samples are logged decisions per second through ``Learner.update`` (off-policy
+objective + anti-forgetting penalties), alone and with a meta step on 64 user tasks.
+Item text embeddings are random unit vectors of the MiniLM width: the cost does not
+depend on their values. adapt() is timed per call for k=3 steps on 20 experiences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from bench.machine import result
+from models.batch import Batch, TaskBatch
+from models.learner import Learner, LearnerConfig, throughput
+from models.meta import adapt_user
+from models.policy import PolicyConfig, TwoTowerPolicy
+
+
+def synthetic_batch(config: PolicyConfig, size: int, candidates: int, items: int, gen: torch.Generator) -> Batch:
+    text = torch.nn.functional.normalize(torch.randn(items, config.text_dim, generator=gen), dim=-1)
+    return Batch(
+        features=torch.randn(size, config.user_features, generator=gen),
+        user_bucket=torch.randint(0, config.user_buckets, (size,), generator=gen),
+        history=torch.zeros(size, config.text_dim),
+        item_bucket=torch.randint(0, config.item_buckets, (items,), generator=gen),
+        item_text=text,
+        candidates=torch.randint(0, items, (size, candidates), generator=gen),
+        candidate_mask=torch.ones(size, candidates, dtype=torch.bool),
+        action=torch.randint(0, candidates, (size,), generator=gen),
+        position=torch.randint(0, 5, (size,), generator=gen),
+        propensity=torch.full((size,), 1.0 / candidates),
+        reward=(torch.rand(size, generator=gen) < 0.2).float(),
+    )
+
+
+def synthetic_tasks(config: PolicyConfig, users: int, support: int, query: int, items: int,
+                    gen: torch.Generator) -> TaskBatch:
+    def rows(n):
+        return (torch.randint(0, items, (users, n), generator=gen), torch.randint(0, 5, (users, n), generator=gen),
+                (torch.rand(users, n, generator=gen) < 0.2).float(), torch.ones(users, n, dtype=torch.bool))
+    s_item, s_pos, s_rew, s_mask = rows(support)
+    q_item, q_pos, q_rew, q_mask = rows(query)
+    return TaskBatch(
+        features=torch.randn(users, config.user_features, generator=gen),
+        user_bucket=torch.randint(0, config.user_buckets, (users,), generator=gen),
+        history=torch.zeros(users, config.text_dim),
+        item_bucket=torch.randint(0, config.item_buckets, (items,), generator=gen),
+        item_text=torch.nn.functional.normalize(torch.randn(items, config.text_dim, generator=gen), dim=-1),
+        support_item=s_item, support_position=s_pos, support_reward=s_rew, support_mask=s_mask,
+        query_item=q_item, query_position=q_pos, query_reward=q_rew, query_mask=q_mask,
+    )
+
+
+def adapt_latency(calls: int = 2000) -> dict[str, float]:
+    model = TwoTowerPolicy(PolicyConfig()).eval()
+    d = model.config.dim
+    user, items = torch.randn(d), torch.randn(20, d)
+    bias, positions, rewards = torch.randn(20), torch.randint(0, 5, (20,)), torch.rand(20)
+    timings = []
+    with torch.inference_mode():
+        for i in range(calls + 200):
+            started = time.perf_counter()
+            adapt_user(model, user, items, bias, positions, rewards, steps=3)
+            if i >= 200:
+                timings.append(time.perf_counter() - started)
+    ms = np.array(timings) * 1000
+    return {"adapt_k3_n20_p50_ms": round(float(np.percentile(ms, 50)), 4),
+            "adapt_k3_n20_p99_ms": round(float(np.percentile(ms, 99)), 4)}
+
+
+def measure(seconds: float = 5.0, batch_size: int = 512, device: str = "auto", progress=None) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    config = PolicyConfig()
+    learner_config = LearnerConfig(device=device, ewc_strength=1000.0, distill_strength=1.0)
+    batch = synthetic_batch(config, batch_size, 20, 2000, gen)
+    tasks = synthetic_tasks(config, 64, 25, 20, 2000, gen)
+    learner = Learner(config, learner_config)
+    learner.consolidate([batch])  # so the EWC and distillation penalties are really computed
+    if progress:
+        progress("off-policy update")
+    plain = throughput(learner, batch, None, seconds)
+    if progress:
+        progress("off-policy + meta update")
+    with_meta = throughput(learner, batch, tasks, seconds)
+    if progress:
+        progress("adapt() latency")
+    latency = adapt_latency()
+    params = sum(p.numel() for p in learner.model.parameters())
+    return result(
+        "learner_throughput",
+        {
+            "samples_per_second": round(plain["samples_per_second"], 1),
+            "updates_per_second": round(plain["steps_per_second"], 2),
+            "samples_per_second_with_meta": round(with_meta["samples_per_second"], 1),
+            "updates_per_second_with_meta": round(with_meta["steps_per_second"], 2),
+            **latency,
+        },
+        {"batch": batch_size, "candidates": 20, "meta_tasks": 64, "task_experiences": 64 * 45,
+         "device": plain["device"], "model_parameters": params, "torch_threads": torch.get_num_threads(),
+         "regularisers": "ewc+distillation", "seconds_per_measurement": seconds},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
+    args = parser.parse_args(argv)
+    say = None if args.json else (lambda what: print(f"measuring {what} ...", file=sys.stderr, flush=True))
+    out = measure(args.seconds, args.batch, args.device, progress=say)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        m = out["metrics"]
+        print(f"{m['samples_per_second']:,.0f} samples/s ({m['updates_per_second']} updates/s of {args.batch}) on "
+              f"{out['params']['device']}; with meta step {m['samples_per_second_with_meta']:,.0f} samples/s; "
+              f"adapt() p50 {m['adapt_k3_n20_p50_ms']} ms, p99 {m['adapt_k3_n20_p99_ms']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
