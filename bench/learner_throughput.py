@@ -5,7 +5,8 @@
 Samples are logged decisions per second through ``Learner.update`` (off-policy
 objective + anti-forgetting penalties), alone and with a meta step on 64 user tasks.
 Item text embeddings are random unit vectors of the MiniLM width: the cost does not
-depend on their values. adapt() is timed per call for k=3 steps on 20 experiences.
+depend on their values. adapt() is timed per call for k=3 steps on 20 experiences, in
+the scorer's numpy path (ServeAdapter) and in torch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from bench.machine import result
 from models.batch import Batch, TaskBatch
 from models.learner import Learner, LearnerConfig, throughput
-from models.meta import adapt_user
+from models.meta import ServeAdapter, adapt_user
 from models.policy import PolicyConfig, TwoTowerPolicy
 
 
@@ -61,20 +62,30 @@ def synthetic_tasks(config: PolicyConfig, users: int, support: int, query: int, 
 
 
 def adapt_latency(calls: int = 2000) -> dict[str, float]:
+    """Per-call latency of serve-time adaptation: the scorer's numpy path and the torch one."""
     model = TwoTowerPolicy(PolicyConfig()).eval()
     d = model.config.dim
     user, items = torch.randn(d), torch.randn(20, d)
     bias, positions, rewards = torch.randn(20), torch.randint(0, 5, (20,)), torch.rand(20)
-    timings = []
-    with torch.inference_mode():
+    adapter = ServeAdapter(model)
+    np_args = (user.numpy(), items.numpy(), bias.numpy(), positions.numpy(), rewards.numpy())
+
+    def timed(call) -> np.ndarray:
+        timings = []
         for i in range(calls + 200):
             started = time.perf_counter()
-            adapt_user(model, user, items, bias, positions, rewards, steps=3)
+            call()
             if i >= 200:
                 timings.append(time.perf_counter() - started)
-    ms = np.array(timings) * 1000
-    return {"adapt_k3_n20_p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "adapt_k3_n20_p99_ms": round(float(np.percentile(ms, 99)), 4)}
+        return np.array(timings) * 1000
+
+    with torch.inference_mode():
+        torch_ms = timed(lambda: adapt_user(model, user, items, bias, positions, rewards, steps=3))
+    numpy_ms = timed(lambda: adapter.adapt(*np_args, steps=3))
+    return {"adapt_k3_n20_p50_ms": round(float(np.percentile(numpy_ms, 50)), 4),
+            "adapt_k3_n20_p99_ms": round(float(np.percentile(numpy_ms, 99)), 4),
+            "adapt_torch_k3_n20_p50_ms": round(float(np.percentile(torch_ms, 50)), 4),
+            "adapt_torch_k3_n20_p99_ms": round(float(np.percentile(torch_ms, 99)), 4)}
 
 
 def measure(seconds: float = 5.0, batch_size: int = 512, device: str = "auto", progress=None) -> dict:

@@ -8,7 +8,7 @@ import torch
 
 from bench.sim_logs import SimTensors
 from models.learner import Learner, LearnerConfig
-from models.meta import adapt, adapt_user
+from models.meta import ServeAdapter, adapt, adapt_user
 from models.policy import PolicyConfig, TwoTowerPolicy
 from sim.world import World
 from tests.unit.conftest import seeded, sub_batch
@@ -87,3 +87,17 @@ def test_adaptation_moves_toward_what_the_user_rewarded():
     assert torch.allclose(delta, truth, atol=0.05)
     one_step = adapt(torch.zeros(5), torch.full((5,), 0.3), features, torch.zeros(10), rewards, steps=1)
     assert ((features @ one_step - rewards) ** 2).mean() < (rewards ** 2).mean()
+
+
+def test_numpy_serve_adapter_matches_torch_adapt():
+    torch.manual_seed(0)
+    model = TwoTowerPolicy(PolicyConfig(text_dim=384))
+    with torch.no_grad():
+        model.delta0.normal_()
+        model.position_bias.weight.normal_()
+    user, items = torch.randn(model.config.dim), torch.randn(20, model.config.dim)
+    bias, positions, rewards = torch.randn(20), torch.randint(0, 5, (20,)), torch.rand(20)
+    expected = adapt_user(model, user, items, bias, positions, rewards, steps=3).numpy()
+    got = ServeAdapter(model).adapt(user.numpy(), items.numpy(), bias.numpy(), positions.numpy(),
+                                    rewards.numpy(), steps=3)
+    assert np.allclose(got, expected, atol=1e-5)
