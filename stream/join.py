@@ -1,0 +1,260 @@
+"""The reward join as a pure, event-time state machine (no Kafka, no clock of its own).
+
+Impressions open a window per shown item; clicks and purchases are matched to it by
+``request_id``, or by user and item within the window when a click carries none.
+What comes out are experiences with deterministic ids (``request:item:kind``), so
+re-processing the same input after a crash produces the same records and any
+idempotent sink ignores the repeats:
+
+- a click emits a ``click`` experience at once (freshness);
+- a shown item with no click becomes a ``no_click`` experience when its click
+  window (plus grace) has passed the watermark;
+- a purchase emits a ``purchase`` follow-up carrying only the purchase part, so no
+  reward part is ever counted twice.
+
+Duplicates (same event_id) are ignored. A click or purchase that can be matched to
+no impression is held for the grace period (it may have overtaken its impression)
+and then rejected as an orphan. The stream processor (``stream/rewards.py``) feeds
+this class one partition's events and moves the watermark.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Literal
+
+from stream.schemas import Click, Context, Experience, Impression, Purchase, RewardParts
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    """Windows are in event-time seconds."""
+
+    click_window: float = 30.0
+    purchase_window: float = 3600.0
+    grace: float = 5.0
+    click_weight: float = 1.0
+    purchase_weight: float = 2.0
+    value_weight: float = 0.0
+    #: How long an event_id is remembered for de-duplication.
+    dedupe_horizon: float = 7200.0
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input the join could not use, with a low-cardinality reason."""
+
+    event: Click | Purchase
+    kind: Literal["click", "purchase"]
+    reason: Literal["orphan", "not_shown"]
+    detail: str
+
+
+@dataclass
+class _Open:
+    impression: Impression
+    slots: dict[str, tuple[int, float]]     # item -> (position, propensity)
+    clicked: set[str] = field(default_factory=set)
+    purchased: set[str] = field(default_factory=set)
+    closed: bool = False                      # no_click experiences emitted
+
+
+@dataclass
+class JoinOutput:
+    experiences: list[Experience] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    duplicates: int = 0
+
+    def extend(self, other: "JoinOutput") -> None:
+        self.experiences.extend(other.experiences)
+        self.rejected.extend(other.rejected)
+        self.duplicates += other.duplicates
+
+
+class RewardJoin:
+    def __init__(self, config: JoinConfig | None = None) -> None:
+        self.config = config or JoinConfig()
+        self.watermark = float("-inf")
+        self._open: dict[str, _Open] = {}                       # request_id -> state
+        self._by_user_item: dict[tuple[str, str], list[str]] = {}  # (user, item) -> request ids, oldest first
+        self._deadlines: list[tuple[float, int, str, str]] = []  # (time, order, what, request_id)
+        self._seen: dict[str, float] = {}                       # event_id -> ts
+        self._seen_queue: list[tuple[float, str]] = []
+        self._parked: list[tuple[float, int, Click | Purchase]] = []  # unmatched, awaiting grace
+        self._order = 0
+
+    # -- bookkeeping -----------------------------------------------------------------
+    @property
+    def open_requests(self) -> int:
+        return len(self._open)
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
+
+    def _schedule(self, when: float, what: str, request_id: str) -> None:
+        self._order += 1
+        heapq.heappush(self._deadlines, (when, self._order, what, request_id))
+
+    def _duplicate(self, event_id: str, ts: float) -> bool:
+        if event_id in self._seen:
+            return True
+        self._seen[event_id] = ts
+        heapq.heappush(self._seen_queue, (ts, event_id))
+        return False
+
+    # -- inputs ------------------------------------------------------------------------
+    def impression(self, imp: Impression) -> JoinOutput:
+        out = JoinOutput()
+        if self._duplicate(imp.event_id, imp.ts) or imp.request_id in self._open:
+            out.duplicates += 1
+            return out
+        state = _Open(imp, {s.item_id: (s.position, s.propensity) for s in imp.shown})
+        self._open[imp.request_id] = state
+        for item in state.slots:
+            self._by_user_item.setdefault((imp.user_id, item), []).append(imp.request_id)
+        self._schedule(imp.ts + self.config.click_window + self.config.grace, "close", imp.request_id)
+        self._schedule(imp.ts + self.config.purchase_window + self.config.grace, "forget", imp.request_id)
+        # Clicks or purchases that overtook this impression can be matched now.
+        waiting, self._parked = self._parked, []
+        for _, _, event in sorted(waiting, key=lambda p: (p[2].ts, p[1])):
+            out.extend(self._match(event, park=True))
+        return out
+
+    def click(self, click: Click) -> JoinOutput:
+        if self._duplicate(click.event_id, click.ts):
+            return JoinOutput(duplicates=1)
+        return self._match(click, park=True)
+
+    def purchase(self, purchase: Purchase) -> JoinOutput:
+        if self._duplicate(purchase.event_id, purchase.ts):
+            return JoinOutput(duplicates=1)
+        return self._match(purchase, park=True)
+
+    def _find(self, event: Click | Purchase) -> _Open | None:
+        if event.request_id is not None:
+            return self._open.get(event.request_id)
+        window = self.config.click_window if isinstance(event, Click) else self.config.purchase_window
+        candidates = self._by_user_item.get((event.user_id, event.item_id), [])
+        for request_id in reversed(candidates):   # the latest impression that could have led to it
+            state = self._open.get(request_id)
+            if state and state.impression.ts <= event.ts <= state.impression.ts + window + self.config.grace:
+                return state
+        return None
+
+    def _match(self, event: Click | Purchase, park: bool) -> JoinOutput:
+        out = JoinOutput()
+        kind = "click" if isinstance(event, Click) else "purchase"
+        state = self._find(event)
+        if state is None:
+            if park and event.ts + self.config.grace > self.watermark:
+                self._order += 1
+                self._parked.append((event.ts + self.config.grace, self._order, event))
+            else:
+                out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
+            return out
+        if event.item_id not in state.slots:
+            out.rejected.append(Rejected(event, kind, "not_shown",
+                                         f"item {event.item_id} was not shown in request {state.impression.request_id}"))
+            return out
+        item = event.item_id
+        if kind == "click":
+            if item in state.clicked:
+                out.duplicates += 1      # a second click on the same shown item earns nothing more
+                return out
+            state.clicked.add(item)
+            out.experiences.append(self._experience(state, item, "click", event.ts))
+        else:
+            if item in state.purchased:
+                out.duplicates += 1
+                return out
+            state.purchased.add(item)
+            out.experiences.append(self._experience(state, item, "purchase", event.ts, event.value))
+        return out
+
+    # -- time ------------------------------------------------------------------------------
+    def advance(self, watermark: float) -> JoinOutput:
+        """Move event time forward: close click windows, reject expired orphans, forget old state."""
+        out = JoinOutput()
+        if watermark <= self.watermark:
+            return out
+        self.watermark = watermark
+        if self._parked:
+            keep = []
+            for deadline, order, event in self._parked:
+                if deadline <= watermark:
+                    kind = "click" if isinstance(event, Click) else "purchase"
+                    out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
+                else:
+                    keep.append((deadline, order, event))
+            self._parked = keep
+        while self._deadlines and self._deadlines[0][0] <= watermark:
+            _, _, what, request_id = heapq.heappop(self._deadlines)
+            state = self._open.get(request_id)
+            if state is None:
+                continue
+            if what == "close" and not state.closed:
+                state.closed = True
+                close_ts = state.impression.ts + self.config.click_window
+                for item in sorted(state.slots, key=lambda i: state.slots[i][0]):
+                    if item not in state.clicked:
+                        out.experiences.append(self._experience(state, item, "no_click", close_ts))
+            elif what == "forget":
+                self._forget(state)
+        horizon = watermark - self.config.dedupe_horizon
+        while self._seen_queue and self._seen_queue[0][0] < horizon:
+            _, event_id = heapq.heappop(self._seen_queue)
+            self._seen.pop(event_id, None)
+        return out
+
+    def _forget(self, state: _Open) -> None:
+        imp = state.impression
+        self._open.pop(imp.request_id, None)
+        for item in state.slots:
+            ids = self._by_user_item.get((imp.user_id, item))
+            if ids is not None:
+                if imp.request_id in ids:
+                    ids.remove(imp.request_id)
+                if not ids:
+                    del self._by_user_item[(imp.user_id, item)]
+
+    def oldest_open_ts(self) -> float | None:
+        """Event time of the oldest impression still held (what a restart must re-read from)."""
+        if not self._open:
+            return None
+        return min(s.impression.ts for s in self._open.values())
+
+    # -- output ------------------------------------------------------------------------------
+    def _experience(self, state: _Open, item: str, kind: str, ts: float, value: float = 0.0) -> Experience:
+        cfg = self.config
+        imp = state.impression
+        position, propensity = state.slots[item]
+        if kind == "click":
+            parts = RewardParts(click=1.0)
+            reward = cfg.click_weight
+        elif kind == "purchase":
+            parts = RewardParts(purchase=1.0, value=value)
+            reward = cfg.purchase_weight + cfg.value_weight * value
+        else:
+            parts = RewardParts()
+            reward = 0.0
+        return Experience(
+            event_id=f"{imp.request_id}:{item}:{kind}",
+            request_id=imp.request_id,
+            user_id=imp.user_id,
+            action=item,
+            position=position,
+            propensity=propensity,
+            reward=reward,
+            reward_parts=parts,
+            kind=kind,
+            policy_version=imp.policy_version,
+            ts=ts,
+            context=imp.context if isinstance(imp.context, Context) else Context(),
+        )
+
+
+def _orphan_detail(event: Click | Purchase) -> str:
+    how = f"request_id {event.request_id}" if event.request_id else f"user {event.user_id} and item {event.item_id}"
+    return f"no impression matches {how} within the window and grace period"
