@@ -81,7 +81,12 @@ class RewardJoin:
         self._deadlines: list[tuple[float, int, str, str]] = []  # (time, order, what, request_id)
         self._seen: dict[str, float] = {}                       # event_id -> ts
         self._seen_queue: list[tuple[float, str]] = []
-        self._parked: list[tuple[float, int, Click | Purchase]] = []  # unmatched, awaiting grace
+        # Unmatched clicks/purchases awaiting their impression until grace ends, indexed
+        # by what an arriving impression can match them on (so arrival is O(slate)).
+        self._parked: dict[int, Click | Purchase] = {}
+        self._parked_by_request: dict[str, list[int]] = {}
+        self._parked_by_user_item: dict[tuple[str, str], list[int]] = {}
+        self._parked_deadlines: list[tuple[float, int]] = []
         self._order = 0
 
     # -- bookkeeping -----------------------------------------------------------------
@@ -117,10 +122,23 @@ class RewardJoin:
         self._schedule(imp.ts + self.config.click_window + self.config.grace, "close", imp.request_id)
         self._schedule(imp.ts + self.config.purchase_window + self.config.grace, "forget", imp.request_id)
         # Clicks or purchases that overtook this impression can be matched now.
-        waiting, self._parked = self._parked, []
-        for _, _, event in sorted(waiting, key=lambda p: (p[2].ts, p[1])):
-            out.extend(self._match(event, park=True))
+        waiting = set(self._parked_by_request.pop(imp.request_id, ()))
+        for item in state.slots:
+            waiting.update(self._parked_by_user_item.pop((imp.user_id, item), ()))
+        for order in sorted(waiting, key=lambda o: (self._parked[o].ts, o) if o in self._parked else (0.0, o)):
+            event = self._parked.pop(order, None)
+            if event is not None:
+                out.extend(self._match(event, park=True))
         return out
+
+    def _park(self, event: Click | Purchase) -> None:
+        self._order += 1
+        self._parked[self._order] = event
+        if event.request_id is not None:
+            self._parked_by_request.setdefault(event.request_id, []).append(self._order)
+        else:
+            self._parked_by_user_item.setdefault((event.user_id, event.item_id), []).append(self._order)
+        heapq.heappush(self._parked_deadlines, (event.ts + self.config.grace, self._order))
 
     def click(self, click: Click) -> JoinOutput:
         if self._duplicate(click.event_id, click.ts):
@@ -149,8 +167,7 @@ class RewardJoin:
         state = self._find(event)
         if state is None:
             if park and event.ts + self.config.grace > self.watermark:
-                self._order += 1
-                self._parked.append((event.ts + self.config.grace, self._order, event))
+                self._park(event)
             else:
                 out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
             return out
@@ -180,15 +197,20 @@ class RewardJoin:
         if watermark <= self.watermark:
             return out
         self.watermark = watermark
-        if self._parked:
-            keep = []
-            for deadline, order, event in self._parked:
-                if deadline <= watermark:
-                    kind = "click" if isinstance(event, Click) else "purchase"
-                    out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
-                else:
-                    keep.append((deadline, order, event))
-            self._parked = keep
+        while self._parked_deadlines and self._parked_deadlines[0][0] <= watermark:
+            _, order = heapq.heappop(self._parked_deadlines)
+            event = self._parked.pop(order, None)
+            if event is None:
+                continue  # matched in the meantime
+            index = self._parked_by_request if event.request_id is not None else self._parked_by_user_item
+            key = event.request_id if event.request_id is not None else (event.user_id, event.item_id)
+            orders = index.get(key)
+            if orders is not None:
+                orders.remove(order)
+                if not orders:
+                    del index[key]
+            kind = "click" if isinstance(event, Click) else "purchase"
+            out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
         while self._deadlines and self._deadlines[0][0] <= watermark:
             _, _, what, request_id = heapq.heappop(self._deadlines)
             state = self._open.get(request_id)
