@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.encoders import EncoderLoadError, ItemEmbeddingCache, TextEncoder
-from sim.world import World, WorldConfig
+from sim.world import World
 
 
 def test_embeddings_are_unit_length_and_topic_aware(shop_embeddings):
