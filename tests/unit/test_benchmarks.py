@@ -29,3 +29,13 @@ def test_learner_throughput_benchmark_prints_json():
     m = out["metrics"]
     assert m["samples_per_second"] > 0 and m["samples_per_second_with_meta"] > 0
     assert 0 < m["adapt_k3_n20_p50_ms"] <= m["adapt_k3_n20_p99_ms"]
+
+
+def test_replay_sampling_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.replay_sampling", "--rows", "3000", "--window", "1000",
+                           "--reservoir", "1000", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["name"] == "replay_sampling"
+    assert out["metrics"]["recent"] == 1000 and out["metrics"]["reservoir"] == 1000
+    assert out["metrics"]["uniform_samples_per_second"] > 0
