@@ -222,6 +222,51 @@ def ingest(file: Path, logical: str, as_json: bool, metrics_port: int | None) ->
               f"first: {report.delivery_failures[0]}")
 
 
+def _stop_on_signals(stop) -> None:
+    """SIGTERM and SIGINT finish the current batch, then stop (a worker's graceful shutdown)."""
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received signal %d, stopping after the current batch", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _serve_worker_metrics(settings: Settings, port: int | None) -> None:
+    from stream.metrics import serve_metrics
+
+    bound = serve_metrics(port if port is not None else settings.metrics_port)
+    log.info("metrics on http://127.0.0.1:%d/metrics", bound)
+
+
+@cli.command()
+@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite file of the replay store (default: $RECSYS_DATA_DIR/replay/<prefix>replay.db).")
+@click.option("--window", type=click.IntRange(1), default=200_000, show_default=True,
+              help="Most recent experiences kept as they are.")
+@click.option("--reservoir", type=click.IntRange(0), default=800_000, show_default=True,
+              help="Uniform sample of everything older than the window.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
+def replay(store_path: Path | None, window: int, reservoir: int, metrics_port: int | None) -> None:
+    """Run the replay buffer service: consume experiences into the durable replay store."""
+    from stream.replay import ReplayService, default_store_path
+    from stream.replay_store import StoreConfig
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    try:
+        settings.require_bootstrap("replay")
+    except MissingBootstrapError as exc:
+        _fail(str(exc), 2)
+    service = ReplayService(settings, store_path, StoreConfig(window=window, reservoir=reservoir))
+    _stop_on_signals(service.stop)
+    _serve_worker_metrics(settings, metrics_port)
+    log.info("replay service: %s -> %s", service.topic, store_path or default_store_path(settings))
+    service.run()
+    log.info("replay service stopped after %d messages", service.consumed)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def demo(as_json: bool) -> None:

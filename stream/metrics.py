@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,22 @@ PRODUCE_LATENCY = Histogram(
     "Time from produce() to broker acknowledgement.",
     ["topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+REPLAY_ROWS = Gauge(
+    "recsys_replay_experiences",
+    "Experiences held by the replay store, by tier (recent window or reservoir).",
+    ["tier"],
+)
+REPLAY_INSERTS = Counter(
+    "recsys_replay_inserts_total",
+    "Experiences offered to the replay store, by outcome (added, or duplicate of one already held).",
+    ["status"],
+)
+REPLAY_BATCH_SECONDS = Histogram(
+    "recsys_replay_batch_seconds",
+    "Time to make one consumed batch durable in the replay store.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 
 
