@@ -39,3 +39,12 @@ def test_replay_sampling_benchmark_prints_json():
     assert out["name"] == "replay_sampling"
     assert out["metrics"]["recent"] == 1000 and out["metrics"]["reservoir"] == 1000
     assert out["metrics"]["uniform_samples_per_second"] > 0
+
+
+def test_join_consumers_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.join_consumers", "--requests", "300", "--mode", "batch",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)["metrics"]
+    assert m["events"] > 300 and m["batch_events_per_second"] > 0
+    assert 0 < m["batch_experiences"] < m["events"]
