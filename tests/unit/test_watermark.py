@@ -1,0 +1,31 @@
+"""The multi-input watermark never runs ahead of a lagging input, and idle inputs do not stall it."""
+
+from __future__ import annotations
+
+from stream.watermark import InputWatermarks
+
+
+def test_watermark_is_the_slowest_lagging_input():
+    marks = InputWatermarks()
+    for key in ("impressions", "clicks"):
+        marks.register(key)
+    marks.observe("impressions", 100.0)
+    assert marks.value() == float("-inf")     # clicks have said nothing yet
+    marks.observe("clicks", 40.0)
+    assert marks.value() == 40.0               # impressions read ahead must not close windows
+    marks.observe("clicks", 30.0)              # an out-of-order event never moves it back
+    assert marks.value() == 40.0
+
+
+def test_inputs_at_their_end_do_not_hold_it_back():
+    marks = InputWatermarks()
+    marks.observe("impressions", 100.0)
+    marks.observe("clicks", 90.0)
+    marks.reached_end("purchases")             # idle topic
+    assert marks.value() == 90.0
+    marks.reached_end("clicks")
+    assert marks.value() == 100.0
+    marks.reached_end("impressions")
+    assert marks.value() == 100.0              # all caught up: the newest event time seen
+    marks.observe("clicks", 95.0)              # new data: lagging again
+    assert marks.value() == 95.0
