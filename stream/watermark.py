@@ -18,6 +18,7 @@ from typing import Hashable
 class InputWatermarks:
     progress: dict[Hashable, float] = field(default_factory=dict)
     caught_up: set[Hashable] = field(default_factory=set)
+    _last: float = float("-inf")
 
     def register(self, key: Hashable) -> None:
         """An input that exists but has produced nothing yet still holds the watermark back."""
@@ -33,10 +34,13 @@ class InputWatermarks:
         self.caught_up.add(key)
 
     def value(self) -> float:
-        """Event time that every input has passed (-inf until each lagging input has spoken)."""
-        if not self.progress:
-            return float("-inf")
-        lagging = [ts for key, ts in self.progress.items() if key not in self.caught_up]
-        if lagging:
-            return min(lagging)
-        return max(self.progress.values())
+        """Event time that every input has passed (-inf until each lagging input has spoken).
+
+        Monotonic: an event arriving late on an input that had caught up is the join's
+        grace period to absorb, never a reason to move time backwards.
+        """
+        if self.progress:
+            lagging = [ts for key, ts in self.progress.items() if key not in self.caught_up]
+            current = min(lagging) if lagging else max(self.progress.values())
+            self._last = max(self._last, current)
+        return self._last

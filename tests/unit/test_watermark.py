@@ -27,5 +27,8 @@ def test_inputs_at_their_end_do_not_hold_it_back():
     assert marks.value() == 100.0
     marks.reached_end("impressions")
     assert marks.value() == 100.0              # all caught up: the newest event time seen
-    marks.observe("clicks", 95.0)              # new data: lagging again
-    assert marks.value() == 95.0
+    marks.observe("clicks", 95.0)              # a late event: time does not go back
+    assert marks.value() == 100.0
+    marks.observe("clicks", 120.0)
+    marks.observe("impressions", 130.0)
+    assert marks.value() == 120.0
