@@ -20,6 +20,7 @@ import sys
 import time
 
 from bench.machine import result
+from bench.runner import run_benchmark
 
 SOURCES = ("impressions", "clicks", "purchases")
 METHOD = {"impressions": "impression", "clicks": "click", "purchases": "purchase"}
@@ -151,27 +152,29 @@ def measure(requests: int = 30_000, modes: tuple[str, ...] = ("faust-events", "f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=30_000)
-    parser.add_argument("--mode", default="all", choices=["all", "faust-events", "faust-take", "batch"])
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
-    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
+    if argv is None and "--child" in sys.argv:   # a faust worker started by measure()
+        child = argparse.ArgumentParser()
+        child.add_argument("--child")
+        child.add_argument("--bootstrap")
+        child.add_argument("--total", type=int)
+        args = child.parse_args()
         _faust(args.bootstrap, "bench.", args.total, args.child)
         return 0
-    modes = ("faust-events", "faust-take", "batch") if args.mode == "all" else (args.mode,)
-    say = None if args.json else (lambda mode: print(f"measuring {mode} ...", file=sys.stderr, flush=True))
-    out = measure(args.requests, modes, progress=say)
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
+
+    def configure(parser):
+        parser.add_argument("--requests", type=int, default=30_000)
+        parser.add_argument("--mode", default="all", choices=["all", "faust-events", "faust-take", "batch"])
+
+    def run(args, say):
+        modes = ("faust-events", "faust-take", "batch") if args.mode == "all" else (args.mode,)
+        return measure(args.requests, modes, progress=(lambda mode: say(f"measuring {mode} ...")) if say else None)
+
+    def summary(out):
         m = out["metrics"]
-        print(f"{m['events']} events: " + ", ".join(
-            f"{mode} {m[f'{mode}_events_per_second']:,.0f}/s" for mode in modes))
-    return 0
+        return f"{m['events']} events: " + ", ".join(
+            f"{mode} {m[f'{mode}_events_per_second']:,.0f}/s" for mode in out["params"]["modes"])
+
+    return run_benchmark(__doc__, configure, run, summary, argv)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ the scorer's numpy path (ServeAdapter) and in torch.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from bench.machine import result
+from bench.runner import run_benchmark
 from models.batch import Batch, TaskBatch
 from models.learner import Learner, LearnerConfig, throughput
 from models.meta import ServeAdapter, adapt_user
@@ -122,22 +121,22 @@ def measure(seconds: float = 5.0, batch_size: int = 512, device: str = "auto", p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    args = parser.parse_args(argv)
-    say = None if args.json else (lambda what: print(f"measuring {what} ...", file=sys.stderr, flush=True))
-    out = measure(args.seconds, args.batch, args.device, progress=say)
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        m = out["metrics"]
-        print(f"{m['samples_per_second']:,.0f} samples/s ({m['updates_per_second']} updates/s of {args.batch}) on "
-              f"{out['params']['device']}; with meta step {m['samples_per_second_with_meta']:,.0f} samples/s; "
-              f"adapt() p50 {m['adapt_k3_n20_p50_ms']} ms, p99 {m['adapt_k3_n20_p99_ms']} ms")
-    return 0
+    def configure(parser):
+        parser.add_argument("--seconds", type=float, default=5.0)
+        parser.add_argument("--batch", type=int, default=512)
+        parser.add_argument("--device", default="auto")
+
+    def run(args, say):
+        return measure(args.seconds, args.batch, args.device,
+                       progress=(lambda what: say(f"measuring {what} ...")) if say else None)
+
+    def summary(out):
+        m, batch = out["metrics"], out["params"]["batch"]
+        return (f"{m['samples_per_second']:,.0f} samples/s ({m['updates_per_second']} updates/s of {batch}) on "
+                f"{out['params']['device']}; with meta step {m['samples_per_second_with_meta']:,.0f} samples/s; "
+                f"adapt() p50 {m['adapt_k3_n20_p50_ms']} ms, p99 {m['adapt_k3_n20_p99_ms']} ms")
+
+    return run_benchmark(__doc__, configure, run, summary, argv)
 
 
 if __name__ == "__main__":

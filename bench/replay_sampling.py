@@ -5,14 +5,13 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.machine import result
+from bench.runner import run_benchmark
 from stream import schemas
 from stream.replay_store import ReplayStore, StoreConfig
 
@@ -33,7 +32,7 @@ def measure(rows: int = 300_000, window: int = 100_000, reservoir: int = 100_000
         for start in range(0, rows, batch):
             store.add([_experience(i) for i in range(start, min(rows, start + batch))],
                       {("experiences", 0): start + batch})
-            if progress:
+            if progress and (start // batch) % 25 == 0:
                 progress(min(rows, start + batch), rows)
         insert_rate = rows / (time.perf_counter() - started)
         rates = {}
@@ -60,25 +59,22 @@ def measure(rows: int = 300_000, window: int = 100_000, reservoir: int = 100_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=300_000)
-    parser.add_argument("--window", type=int, default=100_000)
-    parser.add_argument("--reservoir", type=int, default=100_000)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    args = parser.parse_args(argv)
+    def configure(parser):
+        parser.add_argument("--rows", type=int, default=300_000)
+        parser.add_argument("--window", type=int, default=100_000)
+        parser.add_argument("--reservoir", type=int, default=100_000)
 
-    def progress(done: int, total: int) -> None:
-        print(f"\rinserted {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
+    def run(args, say):
+        progress = (lambda done, total: say(f"inserted {done:,}/{total:,}")) if say else None
+        return measure(args.rows, args.window, args.reservoir, progress=progress)
 
-    out = measure(args.rows, args.window, args.reservoir, progress=None if args.json else progress)
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
+    def summary(out):
         m = out["metrics"]
-        print(f"\n{m['inserts_per_second']:,.0f} durable inserts/s; samples/s in batches of 1024: uniform "
-              f"{m['uniform_samples_per_second']:,.0f}, recent {m['recent_samples_per_second']:,.0f}, "
-              f"prioritised {m['prioritised_samples_per_second']:,.0f}; 64 tasks in {m['tasks_64_users_seconds']}s")
-    return 0
+        return (f"{m['inserts_per_second']:,.0f} durable inserts/s; samples/s in batches of 1024: uniform "
+                f"{m['uniform_samples_per_second']:,.0f}, recent {m['recent_samples_per_second']:,.0f}, "
+                f"prioritised {m['prioritised_samples_per_second']:,.0f}; 64 tasks in {m['tasks_64_users_seconds']}s")
+
+    return run_benchmark(__doc__, configure, run, summary, argv)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
 from bench.machine import result
+from bench.runner import run_benchmark
 from sim.world import World, WorldConfig
 
 
@@ -26,7 +25,7 @@ def measure(requests: int = 500_000, batch: int = 10_000, candidates: int = 20, 
         slates = world.candidates(n, candidates)[:, :slate_size]
         clicks += int(world.feedback(users, slates).clicks.sum())
         done += n
-        if progress:
+        if progress and done % (batch * 10) == 0:
             progress(done, requests)
     seconds = time.perf_counter() - started
     return result(
@@ -43,23 +42,20 @@ def measure(requests: int = 500_000, batch: int = 10_000, candidates: int = 20, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=500_000)
-    parser.add_argument("--batch", type=int, default=10_000)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON only")
-    args = parser.parse_args(argv)
+    def configure(parser):
+        parser.add_argument("--requests", type=int, default=500_000)
+        parser.add_argument("--batch", type=int, default=10_000)
 
-    def progress(done: int, total: int) -> None:
-        print(f"\rsimulated {done:,}/{total:,} requests", end="", file=sys.stderr, flush=True)
+    def run(args, say):
+        progress = (lambda done, total: say(f"simulated {done:,}/{total:,} requests")) if say else None
+        return measure(args.requests, args.batch, progress=progress)
 
-    out = measure(args.requests, args.batch, progress=None if args.json else progress)
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
+    def summary(out):
         m = out["metrics"]
-        print(f"\n{m['requests_per_second']:,.0f} requests/s ({m['shown_items_per_second']:,.0f} shown items/s), "
-              f"{m['clicks_per_request']} clicks per request")
-    return 0
+        return (f"{m['requests_per_second']:,.0f} requests/s ({m['shown_items_per_second']:,.0f} shown items/s), "
+                f"{m['clicks_per_request']} clicks per request")
+
+    return run_benchmark(__doc__, configure, run, summary, argv)
 
 
 if __name__ == "__main__":
