@@ -65,11 +65,17 @@ class JoinOutput:
     experiences: list[Experience] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     duplicates: int = 0
+    #: Event ids of parked clicks/purchases that stopped waiting (matched at last).
+    released: list[str] = field(default_factory=list)
+    #: Event ids of clicks/purchases that were parked by this call.
+    parked: list[str] = field(default_factory=list)
 
     def extend(self, other: "JoinOutput") -> None:
         self.experiences.extend(other.experiences)
         self.rejected.extend(other.rejected)
         self.duplicates += other.duplicates
+        self.released.extend(other.released)
+        self.parked.extend(other.parked)
 
 
 class RewardJoin:
@@ -128,6 +134,7 @@ class RewardJoin:
         for order in sorted(waiting, key=lambda o: (self._parked[o].ts, o) if o in self._parked else (0.0, o)):
             event = self._parked.pop(order, None)
             if event is not None:
+                out.released.append(event.event_id)
                 out.extend(self._match(event, park=True))
         return out
 
@@ -168,6 +175,7 @@ class RewardJoin:
         if state is None:
             if park and event.ts + self.config.grace > self.watermark:
                 self._park(event)
+                out.parked.append(event.event_id)
             else:
                 out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
             return out

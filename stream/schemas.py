@@ -44,8 +44,9 @@ class InvalidMessage(ValueError):
         self.detail = detail
 
 
-#: Every reason a message can be rejected for, bounded so it is safe as a label.
-REASONS = ("oversized", "malformed_json", "schema", "unknown_topic")
+#: Every reason a message can be rejected for, bounded so it is safe as a label: the
+#: first four at decoding, the last two by the reward join (``stream/join.py``).
+REASONS = ("oversized", "malformed_json", "schema", "unknown_topic", "orphan", "not_shown")
 
 
 class Context(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
