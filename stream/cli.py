@@ -240,6 +240,32 @@ def _serve_worker_metrics(settings: Settings, port: int | None) -> None:
 
 
 @cli.command()
+@click.option("--click-window", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds (event time) after an impression in which a click counts.")
+@click.option("--purchase-window", type=click.FloatRange(min=0.1), default=3600.0, show_default=True,
+              help="Seconds after an impression in which a purchase counts.")
+@click.option("--grace", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
+              help="Seconds an out-of-order event may arrive late and still be joined.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
+def process(click_window: float, purchase_window: float, grace: float, metrics_port: int | None) -> None:
+    """Run the reward-join stream processor: impressions + clicks + purchases -> experiences."""
+    from stream.join import JoinConfig
+    from stream.rewards import RewardWorker
+    from stream.topics import ensure_topics
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    admin = _admin(settings, "process")
+    ensure_topics(admin, settings)
+    _serve_worker_metrics(settings, metrics_port)
+    worker = RewardWorker(settings, JoinConfig(click_window=click_window, purchase_window=purchase_window,
+                                               grace=grace))
+    log.info("reward join: %s -> %s", ", ".join(worker.names), settings.topic_prefix + "experiences")
+    worker.run()
+
+
+@cli.command()
 @click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite file of the replay store (default: $RECSYS_DATA_DIR/replay/<prefix>replay.db).")
 @click.option("--window", type=click.IntRange(1), default=200_000, show_default=True,

@@ -1,0 +1,81 @@
+"""The reward-join processor over the wire: a scripted sequence gives exactly these experiences and dead letters."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from stream import schemas
+from stream.ingest import EventProducer
+from stream.snapshot import read_topic
+from stream.topics import topic_name
+from tests.conftest import cli_command
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_763_900_000.0
+
+
+def scripted() -> list[tuple[str, bytes]]:
+    def dump(payload: dict) -> bytes:
+        return json.dumps(payload).encode()
+
+    impression = {"event_id": "imp-1", "request_id": "req-1", "user_id": "u1", "ts": T0, "policy_version": 7,
+                  "shown": [{"item_id": i, "position": p, "propensity": 1 / (3 - p)} for p, i in enumerate("abc")]}
+    return [
+        ("impressions", dump(impression)),
+        ("clicks", dump({"event_id": "clk-1", "request_id": "req-1", "user_id": "u1", "item_id": "a", "ts": T0 + 2})),
+        ("clicks", dump({"event_id": "clk-1", "request_id": "req-1", "user_id": "u1", "item_id": "a", "ts": T0 + 2})),
+        # out of order: earlier than the click above, and without request_id
+        ("clicks", dump({"event_id": "clk-2", "user_id": "u1", "item_id": "b", "ts": T0 + 1})),
+        ("clicks", dump({"event_id": "clk-9", "request_id": "req-404", "user_id": "u1", "item_id": "z", "ts": T0 + 3})),
+        ("clicks", b'{"event_id": "clk-bad", "user_id": '),
+        ("purchases", dump({"event_id": "pur-1", "request_id": "req-1", "user_id": "u1", "item_id": "a",
+                            "value": 30.0, "ts": T0 + 100})),
+    ]
+
+
+def wait_for(read, expected: int, timeout: float):
+    deadline = time.monotonic() + timeout
+    got = read()
+    while len(got) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        got = read()
+    return got
+
+
+def test_scripted_sequence_over_the_wire(settings, topics, cli_env):
+    producer = EventProducer(settings, component="test")
+    for logical, raw in scripted():
+        producer._produce(topic_name(settings, logical), b"u1", raw)   # as sent, invalid ones included
+    producer.flush()
+    proc = subprocess.Popen(cli_command("process", "--metrics-port", "0"), env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        experiences = wait_for(lambda: [schemas.decode("experiences", m.value()) for m in
+                                        read_topic(settings, topic_name(settings, "experiences"))], 4, 90)
+        letters = wait_for(lambda: [schemas.decode("dlq", m.value()) for m in
+                                    read_topic(settings, topic_name(settings, "dlq"))], 2, 30)
+        time.sleep(2)  # anything extra (a double count) would show up now
+        experiences = [schemas.decode("experiences", m.value())
+                       for m in read_topic(settings, topic_name(settings, "experiences"))]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    summary = sorted((e.event_id, e.reward, e.position, e.policy_version) for e in experiences)
+    assert summary == [
+        ("req-1:a:click", 1.0, 0, 7),
+        ("req-1:a:purchase", 2.0, 0, 7),
+        ("req-1:b:click", 1.0, 1, 7),
+        ("req-1:c:no_click", 0.0, 2, 7),
+    ], proc.stderr.read() if proc.poll() is not None else ""
+    assert sorted((d.reason, d.component) for d in letters) == [("malformed_json", "process"), ("orphan", "process")]
+    orphan = next(d for d in letters if d.reason == "orphan")
+    assert json.loads(orphan.original)["event_id"] == "clk-9" and orphan.offset is not None
