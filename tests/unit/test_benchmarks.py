@@ -48,3 +48,12 @@ def test_join_consumers_benchmark_prints_json():
     m = json.loads(done.stdout)["metrics"]
     assert m["events"] > 300 and m["batch_events_per_second"] > 0
     assert 0 < m["batch_experiences"] < m["events"]
+
+
+def test_stream_throughput_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.stream_throughput", "--requests", "200", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)["metrics"]
+    assert m["complete"] and m["experiences_stored"] == m["experiences_expected"] > 0
+    assert m["events_per_second"] > 0 and m["click_to_experience_p99_seconds"] >= m["click_to_experience_p50_seconds"]
