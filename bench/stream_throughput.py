@@ -77,10 +77,11 @@ def measure(requests: int = 20_000, progress=None) -> dict:
             world = World(WorldConfig(seed=3))
             load = list(generate(world, requests, start_ts=T0))
             # Warm-up: one clicked impression long before the load, to know both roles are running;
-            # clock: one impression long after it, so every click window of the load closes.
+            # clocks: impressions long after it, so every click window of the load closes.
             last_ts = max(record["ts"] for _, record in load)
             warm = _impression("warm", "warm-user", T0 - 10_000)
-            clock = _impression("clock", "clock-user", last_ts + 10_000)
+            # One per user of 64, so that every partition sees event time move on.
+            clocks = [_impression(f"clock-{u}", f"clock-user-{u}", last_ts + 10_000) for u in range(64)]
             with EventProducer(settings, component="bench") as producer:
                 producer.send_raw("impressions", json.dumps(warm).encode())
                 producer.send_raw("clicks", json.dumps({"event_id": "warm-click", "request_id": "warm",
@@ -100,7 +101,8 @@ def measure(requests: int = 20_000, progress=None) -> dict:
             with EventProducer(settings, component="bench") as producer:
                 for logical, record in load:
                     producer.send_raw(logical, json.dumps(record).encode())
-                producer.send_raw("impressions", json.dumps(clock).encode())
+                for clock in clocks:
+                    producer.send_raw("impressions", json.dumps(clock).encode())
             produced_at = time.perf_counter() - started
             done = _wait(lambda: _stored(store) - before >= expected, 900)
             elapsed = time.perf_counter() - started

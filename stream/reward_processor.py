@@ -119,6 +119,13 @@ class RewardProcessor:
         self._update_gauges()
         return out
 
+    def idle(self, partition: int, seconds: float) -> Outcome:
+        """Every input of the partition has been silent for ``seconds`` more of wall time."""
+        join, marks = self._partition(partition)
+        out = self._collect(join.advance(marks.advance_by(seconds)))
+        self._update_gauges()
+        return out
+
     def _collect(self, result: JoinOutput, current: tuple[str, bytes, Coordinates] | None = None) -> Outcome:
         """Experiences and dead letters from a join result; ``current`` is (event_id, raw, origin) just handled."""
         out = Outcome(experiences=list(result.experiences))

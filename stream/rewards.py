@@ -39,6 +39,7 @@ class RewardWorker:
         self.dlq_topic = topic_name(settings, "dlq")
         self.last_seen: dict[tuple[int, str], float] = {}
         self.idle: set[tuple[int, str]] = set()
+        self.last_tick = time.monotonic()
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -69,12 +70,16 @@ class RewardWorker:
         @app.timer(0.5)
         async def tick():
             now = time.monotonic()
+            elapsed, self.last_tick = now - self.last_tick, now
             for partition in list(self.processor.joins):
                 for logical in SOURCES:
                     key = (partition, logical)
                     if key not in self.idle and now - self.last_seen.get(key, 0.0) > self.idle_after:
                         self.idle.add(key)
                         self._emit(self.processor.reached_end(logical, partition))
+                if all((partition, logical) in self.idle for logical in SOURCES):
+                    # A silent partition: event time runs on with the wall clock so windows close.
+                    self._emit(self.processor.idle(partition, elapsed))
             self.producer.flush(10)
 
         return app

@@ -33,6 +33,13 @@ class InputWatermarks:
         self.progress.setdefault(key, float("-inf"))
         self.caught_up.add(key)
 
+    def advance_by(self, seconds: float) -> float:
+        """Let event time run on with the wall clock while every input is silent (no event can
+        come that should have been waited for, and open windows must still close)."""
+        if self._last > float("-inf"):
+            self._last += seconds
+        return self._last
+
     def value(self) -> float:
         """Event time that every input has passed (-inf until each lagging input has spoken).
 

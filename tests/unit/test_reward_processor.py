@@ -64,3 +64,12 @@ def test_parked_click_released_by_its_impression_is_forgotten():
     assert set(proc._held) == {"c1"}
     out = proc.handle("impressions", imp("r1", "u1", ["a"], T0), at("impressions", 0))
     assert [e.event_id for e in out.experiences] == ["r1:a:click"] and proc._held == {}
+
+
+def test_silent_partition_closes_its_windows_as_wall_time_passes():
+    proc = RewardProcessor(JoinConfig(click_window=30, grace=5))
+    proc.handle("impressions", imp("r1", "u1", ["a"], T0), at("impressions", 0))
+    for source in ("impressions", "clicks", "purchases"):
+        proc.reached_end(source, 0)
+    assert proc.idle(0, 20.0).experiences == []
+    assert [e.event_id for e in proc.idle(0, 20.0).experiences] == ["r1:a:no_click"]

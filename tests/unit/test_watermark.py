@@ -32,3 +32,14 @@ def test_inputs_at_their_end_do_not_hold_it_back():
     marks.observe("clicks", 120.0)
     marks.observe("impressions", 130.0)
     assert marks.value() == 120.0
+
+
+def test_silence_lets_event_time_run_on():
+    marks = InputWatermarks()
+    assert marks.advance_by(5.0) == float("-inf")   # nothing seen yet: nothing to run on from
+    marks.observe("impressions", 100.0)
+    marks.reached_end("impressions")
+    assert marks.value() == 100.0
+    assert marks.advance_by(2.5) == 102.5 and marks.value() == 102.5
+    marks.observe("impressions", 101.0)             # a late event does not pull it back
+    assert marks.value() == 102.5
