@@ -55,7 +55,7 @@ def _wait(condition, timeout: float) -> bool:
 def measure(requests: int = 20_000, progress=None) -> dict:
     from sim.traffic import generate
     from sim.world import World, WorldConfig
-    from stream.broker import EmbeddedBroker
+    from stream.broker import EmbeddedBroker, die_with_parent
     from stream.clients import make_admin
     from stream.config import Settings
     from stream.ingest import EventProducer
@@ -70,7 +70,7 @@ def measure(requests: int = 20_000, progress=None) -> dict:
         env.update(RECSYS_BOOTSTRAP_SERVERS=broker.bootstrap_servers, RECSYS_TOPIC_PREFIX="sb.",
                    RECSYS_DATA_DIR=tmp, RECSYS_LOG_LEVEL="WARNING")
         roles = [subprocess.Popen([sys.executable, "-m", "stream", role, "--metrics-port", "0"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
                  for role in ("process", "replay")]
         store = default_store_path(settings)
         try:

@@ -65,15 +65,19 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
     return False
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM the broker when the process that started it dies."""
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """``preexec_fn`` for helper processes: Linux SIGTERMs the child when its parent dies.
+
+    Also starts a new session, so Ctrl-C in a terminal reaches only the parent, which
+    then stops its children in order.
+    """
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except OSError:
             pass
-    os.setsid()  # Ctrl-C in the terminal reaches us, and we stop the broker cleanly.
+    os.setsid()
 
 
 class EmbeddedBroker:
@@ -136,7 +140,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         try:
