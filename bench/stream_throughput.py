@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,6 @@ from bench.machine import result
 from bench.runner import run_benchmark
 
 T0 = 1_763_900_000.0
-
-
-def _stored(path: Path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM experiences").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def _impression(request: str, user: str, ts: float) -> dict:
@@ -60,6 +49,7 @@ def measure(requests: int = 20_000, progress=None) -> dict:
     from stream.config import Settings
     from stream.ingest import EventProducer
     from stream.replay import default_store_path
+    from stream.replay_store import count_stored
     from stream.snapshot import read_topic
     from stream.topics import ensure_topics, topic_name
 
@@ -89,9 +79,9 @@ def measure(requests: int = 20_000, progress=None) -> dict:
                                                         "ts": T0 - 9_999}).encode())
             if progress:
                 progress("waiting for processor and replay service to start")
-            if not _wait(lambda: _stored(store) >= 1, 120):
+            if not _wait(lambda: count_stored(store) >= 1, 120):
                 raise RuntimeError("the warm-up experience never reached the replay store")
-            before = _stored(store)
+            before = count_stored(store)
             n_shown = sum(len(r["shown"]) for t, r in load if t == "impressions")
             n_purchases = sum(1 for t, _ in load if t == "purchases")
             expected = n_shown + n_purchases
@@ -104,9 +94,9 @@ def measure(requests: int = 20_000, progress=None) -> dict:
                 for clock in clocks:
                     producer.send_raw("impressions", json.dumps(clock).encode())
             produced_at = time.perf_counter() - started
-            done = _wait(lambda: _stored(store) - before >= expected, 900)
+            done = _wait(lambda: count_stored(store) - before >= expected, 900)
             elapsed = time.perf_counter() - started
-            stored = _stored(store) - before
+            stored = count_stored(store) - before
         finally:
             for proc in roles:
                 proc.terminate()

@@ -75,31 +75,45 @@ class DeadLetters:
         error: str,
         **coordinates: Any,
     ) -> schemas.DeadLetter:
-        letter = envelope(source_topic, raw, reason, error, self.component, **coordinates)
+        return self.publish(envelope(source_topic, raw, reason, error, self.component, **coordinates))
+
+    def publish(self, letter: schemas.DeadLetter) -> schemas.DeadLetter:
+        """Produce a dead letter already built (e.g. by the reward join) and count it."""
         payload = schemas.encode(letter)
+        kwargs = {"on_delivery": self._on_delivery} if self._on_delivery else {}
         while True:
             try:
-                kwargs = {"on_delivery": self._on_delivery} if self._on_delivery else {}
-                self._producer.produce(self.topic, key=source_topic.encode(), value=payload, **kwargs)
+                self._producer.produce(self.topic, key=letter.source_topic.encode(), value=payload, **kwargs)
                 break
             except BufferError:
                 self._producer.poll(0.1)
         self.sent += 1
-        DEAD_LETTERS.labels(topic=source_topic, component=self.component, reason=reason).inc()
-        log.debug("dead-lettered message from %s: %s", source_topic, error)
+        DEAD_LETTERS.labels(topic=letter.source_topic, component=letter.component, reason=letter.reason).inc()
+        log.debug("dead-lettered message from %s: %s", letter.source_topic, letter.error)
         return letter
 
     def decode_or_dead_letter(self, logical: str, msg: Message) -> Any | None:
         """Decode a consumed message; an invalid one goes to the dead-letter topic (returns None)."""
-        raw = msg.value() or b""
-        try:
-            event = schemas.decode(logical, raw)
-        except schemas.InvalidMessage as exc:
-            EVENTS_CONSUMED.labels(topic=logical, component=self.component, status="invalid").inc()
-            self.send(
-                msg.topic(), raw, exc.reason, exc.detail,
-                key=msg.key(), partition=msg.partition(), offset=msg.offset(),
-            )
-            return None
-        EVENTS_CONSUMED.labels(topic=logical, component=self.component, status="ok").inc()
+        event, letter = decode_consumed(logical, msg.value() or b"", self.component, msg.topic(),
+                                        msg.partition(), msg.offset(), msg.key())
+        if letter is not None:
+            self.publish(letter)
         return event
+
+
+def decode_consumed(
+    logical: str, raw: bytes, component: str, topic: str, partition: int, offset: int, key: bytes | None,
+) -> tuple[Any | None, schemas.DeadLetter | None]:
+    """(event, None) for a valid consumed message, (None, dead letter with its origin) otherwise.
+
+    One place where consumers validate and count what they read, whether they send
+    the dead letter at once or hand it back to a caller that batches its output.
+    """
+    try:
+        event = schemas.decode(logical, raw)
+    except schemas.InvalidMessage as exc:
+        EVENTS_CONSUMED.labels(topic=logical, component=component, status="invalid").inc()
+        return None, envelope(topic, raw, exc.reason, exc.detail, component,
+                              key=key, partition=partition, offset=offset)
+    EVENTS_CONSUMED.labels(topic=logical, component=component, status="ok").inc()
+    return event, None

@@ -34,6 +34,18 @@ class StoreConfig:
     seed: int = 0
 
 
+def count_stored(path: str | Path) -> int:
+    """Experiences in a store file, read-only, from another process; 0 before the store exists."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM experiences").fetchone()[0]
+    except sqlite3.OperationalError:  # the service has not created its tables yet
+        return 0
+
+
 class ReplayStore:
     def __init__(self, path: str | Path, config: StoreConfig | None = None) -> None:
         self.config = config or StoreConfig()

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Gauge, Histogram
 
 from stream import schemas
-from stream.dead_letters import envelope
+from stream.dead_letters import decode_consumed, envelope
 from stream.join import JoinConfig, JoinOutput, RewardJoin
-from stream.metrics import EVENTS_CONSUMED
 from stream.watermark import InputWatermarks
 
 SOURCES = ("impressions", "clicks", "purchases")
@@ -90,14 +89,11 @@ class RewardProcessor:
             raise ValueError(f"the reward join does not consume {logical!r}")
         started = time.perf_counter()
         out = Outcome()
-        try:
-            event = schemas.decode(logical, raw)
-        except schemas.InvalidMessage as exc:
-            EVENTS_CONSUMED.labels(topic=logical, component=self.component, status="invalid").inc()
-            out.dead_letters.append(envelope(where.topic, raw, exc.reason, exc.detail, self.component,
-                                             key=where.key, partition=where.partition, offset=where.offset))
+        event, letter = decode_consumed(logical, raw, self.component, where.topic, where.partition,
+                                        where.offset, where.key)
+        if letter is not None:
+            out.dead_letters.append(letter)
             return out
-        EVENTS_CONSUMED.labels(topic=logical, component=self.component, status="ok").inc()
         join, marks = self._partition(where.partition)
         if logical == "impressions":
             result = join.impression(event)

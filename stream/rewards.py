@@ -88,8 +88,7 @@ class RewardWorker:
         for experience in out.experiences:
             self.producer.send("experiences", experience)
         for letter in out.dead_letters:
-            self.producer.dead_letters.send(letter.source_topic, letter.original, letter.reason, letter.error,
-                                            key=letter.key, partition=letter.partition, offset=letter.offset)
+            self.producer.dead_letters.publish(letter)
 
     def run(self) -> None:
         worker = faust.Worker(self.app, loglevel="warning", quiet=True, redirect_stdouts=False)

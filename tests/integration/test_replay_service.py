@@ -13,6 +13,7 @@ import pytest
 from stream import schemas
 from stream.ingest import EventProducer
 from stream.replay import default_store_path
+from stream.replay_store import count_stored
 from stream.snapshot import read_topic
 from stream.topics import topic_name
 from tests.conftest import cli_command
@@ -25,16 +26,6 @@ def experience(i: int) -> schemas.Experience:
         event_id=f"req-{i}:item-{i % 50}:click", request_id=f"req-{i}", user_id=f"user-{i % 300}",
         action=f"item-{i % 50}", position=i % 5, propensity=0.2, reward=1.0,
         reward_parts=schemas.RewardParts(click=1.0), kind="click", policy_version=1, ts=1_763_900_000.0 + i)
-
-
-def stored(path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM experiences").fetchone()[0]
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -66,14 +57,14 @@ def test_kill_9_mid_stream_then_restart_stores_every_experience_once(settings, t
     path = default_store_path(settings)
     service = start(cli_env)
     try:
-        wait_for(lambda: stored(path) >= 2000, 60, "the first experiences to be stored")
+        wait_for(lambda: count_stored(path) >= 2000, 60, "the first experiences to be stored")
         os.kill(service.pid, signal.SIGKILL)
         service.wait(10)
         for i in range(total // 2, total):
             producer.send("experiences", experience(i))
         producer.flush()
         service = start(cli_env)
-        wait_for(lambda: stored(path) >= total, 120, "all experiences to be stored")
+        wait_for(lambda: count_stored(path) >= total, 120, "all experiences to be stored")
         time.sleep(1.0)  # anything extra (a duplicate) would land now
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0, service.stderr.read()
