@@ -62,10 +62,11 @@ class EventProducer:
                 self.failures.append(f"{msg.topic()}: {err.str()}")
             log.error("delivery to %s failed: %s", msg.topic(), err.str())
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered)
+                self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered, **extra)
                 self._producer.poll(0)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
@@ -74,6 +75,10 @@ class EventProducer:
     def send(self, logical: str, event: msgspec.Struct) -> None:
         """Produce an event built in code (already typed); keyed by its contract's key."""
         self._produce(self._topic(logical), schemas.key_of(logical, event), schemas.encode(event))
+
+    def send_record(self, logical: str, key: bytes, value: bytes | None, partition: int) -> None:
+        """Produce an internal record (a changelog entry; None is a tombstone) to a chosen partition."""
+        self._produce(self._topic(logical), key, value, partition)
 
     def send_raw(self, logical: str, raw: bytes, *, line: int | None = None) -> str | None:
         """Validate raw JSON; produce it if valid, else dead-letter it.

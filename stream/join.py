@@ -52,12 +52,15 @@ class Rejected:
 
 
 @dataclass
-class _Open:
+class OpenRequest:
+    """One impression the join still holds: its slots and which reward parts it has paid out."""
+
     impression: Impression
     slots: dict[str, tuple[int, float]]     # item -> (position, propensity)
     clicked: set[str] = field(default_factory=set)
     purchased: set[str] = field(default_factory=set)
     closed: bool = False                      # no_click experiences emitted
+    events: list[str] = field(default_factory=list)  # event ids joined to it (restored into the dedupe set)
 
 
 @dataclass
@@ -82,7 +85,7 @@ class RewardJoin:
     def __init__(self, config: JoinConfig | None = None) -> None:
         self.config = config or JoinConfig()
         self.watermark = float("-inf")
-        self._open: dict[str, _Open] = {}                       # request_id -> state
+        self._open: dict[str, OpenRequest] = {}                       # request_id -> state
         self._by_user_item: dict[tuple[str, str], list[str]] = {}  # (user, item) -> request ids, oldest first
         self._deadlines: list[tuple[float, int, str, str]] = []  # (time, order, what, request_id)
         self._seen: dict[str, float] = {}                       # event_id -> ts
@@ -94,6 +97,10 @@ class RewardJoin:
         self._parked_by_user_item: dict[tuple[str, str], list[int]] = {}
         self._parked_deadlines: list[tuple[float, int]] = []
         self._order = 0
+        # What changed since the last ``take_changes()``: the durable copy of this state
+        # (the join worker's changelog) is written from it.
+        self._changed_requests: set[str] = set()
+        self._changed_parked: dict[str, Click | Purchase | None] = {}
 
     # -- bookkeeping -----------------------------------------------------------------
     @property
@@ -103,6 +110,9 @@ class RewardJoin:
     @property
     def parked(self) -> int:
         return len(self._parked)
+
+    def parked_event_ids(self) -> list[str]:
+        return [event.event_id for event in self._parked.values()]
 
     def _schedule(self, when: float, what: str, request_id: str) -> None:
         self._order += 1
@@ -121,8 +131,9 @@ class RewardJoin:
         if self._duplicate(imp.event_id, imp.ts) or imp.request_id in self._open:
             out.duplicates += 1
             return out
-        state = _Open(imp, {s.item_id: (s.position, s.propensity) for s in imp.shown})
+        state = OpenRequest(imp, {s.item_id: (s.position, s.propensity) for s in imp.shown}, events=[imp.event_id])
         self._open[imp.request_id] = state
+        self._changed_requests.add(imp.request_id)
         for item in state.slots:
             self._by_user_item.setdefault((imp.user_id, item), []).append(imp.request_id)
         self._schedule(imp.ts + self.config.click_window + self.config.grace, "close", imp.request_id)
@@ -135,6 +146,7 @@ class RewardJoin:
             event = self._parked.pop(order, None)
             if event is not None:
                 out.released.append(event.event_id)
+                self._changed_parked[event.event_id] = None
                 out.extend(self._match(event, park=True))
         return out
 
@@ -146,6 +158,7 @@ class RewardJoin:
         else:
             self._parked_by_user_item.setdefault((event.user_id, event.item_id), []).append(self._order)
         heapq.heappush(self._parked_deadlines, (event.ts + self.config.grace, self._order))
+        self._changed_parked[event.event_id] = event
 
     def click(self, click: Click) -> JoinOutput:
         if self._duplicate(click.event_id, click.ts):
@@ -157,7 +170,7 @@ class RewardJoin:
             return JoinOutput(duplicates=1)
         return self._match(purchase, park=True)
 
-    def _find(self, event: Click | Purchase) -> _Open | None:
+    def _find(self, event: Click | Purchase) -> OpenRequest | None:
         if event.request_id is not None:
             return self._open.get(event.request_id)
         window = self.config.click_window if isinstance(event, Click) else self.config.purchase_window
@@ -189,12 +202,16 @@ class RewardJoin:
                 out.duplicates += 1      # a second click on the same shown item earns nothing more
                 return out
             state.clicked.add(item)
+            state.events.append(event.event_id)
+            self._changed_requests.add(state.impression.request_id)
             out.experiences.append(self._experience(state, item, "click", event.ts))
         else:
             if item in state.purchased:
                 out.duplicates += 1
                 return out
             state.purchased.add(item)
+            state.events.append(event.event_id)
+            self._changed_requests.add(state.impression.request_id)
             out.experiences.append(self._experience(state, item, "purchase", event.ts, event.value))
         return out
 
@@ -219,6 +236,7 @@ class RewardJoin:
                     del index[key]
             kind = "click" if isinstance(event, Click) else "purchase"
             out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
+            self._changed_parked[event.event_id] = None
         while self._deadlines and self._deadlines[0][0] <= watermark:
             _, _, what, request_id = heapq.heappop(self._deadlines)
             state = self._open.get(request_id)
@@ -226,6 +244,7 @@ class RewardJoin:
                 continue
             if what == "close" and not state.closed:
                 state.closed = True
+                self._changed_requests.add(request_id)
                 close_ts = state.impression.ts + self.config.click_window
                 for item in sorted(state.slots, key=lambda i: state.slots[i][0]):
                     if item not in state.clicked:
@@ -238,9 +257,10 @@ class RewardJoin:
             self._seen.pop(event_id, None)
         return out
 
-    def _forget(self, state: _Open) -> None:
+    def _forget(self, state: OpenRequest) -> None:
         imp = state.impression
         self._open.pop(imp.request_id, None)
+        self._changed_requests.add(imp.request_id)
         for item in state.slots:
             ids = self._by_user_item.get((imp.user_id, item))
             if ids is not None:
@@ -249,6 +269,33 @@ class RewardJoin:
                 if not ids:
                     del self._by_user_item[(imp.user_id, item)]
 
+    # -- durable state ----------------------------------------------------------------------
+    def take_changes(self) -> tuple[dict[str, "OpenRequest | None"], dict[str, "Click | Purchase | None"]]:
+        """Requests and parked events changed since the last call (None: gone), then forget the list."""
+        requests = {rid: self._open.get(rid) for rid in self._changed_requests}
+        parked, self._changed_parked = self._changed_parked, {}
+        self._changed_requests = set()
+        return requests, parked
+
+    def restore(self, requests: list["OpenRequest"], parked: list[Click | Purchase], watermark: float) -> None:
+        """Rebuild the state a ``take_changes()`` stream described, deadlines and dedupe set included."""
+        self.watermark = watermark
+        for state in sorted(requests, key=lambda s: s.impression.ts):
+            imp = state.impression
+            self._open[imp.request_id] = state
+            for item in state.slots:
+                self._by_user_item.setdefault((imp.user_id, item), []).append(imp.request_id)
+            for event_id in state.events:
+                self._duplicate(event_id, imp.ts)
+            if not state.closed:
+                self._schedule(imp.ts + self.config.click_window + self.config.grace, "close", imp.request_id)
+            self._schedule(imp.ts + self.config.purchase_window + self.config.grace, "forget", imp.request_id)
+        for event in sorted(parked, key=lambda e: e.ts):
+            self._duplicate(event.event_id, event.ts)
+            self._park(event)
+        self._changed_requests = set()
+        self._changed_parked = {}
+
     def oldest_open_ts(self) -> float | None:
         """Event time of the oldest impression still held (what a restart must re-read from)."""
         if not self._open:
@@ -256,7 +303,7 @@ class RewardJoin:
         return min(s.impression.ts for s in self._open.values())
 
     # -- output ------------------------------------------------------------------------------
-    def _experience(self, state: _Open, item: str, kind: str, ts: float, value: float = 0.0) -> Experience:
+    def _experience(self, state: OpenRequest, item: str, kind: str, ts: float, value: float = 0.0) -> Experience:
         cfg = self.config
         imp = state.impression
         position, propensity = state.slots[item]

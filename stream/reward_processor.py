@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from stream import schemas
+from stream import join_state, schemas
 from stream.dead_letters import decode_consumed, envelope
-from stream.join import JoinConfig, JoinOutput, RewardJoin
+from stream.join import JoinConfig, JoinOutput, OpenRequest, RewardJoin
 from stream.watermark import InputWatermarks
 
 SOURCES = ("impressions", "clicks", "purchases")
@@ -73,6 +73,7 @@ class RewardProcessor:
         # Original bytes and origin of the clicks/purchases the join has parked, so a
         # later orphan rejection can dead-letter them as they arrived.
         self._held: dict[str, tuple[bytes, Coordinates]] = {}
+        self._written_progress: dict[int, bytes] = {}
 
     def _partition(self, partition: int) -> tuple[RewardJoin, InputWatermarks]:
         join = self.joins.get(partition)
@@ -144,6 +145,71 @@ class RewardProcessor:
                 self.component, key=where.key if where else None,
                 partition=where.partition if where else None, offset=where.offset if where else None))
         return out
+
+    # -- durable state (the batch worker's changelog) ----------------------------------------
+    def changes(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records (key, value or None for a tombstone) for what changed in ``partition``."""
+        join = self.joins.get(partition)
+        if join is None:
+            return []
+        requests, parked = join.take_changes()
+        out: list[tuple[bytes, bytes | None]] = []
+        for request_id, state in requests.items():
+            value = None if state is None else join_state.encode(join_state.RequestRecord(
+                state.impression, sorted(state.clicked), sorted(state.purchased), state.closed, state.events))
+            out.append((join_state.request_key(request_id), value))
+        for event_id, event in parked.items():
+            held = self._held.get(event_id) if event is not None else None
+            value = None
+            if held is not None:
+                raw, where = held
+                logical = "clicks" if isinstance(event, schemas.Click) else "purchases"
+                value = join_state.encode(join_state.ParkedRecord(
+                    logical, raw, where.topic, where.partition, where.offset, where.key))
+            out.append((join_state.parked_key(event_id), value))
+        marks = self.watermarks[partition]
+        progress = join_state.ProgressRecord(
+            {str(k): v for k, v in marks.progress.items()}, marks.last, join.watermark)
+        encoded = join_state.encode(progress)
+        if self._written_progress.get(partition) != encoded:
+            self._written_progress[partition] = encoded
+            out.append((join_state.PROGRESS, encoded))
+        return out
+
+    def restore(self, partition: int, live: dict[bytes, bytes]) -> None:
+        """Rebuild ``partition``'s join from its changelog (the live value per key)."""
+        self.drop(partition)
+        join, marks = self._partition(partition)
+        requests, parked, watermark = [], [], float("-inf")
+        for key, value in live.items():
+            record = join_state.decode(key, value)
+            if isinstance(record, join_state.RequestRecord):
+                imp = record.impression
+                requests.append(OpenRequest(
+                    imp, {s.item_id: (s.position, s.propensity) for s in imp.shown},
+                    set(record.clicked), set(record.purchased), record.closed, list(record.events)))
+            elif isinstance(record, join_state.ParkedRecord):
+                event = schemas.decode(record.logical, record.raw)
+                self._held[event.event_id] = (record.raw, Coordinates(
+                    record.topic, record.partition, record.offset, record.key))
+                parked.append(event)
+            else:
+                marks.progress.update(record.progress)
+                marks.last = record.last
+                watermark = record.watermark
+                self._written_progress[partition] = value
+        join.restore(requests, parked, watermark)
+        self._update_gauges()
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition this worker no longer owns (its state lives on in the changelog)."""
+        join = self.joins.pop(partition, None)
+        self.watermarks.pop(partition, None)
+        self._written_progress.pop(partition, None)
+        if join is not None:
+            for event_id in join.parked_event_ids():
+                self._held.pop(event_id, None)
+        self._update_gauges()
 
     def _update_gauges(self) -> None:
         OPEN_REQUESTS.set(sum(j.open_requests for j in self.joins.values()))

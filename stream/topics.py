@@ -18,9 +18,10 @@ from stream.config import Settings
 log = logging.getLogger(__name__)
 
 #: Logical topic names, in the order of DESIGN.md section 3.
-LOGICAL_TOPICS = ("impressions", "clicks", "purchases", "items", "experiences", "policies", "dlq")
-#: Topics whose latest value per key is the state (compacted, never expire).
-COMPACTED = frozenset({"items", "policies"})
+LOGICAL_TOPICS = ("impressions", "clicks", "purchases", "items", "experiences", "policies", "dlq", "join-state")
+#: Topics whose latest value per key is the state (compacted, never expire). ``join-state`` is
+#: the reward join's changelog (stream/join_state.py), internal to the join workers.
+COMPACTED = frozenset({"items", "policies", "join-state"})
 #: Raw behaviour events: kept for a bounded time so they can be replayed.
 EVENTS = frozenset({"impressions", "clicks", "purchases"})
 

@@ -18,7 +18,7 @@ from typing import Hashable
 class InputWatermarks:
     progress: dict[Hashable, float] = field(default_factory=dict)
     caught_up: set[Hashable] = field(default_factory=set)
-    _last: float = float("-inf")
+    last: float = float("-inf")
 
     def register(self, key: Hashable) -> None:
         """An input that exists but has produced nothing yet still holds the watermark back."""
@@ -36,9 +36,9 @@ class InputWatermarks:
     def advance_by(self, seconds: float) -> float:
         """Let event time run on with the wall clock while every input is silent (no event can
         come that should have been waited for, and open windows must still close)."""
-        if self._last > float("-inf"):
-            self._last += seconds
-        return self._last
+        if self.last > float("-inf"):
+            self.last += seconds
+        return self.last
 
     def value(self) -> float:
         """Event time that every input has passed (-inf until each lagging input has spoken).
@@ -49,5 +49,5 @@ class InputWatermarks:
         if self.progress:
             lagging = [ts for key, ts in self.progress.items() if key not in self.caught_up]
             current = min(lagging) if lagging else max(self.progress.values())
-            self._last = max(self._last, current)
-        return self._last
+            self.last = max(self.last, current)
+        return self.last

@@ -48,12 +48,13 @@ def wait_for(read, expected: int, timeout: float):
     return got
 
 
-def test_scripted_sequence_over_the_wire(settings, topics, cli_env):
+@pytest.mark.parametrize("engine", ["batch", "faust"])
+def test_scripted_sequence_over_the_wire(settings, topics, cli_env, engine):
     producer = EventProducer(settings, component="test")
     for logical, raw in scripted():
         producer._produce(topic_name(settings, logical), b"u1", raw)   # as sent, invalid ones included
     producer.flush()
-    proc = subprocess.Popen(cli_command("process", "--metrics-port", "0"), env=cli_env,
+    proc = subprocess.Popen(cli_command("process", "--engine", engine, "--metrics-port", "0"), env=cli_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         experiences = wait_for(lambda: [schemas.decode("experiences", m.value()) for m in

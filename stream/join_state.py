@@ -1,0 +1,126 @@
+"""The reward join's durable state: a compacted changelog topic, one record per held thing.
+
+The join holds impressions for their click and purchase windows and parks clicks
+that overtook their impression. Committing input offsets past those events is only
+safe if the state they built survives the worker: so every checkpoint writes what
+changed (an open request, a parked event, a partition's event-time progress) to the
+``join-state`` topic, partition p holding the state of input partition p, keyed so
+compaction keeps the latest copy and a tombstone removes what the join let go. A
+worker that is assigned partition p (after a crash or a rebalance) reads partition
+p of the changelog to its end and resumes exactly where the committed offsets say.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Iterable
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from stream.clients import consumer_config
+from stream.config import Settings
+from stream.schemas import Impression
+
+REQUEST = b"r/"
+PARKED = b"p/"
+PROGRESS = b"w"
+
+
+class RequestRecord(msgspec.Struct, array_like=True):
+    impression: Impression
+    clicked: list[str]
+    purchased: list[str]
+    closed: bool
+    events: list[str]
+
+
+class ParkedRecord(msgspec.Struct, array_like=True):
+    """A click or purchase waiting for its impression, as it arrived (so it can still be dead-lettered as is)."""
+
+    logical: str
+    raw: bytes
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+
+class ProgressRecord(msgspec.Struct, array_like=True):
+    """Per-input event-time progress and the watermark the join has reached."""
+
+    progress: dict[str, float]
+    last: float
+    watermark: float
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders = {
+    REQUEST: msgspec.msgpack.Decoder(RequestRecord),
+    PARKED: msgspec.msgpack.Decoder(ParkedRecord),
+    PROGRESS: msgspec.msgpack.Decoder(ProgressRecord),
+}
+
+
+def request_key(request_id: str) -> bytes:
+    return REQUEST + request_id.encode()
+
+
+def parked_key(event_id: str) -> bytes:
+    return PARKED + event_id.encode()
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return _encoder.encode(record)
+
+
+def kind_of(key: bytes) -> bytes:
+    return PROGRESS if key == PROGRESS else key[:2]
+
+
+def decode(key: bytes, value: bytes) -> RequestRecord | ParkedRecord | ProgressRecord:
+    decoder = _decoders.get(kind_of(key))
+    if decoder is None:
+        raise ValueError(f"unknown join-state key {key[:40]!r}")
+    return decoder.decode(value)
+
+
+def latest(records: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
+    """The live value per key of a changelog read in order (a tombstone deletes the key)."""
+    live: dict[bytes, bytes] = {}
+    for key, value in records:
+        if value is None:
+            live.pop(key, None)
+        else:
+            live[key] = value
+    return live
+
+
+def read_partition(settings: Settings, topic: str, partition: int, timeout: float = 60.0) -> dict[bytes, bytes]:
+    """Partition ``partition`` of the changelog from its beginning to its end, compacted in memory.
+
+    The end comes from partition EOF, not ListOffsets (which undercounts on Tansu).
+    """
+    conf = consumer_config(settings, "process-restore", f"restore-{uuid.uuid4().hex}", **{
+        "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 20,
+        "isolation.level": "read_committed",
+    })
+    consumer = Consumer(conf)
+    records: list[tuple[bytes, bytes | None]] = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"restoring {topic}[{partition}] did not reach its end within {timeout:.0f}s")
+            batch = consumer.consume(10_000, 0.2)
+            for msg in batch:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return latest(records)
+                    raise KafkaException(err)
+                records.append((msg.key(), msg.value()))
+    finally:
+        consumer.close()

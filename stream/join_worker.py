@@ -1,0 +1,182 @@
+"""The reward-join worker on a batch consumer: the default engine of ``recsys-stream process``.
+
+Why not the faust agent (``stream/rewards.py``): faust's per-message path reads
+about 4-5k events/s here and keeps the join state in memory, so a restart or a
+rebalance loses open windows. This worker reads batches with confluent-kafka,
+drives the same ``RewardProcessor``, and makes each batch durable in three steps,
+in this order:
+
+1. experiences and dead letters are produced and acknowledged;
+2. what the batch changed in the join state goes to the ``join-state`` changelog
+   (``stream/join_state.py``) and is acknowledged;
+3. the input offsets are committed.
+
+A worker that dies between any two steps restarts from the last committed offsets
+with the state of step 2, so an input is either re-read into a state that does not
+yet hold it, or recognised as a duplicate by a state that does: nothing is lost, no
+reward part is paid twice, and experiences re-emitted after a crash carry the same
+deterministic ids (idempotent sinks such as the replay store ignore them).
+Partition p of impressions, clicks and purchases always go to one worker (range
+assignment over co-partitioned topics); on assignment the worker restores partition
+p's state from the changelog, on revocation it checkpoints and lets it go.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from stream.clients import make_admin, make_consumer
+from stream.config import Settings
+from stream.ingest import EventProducer
+from stream.join import JoinConfig
+from stream.join_state import read_partition
+from stream.reward_processor import SOURCES, Coordinates, Outcome, RewardProcessor
+from stream.topics import ensure_topics, topic_name
+
+log = logging.getLogger(__name__)
+
+
+class JoinWorker:
+    def __init__(self, settings: Settings, join: JoinConfig | None = None, *, batch: int = 5000,
+                 idle_after: float = 2.0, checkpoint_every: float = 0.2) -> None:
+        self.settings = settings
+        self.processor = RewardProcessor(join or JoinConfig(), component="process")
+        self.output = EventProducer(settings, component="process")
+        self.names = {topic_name(settings, s): s for s in SOURCES}
+        self.changelog = topic_name(settings, "join-state")
+        self.group = f"{settings.topic_prefix}rewards"
+        self.batch = batch
+        self.idle_after = idle_after
+        self.checkpoint_every = checkpoint_every
+        self.stop_event = threading.Event()
+        self.owned: set[int] = set()
+        self.positions: dict[tuple[str, int], int] = {}   # next offset to commit per input partition
+        self.last_seen: dict[tuple[int, str], float] = {}
+        self.at_end: set[tuple[int, str]] = set()
+        self.consumed = 0
+        self._dirty = False
+
+    # -- group membership -------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in sorted({tp.partition for tp in partitions} - self.owned):
+            started = time.monotonic()
+            live = read_partition(self.settings, self.changelog, p)
+            self.processor.restore(p, live)
+            self.owned.add(p)
+            log.info("partition %d: restored %d state records in %.2fs", p, len(live), time.monotonic() - started)
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._checkpoint(consumer)
+        self._release({tp.partition for tp in partitions})
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another worker owns them now: do not commit, just forget.
+        log.warning("partitions lost: %s", sorted({tp.partition for tp in partitions}))
+        self._release({tp.partition for tp in partitions})
+        consumer.unassign()
+
+    def _release(self, numbers: set[int]) -> None:
+        for p in numbers:
+            self.processor.drop(p)
+            self.owned.discard(p)
+        self.positions = {k: v for k, v in self.positions.items() if k[1] not in numbers}
+        self.last_seen = {k: v for k, v in self.last_seen.items() if k[0] not in numbers}
+        self.at_end = {k for k in self.at_end if k[0] not in numbers}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, idle_exit: float | None = None) -> None:
+        """Join until ``stop()`` (or ``idle_exit`` seconds without input, for finite runs)."""
+        ensure_topics(make_admin(self.settings, "process"), self.settings)
+        consumer = make_consumer(self.settings, "process", self.group, **{
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "partition.assignment.strategy": "range",
+            "fetch.wait.max.ms": 50,
+        })
+        consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        last_input = last_checkpoint = last_tick = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                messages = consumer.consume(self.batch, 0.1)
+                now = time.monotonic()
+                if self._handle(messages, now):
+                    last_input = now
+                if now - last_tick >= 0.5:
+                    self._tick(now, now - last_tick)
+                    last_tick = now
+                if self._dirty and (now - last_checkpoint >= self.checkpoint_every or len(messages) >= self.batch):
+                    self._checkpoint(consumer)
+                    last_checkpoint = now
+                if idle_exit is not None and now - last_input > idle_exit:
+                    break
+            self._checkpoint(consumer)
+        finally:
+            consumer.close()
+            self.output.release()
+
+    def _handle(self, messages: list[Message], now: float) -> bool:
+        consumed = False
+        for msg in messages:
+            topic, partition = msg.topic(), msg.partition()
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    logical = self.names.get(topic)
+                    if logical is not None and partition in self.owned:
+                        self.at_end.add((partition, logical))
+                        self._emit(self.processor.reached_end(logical, partition))
+                else:
+                    log.warning("consume error: %s", err.str())
+                continue
+            if partition not in self.owned:
+                continue  # delivered after a revocation: the new owner reads it
+            logical = self.names[topic]
+            where = Coordinates(topic, partition, msg.offset(), msg.key())
+            self._emit(self.processor.handle(logical, msg.value(), where))
+            self.positions[(topic, partition)] = msg.offset() + 1
+            self.last_seen[(partition, logical)] = now
+            self.at_end.discard((partition, logical))
+            self._dirty = consumed = True
+            self.consumed += 1
+        return consumed
+
+    def _tick(self, now: float, elapsed: float) -> None:
+        """A partition whose inputs are all at their end and quiet lets event time run with the clock."""
+        for p in self.owned:
+            quiet = all((p, s) in self.at_end and now - self.last_seen.get((p, s), 0.0) > self.idle_after
+                        for s in SOURCES)
+            if quiet:
+                self._emit(self.processor.idle(p, elapsed))
+
+    def _emit(self, out: Outcome) -> None:
+        for experience in out.experiences:
+            self.output.send("experiences", experience)
+        for letter in out.dead_letters:
+            self.output.dead_letters.publish(letter)
+        if out.experiences or out.dead_letters:
+            self._dirty = True
+
+    def _checkpoint(self, consumer: Consumer) -> None:
+        """Outputs acknowledged, then state changes acknowledged, then offsets committed."""
+        self.output.flush()
+        wrote = False
+        for p in sorted(self.owned):
+            for key, value in self.processor.changes(p):
+                self.output.send_record("join-state", key, value, p)
+                wrote = True
+        if wrote:
+            self.output.flush()
+        if self.positions:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self.positions.items()],
+                            asynchronous=False)
+        self._dirty = False
+
+    def stop(self) -> None:
+        self.stop_event.set()
