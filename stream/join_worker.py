@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from stream.clients import make_admin, make_consumer
 from stream.config import Settings
@@ -47,6 +47,7 @@ class JoinWorker:
         self.processor = RewardProcessor(join or JoinConfig(), component="process")
         self.output = EventProducer(settings, component="process")
         self.names = {topic_name(settings, s): s for s in SOURCES}
+        self.topics = {s: t for t, s in self.names.items()}
         self.changelog = topic_name(settings, "join-state")
         self.group = f"{settings.topic_prefix}rewards"
         self.batch = batch
@@ -56,8 +57,8 @@ class JoinWorker:
         self.owned: set[int] = set()
         self.positions: dict[tuple[str, int], int] = {}   # next offset to commit per input partition
         self.last_seen: dict[tuple[int, str], float] = {}
-        self.at_end: set[tuple[int, str]] = set()
         self.consumed = 0
+        self.drained = False
         self._dirty = False
 
     # -- group membership -------------------------------------------------------------------
@@ -68,6 +69,11 @@ class JoinWorker:
             self.processor.restore(p, live)
             self.owned.add(p)
             log.info("partition %d: restored %d state records in %.2fs", p, len(live), time.monotonic() - started)
+        # Where each input resumes: the committed offset, or the start of a partition never read.
+        now = time.monotonic()
+        for tp in consumer.committed(partitions, timeout=30):
+            self.positions[(tp.topic, tp.partition)] = max(tp.offset, 0)
+            self.last_seen[(tp.partition, self.names[tp.topic])] = now   # quiet counts from here
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -87,7 +93,6 @@ class JoinWorker:
             self.owned.discard(p)
         self.positions = {k: v for k, v in self.positions.items() if k[1] not in numbers}
         self.last_seen = {k: v for k, v in self.last_seen.items() if k[0] not in numbers}
-        self.at_end = {k for k in self.at_end if k[0] not in numbers}
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, idle_exit: float | None = None) -> None:
@@ -95,25 +100,28 @@ class JoinWorker:
         ensure_topics(make_admin(self.settings, "process"), self.settings)
         consumer = make_consumer(self.settings, "process", self.group, **{
             "enable.auto.commit": False,
-            "enable.partition.eof": True,
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 50,
         })
         consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        last_input = last_checkpoint = last_tick = time.monotonic()
+        last_input = last_checkpoint = last_tick = last_report = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 messages = consumer.consume(self.batch, 0.1)
                 now = time.monotonic()
+                self.drained = len(messages) < self.batch
                 if self._handle(messages, now):
                     last_input = now
                 if now - last_tick >= 0.5:
-                    self._tick(now, now - last_tick)
+                    self._tick(consumer, now, now - last_tick)
                     last_tick = now
                 if self._dirty and (now - last_checkpoint >= self.checkpoint_every or len(messages) >= self.batch):
                     self._checkpoint(consumer)
                     last_checkpoint = now
+                if now - last_report >= 10.0:
+                    last_report = now
+                    log.info("consumed %d messages; next offsets %s", self.consumed, self._positions_text())
                 if idle_exit is not None and now - last_input > idle_exit:
                     break
             self._checkpoint(consumer)
@@ -127,13 +135,7 @@ class JoinWorker:
             topic, partition = msg.topic(), msg.partition()
             err = msg.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    logical = self.names.get(topic)
-                    if logical is not None and partition in self.owned:
-                        self.at_end.add((partition, logical))
-                        self._emit(self.processor.reached_end(logical, partition))
-                else:
-                    log.warning("consume error: %s", err.str())
+                log.warning("consume error: %s", err.str())
                 continue
             if partition not in self.owned:
                 continue  # delivered after a revocation: the new owner reads it
@@ -142,18 +144,35 @@ class JoinWorker:
             self._emit(self.processor.handle(logical, msg.value(), where))
             self.positions[(topic, partition)] = msg.offset() + 1
             self.last_seen[(partition, logical)] = now
-            self.at_end.discard((partition, logical))
             self._dirty = consumed = True
             self.consumed += 1
         return consumed
 
-    def _tick(self, now: float, elapsed: float) -> None:
-        """A partition whose inputs are all at their end and quiet lets event time run with the clock."""
+    def _tick(self, consumer: Consumer, now: float, elapsed: float) -> None:
+        """Caught-up, quiet inputs stop holding event time back; a partition whose inputs are all
+        caught up and quiet lets event time run on with the clock (so its last windows close)."""
         for p in self.owned:
-            quiet = all((p, s) in self.at_end and now - self.last_seen.get((p, s), 0.0) > self.idle_after
-                        for s in SOURCES)
-            if quiet:
+            quiet = [s for s in SOURCES
+                     if now - self.last_seen[(p, s)] > self.idle_after and self._caught_up(consumer, s, p)]
+            for logical in quiet:
+                self._emit(self.processor.reached_end(logical, p))
+            if len(quiet) == len(SOURCES):
                 self._emit(self.processor.idle(p, elapsed))
+
+    def _caught_up(self, consumer: Consumer, logical: str, partition: int) -> bool:
+        """The last batch drained the local queue and our position has reached the end that the
+        last fetch of this partition reported.
+
+        Not partition EOF: an EOF seen at start-up stays "true" while another input's
+        backlog fills every batch and this input's new records wait unfetched, and
+        treating that input as idle closed windows before their clicks were read.
+        """
+        if not self.drained:
+            return False
+        topic = self.topics[logical]
+        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        position = self.positions.get((topic, partition))
+        return high >= 0 and position is not None and position >= high
 
     def _emit(self, out: Outcome) -> None:
         for experience in out.experiences:
@@ -177,6 +196,9 @@ class JoinWorker:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self.positions.items()],
                             asynchronous=False)
         self._dirty = False
+
+    def _positions_text(self) -> str:
+        return ", ".join(f"{self.names[t]}[{p}]={o}" for (t, p), o in sorted(self.positions.items()))
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -53,7 +53,7 @@ def test_scripted_sequence_over_the_wire(settings, topics, cli_env, engine):
     producer = EventProducer(settings, component="test")
     for logical, raw in scripted():
         producer._produce(topic_name(settings, logical), b"u1", raw)   # as sent, invalid ones included
-    producer.flush()
+    producer.close()
     proc = subprocess.Popen(cli_command("process", "--engine", engine, "--metrics-port", "0"), env=cli_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
