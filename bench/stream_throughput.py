@@ -121,7 +121,7 @@ def measure(requests: int = 20_000, progress=None) -> dict:
          "produce_seconds": round(produced_at, 3), "seconds": round(elapsed, 3),
          "click_to_experience_p50_seconds": round(float(np.percentile(delays_s, 50)), 4) if len(delays_s) else None,
          "click_to_experience_p99_seconds": round(float(np.percentile(delays_s, 99)), 4) if len(delays_s) else None},
-        {"requests": requests, "processor": "faust (recsys-stream process)", "replay": "recsys-stream replay",
+        {"requests": requests, "processor": "batch join worker (recsys-stream process)", "replay": "recsys-stream replay",
          "broker": "embedded Tansu", "partitions": settings.partitions},
     )
 

@@ -45,6 +45,8 @@ class EventProducer:
         self.delivered = 0
         self.failures: list[str] = []
         self._names: dict[str, str] = {}
+        self._produced_counters: dict[str, object] = {}
+        self._unpolled = 0
 
     def _topic(self, logical: str) -> str:
         name = self._names.get(logical)
@@ -55,7 +57,11 @@ class EventProducer:
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.delivered += 1
-            EVENTS_PRODUCED.labels(topic=msg.topic(), component=self.component).inc()
+            topic = msg.topic()
+            counter = self._produced_counters.get(topic)
+            if counter is None:
+                counter = self._produced_counters[topic] = EVENTS_PRODUCED.labels(topic=topic, component=self.component)
+            counter.inc()
         else:
             PRODUCE_ERRORS.labels(topic=msg.topic(), component=self.component).inc()
             if len(self.failures) < 100:
@@ -67,7 +73,10 @@ class EventProducer:
         while True:
             try:
                 self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered, **extra)
-                self._producer.poll(0)
+                self._unpolled += 1
+                if self._unpolled >= 500:   # serve delivery reports now and then, not per message
+                    self._unpolled = 0
+                    self._producer.poll(0)
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)

@@ -63,6 +63,15 @@ class OpenRequest:
     events: list[str] = field(default_factory=list)  # event ids joined to it (restored into the dedupe set)
 
 
+@dataclass(frozen=True)
+class Forgotten:
+    """A request past its purchase window: only its event ids live on, to deduplicate re-reads."""
+
+    ts: float
+    events: list[str]
+    request_id: str = ""
+
+
 @dataclass
 class JoinOutput:
     experiences: list[Experience] = field(default_factory=list)
@@ -100,6 +109,12 @@ class RewardJoin:
         # What changed since the last ``take_changes()``: the durable copy of this state
         # (the join worker's changelog) is written from it.
         self._changed_requests: set[str] = set()
+        # Requests forgotten (their event ids still deduplicate) and when they leave the dedupe horizon.
+        self._forgotten: dict[str, Forgotten | None] = {}
+        self._forgotten_expiry: list[tuple[float, str]] = []
+        # Orphans are remembered the same way (event id -> ts; None once past the horizon).
+        self._rejected: dict[str, float | None] = {}
+        self._rejected_expiry: list[tuple[float, str]] = []
         self._changed_parked: dict[str, Click | Purchase | None] = {}
 
     # -- bookkeeping -----------------------------------------------------------------
@@ -190,28 +205,25 @@ class RewardJoin:
                 self._park(event)
                 out.parked.append(event.event_id)
             else:
-                out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
+                self._reject_orphan(event, kind, out)
             return out
+        # Whatever happens next, the event belongs to this request now: its id is kept with the
+        # request so that a re-read after a crash is recognised as a repeat, even once forgotten.
+        state.events.append(event.event_id)
+        self._changed_requests.add(state.impression.request_id)
         if event.item_id not in state.slots:
             out.rejected.append(Rejected(event, kind, "not_shown",
                                          f"item {event.item_id} was not shown in request {state.impression.request_id}"))
             return out
         item = event.item_id
+        paid = state.clicked if kind == "click" else state.purchased
+        if item in paid:
+            out.duplicates += 1      # a second click (or purchase) of the same shown item earns nothing more
+            return out
+        paid.add(item)
         if kind == "click":
-            if item in state.clicked:
-                out.duplicates += 1      # a second click on the same shown item earns nothing more
-                return out
-            state.clicked.add(item)
-            state.events.append(event.event_id)
-            self._changed_requests.add(state.impression.request_id)
             out.experiences.append(self._experience(state, item, "click", event.ts))
         else:
-            if item in state.purchased:
-                out.duplicates += 1
-                return out
-            state.purchased.add(item)
-            state.events.append(event.event_id)
-            self._changed_requests.add(state.impression.request_id)
             out.experiences.append(self._experience(state, item, "purchase", event.ts, event.value))
         return out
 
@@ -235,7 +247,7 @@ class RewardJoin:
                 if not orders:
                     del index[key]
             kind = "click" if isinstance(event, Click) else "purchase"
-            out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
+            self._reject_orphan(event, kind, out)
             self._changed_parked[event.event_id] = None
         while self._deadlines and self._deadlines[0][0] <= watermark:
             _, _, what, request_id = heapq.heappop(self._deadlines)
@@ -252,15 +264,28 @@ class RewardJoin:
             elif what == "forget":
                 self._forget(state)
         horizon = watermark - self.config.dedupe_horizon
+        while self._rejected_expiry and self._rejected_expiry[0][0] < horizon:
+            _, event_id = heapq.heappop(self._rejected_expiry)
+            self._rejected[event_id] = None
+        while self._forgotten_expiry and self._forgotten_expiry[0][0] < horizon:
+            _, request_id = heapq.heappop(self._forgotten_expiry)
+            self._forgotten[request_id] = None
         while self._seen_queue and self._seen_queue[0][0] < horizon:
             _, event_id = heapq.heappop(self._seen_queue)
             self._seen.pop(event_id, None)
         return out
 
+    def _reject_orphan(self, event: Click | Purchase, kind: Literal["click", "purchase"], out: JoinOutput) -> None:
+        out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
+        self._rejected[event.event_id] = event.ts
+        heapq.heappush(self._rejected_expiry, (event.ts, event.event_id))
+
     def _forget(self, state: OpenRequest) -> None:
         imp = state.impression
         self._open.pop(imp.request_id, None)
         self._changed_requests.add(imp.request_id)
+        self._forgotten[imp.request_id] = Forgotten(imp.ts, list(state.events), imp.request_id)
+        heapq.heappush(self._forgotten_expiry, (imp.ts, imp.request_id))
         for item in state.slots:
             ids = self._by_user_item.get((imp.user_id, item))
             if ids is not None:
@@ -270,15 +295,25 @@ class RewardJoin:
                     del self._by_user_item[(imp.user_id, item)]
 
     # -- durable state ----------------------------------------------------------------------
-    def take_changes(self) -> tuple[dict[str, "OpenRequest | None"], dict[str, "Click | Purchase | None"]]:
-        """Requests and parked events changed since the last call (None: gone), then forget the list."""
+    def take_changes(self) -> tuple[dict[str, "OpenRequest | None"], dict[str, "Forgotten | None"],
+                                    dict[str, "Click | Purchase | None"], dict[str, float | None]]:
+        """What changed since the last call, then forget the list: open requests (None: no longer
+        open), forgotten requests (None: past the dedupe horizon), parked events (None: gone) and
+        the ids of rejected orphans with their time (None: past the dedupe horizon)."""
         requests = {rid: self._open.get(rid) for rid in self._changed_requests}
+        forgotten, self._forgotten = self._forgotten, {}
+        rejected, self._rejected = self._rejected, {}
         parked, self._changed_parked = self._changed_parked, {}
         self._changed_requests = set()
-        return requests, parked
+        return requests, forgotten, parked, rejected
 
-    def restore(self, requests: list["OpenRequest"], parked: list[Click | Purchase], watermark: float) -> None:
-        """Rebuild the state a ``take_changes()`` stream described, deadlines and dedupe set included."""
+    def restore(self, requests: list[OpenRequest], forgotten: list["Forgotten"], parked: list[Click | Purchase],
+                rejected: dict[str, float], watermark: float) -> None:
+        """Rebuild the state a ``take_changes()`` stream described: deadlines and dedupe set included.
+
+        Forgotten requests matter: re-reading, after a crash, a click whose request was
+        already forgotten must be recognised as a duplicate, not dead-lettered as an orphan.
+        """
         self.watermark = watermark
         for state in sorted(requests, key=lambda s: s.impression.ts):
             imp = state.impression
@@ -290,10 +325,19 @@ class RewardJoin:
             if not state.closed:
                 self._schedule(imp.ts + self.config.click_window + self.config.grace, "close", imp.request_id)
             self._schedule(imp.ts + self.config.purchase_window + self.config.grace, "forget", imp.request_id)
+        for gone in forgotten:
+            for event_id in gone.events:
+                self._duplicate(event_id, gone.ts)
+            heapq.heappush(self._forgotten_expiry, (gone.ts, gone.request_id))
+        for event_id, ts in rejected.items():
+            self._duplicate(event_id, ts)
+            heapq.heappush(self._rejected_expiry, (ts, event_id))
         for event in sorted(parked, key=lambda e: e.ts):
             self._duplicate(event.event_id, event.ts)
             self._park(event)
         self._changed_requests = set()
+        self._forgotten = {}
+        self._rejected = {}
         self._changed_parked = {}
 
     def oldest_open_ts(self) -> float | None:

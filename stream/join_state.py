@@ -3,7 +3,8 @@
 The join holds impressions for their click and purchase windows and parks clicks
 that overtook their impression. Committing input offsets past those events is only
 safe if the state they built survives the worker: so every checkpoint writes what
-changed (an open request, a parked event, a partition's event-time progress) to the
+changed (an open request, a forgotten request's event ids, a rejected orphan's id,
+a parked event, a partition's event-time progress) to the
 ``join-state`` topic, partition p holding the state of input partition p, keyed so
 compaction keeps the latest copy and a tombstone removes what the join let go. A
 worker that is assigned partition p (after a crash or a rebalance) reads partition
@@ -24,6 +25,8 @@ from stream.config import Settings
 from stream.schemas import Impression
 
 REQUEST = b"r/"
+FORGOTTEN = b"f/"
+REJECTED = b"x/"
 PARKED = b"p/"
 PROGRESS = b"w"
 
@@ -34,6 +37,19 @@ class RequestRecord(msgspec.Struct, array_like=True):
     purchased: list[str]
     closed: bool
     events: list[str]
+
+
+class ForgottenRecord(msgspec.Struct, array_like=True):
+    """A request past its purchase window: its event ids still deduplicate re-read inputs."""
+
+    ts: float
+    events: list[str]
+
+
+class RejectedRecord(msgspec.Struct, array_like=True):
+    """An orphan already dead-lettered: a re-read of it is a repeat, not a second dead letter."""
+
+    ts: float
 
 
 class ParkedRecord(msgspec.Struct, array_like=True):
@@ -58,6 +74,8 @@ class ProgressRecord(msgspec.Struct, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 _decoders = {
     REQUEST: msgspec.msgpack.Decoder(RequestRecord),
+    FORGOTTEN: msgspec.msgpack.Decoder(ForgottenRecord),
+    REJECTED: msgspec.msgpack.Decoder(RejectedRecord),
     PARKED: msgspec.msgpack.Decoder(ParkedRecord),
     PROGRESS: msgspec.msgpack.Decoder(ProgressRecord),
 }
@@ -65,6 +83,14 @@ _decoders = {
 
 def request_key(request_id: str) -> bytes:
     return REQUEST + request_id.encode()
+
+
+def forgotten_key(request_id: str) -> bytes:
+    return FORGOTTEN + request_id.encode()
+
+
+def rejected_key(event_id: str) -> bytes:
+    return REJECTED + event_id.encode()
 
 
 def parked_key(event_id: str) -> bytes:
@@ -79,7 +105,7 @@ def kind_of(key: bytes) -> bytes:
     return PROGRESS if key == PROGRESS else key[:2]
 
 
-def decode(key: bytes, value: bytes) -> RequestRecord | ParkedRecord | ProgressRecord:
+def decode(key: bytes, value: bytes) -> RequestRecord | ForgottenRecord | RejectedRecord | ParkedRecord | ProgressRecord:
     decoder = _decoders.get(kind_of(key))
     if decoder is None:
         raise ValueError(f"unknown join-state key {key[:40]!r}")
@@ -97,30 +123,35 @@ def latest(records: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
     return live
 
 
-def read_partition(settings: Settings, topic: str, partition: int, timeout: float = 60.0) -> dict[bytes, bytes]:
-    """Partition ``partition`` of the changelog from its beginning to its end, compacted in memory.
+def read_partitions(settings: Settings, topic: str, partitions: list[int],
+                    timeout: float = 60.0) -> dict[int, dict[bytes, bytes]]:
+    """The given changelog partitions from their beginning to their end, each compacted in memory.
 
-    The end comes from partition EOF, not ListOffsets (which undercounts on Tansu).
+    All are read at once by one consumer. The end comes from partition EOF, not
+    ListOffsets (which undercounts on Tansu).
     """
     conf = consumer_config(settings, "process-restore", f"restore-{uuid.uuid4().hex}", **{
         "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 20,
         "isolation.level": "read_committed",
     })
     consumer = Consumer(conf)
-    records: list[tuple[bytes, bytes | None]] = []
+    records: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
+    pending = set(partitions)
     try:
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         deadline = time.monotonic() + timeout
-        while True:
+        while pending:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring {topic}[{partition}] did not reach its end within {timeout:.0f}s")
-            batch = consumer.consume(10_000, 0.2)
-            for msg in batch:
+                raise TimeoutError(f"restoring {topic} partitions {sorted(pending)} did not reach their end "
+                                   f"within {timeout:.0f}s")
+            for msg in consumer.consume(10_000, 0.2):
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return latest(records)
-                    raise KafkaException(err)
-                records.append((msg.key(), msg.value()))
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(err)
+                    pending.discard(msg.partition())
+                elif msg.partition() in pending:
+                    records[msg.partition()].append((msg.key(), msg.value()))
+        return {p: latest(rs) for p, rs in records.items()}
     finally:
         consumer.close()

@@ -33,7 +33,7 @@ from stream.clients import make_admin, make_consumer
 from stream.config import Settings
 from stream.ingest import EventProducer
 from stream.join import JoinConfig
-from stream.join_state import read_partition
+from stream.join_state import read_partitions
 from stream.reward_processor import SOURCES, Coordinates, Outcome, RewardProcessor
 from stream.topics import ensure_topics, topic_name
 
@@ -56,24 +56,28 @@ class JoinWorker:
         self.stop_event = threading.Event()
         self.owned: set[int] = set()
         self.positions: dict[tuple[str, int], int] = {}   # next offset to commit per input partition
-        self.last_seen: dict[tuple[int, str], float] = {}
+        self.last_message_at = 0.0
         self.consumed = 0
         self.drained = False
+        self.assigned_at = 0.0
         self._dirty = False
 
     # -- group membership -------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in sorted({tp.partition for tp in partitions} - self.owned):
+        new = sorted({tp.partition for tp in partitions} - self.owned)
+        if new:
             started = time.monotonic()
-            live = read_partition(self.settings, self.changelog, p)
-            self.processor.restore(p, live)
-            self.owned.add(p)
-            log.info("partition %d: restored %d state records in %.2fs", p, len(live), time.monotonic() - started)
+            states = read_partitions(self.settings, self.changelog, new)
+            for p, live in states.items():
+                self.processor.restore(p, live)
+                self.owned.add(p)
+            log.info("partitions %s: restored %s state records in %.2fs", new,
+                     "/".join(str(len(states[p])) for p in new), time.monotonic() - started)
         # Where each input resumes: the committed offset, or the start of a partition never read.
-        now = time.monotonic()
+        now = self.assigned_at = time.monotonic()
         for tp in consumer.committed(partitions, timeout=30):
             self.positions[(tp.topic, tp.partition)] = max(tp.offset, 0)
-            self.last_seen[(tp.partition, self.names[tp.topic])] = now   # quiet counts from here
+        self.last_message_at = now   # quiet counts from here
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -92,7 +96,6 @@ class JoinWorker:
             self.processor.drop(p)
             self.owned.discard(p)
         self.positions = {k: v for k, v in self.positions.items() if k[1] not in numbers}
-        self.last_seen = {k: v for k, v in self.last_seen.items() if k[0] not in numbers}
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, idle_exit: float | None = None) -> None:
@@ -122,7 +125,7 @@ class JoinWorker:
                 if now - last_report >= 10.0:
                     last_report = now
                     log.info("consumed %d messages; next offsets %s", self.consumed, self._positions_text())
-                if idle_exit is not None and now - last_input > idle_exit:
+                if idle_exit is not None and self.assigned_at and now - max(last_input, self.assigned_at) > idle_exit:
                     break
             self._checkpoint(consumer)
         finally:
@@ -143,36 +146,52 @@ class JoinWorker:
             where = Coordinates(topic, partition, msg.offset(), msg.key())
             self._emit(self.processor.handle(logical, msg.value(), where))
             self.positions[(topic, partition)] = msg.offset() + 1
-            self.last_seen[(partition, logical)] = now
+            self.last_message_at = now
             self._dirty = consumed = True
             self.consumed += 1
         return consumed
 
     def _tick(self, consumer: Consumer, now: float, elapsed: float) -> None:
-        """Caught-up, quiet inputs stop holding event time back; a partition whose inputs are all
-        caught up and quiet lets event time run on with the clock (so its last windows close)."""
+        """Once the worker has read nothing at all for ``idle_after``, inputs that are caught up stop
+        holding event time back, and a partition whose inputs all are lets event time run on with
+        the clock (so its last windows close).
+
+        Worker-wide quiet, not per input: Tansu and librdkafka can leave one partition unfetched
+        for seconds while another's backlog fills every batch, and an input judged idle then
+        let windows close (and requests be forgotten) before its clicks or purchases were read.
+        The price: while traffic flows, a silent input holds event time back until it speaks.
+        """
+        if now - self.last_message_at <= self.idle_after:
+            return
         for p in self.owned:
-            quiet = [s for s in SOURCES
-                     if now - self.last_seen[(p, s)] > self.idle_after and self._caught_up(consumer, s, p)]
+            quiet = [s for s in SOURCES if self._caught_up(consumer, s, p)]
             for logical in quiet:
                 self._emit(self.processor.reached_end(logical, p))
             if len(quiet) == len(SOURCES):
                 self._emit(self.processor.idle(p, elapsed))
 
     def _caught_up(self, consumer: Consumer, logical: str, partition: int) -> bool:
-        """The last batch drained the local queue and our position has reached the end that the
-        last fetch of this partition reported.
+        """The last batch drained the local queue and our position has reached the partition's end
+        as the broker reports it now.
 
-        Not partition EOF: an EOF seen at start-up stays "true" while another input's
-        backlog fills every batch and this input's new records wait unfetched, and
-        treating that input as idle closed windows before their clicks were read.
+        Neither partition EOF nor the cached high watermark will do: both can be stale from
+        start-up while another input's backlog fills every batch and this input's records
+        wait unfetched, and treating such an input as idle closed windows before their
+        clicks were read. (Tansu answers "latest" with the last batch's base offset + 1:
+        reaching it means that batch was fetched, and a drained queue means delivered.)
         """
         if not self.drained:
             return False
         topic = self.topics[logical]
-        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
         position = self.positions.get((topic, partition))
-        return high >= 0 and position is not None and position >= high
+        if position is None:
+            return False
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2.0, cached=False)
+        except Exception as exc:  # the broker did not answer: not provably caught up
+            log.debug("high watermark of %s[%d] unavailable: %s", topic, partition, exc)
+            return False
+        return high >= 0 and position >= high
 
     def _emit(self, out: Outcome) -> None:
         for experience in out.experiences:
@@ -192,6 +211,7 @@ class JoinWorker:
                 wrote = True
         if wrote:
             self.output.flush()
+        self.processor.update_gauges()
         if self.positions:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self.positions.items()],
                             asynchronous=False)

@@ -17,7 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from stream import join_state, schemas
 from stream.dead_letters import decode_consumed, envelope
-from stream.join import JoinConfig, JoinOutput, OpenRequest, RewardJoin
+from stream.join import Forgotten, JoinConfig, JoinOutput, OpenRequest, RewardJoin
 from stream.watermark import InputWatermarks
 
 SOURCES = ("impressions", "clicks", "purchases")
@@ -44,6 +44,8 @@ PARKED = Gauge(
     "recsys_join_parked_events",
     "Clicks and purchases waiting for an impression within the grace period.",
 )
+
+_EXPERIENCE_KINDS = {kind: EXPERIENCES.labels(kind=kind) for kind in ("click", "no_click", "purchase")}
 
 
 @dataclass
@@ -105,30 +107,26 @@ class RewardProcessor:
         out.extend(self._collect(join.advance(marks.value())))
         if logical != "impressions" and out.experiences:
             JOIN_LATENCY.observe(time.perf_counter() - started)
-        self._update_gauges()
         return out
 
     def reached_end(self, logical: str, partition: int) -> Outcome:
         """An input partition is caught up: it no longer holds event time back."""
         join, marks = self._partition(partition)
         marks.reached_end(logical)
-        out = self._collect(join.advance(marks.value()))
-        self._update_gauges()
-        return out
+        return self._collect(join.advance(marks.value()))
 
     def idle(self, partition: int, seconds: float) -> Outcome:
         """Every input of the partition has been silent for ``seconds`` more of wall time."""
         join, marks = self._partition(partition)
-        out = self._collect(join.advance(marks.advance_by(seconds)))
-        self._update_gauges()
-        return out
+        return self._collect(join.advance(marks.advance_by(seconds)))
 
     def _collect(self, result: JoinOutput, current: tuple[str, bytes, Coordinates] | None = None) -> Outcome:
         """Experiences and dead letters from a join result; ``current`` is (event_id, raw, origin) just handled."""
         out = Outcome(experiences=list(result.experiences))
         for experience in result.experiences:
-            EXPERIENCES.labels(kind=experience.kind).inc()
-        JOIN_DUPLICATES.inc(result.duplicates)
+            _EXPERIENCE_KINDS[experience.kind].inc()
+        if result.duplicates:
+            JOIN_DUPLICATES.inc(result.duplicates)
         for event_id in result.parked:
             if current is not None and current[0] == event_id:
                 self._held[event_id] = (bytes(current[1]), current[2])
@@ -148,12 +146,23 @@ class RewardProcessor:
 
     # -- durable state (the batch worker's changelog) ----------------------------------------
     def changes(self, partition: int) -> list[tuple[bytes, bytes | None]]:
-        """Changelog records (key, value or None for a tombstone) for what changed in ``partition``."""
+        """Changelog records (key, value or None for a tombstone) for what changed in ``partition``, in
+        the order they must be written."""
         join = self.joins.get(partition)
         if join is None:
             return []
-        requests, parked = join.take_changes()
+        requests, forgotten, parked, rejected = join.take_changes()
         out: list[tuple[bytes, bytes | None]] = []
+        # Order matters if a crash cuts this list short (the changelog then holds a prefix of
+        # it): what keeps an input recognisable as a repeat (forgotten requests, rejected ids)
+        # goes before the tombstones that drop it from the open state, and event-time
+        # progress goes last, so a prefix never holds time ahead of the state it moved.
+        for request_id, gone in forgotten.items():
+            value = None if gone is None else join_state.encode(join_state.ForgottenRecord(gone.ts, gone.events))
+            out.append((join_state.forgotten_key(request_id), value))
+        for event_id, ts in rejected.items():
+            value = None if ts is None else join_state.encode(join_state.RejectedRecord(ts))
+            out.append((join_state.rejected_key(event_id), value))
         for request_id, state in requests.items():
             value = None if state is None else join_state.encode(join_state.RequestRecord(
                 state.impression, sorted(state.clicked), sorted(state.purchased), state.closed, state.events))
@@ -180,7 +189,7 @@ class RewardProcessor:
         """Rebuild ``partition``'s join from its changelog (the live value per key)."""
         self.drop(partition)
         join, marks = self._partition(partition)
-        requests, parked, watermark = [], [], float("-inf")
+        requests, forgotten, parked, rejected, watermark = [], [], [], {}, float("-inf")
         for key, value in live.items():
             record = join_state.decode(key, value)
             if isinstance(record, join_state.RequestRecord):
@@ -188,6 +197,10 @@ class RewardProcessor:
                 requests.append(OpenRequest(
                     imp, {s.item_id: (s.position, s.propensity) for s in imp.shown},
                     set(record.clicked), set(record.purchased), record.closed, list(record.events)))
+            elif isinstance(record, join_state.ForgottenRecord):
+                forgotten.append(Forgotten(record.ts, record.events, key[len(join_state.FORGOTTEN):].decode()))
+            elif isinstance(record, join_state.RejectedRecord):
+                rejected[key[len(join_state.REJECTED):].decode()] = record.ts
             elif isinstance(record, join_state.ParkedRecord):
                 event = schemas.decode(record.logical, record.raw)
                 self._held[event.event_id] = (record.raw, Coordinates(
@@ -198,8 +211,8 @@ class RewardProcessor:
                 marks.last = record.last
                 watermark = record.watermark
                 self._written_progress[partition] = value
-        join.restore(requests, parked, watermark)
-        self._update_gauges()
+        join.restore(requests, forgotten, parked, rejected, watermark)
+        self.update_gauges()
 
     def drop(self, partition: int) -> None:
         """Forget a partition this worker no longer owns (its state lives on in the changelog)."""
@@ -209,9 +222,10 @@ class RewardProcessor:
         if join is not None:
             for event_id in join.parked_event_ids():
                 self._held.pop(event_id, None)
-        self._update_gauges()
+        self.update_gauges()
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
+        """Open requests and parked events (callers refresh this per batch, not per message)."""
         OPEN_REQUESTS.set(sum(j.open_requests for j in self.joins.values()))
         PARKED.set(sum(j.parked for j in self.joins.values()))
 

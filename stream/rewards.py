@@ -80,6 +80,7 @@ class RewardWorker:
                 if all((partition, logical) in self.idle for logical in SOURCES):
                     # A silent partition: event time runs on with the wall clock so windows close.
                     self._emit(self.processor.idle(partition, elapsed))
+            self.processor.update_gauges()
             self.producer.flush(10)
 
         return app

@@ -203,8 +203,8 @@ def test_two_workers_split_the_partitions_and_survive_one_being_killed(settings,
         time.sleep(2.0)
     finally:
         stop(one, two)
-    owned = [{line.split("partition ")[1].split(":")[0] for line in p.read_text().splitlines()
-              if "state records" in line} for p in logs]
+    owned = [{n.strip() for line in p.read_text().splitlines() if "state records" in line
+              for n in line.split("partitions [")[1].split("]")[0].split(",")} for p in logs]
     assert len(owned[1]) == 1 and owned[0] == {"0", "1"}, owned   # split, then the survivor took over
     distinct, repeats = on_topic(settings)
     assert_exact(distinct, expected)

@@ -112,3 +112,53 @@ def test_tombstones_remove_forgotten_requests():
     proc.handle("impressions", imp("r2", "u1", ["a"], T0 + 500), Coordinates("p.impressions", 0, 1))
     live = join_state.latest(list(live.items()) + proc.changes(0))
     assert join_state.request_key("r1") not in live and join_state.request_key("r2") in live
+
+
+def test_replaying_inputs_of_forgotten_requests_is_not_an_orphan():
+    """Changelog written, offsets not committed, crash: the re-read clicks belong to requests the
+    state has already forgotten. They must count as duplicates, not as orphans."""
+    config = JoinConfig(click_window=30, purchase_window=40, grace=5)
+    steps = script(seed=4)
+    proc = RewardProcessor(config)
+    first = drive(proc, steps[:200], 0, dict.fromkeys(SOURCES, 0))
+    restored = RewardProcessor(config)
+    restored.restore(0, join_state.latest(proc.changes(0)))
+    assert restored.joins[0].open_requests < 60          # most requests were forgotten
+    again = drive(restored, steps[:200], 0, dict.fromkeys(SOURCES, 0))
+    assert [x for x in again if isinstance(x, str)] == []                 # nothing paid twice
+    # The original, fed the same repeats, answers exactly the same: parked events that run out
+    # of grace are rejected by both, and malformed input is refused again by both (dead letters
+    # of a crash window may repeat); no click of a forgotten request becomes an orphan.
+    assert again == drive(proc, steps[:200], 0, dict.fromkeys(SOURCES, 0))
+    assert any(isinstance(x, tuple) and x[0] == "orphan" for x in first)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue #3): some prefixes of a checkpoint's changelog records "
+                   "restore a state that emits a no_click for an item the original clicked; needs an atomic "
+                   "checkpoint (one record per batch, or a transaction)")
+def test_a_checkpoint_cut_short_by_a_crash_still_recovers():
+    """A crash while a checkpoint's changelog records are being written leaves a prefix of them;
+    re-reading the batch from the last committed offsets must neither lose, add nor contradict
+    an experience, nor turn a repeat into an orphan."""
+    config = JoinConfig(click_window=30, purchase_window=40, grace=5)
+    steps = script(seed=6)
+    original = RewardProcessor(config)
+    drive(original, steps[:150], 0, dict.fromkeys(SOURCES, 0))
+    committed = original.changes(0)
+    offsets = dict.fromkeys(SOURCES, 0)
+    for logical, _ in steps[:150]:
+        offsets[logical] += 1
+    running = dict(offsets)
+    batch_out = drive(original, steps[150:230], 150, running)
+    batch_changes = original.changes(0)
+    assert any(key.startswith(join_state.FORGOTTEN) for key, _ in batch_changes)
+    rest = drive(original, steps[230:], 230, running) + finish(original)
+    want_ids = {x for x in batch_out + rest if isinstance(x, str)}
+    want_letters = {x for x in batch_out + rest if isinstance(x, tuple)}
+    for cut in range(0, len(batch_changes) + 1, max(1, len(batch_changes) // 12)):
+        restored = RewardProcessor(config)
+        restored.restore(0, join_state.latest(committed + batch_changes[:cut]))
+        again = drive(restored, steps[150:], 150, dict(offsets)) + finish(restored)
+        ids = {x for x in again if isinstance(x, str)}
+        assert ids <= want_ids and want_ids - ids <= {x for x in batch_out if isinstance(x, str)}, cut
+        assert {x for x in again if isinstance(x, tuple)} <= want_letters, cut
