@@ -13,16 +13,13 @@ p of the changelog to its end and resumes exactly where the committed offsets sa
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Iterable
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from stream.clients import consumer_config
 from stream.config import Settings
 from stream.schemas import Impression
+from stream.snapshot import read_topic
 
 REQUEST = b"r/"
 FORGOTTEN = b"f/"
@@ -125,33 +122,8 @@ def latest(records: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
 
 def read_partitions(settings: Settings, topic: str, partitions: list[int],
                     timeout: float = 60.0) -> dict[int, dict[bytes, bytes]]:
-    """The given changelog partitions from their beginning to their end, each compacted in memory.
-
-    All are read at once by one consumer. The end comes from partition EOF, not
-    ListOffsets (which undercounts on Tansu).
-    """
-    conf = consumer_config(settings, "process-restore", f"restore-{uuid.uuid4().hex}", **{
-        "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 20,
-        "isolation.level": "read_committed",
-    })
-    consumer = Consumer(conf)
+    """The given changelog partitions from their beginning to their end, each compacted in memory."""
     records: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
-    pending = set(partitions)
-    try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"restoring {topic} partitions {sorted(pending)} did not reach their end "
-                                   f"within {timeout:.0f}s")
-            for msg in consumer.consume(10_000, 0.2):
-                err = msg.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(err)
-                    pending.discard(msg.partition())
-                elif msg.partition() in pending:
-                    records[msg.partition()].append((msg.key(), msg.value()))
-        return {p: latest(rs) for p, rs in records.items()}
-    finally:
-        consumer.close()
+    for msg in read_topic(settings, topic, "process-restore", timeout, partitions):
+        records[msg.partition()].append((msg.key(), msg.value()))
+    return {p: latest(rs) for p, rs in records.items()}

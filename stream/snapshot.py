@@ -16,8 +16,10 @@ from stream.clients import consumer_config
 from stream.config import Settings
 
 
-def read_topic(settings: Settings, topic: str, role: str = "snapshot", timeout: float = 30.0) -> list[Message]:
-    """All messages currently in ``topic`` (a full topic name), in partition then offset order.
+def read_topic(settings: Settings, topic: str, role: str = "snapshot", timeout: float = 30.0,
+               partitions: list[int] | None = None) -> list[Message]:
+    """All messages currently in ``topic`` (a full topic name; only ``partitions`` when given), in
+    partition then offset order.
 
     The end of each partition is taken from the fetch responses (partition EOF), not
     from ListOffsets: the embedded Tansu answers ListOffsets(latest) with the base
@@ -33,7 +35,7 @@ def read_topic(settings: Settings, topic: str, role: str = "snapshot", timeout: 
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None:
             raise KafkaException(meta.error if meta is not None else f"no topic {topic}")
-        partitions = sorted(meta.partitions)
+        partitions = sorted(meta.partitions) if partitions is None else sorted(partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         out: dict[int, list[Message]] = {p: [] for p in partitions}
         pending = set(partitions)
