@@ -14,7 +14,8 @@ idempotent sink ignores the repeats:
 
 Duplicates (same event_id) are ignored. A click or purchase that can be matched to
 no impression is held for the grace period (it may have overtaken its impression)
-and then rejected as an orphan. The stream processor (``stream/rewards.py``) feeds
+and then rejected as an orphan; a click that arrives after its window closed (its
+no_click already emitted) is rejected as late. The stream processor (``stream/rewards.py``) feeds
 this class one partition's events and moves the watermark.
 """
 
@@ -47,7 +48,7 @@ class Rejected:
 
     event: Click | Purchase
     kind: Literal["click", "purchase"]
-    reason: Literal["orphan", "not_shown"]
+    reason: Literal["orphan", "not_shown", "late"]
     detail: str
 
 
@@ -219,6 +220,13 @@ class RewardJoin:
         paid = state.clicked if kind == "click" else state.purchased
         if item in paid:
             out.duplicates += 1      # a second click (or purchase) of the same shown item earns nothing more
+            return out
+        if kind == "click" and state.closed:
+            # Its no_click is already out: paying now would contradict it, so it is dead-lettered.
+            close_ts = state.impression.ts + self.config.click_window
+            out.rejected.append(Rejected(event, kind, "late", f"click on {item} at {event.ts:.3f} arrived after the "
+                                         f"click window of request {state.impression.request_id} closed "
+                                         f"(window end {close_ts:.3f} + grace {self.config.grace:g}s)"))
             return out
         paid.add(item)
         if kind == "click":

@@ -9,6 +9,12 @@ a parked event, a partition's event-time progress) to the
 compaction keeps the latest copy and a tombstone removes what the join let go. A
 worker that is assigned partition p (after a crash or a rebalance) reads partition
 p of the changelog to its end and resumes exactly where the committed offsets say.
+
+A checkpoint is atomic: its last record is always the partition's progress record,
+which marks everything before it as committed. A crash in the middle of writing a
+checkpoint leaves a tail after the last progress record; a restore ignores that
+tail and the restoring worker writes it back over (``Changelog.rollback``), so a
+later restore never mistakes it for committed state.
 """
 
 from __future__ import annotations
@@ -109,21 +115,44 @@ def decode(key: bytes, value: bytes) -> RequestRecord | ForgottenRecord | Reject
     return decoder.decode(value)
 
 
+class Changelog(msgspec.Struct):
+    """One partition's changelog as read back: the committed state and the uncommitted tail to undo."""
+
+    live: dict[bytes, bytes]
+    rollback: list[tuple[bytes, bytes | None]]
+
+
 def latest(records: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
-    """The live value per key of a changelog read in order (a tombstone deletes the key)."""
+    """The committed value per key of a changelog read in order (see ``committed``)."""
+    return committed(records).live
+
+
+def committed(records: Iterable[tuple[bytes, bytes | None]]) -> Changelog:
+    """Replay a changelog in order up to its last progress record (a tombstone deletes the key).
+
+    Records after the last progress record belong to a checkpoint a crash cut short: they are
+    left out, and ``rollback`` gives, for each key they touched, the committed value (or a
+    tombstone) to write back before the next checkpoint.
+    """
     live: dict[bytes, bytes] = {}
+    tail: list[tuple[bytes, bytes | None]] = []
     for key, value in records:
-        if value is None:
-            live.pop(key, None)
-        else:
-            live[key] = value
-    return live
+        tail.append((key, value))
+        if key == PROGRESS:
+            for k, v in tail:
+                if v is None:
+                    live.pop(k, None)
+                else:
+                    live[k] = v
+            tail.clear()
+    touched = dict.fromkeys(k for k, _ in tail)
+    return Changelog(live, [(k, live.get(k)) for k in touched])
 
 
 def read_partitions(settings: Settings, topic: str, partitions: list[int],
-                    timeout: float = 60.0) -> dict[int, dict[bytes, bytes]]:
-    """The given changelog partitions from their beginning to their end, each compacted in memory."""
+                    timeout: float = 60.0) -> dict[int, Changelog]:
+    """The given changelog partitions from their beginning to their end, each replayed in memory."""
     records: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
     for msg in read_topic(settings, topic, "process-restore", timeout, partitions):
         records[msg.partition()].append((msg.key(), msg.value()))
-    return {p: latest(rs) for p, rs in records.items()}
+    return {p: committed(rs) for p, rs in records.items()}

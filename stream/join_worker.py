@@ -68,11 +68,20 @@ class JoinWorker:
         if new:
             started = time.monotonic()
             states = read_partitions(self.settings, self.changelog, new)
-            for p, live in states.items():
-                self.processor.restore(p, live)
+            undone = 0
+            for p, changelog in states.items():
+                self.processor.restore(p, changelog.live)
                 self.owned.add(p)
-            log.info("partitions %s: restored %s state records in %.2fs", new,
-                     "/".join(str(len(states[p])) for p in new), time.monotonic() - started)
+                # A checkpoint a crash cut short: write the committed values back over its records
+                # (closed by a progress record) so no later restore reads them as committed.
+                if changelog.rollback:
+                    for key, value in changelog.rollback + self.processor.progress_marker(p):
+                        self.output.send_record("join-state", key, value, p)
+                    undone += len(changelog.rollback)
+            if undone:
+                self.output.flush()
+            log.info("partitions %s: restored %s state records in %.2fs (undid %d uncommitted)", new,
+                     "/".join(str(len(states[p].live)) for p in new), time.monotonic() - started, undone)
         # Where each input resumes: the committed offset, or the start of a partition never read.
         now = self.assigned_at = time.monotonic()
         for tp in consumer.committed(partitions, timeout=30):
@@ -160,7 +169,15 @@ class JoinWorker:
         for seconds while another's backlog fills every batch, and an input judged idle then
         let windows close (and requests be forgotten) before its clicks or purchases were read.
         The price: while traffic flows, a silent input holds event time back until it speaks.
+
+        And the release lasts only while it is true: an input found with records on the broker
+        beyond our position holds event time back again (a partition left unfetched after
+        being judged caught up would otherwise see its clicks arrive after their windows closed).
         """
+        for p in self.owned:
+            for logical in self.processor.caught_up_inputs(p):
+                if self._unread_on_broker(consumer, logical, p):
+                    self.processor.fell_behind(logical, p)
         if now - self.last_message_at <= self.idle_after:
             return
         for p in self.owned:
@@ -169,6 +186,20 @@ class JoinWorker:
                 self._emit(self.processor.reached_end(logical, p))
             if len(quiet) == len(SOURCES):
                 self._emit(self.processor.idle(p, elapsed))
+
+    def _unread_on_broker(self, consumer: Consumer, logical: str, partition: int) -> bool:
+        topic = self.topics[logical]
+        high = self._broker_end(consumer, topic, partition)
+        return high is not None and high > self.positions.get((topic, partition), 0)
+
+    def _broker_end(self, consumer: Consumer, topic: str, partition: int) -> int | None:
+        """The partition's end as the broker reports it now (None when it does not answer)."""
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2.0, cached=False)
+        except Exception as exc:  # the broker did not answer: nothing provable either way
+            log.debug("high watermark of %s[%d] unavailable: %s", topic, partition, exc)
+            return None
+        return high if high >= 0 else None
 
     def _caught_up(self, consumer: Consumer, logical: str, partition: int) -> bool:
         """The last batch drained the local queue and our position has reached the partition's end
@@ -186,12 +217,8 @@ class JoinWorker:
         position = self.positions.get((topic, partition))
         if position is None:
             return False
-        try:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2.0, cached=False)
-        except Exception as exc:  # the broker did not answer: not provably caught up
-            log.debug("high watermark of %s[%d] unavailable: %s", topic, partition, exc)
-            return False
-        return high >= 0 and position >= high
+        high = self._broker_end(consumer, topic, partition)
+        return high is not None and position >= high
 
     def _emit(self, out: Outcome) -> None:
         for experience in out.experiences:

@@ -115,6 +115,17 @@ class RewardProcessor:
         marks.reached_end(logical)
         return self._collect(join.advance(marks.value()))
 
+    def caught_up_inputs(self, partition: int) -> list[str]:
+        """The inputs of ``partition`` that hold no event time back at the moment."""
+        marks = self.watermarks.get(partition)
+        return [] if marks is None else [s for s in SOURCES if s in marks.caught_up]
+
+    def fell_behind(self, logical: str, partition: int) -> None:
+        """An input judged caught up has unread records again: it holds event time back once more."""
+        marks = self.watermarks.get(partition)
+        if marks is not None:
+            marks.fell_behind(logical)
+
     def idle(self, partition: int, seconds: float) -> Outcome:
         """Every input of the partition has been silent for ``seconds`` more of wall time."""
         join, marks = self._partition(partition)
@@ -176,14 +187,20 @@ class RewardProcessor:
                 value = join_state.encode(join_state.ParkedRecord(
                     logical, raw, where.topic, where.partition, where.offset, where.key))
             out.append((join_state.parked_key(event_id), value))
+        # The progress record also commits the records before it (see join_state): it closes
+        # every checkpoint that wrote anything, and is written alone when only time moved.
+        marker = self.progress_marker(partition)
+        if out or self._written_progress.get(partition) != marker[0][1]:
+            self._written_progress[partition] = marker[0][1]
+            out.extend(marker)
+        return out
+
+    def progress_marker(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """``partition``'s event-time progress as the changelog record that commits a checkpoint."""
         marks = self.watermarks[partition]
         progress = join_state.ProgressRecord(
-            {str(k): v for k, v in marks.progress.items()}, marks.last, join.watermark)
-        encoded = join_state.encode(progress)
-        if self._written_progress.get(partition) != encoded:
-            self._written_progress[partition] = encoded
-            out.append((join_state.PROGRESS, encoded))
-        return out
+            {str(k): v for k, v in marks.progress.items()}, marks.last, self.joins[partition].watermark)
+        return [(join_state.PROGRESS, join_state.encode(progress))]
 
     def restore(self, partition: int, live: dict[bytes, bytes]) -> None:
         """Rebuild ``partition``'s join from its changelog (the live value per key)."""

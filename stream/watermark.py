@@ -33,6 +33,10 @@ class InputWatermarks:
         self.progress.setdefault(key, float("-inf"))
         self.caught_up.add(key)
 
+    def fell_behind(self, key: Hashable) -> None:
+        """An input judged caught up has unread records again: it holds time back at its progress."""
+        self.caught_up.discard(key)
+
     def advance_by(self, seconds: float) -> float:
         """Let event time run on with the wall clock while every input is silent (no event can
         come that should have been waited for, and open windows must still close)."""

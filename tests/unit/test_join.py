@@ -99,6 +99,20 @@ def test_click_without_request_id_joins_the_latest_matching_impression_in_window
     assert [r.reason for r in join.advance(T0 + 300).rejected] == ["orphan"]
 
 
+def test_click_after_its_window_closed_is_late_not_a_contradiction_of_its_no_click():
+    join = RewardJoin(JoinConfig(click_window=30, purchase_window=120, grace=5))
+    join.impression(impression("r", "u6", ["x", "y"], T0))
+    closed = join.advance(T0 + 40)
+    assert summary(closed) == [("r:x:no_click", 0.0), ("r:y:no_click", 0.0)]
+    for late in (click("c1", "u6", "x", T0 + 20, "r"), click("c2", "u6", "y", T0 + 34)):
+        out = join.click(late)
+        assert out.experiences == [] and [r.reason for r in out.rejected] == ["late"]
+        assert "after the click window of request r closed" in out.rejected[0].detail
+    assert join.click(click("c1", "u6", "x", T0 + 20, "r")).duplicates == 1    # a repeat, not a second letter
+    # The purchase window is still open: a purchase is paid as its own part.
+    assert [e.event_id for e in join.purchase(purchase("p1", "u6", "x", T0 + 50, 10.0, "r")).experiences] == ["r:x:purchase"]
+
+
 def test_no_reward_part_is_counted_twice():
     join = RewardJoin(JoinConfig(click_window=30, grace=5))
     out = join.impression(impression("r", "u5", ["x", "y"], T0))

@@ -43,3 +43,15 @@ def test_silence_lets_event_time_run_on():
     assert marks.advance_by(2.5) == 102.5 and marks.value() == 102.5
     marks.observe("impressions", 101.0)             # a late event does not pull it back
     assert marks.value() == 102.5
+
+
+def test_an_input_with_unread_records_again_holds_time_back_at_its_progress():
+    marks = InputWatermarks()
+    marks.observe("impressions", 100.0)
+    marks.reached_end("clicks")                # never read anything, judged caught up
+    assert marks.value() == 100.0
+    marks.fell_behind("clicks")                # the broker has clicks we have not fetched
+    marks.observe("impressions", 200.0)
+    assert marks.value() == 100.0              # held where it was, not run on with impressions
+    marks.observe("clicks", 150.0)
+    assert marks.value() == 150.0
