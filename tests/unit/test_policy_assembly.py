@@ -1,0 +1,50 @@
+"""Assembling policy versions from their records: visible only once whole, never half-retired."""
+
+from __future__ import annotations
+
+from stream import schemas
+from stream.policy_bus import HEADER_PART, VersionAssembler, parse_key, record_key
+
+
+def header(version: int, n_chunks: int, name: str = "p") -> bytes:
+    return schemas.encode(schemas.PolicyHeader(name=name, version=version, created_at=1.7e9, checksum="0" * 64,
+                                               total_bytes=6, n_chunks=n_chunks))
+
+
+def chunk(version: int, i: int, data: bytes, name: str = "p") -> tuple[bytes, bytes]:
+    return record_key(name, version, f"c{i:05d}"), data
+
+
+def test_a_version_appears_only_when_its_header_follows_every_chunk():
+    asm = VersionAssembler("p")
+    assert asm.feed(*chunk(1, 1, b"def")) is None
+    assert asm.feed(*chunk(1, 0, b"abc")) is None
+    done = asm.feed(record_key("p", 1, HEADER_PART), header(1, 2))
+    assert done is not None and done.version == 1 and done.blob == b"abcdef"
+    assert asm.refused == []
+
+
+def test_a_header_missing_chunks_is_refused_not_held():
+    asm = VersionAssembler("p")
+    asm.feed(*chunk(2, 0, b"abc"))
+    assert asm.feed(record_key("p", 2, HEADER_PART), header(2, 2)) is None
+    assert [(v, reason) for v, reason, _ in asm.refused] == [(2, "incomplete")]
+
+
+def test_bad_headers_and_foreign_records_are_refused_or_ignored():
+    asm = VersionAssembler("p")
+    asm.feed(*chunk(3, 0, b"abcdef"))
+    assert asm.feed(record_key("p", 3, HEADER_PART), b"{not json") is None
+    assert asm.feed(record_key("p", 4, HEADER_PART), header(5, 1)) is None      # key and header disagree
+    assert [(v, reason) for v, reason, _ in asm.refused] == [(3, "header"), (4, "header")]
+    assert asm.feed(record_key("other", 1, HEADER_PART), header(1, 1, "other")) is None
+    assert asm.feed(b"garbage", b"x") is None and asm.feed(None, b"x") is None
+    assert parse_key(b"p/000000000007/h") == ("p", 7, "h") and parse_key(b"p/x/h") is None
+
+
+def test_a_tombstoned_version_never_completes():
+    asm = VersionAssembler("p")
+    asm.feed(*chunk(1, 0, b"abcdef"))
+    asm.feed(record_key("p", 1, "c00000"), None)
+    assert asm.feed(record_key("p", 1, HEADER_PART), header(1, 1)) is None
+    assert [reason for _, reason, _ in asm.refused] == ["incomplete"]
