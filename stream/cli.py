@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -371,6 +372,45 @@ def process(click_window: float, purchase_window: float, grace: float, engine: s
     log.info("reward join (batch): %s -> %s", ", ".join(batch_worker.names), settings.topic_prefix + "experiences")
     batch_worker.run(idle_exit=idle_exit)
     log.info("reward join stopped after %d messages", batch_worker.consumed)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the HTTP API (0.0.0.0 for all).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port of POST /score, GET /healthz and GET /metrics (0 picks a free one).")
+@click.option("--slate-size", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="Items returned when a request does not say k.")
+@click.option("--temperature", type=click.FloatRange(min=1e-3), default=0.5, show_default=True,
+              help="Softmax temperature of exploration.")
+@click.option("--epsilon", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
+              help="Share of uniform exploration mixed into every draw.")
+@click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
+def score(host: str, port: int, slate_size: int, temperature: float, epsilon: float,
+          no_kafka_requests: bool) -> None:
+    """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version."""
+    from models.encoders import EncoderLoadError, TextEncoder
+    from stream.scorer import ScorerConfig, ScorerService
+    from stream.topics import ensure_topics
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    ensure_topics(_admin(settings, "scorer"), settings)
+    try:
+        encoder = TextEncoder()
+    except EncoderLoadError as exc:
+        _fail(str(exc))
+    try:
+        service = ScorerService(settings, encoder, ScorerConfig(slate_size, temperature, epsilon), host, port,
+                                kafka_requests=not no_kafka_requests)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    done = threading.Event()
+    _stop_on_signals(done.set)
+    service.start()
+    log.info("scorer ready: %s/score, %s/metrics", service.url, service.url)
+    done.wait()
+    service.stop()
+    log.info("scorer stopped")
 
 
 @cli.command()

@@ -165,6 +165,43 @@ class PolicyHeader(msgspec.Struct, frozen=True):
     signature: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
 
 
+#: Most candidates one scoring request may rank.
+MAX_CANDIDATES = 1000
+
+
+class ScoreRequest(msgspec.Struct, frozen=True):
+    """Rank ``candidates`` for ``user_id``; ``k`` items come back (default: the scorer's slate size)."""
+
+    user_id: Id
+    candidates: Annotated[list[Id], Meta(min_length=1, max_length=MAX_CANDIDATES)]
+    context: Context = Context()
+    k: Annotated[int, Meta(ge=1, le=MAX_SLATE)] | None = None
+    request_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("candidates must be distinct")
+
+
+class ScoredItem(msgspec.Struct, frozen=True):
+    item_id: Id
+    position: int
+    propensity: float
+    score: float
+
+
+class ScoreResponse(msgspec.Struct, frozen=True):
+    """The slate served, its logged propensities and the policy version that chose it."""
+
+    request_id: Id
+    user_id: Id
+    policy_version: Version
+    slate: list[ScoredItem]
+    personalised_from: int = 0     # recent experiences of this user the fast weights adapted to
+    ts: float = 0.0
+    error: str | None = None       # set (and slate empty) when a Kafka request could not be served
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
     """Why a message was refused and where it came from, with its original bytes."""
 
@@ -200,6 +237,8 @@ CONTRACTS: dict[str, Contract] = {
     "experiences": Contract(Experience, MAX_EVENT_BYTES, "user_id"),
     "policies": Contract(PolicyHeader, MAX_POLICY_HEADER_BYTES, "name"),
     "dlq": Contract(DeadLetter, 2 * MAX_DEAD_LETTER_ORIGINAL_BYTES, "source_topic"),
+    "score-requests": Contract(ScoreRequest, MAX_EVENT_BYTES, "user_id"),
+    "score-responses": Contract(ScoreResponse, MAX_EVENT_BYTES, "request_id"),
 }
 
 _DECODERS: dict[str, msgspec.json.Decoder] = {}

@@ -18,12 +18,16 @@ from stream.config import Settings
 log = logging.getLogger(__name__)
 
 #: Logical topic names, in the order of DESIGN.md section 3.
-LOGICAL_TOPICS = ("impressions", "clicks", "purchases", "items", "experiences", "policies", "dlq", "join-state")
+LOGICAL_TOPICS = ("impressions", "clicks", "purchases", "items", "experiences", "policies", "dlq", "join-state",
+                  "score-requests", "score-responses")
 #: Topics whose latest value per key is the state (compacted, never expire). ``join-state`` is
 #: the reward join's changelog (stream/join_state.py), internal to the join workers.
 COMPACTED = frozenset({"items", "policies", "join-state"})
 #: Raw behaviour events: kept for a bounded time so they can be replayed.
 EVENTS = frozenset({"impressions", "clicks", "purchases"})
+#: Scoring over Kafka (stream/scorer.py): answers are useful for seconds, not days.
+SCORING = frozenset({"score-requests", "score-responses"})
+SCORING_RETENTION_MS = 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             partitions = settings.partitions
         if logical in EVENTS:
             config["retention.ms"] = str(settings.event_retention_ms)
+        elif logical in SCORING:
+            config["retention.ms"] = str(SCORING_RETENTION_MS)
         specs.append(TopicSpec(logical, topic_name(settings, logical), partitions, config))
     return specs
 

@@ -1,0 +1,82 @@
+"""The policy at serve time: a numpy snapshot of one version, scored per request.
+
+A scorer answers single requests in a tight latency budget; torch's per-op dispatch
+costs more than the maths at these sizes. So a version is copied once, when it is
+swapped in, into plain arrays, and a request is a few matrix-vector products: the
+user tower, the candidates' item vectors, the meta-learned per-user fast weights
+(``ServeAdapter``) and an exploring Plackett-Luce slate with exact sequential
+propensities, the same maths as ``models.policy`` (tests hold them equal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.meta import ServeAdapter
+from models.policy import PolicyConfig, TwoTowerPolicy
+
+
+class ServingPolicy:
+    """One policy version, frozen as numpy arrays (read-only after construction, safe across threads)."""
+
+    def __init__(self, model: TwoTowerPolicy) -> None:
+        self.config: PolicyConfig = model.config
+        w = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+        self.item_id = w["item_id.weight"]
+        self.item_bias = w["item_bias.weight"][:, 0]
+        self.global_bias = float(w["global_bias"])
+        self.text_w, self.text_b = w["text_proj.weight"], w["text_proj.bias"]
+        self.user_id = w["user_id.weight"]
+        self.history_w = w["history_proj.weight"]
+        self.hidden_w, self.hidden_b = w["user_mlp.0.weight"], w["user_mlp.0.bias"]
+        self.out_w, self.out_b = w["user_mlp.2.weight"], w["user_mlp.2.bias"]
+        self.position_bias = w["position_bias.weight"][:, 0]
+        self.adapter = ServeAdapter(model)
+
+    def user_vector(self, features: np.ndarray, user_bucket: int, history: np.ndarray) -> np.ndarray:
+        x = np.concatenate([features, self.user_id[user_bucket], self.history_w @ history])
+        return self.out_w @ np.maximum(self.hidden_w @ x + self.hidden_b, 0.0) + self.out_b
+
+    def item_vectors(self, item_bucket: np.ndarray, item_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, dim) vectors and (n,) biases; text lets an item no one has clicked be scored."""
+        vectors = self.item_id[item_bucket] + item_text @ self.text_w.T + self.text_b
+        return vectors, self.item_bias[item_bucket] + self.global_bias
+
+    def adapt(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
+              positions: np.ndarray, rewards: np.ndarray, steps: int = 3) -> np.ndarray:
+        """Per-user fast weights from the user's recent (item, position, reward) history."""
+        return self.adapter.adapt(user, item_vectors, item_bias, positions, rewards, steps)
+
+    def scores(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray,
+               delta: np.ndarray | None = None) -> np.ndarray:
+        """Estimated reward of each candidate at the top position."""
+        scores = vectors @ user + bias
+        if delta is not None:
+            scores = scores + self.adapter.fast_features(vectors) @ delta
+        return scores
+
+
+def exploration_probs(scores: np.ndarray, temperature: float, epsilon: float) -> np.ndarray:
+    """(1 - epsilon) softmax(scores / temperature) + epsilon / n, as ``models.policy.exploration_probs``."""
+    logits = scores / temperature
+    logits = logits - logits.max()
+    soft = np.exp(logits)
+    soft /= soft.sum()
+    return (1.0 - epsilon) * soft + epsilon / len(scores)
+
+
+def sample_slate(probs: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Plackett-Luce draw of k distinct candidates (Gumbel top-k) and each one's sequential propensity:
+    P(item at position p | the items above it)."""
+    keys = np.log(np.maximum(probs, 1e-300)) + rng.gumbel(size=len(probs))
+    slate = np.argpartition(-keys, k - 1)[:k] if k < len(probs) else np.arange(len(probs))
+    slate = slate[np.argsort(-keys[slate], kind="stable")]
+    chosen = probs[slate].astype(np.float64)
+    above = np.cumsum(chosen) - chosen
+    return slate, np.minimum(chosen / np.maximum(1.0 - above, 1e-12), 1.0)
+
+
+def uniform_slate(n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """What a scorer serves before any version exists: a uniform random slate, propensity 1/(n - p)."""
+    slate = rng.permutation(n)[:k]
+    return slate, 1.0 / (n - np.arange(k, dtype=np.float64))

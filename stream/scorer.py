@@ -1,0 +1,468 @@
+"""The scorer: ranks candidates for a user with the live policy, over HTTP and over Kafka.
+
+Per request it reads the live version once (a single reference, replaced whole by
+the policy subscriber's thread after the new version has been built off the hot
+path), so no request ever sees half a policy and none waits for a swap. It adapts
+the policy to the user from their recent experiences (the meta-learned fast
+weights, followed from the ``experiences`` topic), scores unknown items from their
+text embedding (the ``items`` topic through the packaged MiniLM), draws an exploring
+slate with exact propensities, and logs what it showed to ``impressions``, which is
+where the reward join starts. Before any version exists it serves uniform random
+slates as version 0: that traffic is what the first version learns from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import msgspec
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from models.batch import hash_ids
+from models.encoders import ItemEmbeddingCache, TextEncoder, item_text
+from models.serving import ServingPolicy, exploration_probs, sample_slate, uniform_slate
+from stream import schemas
+from stream.clients import consumer_config, make_consumer
+from stream.config import Settings
+from stream.dead_letters import decode_consumed
+from stream.ingest import EventProducer
+from stream.policy_bus import LivePolicy, PolicySubscriber
+from stream.topics import topic_name
+
+log = logging.getLogger(__name__)
+
+SCORE_REQUESTS = Counter(
+    "recsys_scorer_requests_total", "Scoring requests answered, by transport (http, kafka) and status.",
+    ["transport", "status"])
+SCORE_LATENCY = Histogram(
+    "recsys_scorer_latency_seconds", "Time to score one request (decode to answer), by transport.", ["transport"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+SCORER_SWAPS = Counter("recsys_scorer_policy_swaps_total", "Policy versions this scorer swapped to.")
+SWAP_BUILD_SECONDS = Histogram(
+    "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
+FRESHNESS = Histogram(
+    "recsys_freshness_seconds",
+    "From the event time of the newest click a version was trained on to that version serving here.",
+    buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300))
+UNKNOWN_ITEMS = Counter(
+    "recsys_scorer_unknown_items_total", "Candidates with no catalogue entry (scored without text).")
+SCORER_CATALOGUE_ITEMS = Counter("recsys_scorer_catalogue_items_total", "Catalogue entries embedded by the scorer.")
+
+
+class BadRequest(ValueError):
+    """A request the scorer refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    slate_size: int = 10
+    temperature: float = 0.5
+    epsilon: float = 0.05
+    adapt_steps: int = 3
+    #: Recent experiences kept per user for adaptation, users kept, and how long an idle user is kept.
+    history: int = 20
+    max_users: int = 100_000
+    user_ttl: float = 3600.0
+
+
+@dataclass(frozen=True)
+class _Served:
+    version: int
+    policy: ServingPolicy | None   # None: version 0, uniform random
+
+
+class UserMemory:
+    """Each user's recent (item, position, click reward), bounded in users, length and age."""
+
+    def __init__(self, per_user: int, max_users: int, ttl: float) -> None:
+        self.per_user, self.max_users, self.ttl = per_user, max_users, ttl
+        self._users: OrderedDict[str, tuple[float, deque]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, user_id: str, item_id: str, position: int, reward: float, now: float) -> None:
+        with self._lock:
+            entry = self._users.pop(user_id, None)
+            events = entry[1] if entry else deque(maxlen=self.per_user)
+            events.append((item_id, position, reward))
+            self._users[user_id] = (now, events)
+            while len(self._users) > self.max_users:
+                self._users.popitem(last=False)
+
+    def recent(self, user_id: str, now: float) -> list[tuple[str, int, float]]:
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None:
+                return []
+            if now - entry[0] > self.ttl:
+                del self._users[user_id]
+                return []
+            return list(entry[1])
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class Catalogue:
+    """Item text embeddings by item id, from the ``items`` topic."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self._cache = ItemEmbeddingCache(encoder)
+        self.dim = encoder.dim
+        self._zeros = np.zeros(encoder.dim, dtype=np.float32)
+
+    def add(self, items: list[schemas.Item]) -> None:
+        if items:
+            self._cache.embed([i.item_id for i in items], [item_text(i.title, i.description, i.category)
+                                                          for i in items])
+            SCORER_CATALOGUE_ITEMS.inc(len(items))
+
+    def texts(self, item_ids: list[str]) -> np.ndarray:
+        out = np.empty((len(item_ids), self.dim), dtype=np.float32)
+        unknown = 0
+        for row, item in enumerate(item_ids):
+            vector = self._cache.get(item)
+            if vector is None:
+                unknown += 1
+                vector = self._zeros
+            out[row] = vector
+        if unknown:
+            UNKNOWN_ITEMS.inc(unknown)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+class Scorer:
+    """The scoring core, shared by the HTTP and Kafka transports (thread-safe)."""
+
+    def __init__(self, settings: Settings, encoder: TextEncoder, config: ScorerConfig | None = None,
+                 producer: EventProducer | None = None) -> None:
+        self.settings = settings
+        self.config = config or ScorerConfig()
+        self.catalogue = Catalogue(encoder)
+        self.memory = UserMemory(self.config.history, self.config.max_users, self.config.user_ttl)
+        self.events = producer or EventProducer(settings, "scorer")
+        self._served = _Served(0, None)
+        self._rngs = threading.local()
+        self.swaps: list[int] = []
+
+    @property
+    def version(self) -> int:
+        return self._served.version
+
+    def swap(self, live: LivePolicy) -> None:
+        """Prepare ``live`` for serving, then replace the served version in one assignment."""
+        started = time.perf_counter()
+        if live.model.config.text_dim != self.catalogue.dim:
+            log.error("policy v%d expects %d-dim item text, the encoder gives %d: keeping v%d", live.version,
+                      live.model.config.text_dim, self.catalogue.dim, self.version)
+            return
+        served = _Served(live.version, ServingPolicy(live.model))
+        SWAP_BUILD_SECONDS.observe(time.perf_counter() - started)
+        self._served = served
+        self.swaps.append(live.version)
+        SCORER_SWAPS.inc()
+        trained_through = live.header.metrics.get("trained_through_ts")
+        if trained_through:
+            FRESHNESS.observe(max(0.0, time.time() - trained_through))
+
+    def _rng(self) -> np.random.Generator:
+        rng = getattr(self._rngs, "rng", None)
+        if rng is None:
+            rng = self._rngs.rng = np.random.default_rng()
+        return rng
+
+    def score(self, request: schemas.ScoreRequest) -> schemas.ScoreResponse:
+        served = self._served           # one read: this request uses this version throughout
+        now = time.time()
+        candidates = request.candidates
+        k = min(request.k or self.config.slate_size, len(candidates))
+        request_id = request.request_id or uuid.uuid4().hex
+        adapted = 0
+        if served.policy is None:
+            slate, propensities = uniform_slate(len(candidates), k, self._rng())
+            scores = np.zeros(len(candidates))
+        else:
+            policy = served.policy
+            cfg = policy.config
+            features = np.asarray(request.context.features, dtype=np.float32)
+            if len(features) == 0:
+                features = np.zeros(cfg.user_features, dtype=np.float32)
+            elif len(features) != cfg.user_features:
+                raise BadRequest(f"context.features has {len(features)} values; policy v{served.version} "
+                                 f"expects {cfg.user_features}", 422)
+            recent = self.memory.recent(request.user_id, now)
+            clicked = [item for item, _, reward in recent if reward > 0]
+            history = (self.catalogue.texts(clicked).mean(axis=0) if clicked
+                       else np.zeros(cfg.text_dim, dtype=np.float32))
+            user_bucket = int(hash_ids([request.user_id], cfg.user_buckets)[0])
+            user = policy.user_vector(features, user_bucket, history)
+            vectors, bias = policy.item_vectors(hash_ids(candidates, cfg.item_buckets), self.catalogue.texts(candidates))
+            delta = None
+            if recent:
+                seen = [item for item, _, _ in recent]
+                seen_vectors, seen_bias = policy.item_vectors(hash_ids(seen, cfg.item_buckets),
+                                                              self.catalogue.texts(seen))
+                positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
+                rewards = np.asarray([r for _, _, r in recent], dtype=np.float32)
+                delta = policy.adapt(user, seen_vectors, seen_bias, positions, rewards, self.config.adapt_steps)
+                adapted = len(recent)
+            scores = policy.scores(user, vectors, bias, delta)
+            probs = exploration_probs(scores, self.config.temperature, self.config.epsilon)
+            slate, propensities = sample_slate(probs, k, self._rng())
+        propensities = np.clip(propensities, 1e-9, 1.0)
+        shown = [schemas.ShownItem(candidates[i], pos, float(propensities[pos]), float(scores[i]))
+                 for pos, i in enumerate(slate)]
+        self.events.send("impressions", schemas.Impression(
+            event_id=f"imp-{request_id}", request_id=request_id, user_id=request.user_id, ts=now,
+            shown=shown, policy_version=served.version, context=request.context))
+        return schemas.ScoreResponse(
+            request_id=request_id, user_id=request.user_id, policy_version=served.version,
+            slate=[schemas.ScoredItem(s.item_id, s.position, s.propensity, s.score or 0.0) for s in shown],
+            personalised_from=adapted, ts=now)
+
+    def observe_experience(self, experience: schemas.Experience, now: float) -> None:
+        if experience.kind != "purchase":      # adaptation learns clicks; purchases are follow-ups
+            self.memory.record(experience.user_id, experience.action, experience.position,
+                               experience.reward_parts.click, now)
+
+
+_request_decoder = msgspec.json.Decoder(schemas.ScoreRequest)
+
+
+def decode_request(body: bytes) -> schemas.ScoreRequest:
+    """A validated request, or ``BadRequest`` saying what is wrong with it."""
+    if len(body) > schemas.MAX_EVENT_BYTES:
+        raise BadRequest(f"request body is {len(body)} bytes, over {schemas.MAX_EVENT_BYTES}", 413)
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}", 422) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+# -- followers: the inputs a scorer keeps up with ------------------------------------------------
+class _Follower(threading.Thread):
+    """Reads one topic in a background thread and hands each valid record to ``handle``."""
+
+    def __init__(self, settings: Settings, logical: str, handle: Callable[[list], None], from_start: bool) -> None:
+        super().__init__(name=f"scorer-{logical}", daemon=True)
+        self.settings, self.logical, self.handle, self.from_start = settings, logical, handle, from_start
+        self.caught_up = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        topic = topic_name(self.settings, self.logical)
+        consumer = Consumer(consumer_config(self.settings, "scorer", f"scorer-{self.logical}-{uuid.uuid4().hex}", **{
+            "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 50,
+            "auto.offset.reset": "earliest" if self.from_start else "latest"}))
+        try:
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            start = OFFSET_BEGINNING if self.from_start else -1   # -1: the end (latest)
+            consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])
+            pending_eof = set(meta.partitions)
+            while not self.stopping.is_set():
+                batch = consumer.consume(500, 0.2)
+                good = []
+                for msg in batch:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            pending_eof.discard(msg.partition())
+                        continue
+                    event, letter = decode_consumed(self.logical, msg.value(), "scorer", msg.topic(),
+                                                    msg.partition(), msg.offset(), msg.key())
+                    if letter is None:
+                        good.append(event)
+                    else:   # another role owns dead-lettering this topic; here it is only skipped, counted
+                        log.debug("skipping invalid %s at %s[%d]@%d", self.logical, msg.topic(), msg.partition(),
+                                  msg.offset())
+                if good:
+                    self.handle(good)
+                if not pending_eof:
+                    self.caught_up.set()
+        except Exception:  # noqa: BLE001 - keep serving; the log says what stopped
+            log.exception("scorer follower of %s stopped", self.logical)
+            self.caught_up.set()
+        finally:
+            consumer.close()
+
+
+class ScorerService:
+    """A scorer with its followers (policies, items, experiences), HTTP server and Kafka transport."""
+
+    def __init__(self, settings: Settings, encoder: TextEncoder, config: ScorerConfig | None = None,
+                 host: str = "127.0.0.1", port: int = 0, kafka_requests: bool = True,
+                 request_max_age: float = 30.0) -> None:
+        self.settings = settings
+        self.scorer = Scorer(settings, encoder, config)
+        self.subscriber = PolicySubscriber(settings, "scorer", on_swap=self.scorer.swap)
+        now = time.time
+        self.items = _Follower(settings, "items", self.scorer.catalogue.add, from_start=True)
+        self.experiences = _Follower(
+            settings, "experiences", lambda exps: [self.scorer.observe_experience(e, now()) for e in exps],
+            from_start=False)
+        self.http = ThreadingHTTPServer((host, port), _handler_for(self))
+        self.http.daemon_threads = True
+        self.kafka_requests = kafka_requests
+        self.request_max_age = request_max_age
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.http.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self, wait: float = 120.0) -> "ScorerService":
+        """Start following and serving; return once the catalogue and the latest policy are loaded."""
+        self.items.start()
+        self.experiences.start()
+        if not self.items.caught_up.wait(wait):
+            raise TimeoutError(f"items topic not read to its end within {wait:.0f}s")
+        log.info("catalogue: %d items", len(self.scorer.catalogue))
+        self.subscriber.start(wait)
+        serve = threading.Thread(target=self.http.serve_forever, name="scorer-http", daemon=True)
+        serve.start()
+        self._threads.append(serve)
+        if self.kafka_requests:
+            kafka = threading.Thread(target=self._serve_kafka, name="scorer-kafka", daemon=True)
+            kafka.start()
+            self._threads.append(kafka)
+        log.info("scoring on %s (policy v%d)", self.url, self.scorer.version)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.http.shutdown()
+        self.http.server_close()
+        self.subscriber.stop()
+        for follower in (self.items, self.experiences):
+            follower.stopping.set()
+            follower.join(10)
+        for thread in self._threads:
+            thread.join(10)
+        self.scorer.events.flush(10)
+        self.scorer.events.release()
+
+    def _serve_kafka(self) -> None:
+        """Requests from ``score-requests``; answers to ``score-responses`` keyed by request_id.
+
+        The scorers share one group, so requests are split between them. A request older than
+        ``request_max_age`` (a group that starts empty reads from the beginning) is answered
+        with an error instead of a slate nobody waits for.
+        """
+        consumer = make_consumer(self.settings, "scorer", f"{self.settings.topic_prefix}scorer", **{
+            "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        consumer.subscribe([topic_name(self.settings, "score-requests")])
+        events = self.scorer.events
+        try:
+            while not self._stop.is_set():
+                batch = consumer.consume(100, 0.2)
+                for msg in batch:
+                    if msg.error() is not None:
+                        continue
+                    started = time.perf_counter()
+                    _kind, sent_ms = msg.timestamp()
+                    age = time.time() - sent_ms / 1000.0 if sent_ms > 0 else 0.0
+                    request, letter = decode_consumed("score-requests", msg.value(), "scorer", msg.topic(),
+                                                      msg.partition(), msg.offset(), msg.key())
+                    if letter is not None:
+                        events.dead_letters.publish(letter)
+                        SCORE_REQUESTS.labels("kafka", "invalid").inc()
+                        continue
+                    try:
+                        if age > self.request_max_age:
+                            raise BadRequest(f"request expired: sent {age:.0f}s ago, limit {self.request_max_age:g}s")
+                        response = self.scorer.score(request)
+                        status = "ok"
+                    except BadRequest as exc:
+                        response = schemas.ScoreResponse(request.request_id or "unknown", request.user_id,
+                                                         self.scorer.version, [], error=str(exc), ts=time.time())
+                        status = "expired" if age > self.request_max_age else "invalid"
+                    events.send("score-responses", response)
+                    SCORE_REQUESTS.labels("kafka", status).inc()
+                    SCORE_LATENCY.labels("kafka").observe(time.perf_counter() - started)
+                if batch:
+                    events.flush(10)
+                    consumer.commit(asynchronous=False)
+        except Exception:  # noqa: BLE001
+            log.exception("kafka scoring transport stopped")
+        finally:
+            consumer.close()
+
+
+def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:
+    scorer = service.scorer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args) -> None:   # access log at debug, not on stderr per request
+            log.debug("%s " + fmt, self.address_string(), *args)
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, status: int, message: str) -> None:
+            self._send(status, json.dumps({"error": message}).encode())
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            if self.path == "/healthz":
+                self._send(200, json.dumps({"status": "ok", "policy_version": scorer.version,
+                                            "catalogue_items": len(scorer.catalogue)}).encode())
+            elif self.path == "/metrics":
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+            else:
+                self._error(404, f"no such path {self.path}; try POST /score, GET /healthz or GET /metrics")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/score":
+                self._error(404, f"no such path {self.path}; POST /score")
+                return
+            started = time.perf_counter()
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                SCORE_REQUESTS.labels("http", "invalid").inc()
+                self._error(400, "Content-Length must be an integer")
+                return
+            try:
+                if length > schemas.MAX_EVENT_BYTES:
+                    raise BadRequest(f"request body is {length} bytes, over {schemas.MAX_EVENT_BYTES}", 413)
+                response = scorer.score(decode_request(self.rfile.read(length)))
+            except BadRequest as exc:
+                SCORE_REQUESTS.labels("http", "invalid").inc()
+                self._error(exc.status, str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - answered and counted, never a dropped connection
+                log.exception("scoring failed")
+                SCORE_REQUESTS.labels("http", "error").inc()
+                self._error(500, f"internal error: {type(exc).__name__}")
+                return
+            self._send(200, schemas.encode(response))
+            SCORE_REQUESTS.labels("http", "ok").inc()
+            SCORE_LATENCY.labels("http").observe(time.perf_counter() - started)
+
+    return Handler

@@ -1,0 +1,60 @@
+"""The numpy serving path computes what the torch policy computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.meta import adapt_user
+from models.policy import PolicyConfig, TwoTowerPolicy, exploration_probs as torch_probs
+from models.serving import ServingPolicy, exploration_probs, sample_slate, uniform_slate
+
+
+@pytest.fixture()
+def trained_looking_model() -> TwoTowerPolicy:
+    torch.manual_seed(0)
+    model = TwoTowerPolicy(PolicyConfig(user_features=6, text_dim=12, dim=8, hidden=16, item_buckets=64,
+                                        user_buckets=32, fast_dim=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)     # not the zero initialisation: every term matters
+    return model
+
+
+def test_scores_and_adaptation_match_the_torch_policy(trained_looking_model):
+    model, serving = trained_looking_model, ServingPolicy(trained_looking_model)
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=6).astype(np.float32)
+    history = rng.normal(size=12).astype(np.float32)
+    buckets = rng.integers(0, 64, size=10)
+    texts = rng.normal(size=(10, 12)).astype(np.float32)
+    user = serving.user_vector(features, 5, history)
+    vectors, bias = serving.item_vectors(buckets, texts)
+    positions, rewards = rng.integers(0, 5, size=6), rng.integers(0, 2, size=6).astype(np.float32)
+    delta = serving.adapt(user, vectors[:6], bias[:6], positions, rewards)
+    got = serving.scores(user, vectors, bias, delta)
+    with torch.no_grad():
+        t_user = model.user_vectors(torch.tensor(features)[None], torch.tensor([5]), torch.tensor(history)[None])[0]
+        t_vec, t_bias = model.item_vectors(torch.tensor(buckets), torch.tensor(texts))
+        t_delta = adapt_user(model, t_user, t_vec[:6], t_bias[:6], torch.tensor(positions), torch.tensor(rewards))
+        want = model.personal_scores(t_user[None], t_vec[None], t_bias[None], t_delta)[0]
+    np.testing.assert_allclose(delta, t_delta.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(exploration_probs(got, 0.5, 0.1),
+                               torch_probs(want[None], 0.5, 0.1)[0].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_slates_are_distinct_and_propensities_are_sequential_plackett_luce():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    rng = np.random.default_rng(3)
+    firsts = np.zeros(4)
+    for _ in range(20_000):
+        slate, props = sample_slate(probs, 2, rng)
+        assert len(set(slate)) == 2
+        assert props[0] == pytest.approx(probs[slate[0]])
+        assert props[1] == pytest.approx(probs[slate[1]] / (1 - probs[slate[0]]))
+        firsts[slate[0]] += 1
+    np.testing.assert_allclose(firsts / firsts.sum(), probs, atol=0.015)
+    slate, props = uniform_slate(5, 3, rng)
+    assert len(set(slate)) == 3 and list(props) == pytest.approx([1 / 5, 1 / 4, 1 / 3])
