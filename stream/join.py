@@ -381,6 +381,7 @@ class RewardJoin:
             policy_version=imp.policy_version,
             ts=ts,
             context=imp.context if isinstance(imp.context, Context) else Context(),
+            candidates=imp.candidates,
         )
 
 

@@ -25,6 +25,8 @@ Version = Annotated[int, Meta(ge=0)]
 NonNegative = Annotated[float, Meta(ge=0.0)]
 
 MAX_SLATE = 100
+#: Most candidates one scoring request may rank (and an impression may list).
+MAX_CANDIDATES = 1000
 MAX_FEATURES = 512
 
 #: Largest accepted encoded message per kind; the policy header carries only metadata.
@@ -77,6 +79,9 @@ class Impression(msgspec.Struct, frozen=True):
     shown: Annotated[list[ShownItem], Meta(min_length=1, max_length=MAX_SLATE)]
     policy_version: Version
     context: Context = Context()
+    #: Every item the policy chose among (optional): what off-policy learning compares the
+    #: shown item against. Without it only the reward model learns from this slate.
+    candidates: Annotated[list[Id], Meta(max_length=MAX_CANDIDATES)] | None = None
 
     def __post_init__(self) -> None:
         positions = [s.position for s in self.shown]
@@ -144,6 +149,8 @@ class Experience(msgspec.Struct, frozen=True):
     policy_version: Version
     ts: Timestamp
     context: Context = Context()
+    #: The impression's candidate set, copied by the join (see ``Impression.candidates``).
+    candidates: Annotated[list[Id], Meta(max_length=MAX_CANDIDATES)] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.reward):
@@ -163,10 +170,6 @@ class PolicyHeader(msgspec.Struct, frozen=True):
     metrics: dict[str, float] = {}
     parent: Annotated[int, Meta(ge=1)] | None = None
     signature: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
-
-
-#: Most candidates one scoring request may rank.
-MAX_CANDIDATES = 1000
 
 
 class ScoreRequest(msgspec.Struct, frozen=True):

@@ -21,20 +21,20 @@ import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import msgspec
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from models.batch import hash_ids
-from models.encoders import ItemEmbeddingCache, TextEncoder, item_text
+from models.encoders import TextEncoder
 from models.serving import ServingPolicy, exploration_probs, sample_slate, uniform_slate
 from stream import schemas
-from stream.clients import consumer_config, make_consumer
+from stream.clients import make_consumer
 from stream.config import Settings
+from stream.catalogue import Catalogue
 from stream.dead_letters import decode_consumed
+from stream.follower import TopicFollower
 from stream.ingest import EventProducer
 from stream.policy_bus import LivePolicy, PolicySubscriber
 from stream.topics import topic_name
@@ -55,9 +55,6 @@ FRESHNESS = Histogram(
     "recsys_freshness_seconds",
     "From the event time of the newest click a version was trained on to that version serving here.",
     buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300))
-UNKNOWN_ITEMS = Counter(
-    "recsys_scorer_unknown_items_total", "Candidates with no catalogue entry (scored without text).")
-SCORER_CATALOGUE_ITEMS = Counter("recsys_scorer_catalogue_items_total", "Catalogue entries embedded by the scorer.")
 
 
 class BadRequest(ValueError):
@@ -117,37 +114,6 @@ class UserMemory:
         return len(self._users)
 
 
-class Catalogue:
-    """Item text embeddings by item id, from the ``items`` topic."""
-
-    def __init__(self, encoder: TextEncoder) -> None:
-        self._cache = ItemEmbeddingCache(encoder)
-        self.dim = encoder.dim
-        self._zeros = np.zeros(encoder.dim, dtype=np.float32)
-
-    def add(self, items: list[schemas.Item]) -> None:
-        if items:
-            self._cache.embed([i.item_id for i in items], [item_text(i.title, i.description, i.category)
-                                                          for i in items])
-            SCORER_CATALOGUE_ITEMS.inc(len(items))
-
-    def texts(self, item_ids: list[str]) -> np.ndarray:
-        out = np.empty((len(item_ids), self.dim), dtype=np.float32)
-        unknown = 0
-        for row, item in enumerate(item_ids):
-            vector = self._cache.get(item)
-            if vector is None:
-                unknown += 1
-                vector = self._zeros
-            out[row] = vector
-        if unknown:
-            UNKNOWN_ITEMS.inc(unknown)
-        return out
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-
 class Scorer:
     """The scoring core, shared by the HTTP and Kafka transports (thread-safe)."""
 
@@ -155,7 +121,7 @@ class Scorer:
                  producer: EventProducer | None = None) -> None:
         self.settings = settings
         self.config = config or ScorerConfig()
-        self.catalogue = Catalogue(encoder)
+        self.catalogue = Catalogue(encoder, "scorer")
         self.memory = UserMemory(self.config.history, self.config.max_users, self.config.user_ttl)
         self.events = producer or EventProducer(settings, "scorer")
         self._served = _Served(0, None)
@@ -231,7 +197,7 @@ class Scorer:
                  for pos, i in enumerate(slate)]
         self.events.send("impressions", schemas.Impression(
             event_id=f"imp-{request_id}", request_id=request_id, user_id=request.user_id, ts=now,
-            shown=shown, policy_version=served.version, context=request.context))
+            shown=shown, policy_version=served.version, context=request.context, candidates=list(candidates)))
         return schemas.ScoreResponse(
             request_id=request_id, user_id=request.user_id, policy_version=served.version,
             slate=[schemas.ScoredItem(s.item_id, s.position, s.propensity, s.score or 0.0) for s in shown],
@@ -258,53 +224,6 @@ def decode_request(body: bytes) -> schemas.ScoreRequest:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
-# -- followers: the inputs a scorer keeps up with ------------------------------------------------
-class _Follower(threading.Thread):
-    """Reads one topic in a background thread and hands each valid record to ``handle``."""
-
-    def __init__(self, settings: Settings, logical: str, handle: Callable[[list], None], from_start: bool) -> None:
-        super().__init__(name=f"scorer-{logical}", daemon=True)
-        self.settings, self.logical, self.handle, self.from_start = settings, logical, handle, from_start
-        self.caught_up = threading.Event()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        topic = topic_name(self.settings, self.logical)
-        consumer = Consumer(consumer_config(self.settings, "scorer", f"scorer-{self.logical}-{uuid.uuid4().hex}", **{
-            "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 50,
-            "auto.offset.reset": "earliest" if self.from_start else "latest"}))
-        try:
-            meta = consumer.list_topics(topic, timeout=30).topics[topic]
-            start = OFFSET_BEGINNING if self.from_start else -1   # -1: the end (latest)
-            consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])
-            pending_eof = set(meta.partitions)
-            while not self.stopping.is_set():
-                batch = consumer.consume(500, 0.2)
-                good = []
-                for msg in batch:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending_eof.discard(msg.partition())
-                        continue
-                    event, letter = decode_consumed(self.logical, msg.value(), "scorer", msg.topic(),
-                                                    msg.partition(), msg.offset(), msg.key())
-                    if letter is None:
-                        good.append(event)
-                    else:   # another role owns dead-lettering this topic; here it is only skipped, counted
-                        log.debug("skipping invalid %s at %s[%d]@%d", self.logical, msg.topic(), msg.partition(),
-                                  msg.offset())
-                if good:
-                    self.handle(good)
-                if not pending_eof:
-                    self.caught_up.set()
-        except Exception:  # noqa: BLE001 - keep serving; the log says what stopped
-            log.exception("scorer follower of %s stopped", self.logical)
-            self.caught_up.set()
-        finally:
-            consumer.close()
-
-
 class ScorerService:
     """A scorer with its followers (policies, items, experiences), HTTP server and Kafka transport."""
 
@@ -315,10 +234,10 @@ class ScorerService:
         self.scorer = Scorer(settings, encoder, config)
         self.subscriber = PolicySubscriber(settings, "scorer", on_swap=self.scorer.swap)
         now = time.time
-        self.items = _Follower(settings, "items", self.scorer.catalogue.add, from_start=True)
-        self.experiences = _Follower(
+        self.items = TopicFollower(settings, "items", self.scorer.catalogue.add, from_start=True, component="scorer")
+        self.experiences = TopicFollower(
             settings, "experiences", lambda exps: [self.scorer.observe_experience(e, now()) for e in exps],
-            from_start=False)
+            from_start=False, component="scorer")
         self.http = ThreadingHTTPServer((host, port), _handler_for(self))
         self.http.daemon_threads = True
         self.kafka_requests = kafka_requests
