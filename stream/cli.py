@@ -375,12 +375,59 @@ def process(click_window: float, purchase_window: float, grace: float, engine: s
 
 
 @cli.command()
+@click.option("--publish-every", type=click.IntRange(1), default=50, show_default=True,
+              help="Updates between publish attempts.")
+@click.option("--publish-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Seconds between publish attempts when updates are fewer.")
+@click.option("--batch-size", type=click.IntRange(8), default=256, show_default=True,
+              help="Fresh experiences per update (replay adds as many again).")
+@click.option("--gate-margin", type=click.FloatRange(min=0.0), default=0.02, show_default=True,
+              help="Publish unless the DR estimate is below the live version's by more than this.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
+def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_margin: float, device: str,
+          threads: int | None, checkpoint: Path | None, metrics_port: int | None) -> None:
+    """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
+    from models.encoders import EncoderLoadError, TextEncoder
+    from models.learner import LearnerConfig
+    from stream.learner import LearnerWorker, LearnerWorkerConfig
+    from stream.topics import ensure_topics
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    ensure_topics(_admin(settings, "learner"), settings)
+    _serve_worker_metrics(settings, metrics_port)
+    try:
+        encoder = TextEncoder()
+    except EncoderLoadError as exc:
+        _fail(str(exc))
+    config = LearnerWorkerConfig(batch_size=batch_size, publish_every_updates=publish_every,
+                                 publish_every_seconds=publish_seconds, gate_margin=gate_margin)
+    worker = LearnerWorker(settings, encoder, config,
+                           LearnerConfig(device=device, ewc_strength=100.0, distill_strength=0.5),
+                           checkpoint_path=checkpoint)
+    _stop_on_signals(worker.stop)
+    log.info("learner on %s: checkpoint %s", worker.learner.device, worker.checkpoint_path)
+    worker.run()
+    log.info("learner stopped at version %d after %d updates", worker.version, worker.learner.step)
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address of the HTTP API (0.0.0.0 for all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port of POST /score, GET /healthz and GET /metrics (0 picks a free one).")
 @click.option("--slate-size", type=click.IntRange(1, 100), default=10, show_default=True,
               help="Items returned when a request does not say k.")
-@click.option("--temperature", type=click.FloatRange(min=1e-3), default=0.5, show_default=True,
+@click.option("--temperature", type=click.FloatRange(min=1e-3), default=0.1, show_default=True,
               help="Softmax temperature of exploration.")
 @click.option("--epsilon", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
               help="Share of uniform exploration mixed into every draw.")
@@ -442,20 +489,71 @@ def replay(store_path: Path | None, window: int, reservoir: int, metrics_port: i
 
 
 @cli.command()
+@click.option("--duration", type=click.FloatRange(min=5), default=150.0, show_default=True,
+              help="Seconds of simulated traffic (the whole run adds about a minute of start and stop).")
+@click.option("--requests", "n_requests", type=click.IntRange(1), default=None,
+              help="Stop after this many scoring requests instead of --duration.")
+@click.option("--rate", type=click.FloatRange(min=1), default=80.0, show_default=True,
+              help="Scoring requests per second the simulated users make.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("demo-reward.png"), show_default=True, help="Where to write the reward-over-time PNG.")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep each role's log here (default: a temporary directory).")
+@click.option("--walkthrough", is_flag=True, help="Only the foundation walkthrough: ingest a small shop's events "
+              "(some invalid) and show the topics and the dead-letter topic.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def demo(as_json: bool) -> None:
-    """Run the system end to end on the embedded broker (or RECSYS_BOOTSTRAP_SERVERS).
+def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, log_dir: Path | None,
+         walkthrough: bool, as_json: bool) -> None:
+    """Run the whole loop on the embedded broker (or RECSYS_BOOTSTRAP_SERVERS).
 
-    Starts a broker when none is configured, creates the topics, ingests a small
-    shop's events (some deliberately invalid), shows what reached each topic and
-    the dead-letter topic, and stops everything it started.
+    Starts the broker, creates the topics and runs the reward join, the replay buffer,
+    the learner and the scorer; simulated users request slates from the scorer and
+    click and buy on them. Prints live progress, then a summary, writes a PNG of reward
+    over time (learned vs random vs oracle, drift marked) and stops everything it started.
     """
     from stream.broker import BrokerError
-    from stream.demo import run_demo
 
     settings = _settings()
     _setup_logging("WARNING")
-    say = (lambda _line: None) if as_json else click.echo
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    if walkthrough:
+        _walkthrough(settings, say, as_json)
+        return
+    from stream.closed_loop import LoopOptions, run_closed_loop
+
+    options = LoopOptions(duration=duration, requests=n_requests, rate=rate, plot=plot_path, log_dir=log_dir)
+    try:
+        report = run_closed_loop(settings, options, say)
+    except BrokerError as exc:
+        _fail(str(exc))
+    except (RuntimeError, TimeoutError) as exc:
+        _fail(f"demo failed: {exc}")
+    if as_json:
+        _emit_json({k: v for k, v in report.items() if k != "series"})
+        return
+    last = report["last_window"]
+    click.echo("")
+    click.echo(f"requests {report['requests']} ({report['failed_requests']} failed), events {report['events']} "
+               f"({report['events_per_second']}/s), {report['seconds']}s in all")
+    click.echo(f"versions published {report['versions_published']}; served {report['versions_served']}")
+    click.echo(f"{'phase':<8} {'requests':>8} {'learned':>8} {'random':>8} {'oracle':>8}   (expected reward per slate)")
+    for name, row in report["phases"].items():
+        if row["requests"]:
+            click.echo(f"{name:<8} {row['requests']:>8} {row['learned']:>8.3f} {row['random']:>8.3f} "
+                       f"{row['oracle']:>8.3f}")
+    click.echo(f"last {last['requests']} requests: CTR learned {last['ctr_learned']:.3f} vs random "
+               f"{last['ctr_random']:.3f}")
+    fresh = report["freshness_seconds"]
+    if fresh["samples"]:
+        click.echo(f"freshness (newest click trained on -> served): p50 {fresh['p50']:.1f}s, "
+                   f"p99 {fresh['p99']:.1f}s over {fresh['samples']} versions")
+    click.echo(f"dead letters: {report['dead_letters'] or 'none'}; plot: {report.get('plot')}")
+
+
+def _walkthrough(settings: Settings, say, as_json: bool) -> None:
+    from stream.broker import BrokerError
+    from stream.demo import run_demo
+
     try:
         summary = run_demo(settings, say)
     except BrokerError as exc:

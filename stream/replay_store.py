@@ -16,6 +16,7 @@ batches are sampled uniformly, from the recent window, or by priority.
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -225,3 +226,67 @@ class ReplayStore:
             return {}
         chosen = self.rng.choice(eligible, size=min(n_users, len(eligible)), replace=False)
         return {str(u): self.user_history(str(u)) for u in chosen}
+
+
+class ReplaySampler:
+    """Read-only sampling from a replay store another process (``recsys-stream replay``) writes.
+
+    ``ReplayStore`` keeps an in-memory index of the rows it wrote; a reader in another
+    process cannot, so this samples by seq range in SQL and sees every committed row.
+    The file may not exist yet when the learner starts: ``ready`` says when it does.
+    """
+
+    def __init__(self, path: str | Path, seed: int = 0) -> None:
+        self.path = Path(path)
+        self.rng = np.random.default_rng(seed)
+        self._db: sqlite3.Connection | None = None
+        self._decoder = schemas.decoder_for("experiences")
+        self._eligible: tuple[float, int, list[str]] = (0.0, 0, [])
+
+    def ready(self) -> bool:
+        if self._db is None and self.path.exists():
+            try:
+                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+                db.execute("SELECT 1 FROM experiences LIMIT 1")
+                self._db = db
+            except sqlite3.Error:
+                return False
+        return self._db is not None
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM experiences").fetchone()[0]) if self.ready() else 0
+
+    def sample(self, n: int) -> list[schemas.Experience]:
+        """Up to n experiences drawn uniformly by seq (rows aged out since are skipped)."""
+        if n <= 0 or not self.ready():
+            return []
+        low, high = self._db.execute("SELECT MIN(seq), MAX(seq) FROM experiences").fetchone()
+        if low is None:
+            return []
+        picked = sorted({int(s) for s in self.rng.integers(low, high + 1, size=2 * n)})
+        rows = self._db.execute(f"SELECT payload FROM experiences WHERE seq IN ({','.join('?' * len(picked))})",
+                                picked).fetchall()
+        found = [self._decoder.decode(r[0]) for r in rows]
+        self.rng.shuffle(found)
+        return found[:n]
+
+    def sample_tasks(self, n_users: int, min_experiences: int, refresh: float = 10.0
+                     ) -> dict[str, list[schemas.Experience]]:
+        """Up to n_users users with at least min_experiences, each with their experiences in time order."""
+        if not self.ready():
+            return {}
+        checked, m, eligible = self._eligible
+        if m != min_experiences or time.monotonic() - checked > refresh:
+            eligible = [r[0] for r in self._db.execute(
+                "SELECT user_id FROM experiences GROUP BY user_id HAVING COUNT(*) >= ?", (min_experiences,))]
+            self._eligible = (time.monotonic(), min_experiences, eligible)
+        if not eligible:
+            return {}
+        chosen = self.rng.choice(eligible, size=min(n_users, len(eligible)), replace=False)
+        return {str(u): [self._decoder.decode(r[0]) for r in self._db.execute(
+            "SELECT payload FROM experiences WHERE user_id = ? ORDER BY ts, seq", (str(u),))] for u in chosen}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,365 @@
+"""`recsys-stream demo`: the whole loop, live, on the embedded broker.
+
+It starts (or uses) a broker, creates the topics, publishes the simulated shop's
+catalogue, and runs every role as its own process: the reward join, the replay
+buffer, the learner and the scorer. Then the simulator's users ask the scorer for
+slates over HTTP and click and buy on what they are shown; their clicks and
+purchases go to Kafka like any shop's would. Every second of traffic is also
+scored for what a uniform random policy and the oracle would have earned on the
+same requests (expected values from the simulator's ground truth), so the
+learned policy's progress is measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sim.world import Drift, World, WorldConfig
+from stream import schemas
+from stream.broker import free_port
+from stream.clients import make_admin
+from stream.config import Settings
+from stream.demo import broker_for
+from stream.ingest import EventProducer
+from stream.policy_bus import read_versions
+from stream.snapshot import read_topic
+from stream.topics import ensure_topics, topic_name
+
+ROLES = ("process", "replay", "learn", "score")
+
+
+@dataclass
+class LoopOptions:
+    duration: float = 150.0
+    requests: int | None = None
+    rate: float = 80.0            # requests per second the simulated users make
+    candidates: int = 20
+    slate_size: int = 5
+    seed: int = 7
+    plot: Path | None = None
+    log_dir: Path | None = None
+    #: Drift of one segment's tastes, as a share of the run: (start, end).
+    drift: tuple[float, float] = (0.5, 0.8)
+    publish_seconds: float = 5.0
+
+
+@dataclass
+class Window:
+    """Per-second tallies of expected reward and CTR: learned, random and oracle on the same requests."""
+
+    t: list[float] = field(default_factory=list)
+    learned: list[float] = field(default_factory=list)
+    random: list[float] = field(default_factory=list)
+    oracle: list[float] = field(default_factory=list)
+    ctr_learned: list[float] = field(default_factory=list)
+    ctr_random: list[float] = field(default_factory=list)
+    version: list[int] = field(default_factory=list)
+
+
+class Roles:
+    """The worker processes of the loop, each with its log and /metrics port, stopped together."""
+
+    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+        self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
+                        RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
+                        RECSYS_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        if settings.hmac_key is not None:
+            self.env["RECSYS_HMAC_KEY"] = settings.hmac_key.get_secret_value()
+        self.log_dir = log_dir
+        self.publish_seconds = publish_seconds
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.metrics: dict[str, int] = {}
+        self.score_port = free_port()
+
+    def start(self) -> None:
+        for role in ROLES:
+            port = free_port()
+            extra = {
+                "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
+                "replay": [],
+                "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
+                          "--batch-size", "128", "--threads", "1"],
+                "score": ["--port", str(self.score_port), "--no-kafka-requests"],
+            }[role]
+            if role != "score":
+                extra += ["--metrics-port", str(port)]
+            else:
+                port = self.score_port
+            self.metrics[role] = port
+            log = (self.log_dir / f"{role}.log").open("ab")
+            self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", role, *extra], env=self.env,
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check(self) -> None:
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{role}.log").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"role {role} exited with {proc.returncode}; last log lines:\n" + "\n".join(tail))
+
+    def stop(self, timeout: float = 15.0) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = {}
+        for role, proc in self.procs.items():
+            try:
+                codes[role] = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[role] = proc.wait()
+        return codes
+
+
+class ScorerClient:
+    """Keep-alive HTTP client of the scorer (one connection, reopened on error)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def score(self, body: dict) -> tuple[int, dict]:
+        data = json.dumps(body).encode()
+        for attempt in (1, 2):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                self.conn.request("POST", "/score", data, {"Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                return resp.status, json.loads(resp.read())
+            except (OSError, http.client.HTTPException):
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def wait_healthy(port: int, roles: Roles, timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        roles.check()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"scorer not healthy within {timeout:.0f}s (see {roles.log_dir}/score.log)")
+
+
+def make_world(options: LoopOptions, horizon: int) -> World:
+    start, end = (int(horizon * f) for f in options.drift)
+    return World(WorldConfig(seed=options.seed, new_users=200, new_items=20, horizon=horizon,
+                             drifts=(Drift(segment=0, start=start, end=end, shift=3),)))
+
+
+def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
+    settings = settings.model_copy(update={"topic_prefix": settings.topic_prefix or f"demo-{uuid.uuid4().hex[:6]}."})
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsys-loop-")))
+        if settings.data_dir == Settings.model_fields["data_dir"].default:
+            settings = settings.model_copy(update={"data_dir": tmp / "data"})
+        log_dir = options.log_dir or tmp / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        live = stack.enter_context(broker_for(settings))
+        say(f"broker {live.bootstrap_servers}; topics prefix {live.topic_prefix!r}; logs in {log_dir}")
+        ensure_topics(make_admin(live, "demo"), live)
+        expected = int(options.requests or options.duration * options.rate)
+        world = make_world(options, expected)
+        producer = stack.enter_context(EventProducer(live, component="demo"))
+        now = time.time()
+        for i in range(len(world.catalog)):
+            producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))
+        producer.flush()
+        say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(ROLES)}")
+        roles = Roles(live, log_dir, options.publish_seconds)
+        roles.start()
+        stack.callback(roles.stop)
+        health = wait_healthy(roles.score_port, roles)
+        say(f"scorer up at http://127.0.0.1:{roles.score_port} (policy v{health['policy_version']}); "
+            + ", ".join(f"{r} /metrics :{p}" for r, p in roles.metrics.items()))
+        report = _drive(live, options, world, roles, producer, say, expected)
+        report["seconds"] = round(time.monotonic() - started, 1)
+        codes = roles.stop()
+        report["exit_codes"] = codes
+        report["embedded_broker"] = settings.bootstrap_servers is None
+        report["logs"] = str(log_dir)
+        letters = [schemas.decode("dlq", m.value()) for m in read_topic(live, topic_name(live, "dlq"), "demo")]
+        report["dead_letters"] = dict(Counter(letter.reason for letter in letters))
+        versions = read_versions(live)
+        report["versions_published"] = [v.version for v in versions]
+    if options.plot is not None:
+        plot(report, options.plot)
+        report["plot"] = str(options.plot)
+    return report
+
+
+def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles, producer: EventProducer,
+           say: Callable[[str], None], expected: int) -> dict[str, Any]:
+    client = ScorerClient(roles.score_port)
+    rng = np.random.default_rng(options.seed + 1)
+    k = options.slate_size
+    win = Window()
+    failures = 0
+    served_versions: dict[int, float] = {}     # version -> when the demo first saw it served
+    freshness: list[float] = []
+    published_meta: dict[int, float] = {}
+    tally = deque(maxlen=2000)                  # (learned, random, oracle, ctr_l, ctr_r) per request
+    phase_of = lambda step: ("drift" if world.active_drifts() else ("before" if step < world.config.drifts[0].start  # noqa: E731
+                                                                 else "after"))
+    phases: dict[str, list[tuple[float, float, float]]] = {"before": [], "drift": [], "after": []}
+    events = 0
+    t0 = last_print = last_second = time.monotonic()
+    second_rows: list[tuple[float, float, float, float, float]] = []
+    n = 0
+    while n < expected and (options.requests is not None or time.monotonic() - t0 < options.duration):
+        users = world.sample_users(1)
+        cands = world.candidates(1, options.candidates)
+        u = int(users[0])
+        user_id = str(world.users.user_ids[u])
+        item_ids = [str(x) for x in world.catalog.item_ids[cands[0]]]
+        body = {"user_id": user_id, "candidates": item_ids, "k": k,
+                "context": {"features": [round(float(x), 5) for x in world.users.features[u]]}}
+        status, answer = client.score(body)
+        if status != 200:
+            failures += 1
+            continue
+        index = {item: i for i, item in enumerate(item_ids)}
+        slate = np.array([[cands[0][index[s["item_id"]]] for s in answer["slate"]]])
+        version = int(answer["policy_version"])
+        if version not in served_versions:
+            served_versions[version] = time.time()
+            if version > 0:
+                meta = {v.version: v.header.metrics.get("trained_through_ts", 0.0) for v in read_versions(settings)}
+                published_meta.update(meta)
+                if published_meta.get(version):
+                    freshness.append(served_versions[version] - published_meta[version])
+        random_slate = cands[:, rng.permutation(options.candidates)[:k]]
+        oracle_slate = world.oracle_slates(users, cands, k)
+        learned_value = float(world.expected_reward(users, slate)[0])
+        random_value = float(world.expected_reward(users, random_slate)[0])
+        oracle_value = float(world.expected_reward(users, oracle_slate)[0])
+        ctr_l = float(world.click_probability(users, slate).sum() / k)
+        ctr_r = float(world.click_probability(users, random_slate).sum() / k)
+        phase = phase_of(world.step)
+        feedback = world.feedback(users, slate)       # advances the world's clock by one request
+        now = time.time()
+        for p in np.flatnonzero(feedback.clicks[0]):
+            item = answer["slate"][p]["item_id"]
+            producer.send("clicks", schemas.Click(f"clk-{answer['request_id']}-{p}", user_id, item, now,
+                                                  answer["request_id"]))
+            events += 1
+            if feedback.purchases[0, p]:
+                producer.send("purchases", schemas.Purchase(
+                    f"pur-{answer['request_id']}-{p}", user_id, item, round(float(feedback.values[0, p]), 2), now,
+                    answer["request_id"]))
+                events += 1
+        events += 1   # the impression the scorer logged
+        n += 1
+        tally.append((learned_value, random_value, oracle_value, ctr_l, ctr_r))
+        phases[phase].append((learned_value, random_value, oracle_value))
+        second_rows.append((learned_value, random_value, oracle_value, ctr_l, ctr_r))
+        mono = time.monotonic()
+        if mono - last_second >= 1.0:
+            rows = np.array(second_rows)
+            win.t.append(mono - t0)
+            for name, col in zip(("learned", "random", "oracle", "ctr_learned", "ctr_random"), rows.T):
+                getattr(win, name).append(float(col.mean()))
+            win.version.append(version)
+            second_rows.clear()
+            last_second = mono
+        if mono - last_print >= 5.0:
+            roles.check()
+            recent = np.array(tally)
+            say(f"{mono - t0:6.1f}s  {n:6d} requests  {events / (mono - t0):6.0f} events/s  policy v{version:<3d} "
+                f"CTR learned {recent[:, 3].mean():.3f} vs random {recent[:, 4].mean():.3f}  "
+                f"reward {recent[:, 0].mean():.3f} / random {recent[:, 1].mean():.3f} / oracle {recent[:, 2].mean():.3f}"
+                + (f"  freshness {freshness[-1]:.1f}s" if freshness else ""))
+            last_print = mono
+        # Pace the users: `rate` requests per second on average.
+        ahead = n / options.rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+    elapsed = time.monotonic() - t0
+    last = np.array(tally) if tally else np.zeros((1, 5))
+    summary_phases = {
+        name: {"requests": len(rows), "learned": _mean(rows, 0), "random": _mean(rows, 1), "oracle": _mean(rows, 2)}
+        for name, rows in phases.items()}
+    return {
+        "requests": n, "failed_requests": failures, "events": events, "traffic_seconds": round(elapsed, 1),
+        "events_per_second": round(events / max(elapsed, 1e-9), 1),
+        "versions_served": sorted(v for v in served_versions if v > 0),
+        "last_window": {"requests": len(last), "reward_learned": float(last[:, 0].mean()),
+                        "reward_random": float(last[:, 1].mean()), "reward_oracle": float(last[:, 2].mean()),
+                        "ctr_learned": float(last[:, 3].mean()), "ctr_random": float(last[:, 4].mean())},
+        "phases": summary_phases,
+        "freshness_seconds": {"samples": len(freshness),
+                              "p50": float(np.percentile(freshness, 50)) if freshness else None,
+                              "p99": float(np.percentile(freshness, 99)) if freshness else None},
+        "drift_seconds": _drift_seconds(world, options),
+        "series": {"t": win.t, "learned": win.learned, "random": win.random, "oracle": win.oracle,
+                   "ctr_learned": win.ctr_learned, "ctr_random": win.ctr_random, "version": win.version},
+    }
+
+
+def _mean(rows: list[tuple[float, float, float]], col: int) -> float | None:
+    return round(float(np.mean([r[col] for r in rows])), 4) if rows else None
+
+
+def _drift_seconds(world: World, options: LoopOptions) -> list[float]:
+    """When (seconds into the traffic) the drift started and ended, assuming the paced rate."""
+    drift = world.config.drifts[0]
+    return [round(drift.start / options.rate, 1), round(drift.end / options.rate, 1)]
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = report["series"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(s["t"], _smooth(s["oracle"]), label="oracle", color="tab:green")
+    ax.plot(s["t"], _smooth(s["learned"]), label="learned (served)", color="tab:blue")
+    ax.plot(s["t"], _smooth(s["random"]), label="uniform random", color="tab:gray")
+    start, end = report["drift_seconds"]
+    ax.axvspan(start, end, color="tab:orange", alpha=0.15, label="segment 0 drifted")
+    versions = s["version"]
+    for i in range(1, len(versions)):
+        if versions[i] != versions[i - 1]:
+            ax.axvline(s["t"][i], color="tab:blue", alpha=0.15, lw=0.8)
+    ax.set_xlabel("seconds of traffic")
+    ax.set_ylabel("expected reward per slate (10 s mean)")
+    ax.set_title("recsys-stream demo: reward over time (thin lines: new policy versions)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(values: list[float], width: int = 10) -> list[float]:
+    out, acc = [], deque(maxlen=width)
+    for v in values:
+        acc.append(v)
+        out.append(sum(acc) / len(acc))
+    return out
