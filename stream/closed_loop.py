@@ -57,6 +57,9 @@ class LoopOptions:
     #: Drift of one segment's tastes, as a share of the run: (start, end).
     drift: tuple[float, float] = (0.5, 0.8)
     publish_seconds: float = 5.0
+    #: Called about once a second with (seconds of traffic, roles, settings): tests use it to
+    #: tamper with the policy topic or kill a role mid-run.
+    on_second: Callable[[float, "Roles", Settings], None] | None = None
 
 
 @dataclass
@@ -90,20 +93,23 @@ class Roles:
 
     def start(self) -> None:
         for role in ROLES:
-            port = free_port()
+            self.launch(role)
+
+    def launch(self, role: str) -> None:
+        """Start (or restart) one role, on the same /metrics port as before."""
+        if role == "score":
+            port = self.score_port
+            extra = ["--port", str(port), "--no-kafka-requests"]
+        else:
+            port = self.metrics.get(role) or free_port()
             extra = {
                 "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
                 "replay": [],
                 "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
                           "--batch-size", "128", "--threads", "1"],
-                "score": ["--port", str(self.score_port), "--no-kafka-requests"],
-            }[role]
-            if role != "score":
-                extra += ["--metrics-port", str(port)]
-            else:
-                port = self.score_port
-            self.metrics[role] = port
-            log = (self.log_dir / f"{role}.log").open("ab")
+            }[role] + ["--metrics-port", str(port)]
+        self.metrics[role] = port
+        with (self.log_dir / f"{role}.log").open("ab") as log:
             self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", role, *extra], env=self.env,
                                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -285,6 +291,8 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
             win.version.append(version)
             second_rows.clear()
             last_second = mono
+            if options.on_second is not None:
+                options.on_second(mono - t0, roles, settings)
         if mono - last_print >= 5.0:
             roles.check()
             recent = np.array(tally)

@@ -238,7 +238,7 @@ class ScorerService:
         self.experiences = TopicFollower(
             settings, "experiences", lambda exps: [self.scorer.observe_experience(e, now()) for e in exps],
             from_start=False, component="scorer")
-        self.http = ThreadingHTTPServer((host, port), _handler_for(self))
+        self.http = _QuietServer((host, port), _handler_for(self))
         self.http.daemon_threads = True
         self.kafka_requests = kafka_requests
         self.request_max_age = request_max_age
@@ -326,6 +326,18 @@ class ScorerService:
             log.exception("kafka scoring transport stopped")
         finally:
             consumer.close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up early is routine, not a traceback on stderr."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            log.debug("client %s went away", client_address)
+            return
+        log.exception("HTTP request from %s failed", client_address)
 
 
 def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:

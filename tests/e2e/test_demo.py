@@ -9,9 +9,9 @@ import subprocess
 from tests.conftest import cli_command
 
 
-def test_demo_runs_on_its_own_embedded_broker():
+def test_demo_walkthrough_runs_on_its_own_embedded_broker():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    done = subprocess.run(cli_command("demo", "--json"), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cli_command("demo", "--walkthrough", "--json"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["embedded_broker"] is True

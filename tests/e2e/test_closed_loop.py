@@ -1,0 +1,63 @@
+"""The whole loop on the broker: versions published and served, learning beats random, no failed request
+during swaps, a tampered version refused while serving goes on, and a SIGKILLed learner resuming."""
+
+from __future__ import annotations
+
+import re
+
+from models.policy import PolicyConfig, TwoTowerPolicy
+from models.serialization import pack
+from stream.closed_loop import LoopOptions, run_closed_loop
+from stream.policy_bus import PolicyPublisher, read_versions
+
+
+def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(settings, tmp_path):
+    chaos: dict[str, int] = {}
+    logs = tmp_path / "logs"
+
+    def tamper(settings) -> None:
+        latest = read_versions(settings)[-1].version
+        header, blob = pack(TwoTowerPolicy(PolicyConfig()), settings.policy_name, latest + 1, parent=latest)
+        publisher = PolicyPublisher(settings, "test")
+        publisher.publish_packed(header, blob[:-1] + bytes([blob[-1] ^ 1]))
+        publisher.close()
+        chaos.setdefault("tampered", latest + 1)
+
+    def on_second(t: float, roles, settings) -> None:
+        if t >= 15 and "tampered" not in chaos and read_versions(settings):
+            tamper(settings)
+        # The learner may have published that number first (then the scorer ignores an old number): again.
+        if t >= 22 and "rejected" not in chaos:
+            if "rejected (checksum)" in (logs / "score.log").read_text():
+                chaos["rejected"] = 1
+            elif t < 40:
+                tamper(settings)
+        if t >= 32 and "killed" not in chaos:
+            roles.procs["learn"].kill()
+            roles.procs["learn"].wait()
+            chaos["killed"] = read_versions(settings)[-1].version
+            roles.launch("learn")
+
+    report = run_closed_loop(settings, LoopOptions(duration=80, rate=60, plot=tmp_path / "reward.png",
+                                                   log_dir=logs, on_second=on_second), lambda line: None)
+
+    assert report["failed_requests"] == 0 and report["requests"] > 3000
+    published = report["versions_published"]
+    assert len(published) >= 3 and published == list(range(1, len(published) + 1))
+    # Every version but possibly the newest (published as traffic ended) was served.
+    assert set(published[:-1]) <= set(report["versions_served"])
+    last = report["last_window"]
+    assert last["ctr_learned"] > 1.2 * last["ctr_random"], last
+    assert last["reward_learned"] > 1.2 * last["reward_random"], last
+
+    assert chaos.get("rejected") == 1, "the scorer never refused the tampered version"
+    score_log = (logs / "score.log").read_text()
+    assert re.search(r"policy default v\d+ rejected \(checksum\)", score_log)
+
+    learn_log = (logs / "learn.log").read_text()
+    resumed = learn_log.index("resumed from")
+    after = re.search(r"published default v(\d+)", learn_log[resumed:])
+    assert after is not None and int(after.group(1)) == chaos["killed"] + 1
+    assert report["exit_codes"] == {"process": 0, "replay": 0, "learn": 0, "score": 0}
+    assert (tmp_path / "reward.png").stat().st_size > 10_000
+    assert report["dead_letters"] == {}
