@@ -6,6 +6,9 @@ an item nobody has clicked yet, and what the learner trains the text projection 
 
 from __future__ import annotations
 
+import threading
+import zlib
+
 import numpy as np
 from prometheus_client import Counter
 
@@ -21,33 +24,55 @@ UNKNOWN_ITEMS = Counter(
 
 
 class Catalogue:
-    """Item text embeddings by item id, from the ``items`` topic."""
+    """Item text embeddings by item id, from the ``items`` topic.
+
+    Embeddings live in one growing matrix (row 0: the zero vector of unknown items) with
+    each item's crc32, so a request's candidates cost one dict lookup each and one
+    fancy index, not a Python loop of copies and hashes (the scorer's hot path).
+    """
 
     def __init__(self, encoder: TextEncoder, component: str) -> None:
         self._cache = ItemEmbeddingCache(encoder)
         self._embedded = CATALOGUE_ITEMS.labels(component)
         self._unknown = UNKNOWN_ITEMS.labels(component)
         self.dim = encoder.dim
-        self._zeros = np.zeros(encoder.dim, dtype=np.float32)
+        self._rows: dict[str, int] = {}
+        self._matrix = np.zeros((1024, encoder.dim), dtype=np.float32)
+        self._crc = np.zeros(1024, dtype=np.int64)
+        self._lock = threading.Lock()
 
     def add(self, items: list[schemas.Item]) -> None:
-        if items:
-            self._cache.embed([i.item_id for i in items], [item_text(i.title, i.description, i.category)
-                                                          for i in items])
-            self._embedded.inc(len(items))
+        if not items:
+            return
+        ids = [i.item_id for i in items]
+        vectors = self._cache.embed(ids, [item_text(i.title, i.description, i.category) for i in items])
+        with self._lock:   # one writer (the follower); readers see a row only once it is filled
+            for item, vector in zip(ids, vectors):
+                row = self._rows.get(item)
+                if row is None:
+                    row = len(self._rows) + 1
+                    if row >= len(self._matrix):
+                        self._matrix = np.concatenate([self._matrix, np.zeros_like(self._matrix)])
+                        self._crc = np.concatenate([self._crc, np.zeros_like(self._crc)])
+                    self._crc[row] = zlib.crc32(item.encode())
+                self._matrix[row] = vector
+                self._rows.setdefault(item, row)
+        self._embedded.inc(len(items))
+
+    def lookup(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(text embeddings (n, dim), crc32 of each id): what ``hash_ids`` buckets, without rehashing."""
+        rows = np.array([self._rows.get(item, 0) for item in item_ids], dtype=np.int64)
+        matrix, crc = self._matrix, self._crc
+        unknown = np.flatnonzero(rows == 0)
+        crcs = crc[rows]
+        if len(unknown):
+            self._unknown.inc(len(unknown))
+            for i in unknown:
+                crcs[i] = zlib.crc32(item_ids[i].encode())
+        return matrix[rows], crcs
 
     def texts(self, item_ids: list[str]) -> np.ndarray:
-        out = np.empty((len(item_ids), self.dim), dtype=np.float32)
-        unknown = 0
-        for row, item in enumerate(item_ids):
-            vector = self._cache.get(item)
-            if vector is None:
-                unknown += 1
-                vector = self._zeros
-            out[row] = vector
-        if unknown:
-            self._unknown.inc(unknown)
-        return out
+        return self.lookup(item_ids)[0]
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._rows)

@@ -543,10 +543,11 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
                        f"{row['oracle']:>8.3f}")
     click.echo(f"last {last['requests']} requests: CTR learned {last['ctr_learned']:.3f} vs random "
                f"{last['ctr_random']:.3f}")
-    fresh = report["freshness_seconds"]
-    if fresh["samples"]:
-        click.echo(f"freshness (newest click trained on -> served): p50 {fresh['p50']:.1f}s, "
-                   f"p99 {fresh['p99']:.1f}s over {fresh['samples']} versions")
+    fresh = report["click_to_live_seconds"]
+    if fresh["clicks"]:
+        click.echo(f"freshness, click -> a version trained on it serving: p50 {fresh['p50']:.1f}s, "
+                   f"p99 {fresh['p99']:.1f}s over {fresh['clicks']} clicks ({fresh['not_live_at_end']} not yet live "
+                   "at the end)")
     click.echo(f"dead letters: {report['dead_letters'] or 'none'}; plot: {report.get('plot')}")
 
 

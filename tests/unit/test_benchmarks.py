@@ -57,3 +57,16 @@ def test_stream_throughput_benchmark_prints_json():
     m = json.loads(done.stdout)["metrics"]
     assert m["complete"] and m["experiences_stored"] == m["experiences_expected"] > 0
     assert m["events_per_second"] > 0 and m["click_to_experience_p99_seconds"] >= m["click_to_experience_p50_seconds"]
+
+
+def test_scorer_latency_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.scorer_latency", "--calls", "100", "--items", "150", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    m = out["metrics"]
+    assert out["name"] == "scorer_latency" and out["params"]["calls"] == 100
+    for where in ("inprocess", "http"):
+        for n in (100, 1000):
+            assert 0 < m[f"{where}_{n}_p50_ms"] <= m[f"{where}_{n}_p99_ms"] <= m[f"{where}_{n}_max_ms"]
+    assert m["swaps"] == 10 and m["failed_during_swaps"] == 0 and m["versions_served_after"] == 109

@@ -1,0 +1,51 @@
+"""Freshness: from a click to a scorer serving a policy version trained on it, on the full loop.
+
+    python -m bench.freshness [--duration S] [--rate R] [--publish-seconds P] [--json]
+
+Runs the demo's closed loop (embedded broker; reward join, replay, learner and scorer
+as separate processes; simulated users scoring over HTTP and clicking) and reports, per
+click, the delay to the first served version whose newest trained click is at least
+as new, plus the per-version delay from its newest trained click to being served.
+"""
+
+from __future__ import annotations
+
+from bench.machine import result
+from bench.runner import run_benchmark
+from stream.closed_loop import LoopOptions, run_closed_loop
+from stream.config import Settings
+
+
+def measure(duration: float, rate: float, publish_seconds: float, progress=None) -> dict:
+    report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, publish_seconds=publish_seconds),
+                             progress or (lambda line: None))
+    clicks, versions = report["click_to_live_seconds"], report["freshness_seconds"]
+    return result("freshness", {
+        "click_to_live_p50_s": clicks["p50"], "click_to_live_p99_s": clicks["p99"], "clicks": clicks["clicks"],
+        "clicks_not_live_at_end": clicks["not_live_at_end"],
+        "newest_click_to_live_p50_s": versions["p50"], "newest_click_to_live_p99_s": versions["p99"],
+        "versions_published": len(report["versions_published"]), "versions_served": len(report["versions_served"]),
+        "failed_requests": report["failed_requests"], "requests": report["requests"],
+    }, {"duration_s": duration, "rate_rps": rate, "publish_seconds": publish_seconds})
+
+
+def main(argv: list[str] | None = None) -> int:
+    def configure(parser):
+        parser.add_argument("--duration", type=float, default=60.0)
+        parser.add_argument("--rate", type=float, default=80.0)
+        parser.add_argument("--publish-seconds", type=float, default=2.0)
+
+    def run(args, say):
+        return measure(args.duration, args.rate, args.publish_seconds, say)
+
+    def summary(out):
+        m = out["metrics"]
+        return (f"click -> live policy p50 {m['click_to_live_p50_s']:.2f}s p99 {m['click_to_live_p99_s']:.2f}s over "
+                f"{m['clicks']} clicks; {m['versions_published']} versions in {out['params']['duration_s']:.0f}s "
+                f"(publish every {out['params']['publish_seconds']}s); {m['failed_requests']} failed requests")
+
+    return run_benchmark(__doc__, configure, run, summary, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
