@@ -383,6 +383,8 @@ def process(click_window: float, purchase_window: float, grace: float, engine: s
               help="Fresh experiences per update (replay adds as many again).")
 @click.option("--gate-margin", type=click.FloatRange(min=0.0), default=0.02, show_default=True,
               help="Publish unless the DR estimate is below the live version's by more than this.")
+@click.option("--retain", type=click.IntRange(1), default=20, show_default=True,
+              help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
@@ -390,8 +392,8 @@ def process(click_window: float, purchase_window: float, grace: float, engine: s
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
-def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_margin: float, device: str,
-          threads: int | None, checkpoint: Path | None, metrics_port: int | None) -> None:
+def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_margin: float, retain: int,
+          device: str, threads: int | None, checkpoint: Path | None, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from models.encoders import EncoderLoadError, TextEncoder
     from models.learner import LearnerConfig
@@ -411,7 +413,8 @@ def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_marg
     except EncoderLoadError as exc:
         _fail(str(exc))
     config = LearnerWorkerConfig(batch_size=batch_size, publish_every_updates=publish_every,
-                                 publish_every_seconds=publish_seconds, gate_margin=gate_margin)
+                                 publish_every_seconds=publish_seconds, gate_margin=gate_margin,
+                                 retain_versions=retain)
     worker = LearnerWorker(settings, encoder, config,
                            LearnerConfig(device=device, ewc_strength=100.0, distill_strength=0.5),
                            checkpoint_path=checkpoint)
@@ -535,7 +538,8 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
     click.echo("")
     click.echo(f"requests {report['requests']} ({report['failed_requests']} failed), events {report['events']} "
                f"({report['events_per_second']}/s), {report['seconds']}s in all")
-    click.echo(f"versions published {report['versions_published']}; served {report['versions_served']}")
+    click.echo(f"policy versions on the topic (the last 20 are retained) {report['versions_published']}; "
+               f"served {report['versions_served']}")
     click.echo(f"{'phase':<8} {'requests':>8} {'learned':>8} {'random':>8} {'oracle':>8}   (expected reward per slate)")
     for name, row in report["phases"].items():
         if row["requests"]:

@@ -86,6 +86,8 @@ class LearnerWorkerConfig:
     #: The exploration the scorer serves with (the gate evaluates the policy as served).
     temperature: float = 0.1
     epsilon: float = 0.05
+    #: Versions kept on the policies topic (older ones are tombstoned): what rollback can reach.
+    retain_versions: int = 20
 
 
 class LearnerWorker:
@@ -116,6 +118,7 @@ class LearnerWorker:
         self.trained_through = 0.0
         self.updates_since_publish = 0
         self.published: list[int] = []
+        self.retained: deque[schemas.PolicyHeader] = deque()
         self.rejected = 0
         self.stop_event = threading.Event()
 
@@ -174,6 +177,7 @@ class LearnerWorker:
         self.items.caught_up.wait(120)
         self.resume()
         latest = read_versions(self.settings)
+        self.retained.extend(v.header for v in latest)
         if latest and latest[-1].version > self.version:
             log.info("topic holds version %d beyond the checkpoint's %d: continuing after it",
                      latest[-1].version, self.version)
@@ -259,7 +263,8 @@ class LearnerWorker:
         model = self.learner.model
         model.eval()
         try:
-            ours = estimate(model, batch, self.config.temperature, self.config.epsilon, clip=10.0, n_boot=200)["dr"]
+            ours = estimate(model, batch.to(self.learner.device), self.config.temperature, self.config.epsilon,
+                            clip=10.0, n_boot=200)["dr"]
             theirs = estimate(self.live, batch, self.config.temperature, self.config.epsilon, clip=10.0,
                               n_boot=200)["dr"]
         finally:
@@ -283,7 +288,10 @@ class LearnerWorker:
                        samples=float(self.learner.samples))
         snapshot = copy.deepcopy(self.learner.model).float().cpu().eval()
         version = self.version + 1
-        self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
+        header = self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
+        self.retained.append(header)
+        while len(self.retained) > self.config.retain_versions:
+            self.publisher.retire(self.retained.popleft())
         self.version = version
         self.live = snapshot
         self.published.append(version)

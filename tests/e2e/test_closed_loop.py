@@ -42,8 +42,8 @@ def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(set
                                                    log_dir=logs, on_second=on_second), lambda line: None)
 
     assert report["failed_requests"] == 0 and report["requests"] > 3000
-    published = report["versions_published"]
-    assert len(published) >= 3 and published == list(range(1, len(published) + 1))
+    published = report["versions_published"]       # the retained ones (the learner keeps the last 20)
+    assert published[-1] >= 3 and published == list(range(published[0], published[-1] + 1))
     # Every version but possibly the newest (published as traffic ended) was served.
     assert set(published[:-1]) <= set(report["versions_served"])
     last = report["last_window"]
