@@ -26,6 +26,10 @@ def measure(duration: float, rate: float, publish_seconds: float, progress=None)
         "newest_click_to_live_p50_s": versions["p50"], "newest_click_to_live_p99_s": versions["p99"],
         "versions_published": len(report["versions_published"]), "versions_served": len(report["versions_served"]),
         "failed_requests": report["failed_requests"], "requests": report["requests"],
+        "experience_to_update_p50_s_at_most": report["experience_to_update_seconds"].get("p50_at_most"),
+        "experience_to_update_p99_s_at_most": report["experience_to_update_seconds"].get("p99_at_most"),
+        "event_to_update_p50_s_at_most": report["event_to_update_seconds"].get("p50_at_most"),
+        "event_to_update_p99_s_at_most": report["event_to_update_seconds"].get("p99_at_most"),
     }, {"duration_s": duration, "rate_rps": rate, "publish_seconds": publish_seconds})
 
 
@@ -42,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         m = out["metrics"]
         return (f"click -> live policy p50 {m['click_to_live_p50_s']:.2f}s p99 {m['click_to_live_p99_s']:.2f}s over "
                 f"{m['clicks']} clicks; {m['versions_published']} versions in {out['params']['duration_s']:.0f}s "
-                f"(publish every {out['params']['publish_seconds']}s); {m['failed_requests']} failed requests")
+                f"(publish every {out['params']['publish_seconds']}s); read by the learner -> first update p50 <= "
+                f"{m['experience_to_update_p50_s_at_most']}s, p99 <= {m['experience_to_update_p99_s_at_most']}s; "
+                f"{m['failed_requests']} failed requests")
 
     return run_benchmark(__doc__, configure, run, summary, argv)
 

@@ -56,7 +56,7 @@ class LoopOptions:
     log_dir: Path | None = None
     #: Drift of one segment's tastes, as a share of the run: (start, end).
     drift: tuple[float, float] = (0.5, 0.8)
-    publish_seconds: float = 5.0
+    publish_seconds: float = 2.0
     #: Called about once a second with (seconds of traffic, roles, settings): tests use it to
     #: tamper with the policy topic or kill a role mid-run.
     on_second: Callable[[float, "Roles", Settings], None] | None = None
@@ -203,6 +203,11 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             + ", ".join(f"{r} /metrics :{p}" for r, p in roles.metrics.items()))
         report = _drive(live, options, world, roles, producer, say, expected)
         report["seconds"] = round(time.monotonic() - started, 1)
+        learner_metrics = scrape(roles.metrics["learn"])
+        report["experience_to_update_seconds"] = histogram_quantiles(learner_metrics,
+                                                                     "recsys_learner_fresh_delay_seconds")
+        report["event_to_update_seconds"] = histogram_quantiles(learner_metrics,
+                                                                "recsys_learner_event_to_update_seconds")
         codes = roles.stop()
         report["exit_codes"] = codes
         report["embedded_broker"] = settings.bootstrap_servers is None
@@ -333,6 +338,31 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
         "series": {"t": win.t, "learned": win.learned, "random": win.random, "oracle": win.oracle,
                    "ctr_learned": win.ctr_learned, "ctr_random": win.ctr_random, "version": win.version},
     }
+
+
+def scrape(port: int) -> str:
+    """A role's /metrics text ('' when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+    except OSError:
+        return ""
+
+
+def histogram_quantiles(text: str, name: str, quantiles: tuple[float, ...] = (0.5, 0.99)) -> dict[str, float | None]:
+    """Quantiles of a Prometheus histogram from its cumulative buckets (the bucket's upper bound, as
+    ``histogram_quantile`` would bound it), and its count."""
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    out: dict[str, float | None] = {"count": total}
+    for q in quantiles:
+        out[f"p{round(q * 100):d}_at_most"] = next((le for le, c in buckets if c >= q * total), None) if total else None
+    return out
 
 
 def click_freshness(click_times: list[float], served_at: dict[int, float], trained_through: dict[int, float]

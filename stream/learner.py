@@ -59,8 +59,11 @@ GATE_ESTIMATE = Gauge("recsys_learner_gate_estimate", "Last doubly robust estima
 UPDATE_SECONDS = Histogram("recsys_learner_update_seconds", "Time of one optimiser step (batch building included).",
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 FRESH_DELAY = Histogram("recsys_learner_fresh_delay_seconds",
-                        "From an experience's event time to the update that first trained on it.",
-                        buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
+                        "From the learner reading an experience to the update that first trained on it.",
+                        buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60))
+EVENT_TO_UPDATE = Histogram("recsys_learner_event_to_update_seconds",
+                            "From an experience's event time (a click, a closed window) to the update that first "
+                            "trained on it.", buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300))
 CHECKPOINTS = Counter("recsys_learner_checkpoints_total", "Checkpoints written.")
 
 
@@ -112,7 +115,7 @@ class LearnerWorker:
         self.version = 0
         self.live: TwoTowerPolicy | None = None
         self.positions: dict[int, int] = {}
-        self.fresh: deque[schemas.Experience] = deque()
+        self.fresh: deque[tuple[float, schemas.Experience]] = deque()    # (read at, experience)
         self.holdout: deque[schemas.Experience] = deque(maxlen=self.config.holdout_size)
         self.recent_batches: deque = deque(maxlen=4)
         self.trained_through = 0.0
@@ -225,13 +228,16 @@ class LearnerWorker:
             if zlib.crc32(event.request_id.encode()) % 1000 < self.config.holdout_share * 1000:
                 self.holdout.append(event)
             else:
-                self.fresh.append(event)
+                self.fresh.append((time.monotonic(), event))
 
     def _update(self) -> None:
         started = time.perf_counter()
         cfg = self.config
-        fresh = [self.fresh.popleft() for _ in range(min(len(self.fresh), cfg.batch_size))]
-        n_replay = int(round(len(fresh) * cfg.replay_share / max(1e-9, 1 - cfg.replay_share)))
+        # A backlog is trained in bigger steps (up to 8 batches at once), so the learner keeps up
+        # with the stream instead of falling further behind it; the replay mix stays one batch.
+        taken = [self.fresh.popleft() for _ in range(min(len(self.fresh), 8 * cfg.batch_size))]
+        fresh = [e for _, e in taken]
+        n_replay = min(cfg.batch_size, int(round(len(fresh) * cfg.replay_share / max(1e-9, 1 - cfg.replay_share))))
         replayed = self.replay.sample(n_replay)
         batch = self.batcher.batch(fresh + replayed)
         tasks = self.batcher.tasks(self.replay.sample_tasks(cfg.tasks_per_update, cfg.task_support + cfg.task_query),
@@ -239,9 +245,10 @@ class LearnerWorker:
         replay_batch = self.batcher.batch(replayed) if replayed else None
         stats = self.learner.update(batch, tasks, replay_batch)
         self.recent_batches.append(batch)
-        now = time.time()
-        for e in fresh:
-            FRESH_DELAY.observe(max(0.0, now - e.ts))
+        now, mono = time.time(), time.monotonic()
+        for read_at, e in taken:
+            FRESH_DELAY.observe(mono - read_at)
+            EVENT_TO_UPDATE.observe(max(0.0, now - e.ts))
             if e.kind == "click":
                 self.trained_through = max(self.trained_through, e.ts)
         UPDATES.inc()

@@ -14,3 +14,13 @@ def test_each_click_counts_from_its_time_to_the_first_version_covering_it():
     assert out == pytest.approx([9.0, 2.0, 11.0, 15.0])
     assert missing == 1                        # the click at 30 s is newer than anything served
     assert click_freshness([5.0], {0: 0.0}, {}) == ([], 1)
+
+
+def test_histogram_quantiles_read_cumulative_buckets():
+    from stream.closed_loop import histogram_quantiles
+
+    text = "\n".join([
+        'x_seconds_bucket{le="0.5"} 50.0', 'x_seconds_bucket{le="1.0"} 98.0', 'x_seconds_bucket{le="2.0"} 100.0',
+        'x_seconds_bucket{le="+Inf"} 100.0', 'x_seconds_count 100.0', 'y_seconds_bucket{le="9.0"} 1.0'])
+    assert histogram_quantiles(text, "x_seconds") == {"count": 100.0, "p50_at_most": 0.5, "p99_at_most": 2.0}
+    assert histogram_quantiles("", "x_seconds") == {"count": 0.0, "p50_at_most": None, "p99_at_most": None}
