@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from models.encoders import TextEncoder
@@ -65,6 +65,8 @@ EVENT_TO_UPDATE = Histogram("recsys_learner_event_to_update_seconds",
                             "From an experience's event time (a click, a closed window) to the update that first "
                             "trained on it.", buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300))
 CHECKPOINTS = Counter("recsys_learner_checkpoints_total", "Checkpoints written.")
+PUBLISH_FAILURES = Counter("recsys_learner_publish_failures_total",
+                           "Versions that passed the gate but could not be written to the policies topic.")
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ class LearnerWorker:
         self.version = 0
         self.live: TwoTowerPolicy | None = None
         self.positions: dict[int, int] = {}
-        self.fresh: deque[tuple[float, schemas.Experience]] = deque()    # (read at, experience)
+        # (read at, partition, offset, experience): read but not yet trained on.
+        self.fresh: deque[tuple[float, int, int, schemas.Experience]] = deque()
         self.holdout: deque[schemas.Experience] = deque(maxlen=self.config.holdout_size)
         self.recent_batches: deque = deque(maxlen=4)
         self.trained_through = 0.0
@@ -132,7 +135,7 @@ class LearnerWorker:
             "model_config": self.learner.model.config.to_dict(),
             "version": self.version,
             "live": self.live.state_dict() if self.live is not None else None,
-            "positions": dict(self.positions),
+            "positions": self._resume_positions(),
             "trained_through": self.trained_through,
             "holdout": [schemas.encode(e) for e in self.holdout],
             "saved_at": time.time(),
@@ -145,6 +148,13 @@ class LearnerWorker:
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_path)
         CHECKPOINTS.inc()
+
+    def _resume_positions(self) -> dict[int, int]:
+        """Where a restart reads from: past what was trained on, not past what was only read."""
+        positions = dict(self.positions)
+        for _, partition, offset, _ in self.fresh:
+            positions[partition] = min(positions.get(partition, offset), offset)
+        return positions
 
     def resume(self) -> bool:
         """Load the last checkpoint if there is one; True when resumed."""
@@ -204,10 +214,9 @@ class LearnerWorker:
                        or (self.updates_since_publish > 0 and now - last_publish >= self.config.publish_every_seconds))
                 if due:
                     self._publish_or_reject()
-                    self.checkpoint()
-                    consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in self.positions.items()],
-                                    asynchronous=False)
+                    self._checkpoint_and_commit(consumer)
                     last_publish = now
+            self._checkpoint_and_commit(consumer)     # a graceful stop keeps what was learned since
         finally:
             consumer.close()
             self.items.stopping.set()
@@ -216,9 +225,20 @@ class LearnerWorker:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def _checkpoint_and_commit(self, consumer: Consumer) -> None:
+        self.checkpoint()
+        positions = self._resume_positions()
+        if positions:
+            try:
+                consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in positions.items()],
+                                asynchronous=False)
+            except KafkaException as exc:   # the checkpoint holds the positions; the group's copy is for lag
+                log.warning("offset commit failed: %s", exc)
+
     def _take(self, messages) -> None:
         for msg in messages:
             if msg.error() is not None:
+                log.warning("experiences consumer: %s", msg.error().str())
                 continue
             self.positions[msg.partition()] = msg.offset() + 1
             event, letter = decode_consumed("experiences", msg.value(), "learner", msg.topic(), msg.partition(),
@@ -228,7 +248,7 @@ class LearnerWorker:
             if zlib.crc32(event.request_id.encode()) % 1000 < self.config.holdout_share * 1000:
                 self.holdout.append(event)
             else:
-                self.fresh.append((time.monotonic(), event))
+                self.fresh.append((time.monotonic(), msg.partition(), msg.offset(), event))
 
     def _update(self) -> None:
         started = time.perf_counter()
@@ -236,7 +256,7 @@ class LearnerWorker:
         # A backlog is trained in bigger steps (up to 8 batches at once), so the learner keeps up
         # with the stream instead of falling further behind it; the replay mix stays one batch.
         taken = [self.fresh.popleft() for _ in range(min(len(self.fresh), 8 * cfg.batch_size))]
-        fresh = [e for _, e in taken]
+        fresh = [e for *_, e in taken]
         n_replay = min(cfg.batch_size, int(round(len(fresh) * cfg.replay_share / max(1e-9, 1 - cfg.replay_share))))
         replayed = self.replay.sample(n_replay)
         batch = self.batcher.batch(fresh + replayed)
@@ -246,7 +266,7 @@ class LearnerWorker:
         stats = self.learner.update(batch, tasks, replay_batch)
         self.recent_batches.append(batch)
         now, mono = time.time(), time.monotonic()
-        for read_at, e in taken:
+        for read_at, _, _, e in taken:
             FRESH_DELAY.observe(mono - read_at)
             EVENT_TO_UPDATE.observe(max(0.0, now - e.ts))
             if e.kind == "click":
@@ -290,12 +310,17 @@ class LearnerWorker:
             log.warning("candidate rejected by the gate: DR %.4f vs live %.4f (margin %.3f); keeping v%d",
                         metrics["dr"], metrics["dr_live"], self.config.gate_margin, self.version)
             return
-        GATE.labels("published").inc()
+        GATE.labels("passed").inc()
         metrics.update(trained_through_ts=self.trained_through, step=float(self.learner.step),
                        samples=float(self.learner.samples))
         snapshot = copy.deepcopy(self.learner.model).float().cpu().eval()
         version = self.version + 1
-        header = self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
+        try:
+            header = self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away: keep learning, try again next time
+            PUBLISH_FAILURES.inc()
+            log.error("publishing v%d failed (%s); keeping v%d live and learning on", version, exc, self.version)
+            return
         self.retained.append(header)
         while len(self.retained) > self.config.retain_versions:
             self.publisher.retire(self.retained.popleft())
