@@ -54,16 +54,22 @@ class EventProducer:
             name = self._names[logical] = topic_name(self.settings, logical)
         return name
 
+    def _logical(self, topic: str) -> str:
+        """The label for a topic: its logical name (a prefix per tenant must not multiply the series)."""
+        prefix = self.settings.topic_prefix
+        return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.delivered += 1
             topic = msg.topic()
             counter = self._produced_counters.get(topic)
             if counter is None:
-                counter = self._produced_counters[topic] = EVENTS_PRODUCED.labels(topic=topic, component=self.component)
+                counter = self._produced_counters[topic] = EVENTS_PRODUCED.labels(
+                    topic=self._logical(topic), component=self.component)
             counter.inc()
         else:
-            PRODUCE_ERRORS.labels(topic=msg.topic(), component=self.component).inc()
+            PRODUCE_ERRORS.labels(topic=self._logical(msg.topic()), component=self.component).inc()
             if len(self.failures) < 100:
                 self.failures.append(f"{msg.topic()}: {err.str()}")
             log.error("delivery to %s failed: %s", msg.topic(), err.str())

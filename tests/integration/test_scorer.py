@@ -122,6 +122,8 @@ def test_serves_uniform_then_swaps_under_load_without_a_failed_request(settings,
         text = resp.read().decode()
     assert 'recsys_scorer_latency_seconds_bucket{le="0.001",transport="http"}' in text
     assert 'recsys_policy_version{component="scorer"} 4.0' in text
+    # Labelled by logical topic: a per-tenant prefix never multiplies the series.
+    assert 'recsys_events_produced_total{component="scorer",topic="impressions"}' in text
 
 
 def test_bad_requests_get_a_4xx_with_a_reason_never_a_500(service):
