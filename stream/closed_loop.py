@@ -157,6 +157,14 @@ class ScorerClient:
         raise AssertionError("unreachable")
 
 
+def health_of(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
 def wait_healthy(port: int, roles: Roles, timeout: float = 180.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -259,8 +267,9 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
         if version not in served_versions:
             served_versions[version] = time.time()
             if version > 0:
-                meta = {v.version: v.header.metrics.get("trained_through_ts", 0.0) for v in read_versions(settings)}
-                published_meta.update(meta)
+                health = health_of(roles.score_port)      # the live version's metrics, without reading the topic
+                if health:
+                    published_meta[health["policy_version"]] = health["policy_metrics"].get("trained_through_ts", 0.0)
                 if published_meta.get(version):
                     freshness.append(served_versions[version] - published_meta[version])
         random_slate = cands[:, rng.permutation(options.candidates)[:k]]
@@ -314,8 +323,8 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
             time.sleep(ahead)
     producer.flush()
     elapsed = time.monotonic() - t0
-    trained = {v.version: v.header.metrics.get("trained_through_ts", 0.0) for v in read_versions(settings)}
-    per_click, not_live = click_freshness(click_times, served_versions, trained)
+    # What the scorer said of each version while it was live (older ones are gone from the topic by now).
+    per_click, not_live = click_freshness(click_times, served_versions, published_meta)
     last = np.array(tally) if tally else np.zeros((1, 5))
     summary_phases = {
         name: {"requests": len(rows), "learned": _mean(rows, 0), "random": _mean(rows, 1), "oracle": _mean(rows, 2)}

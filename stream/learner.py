@@ -130,6 +130,7 @@ class LearnerWorker:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> None:
+        started = time.perf_counter()
         state = {
             "learner": self.learner.state_dict(),
             "model_config": self.learner.model.config.to_dict(),
@@ -148,6 +149,7 @@ class LearnerWorker:
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_path)
         CHECKPOINTS.inc()
+        log.debug("checkpoint written in %.2fs", time.perf_counter() - started)
 
     def _resume_positions(self) -> dict[int, int]:
         """Where a restart reads from: past what was trained on, not past what was only read."""
@@ -302,7 +304,9 @@ class LearnerWorker:
         return ours.value >= theirs.value - self.config.gate_margin, metrics
 
     def _publish_or_reject(self) -> None:
+        t0 = time.perf_counter()
         ok, metrics = self._gate()
+        t_gate = time.perf_counter() - t0
         self.updates_since_publish = 0
         if not ok:
             self.rejected += 1
@@ -321,6 +325,7 @@ class LearnerWorker:
             PUBLISH_FAILURES.inc()
             log.error("publishing v%d failed (%s); keeping v%d live and learning on", version, exc, self.version)
             return
+        t_publish = time.perf_counter() - t0 - t_gate
         self.retained.append(header)
         while len(self.retained) > self.config.retain_versions:
             self.publisher.retire(self.retained.popleft())
@@ -329,4 +334,7 @@ class LearnerWorker:
         self.published.append(version)
         if self.recent_batches:
             self.learner.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
+        log.info("v%d: gate %.2fs, publish %.2fs, consolidate %.2fs; %d fresh waiting, trained through %.1fs ago",
+                 version, t_gate, t_publish, time.perf_counter() - t0 - t_gate - t_publish, len(self.fresh),
+                 time.time() - self.trained_through)
 

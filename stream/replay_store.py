@@ -272,7 +272,8 @@ class ReplaySampler:
 
     def sample_tasks(self, n_users: int, min_experiences: int, refresh: float = 10.0
                      ) -> dict[str, list[schemas.Experience]]:
-        """Up to n_users users with at least min_experiences, each with their experiences in time order."""
+        """Up to n_users users with at least min_experiences, each with their first min_experiences in time
+        order (a task replays how a user started: what serve-time adaptation faces with a new user)."""
         if not self.ready():
             return {}
         checked, m, eligible = self._eligible
@@ -284,7 +285,8 @@ class ReplaySampler:
             return {}
         chosen = self.rng.choice(eligible, size=min(n_users, len(eligible)), replace=False)
         return {str(u): [self._decoder.decode(r[0]) for r in self._db.execute(
-            "SELECT payload FROM experiences WHERE user_id = ? ORDER BY ts, seq", (str(u),))] for u in chosen}
+            "SELECT payload FROM experiences WHERE user_id = ? ORDER BY ts, seq LIMIT ?",
+            (str(u), min_experiences))] for u in chosen}
 
     def close(self) -> None:
         if self._db is not None:

@@ -126,6 +126,7 @@ class Scorer:
         self.memory = UserMemory(self.config.history, self.config.max_users, self.config.user_ttl)
         self.events = producer or EventProducer(settings, "scorer")
         self._served = _Served(0, None)
+        self.live_metrics: dict[str, float] = {}   # the live version's header metrics (gate, freshness)
         self._rngs = threading.local()
         self.swaps: list[int] = []
 
@@ -143,6 +144,7 @@ class Scorer:
         served = _Served(live.version, ServingPolicy(live.model))
         SWAP_BUILD_SECONDS.observe(time.perf_counter() - started)
         self._served = served
+        self.live_metrics = dict(live.header.metrics)
         self.swaps.append(live.version)
         SCORER_SWAPS.inc()
         trained_through = live.header.metrics.get("trained_through_ts")
@@ -365,6 +367,7 @@ def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             if self.path == "/healthz":
                 self._send(200, json.dumps({"status": "ok", "policy_version": scorer.version,
+                                            "policy_metrics": scorer.live_metrics,
                                             "catalogue_items": len(scorer.catalogue)}).encode())
             elif self.path == "/metrics":
                 self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
