@@ -47,6 +47,9 @@ SCORE_REQUESTS = Counter(
 SCORE_LATENCY = Histogram(
     "recsys_scorer_latency_seconds", "Time to score one request (decode to answer), by transport.", ["transport"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+OVERSIZED_CANDIDATE_LOGS = Counter(
+    "recsys_scorer_candidates_not_logged_total",
+    "Impressions logged without their candidate list because it would not fit the event size limit.")
 SCORER_SWAPS = Counter("recsys_scorer_policy_swaps_total", "Policy versions this scorer swapped to.")
 SWAP_BUILD_SECONDS = Histogram(
     "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
@@ -199,7 +202,8 @@ class Scorer:
                  for pos, i in enumerate(slate)]
         self.events.send("impressions", schemas.Impression(
             event_id=f"imp-{request_id}", request_id=request_id, user_id=request.user_id, ts=now,
-            shown=shown, policy_version=served.version, context=request.context, candidates=list(candidates)))
+            shown=shown, policy_version=served.version, context=request.context,
+            candidates=list(candidates) if _fits(candidates) else None))
         return schemas.ScoreResponse(
             request_id=request_id, user_id=request.user_id, policy_version=served.version,
             slate=[schemas.ScoredItem(s.item_id, s.position, s.propensity, s.score or 0.0) for s in shown],
@@ -209,6 +213,15 @@ class Scorer:
         if experience.kind != "purchase":      # adaptation learns clicks; purchases are follow-ups
             self.memory.record(experience.user_id, experience.action, experience.position,
                                experience.reward_parts.click, now)
+
+
+def _fits(candidates: list[str]) -> bool:
+    """Whether the candidate list leaves room in an impression (and its experiences) under the event size
+    limit; a longer one is left out of the log (those slates then train the reward model only)."""
+    if sum(map(len, candidates)) + 3 * len(candidates) <= schemas.MAX_EVENT_BYTES // 2:
+        return True
+    OVERSIZED_CANDIDATE_LOGS.inc()
+    return False
 
 
 _request_decoder = msgspec.json.Decoder(schemas.ScoreRequest)

@@ -58,3 +58,4 @@ def test_slates_are_distinct_and_propensities_are_sequential_plackett_luce():
     np.testing.assert_allclose(firsts / firsts.sum(), probs, atol=0.015)
     slate, props = uniform_slate(5, 3, rng)
     assert len(set(slate)) == 3 and list(props) == pytest.approx([1 / 5, 1 / 4, 1 / 3])
+
