@@ -23,13 +23,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian's docker-compose validates docker-compose.yml without a Docker engine.
+# Debian's docker-compose validates docker-compose.yml without a Docker engine; Debian's
+# prometheus package brings promtool, which checks deploy/prometheus.
 system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null \
 	  || echo "warning: could not install docker-compose; its tests will be skipped"; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (Debian package) for promtool"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null \
+	  || echo "warning: could not install prometheus; the promtool tests will be skipped"; }
 
 test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,7 +212,11 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             + ", ".join(f"{r} /metrics :{p}" for r, p in roles.metrics.items()))
         report = _drive(live, options, world, roles, producer, say, expected)
         report["seconds"] = round(time.monotonic() - started, 1)
-        learner_metrics = scrape(roles.metrics["learn"])
+        scrapes = {role: scrape(port) for role, port in roles.metrics.items()}
+        # Every metric family each role exports, as a live scrape shows it (deploy/ checks its queries on it).
+        report["metric_families"] = {role: sorted(set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M)))
+                                     for role, text in scrapes.items()}
+        learner_metrics = scrapes["learn"]
         report["experience_to_update_seconds"] = histogram_quantiles(learner_metrics,
                                                                      "recsys_learner_fresh_delay_seconds")
         report["event_to_update_seconds"] = histogram_quantiles(learner_metrics,

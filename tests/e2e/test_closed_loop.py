@@ -9,6 +9,7 @@ from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import pack
 from stream.closed_loop import LoopOptions, run_closed_loop
 from stream.policy_bus import PolicyPublisher, read_versions
+from tests.test_prometheus_config import metric_names_in_rules
 
 
 def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(settings, tmp_path):
@@ -61,3 +62,8 @@ def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(set
     assert report["exit_codes"] == {"process": 0, "replay": 0, "learn": 0, "score": 0}
     assert (tmp_path / "reward.png").stat().st_size > 10_000
     assert report["dead_letters"] == {}
+
+    # Every metric the alert rules read is exported by some role, in a live scrape of each.
+    exported = {name for names in report["metric_families"].values() for name in names}
+    assert metric_names_in_rules() - exported == set()
+    assert "recsys_scorer_latency_seconds" in report["metric_families"]["score"]

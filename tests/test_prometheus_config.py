@@ -1,0 +1,60 @@
+"""deploy/prometheus: promtool accepts the scrape config and the alert rules, and every rule links the runbook."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool is not installed (`make test` installs Debian's prometheus package; "
+    "elsewhere: apt-get install prometheus, or take promtool from a Prometheus release)",
+)
+DEPLOY = REPO / "deploy"
+
+
+@needs_promtool
+def test_promtool_accepts_the_scrape_config_and_its_rule_file():
+    done = subprocess.run([PROMTOOL, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 rule files found" in done.stdout
+
+
+@needs_promtool
+def test_promtool_accepts_the_alert_rules():
+    done = subprocess.run([PROMTOOL, "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def metric_names_in_rules() -> set[str]:
+    """recsys_* series an alert reads, reduced to the metric family (histogram suffixes removed)."""
+    names = set()
+    for rule in alert_rules():
+        for name in re.findall(r"\brecsys_[a-z0-9_]+", rule["expr"]):
+            names.add(re.sub(r"_(bucket|count|sum)$", "", name))
+    return names
+
+
+def test_every_alert_has_a_summary_a_severity_and_a_runbook_section_that_exists():
+    runbook = (DEPLOY / "RUNBOOK.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", runbook, flags=re.M)}
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in {"page", "ticket"}, rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        link = rule["annotations"]["runbook_url"]
+        assert link.startswith("deploy/RUNBOOK.md#") and link.split("#", 1)[1] in anchors, (rule["alert"], link)
