@@ -1,0 +1,104 @@
+"""A real Prometheus server scrapes a running scorer and reward-join processor; its HTTP API answers
+queries for the scorer latency histogram and the live policy version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from stream.broker import free_port
+from tests.conftest import cli_command
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="prometheus is not installed (`make test` installs Debian's package; elsewhere: apt-get install "
+    "prometheus, or put a Prometheus release's binary on PATH)")
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def query(base: str, expr: str) -> list:
+    answer = get_json(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = condition()
+            if got:
+                return got
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_prometheus_scrapes_scorer_and_processor(cli_env, topics, tmp_path):
+    from models.policy import PolicyConfig, TwoTowerPolicy
+    from stream.config import Settings
+    from stream.policy_bus import PolicyPublisher
+
+    score_port, process_port, prom_port = free_port(), free_port(), free_port()
+    roles = [
+        subprocess.Popen(cli_command("score", "--port", str(score_port), "--no-kafka-requests"), env=cli_env,
+                         stdout=subprocess.DEVNULL, stderr=(tmp_path / "score.log").open("w")),
+        subprocess.Popen(cli_command("process", "--metrics-port", str(process_port)), env=cli_env,
+                         stdout=subprocess.DEVNULL, stderr=(tmp_path / "process.log").open("w")),
+    ]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: scorer\n    static_configs: [{{targets: ['127.0.0.1:{score_port}']}}]\n"
+        f"  - job_name: processor\n    static_configs: [{{targets: ['127.0.0.1:{process_port}']}}]\n")
+    prometheus = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                   f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                  stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        scorer = f"http://127.0.0.1:{score_port}"
+        wait_until(lambda: get_json(f"{scorer}/healthz")["status"] == "ok", 120, "the scorer")
+        PolicyPublisher(Settings(bootstrap_servers=cli_env["RECSYS_BOOTSTRAP_SERVERS"],
+                                 topic_prefix=cli_env["RECSYS_TOPIC_PREFIX"]), "test").publish(
+            TwoTowerPolicy(PolicyConfig()), 1)
+        wait_until(lambda: get_json(f"{scorer}/healthz")["policy_version"] == 1, 60, "the scorer to load v1")
+        body = json.dumps({"user_id": "u1", "candidates": ["a", "b", "c"], "k": 2}).encode()
+        for _ in range(20):
+            req = urllib.request.Request(f"{scorer}/score", data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.status == 200
+
+        up = wait_until(lambda: len(query(base, "up == 1")) == 2 and query(base, "up == 1"), 60, "both targets up")
+        assert {r["metric"]["job"] for r in up} == {"scorer", "processor"}
+        # The histogram as scraped: all 20 requests counted once a scrape after them has landed.
+        wait_until(lambda: query(base, 'recsys_scorer_latency_seconds_count{transport="http"} >= 20'), 30,
+                   "the scorer latency histogram")
+        p99 = query(base, 'histogram_quantile(0.99, sum by (le) (recsys_scorer_latency_seconds_bucket'
+                          '{transport="http"}))')
+        assert 0 < float(p99[0]["value"][1]) < 1.0
+        version = wait_until(lambda: query(base, 'recsys_policy_version{component="scorer"} == 1'), 30,
+                             "the policy version")
+        assert version[0]["metric"]["job"] == "scorer"
+        # Process metrics come with every role.
+        assert query(base, 'process_resident_memory_bytes{job="processor"} > 0')
+    finally:
+        for proc in roles + [prometheus]:
+            proc.terminate()
+        for proc in roles + [prometheus]:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
