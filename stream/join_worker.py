@@ -34,6 +34,7 @@ from stream.config import Settings
 from stream.ingest import EventProducer
 from stream.join import JoinConfig
 from stream.join_state import read_partitions
+from stream.metrics import LagReporter
 from stream.reward_processor import SOURCES, Coordinates, Outcome, RewardProcessor
 from stream.topics import ensure_topics, topic_name
 
@@ -48,6 +49,7 @@ class JoinWorker:
         self.output = EventProducer(settings, component="process")
         self.names = {topic_name(settings, s): s for s in SOURCES}
         self.topics = {s: t for t, s in self.names.items()}
+        self.lag = LagReporter("process", self.names)
         self.changelog = topic_name(settings, "join-state")
         self.group = f"{settings.topic_prefix}rewards"
         self.batch = batch
@@ -131,6 +133,7 @@ class JoinWorker:
                 if self._dirty and (now - last_checkpoint >= self.checkpoint_every or len(messages) >= self.batch):
                     self._checkpoint(consumer)
                     last_checkpoint = now
+                self.lag.maybe_report(consumer, now)
                 if now - last_report >= 10.0:
                     last_report = now
                     log.info("consumed %d messages; next offsets %s", self.consumed, self._positions_text())

@@ -42,6 +42,7 @@ from stream.config import Settings
 from stream.dead_letters import decode_consumed
 from stream.experience_batches import ExperienceBatcher
 from stream.follower import TopicFollower
+from stream.metrics import LagReporter
 from stream.policy_bus import PolicyPublisher, read_versions
 from stream.replay import default_store_path
 from stream.replay_store import ReplaySampler
@@ -114,6 +115,7 @@ class LearnerWorker:
         self.checkpoint_path = checkpoint_path or settings.data_dir / "learner" / \
             f"{settings.topic_prefix}{settings.policy_name}.ckpt"
         self.topic = topic_name(settings, "experiences")
+        self.lag = LagReporter("learner", {self.topic: "experiences"})
         self.version = 0
         self.live: TwoTowerPolicy | None = None
         self.positions: dict[int, int] = {}
@@ -208,6 +210,7 @@ class LearnerWorker:
                     break
                 self._take(consumer.consume(1000, 0.05))
                 now = time.monotonic()
+                self.lag.maybe_report(consumer, now)
                 ready = len(self.fresh) >= self.config.min_fresh or (self.fresh and now - last_update > 1.0)
                 if ready and (self.learner.step > 0 or len(self.fresh) >= self.config.min_fresh):
                     self._update()

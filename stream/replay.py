@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from stream.clients import make_admin, make_consumer, make_producer
 from stream.config import Settings
 from stream.dead_letters import DeadLetters
-from stream.metrics import REPLAY_BATCH_SECONDS, REPLAY_INSERTS, REPLAY_ROWS
+from stream.metrics import LagReporter, REPLAY_BATCH_SECONDS, REPLAY_INSERTS, REPLAY_ROWS
 from stream.replay_store import ReplayStore, StoreConfig
 from stream.topics import ensure_topics, topic_name
 
@@ -36,6 +36,7 @@ class ReplayService:
                  config: StoreConfig | None = None, batch: int = 2000) -> None:
         self.settings = settings
         self.topic = topic_name(settings, "experiences")
+        self.lag = LagReporter("replay", {self.topic: "experiences"})
         self.store = ReplayStore(store_path or default_store_path(settings), config)
         self.batch = batch
         self.stop_event = threading.Event()
@@ -66,6 +67,7 @@ class ReplayService:
         try:
             while not self.stop_event.is_set():
                 messages = consumer.consume(self.batch, 0.5)
+                self.lag.maybe_report(consumer, time.monotonic())
                 if not messages:
                     if idle_exit is not None and time.monotonic() - last_message > idle_exit:
                         return
