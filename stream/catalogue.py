@@ -59,8 +59,9 @@ class Catalogue:
                 self._rows.setdefault(item, row)
         self._embedded.inc(len(items))
 
-    def lookup(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(text embeddings (n, dim), crc32 of each id): what ``hash_ids`` buckets, without rehashing."""
+    def lookup(self, item_ids: list[str], buckets: int) -> tuple[np.ndarray, np.ndarray]:
+        """(text embeddings (n, dim), hashed id buckets (n,)): the buckets are ``models.batch.hash_ids``'s,
+        from the crc32 kept per item instead of rehashing each id."""
         rows = np.array([self._rows.get(item, 0) for item in item_ids], dtype=np.int64)
         matrix, crc = self._matrix, self._crc
         unknown = np.flatnonzero(rows == 0)
@@ -69,10 +70,7 @@ class Catalogue:
             self._unknown.inc(len(unknown))
             for i in unknown:
                 crcs[i] = zlib.crc32(item_ids[i].encode())
-        return matrix[rows], crcs
-
-    def texts(self, item_ids: list[str]) -> np.ndarray:
-        return self.lookup(item_ids)[0]
+        return matrix[rows], crcs % buckets
 
     def __len__(self) -> int:
         return len(self._rows)

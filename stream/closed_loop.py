@@ -170,11 +170,10 @@ def wait_healthy(port: int, roles: Roles, timeout: float = 180.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         roles.check()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                return json.loads(resp.read())
-        except OSError:
-            time.sleep(0.5)
+        health = health_of(port)
+        if health is not None:
+            return health
+        time.sleep(0.5)
     raise TimeoutError(f"scorer not healthy within {timeout:.0f}s (see {roles.log_dir}/score.log)")
 
 

@@ -39,8 +39,8 @@ class ExperienceBatcher:
 
     def _items(self, items: list[str]) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
         index = {item: i for i, item in enumerate(items)}
-        return (index, torch.from_numpy(hash_ids(items, self.config.item_buckets)),
-                torch.from_numpy(self.catalogue.texts(items)))
+        texts, buckets = self.catalogue.lookup(items, self.config.item_buckets)
+        return index, torch.from_numpy(buckets), torch.from_numpy(texts)
 
     @staticmethod
     def decision(e: schemas.Experience) -> list[str]:

@@ -125,9 +125,7 @@ class LearnerWorker:
         self.recent_batches: deque = deque(maxlen=4)
         self.trained_through = 0.0
         self.updates_since_publish = 0
-        self.published: list[int] = []
         self.retained: deque[schemas.PolicyHeader] = deque()
-        self.rejected = 0
         self.stop_event = threading.Event()
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -312,7 +310,6 @@ class LearnerWorker:
         t_gate = time.perf_counter() - t0
         self.updates_since_publish = 0
         if not ok:
-            self.rejected += 1
             GATE.labels("rejected").inc()
             log.warning("candidate rejected by the gate: DR %.4f vs live %.4f (margin %.3f); keeping v%d",
                         metrics["dr"], metrics["dr_live"], self.config.gate_margin, self.version)
@@ -334,7 +331,6 @@ class LearnerWorker:
             self.publisher.retire(self.retained.popleft())
         self.version = version
         self.live = snapshot
-        self.published.append(version)
         if self.recent_batches:
             self.learner.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
         log.info("v%d: gate %.2fs, publish %.2fs, consolidate %.2fs; %d fresh waiting, trained through %.1fs ago",

@@ -215,11 +215,6 @@ def find_version(settings: Settings, version: int, name: str | None = None) -> P
     raise PolicyNotFound(f"policy {name or settings.policy_name!r} has no complete version {version}")
 
 
-def next_version(settings: Settings, name: str | None = None) -> int:
-    versions = read_versions(settings, name)
-    return versions[-1].version + 1 if versions else 1
-
-
 def rollback(settings: Settings, version: int, name: str | None = None,
              component: str = "cli") -> schemas.PolicyHeader:
     """Republish version ``version``'s weights, verified, as a new version on top of the latest."""

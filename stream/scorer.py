@@ -184,12 +184,12 @@ class Scorer:
             history = np.zeros(cfg.text_dim, dtype=np.float32)
             user_bucket = int(hash_ids([request.user_id], cfg.user_buckets)[0])
             user = policy.user_vector(features, user_bucket, history)
-            texts, crcs = self.catalogue.lookup(candidates)
-            vectors, bias = policy.item_vectors(crcs % cfg.item_buckets, texts)    # = hash_ids(candidates)
+            texts, item_buckets = self.catalogue.lookup(candidates, cfg.item_buckets)
+            vectors, bias = policy.item_vectors(item_buckets, texts)
             delta = None
             if recent:
-                seen_texts, seen_crcs = self.catalogue.lookup([item for item, _, _ in recent])
-                seen_vectors, seen_bias = policy.item_vectors(seen_crcs % cfg.item_buckets, seen_texts)
+                seen_texts, seen_buckets = self.catalogue.lookup([item for item, _, _ in recent], cfg.item_buckets)
+                seen_vectors, seen_bias = policy.item_vectors(seen_buckets, seen_texts)
                 positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
                 rewards = np.asarray([r for _, _, r in recent], dtype=np.float32)
                 delta = policy.adapt(user, seen_vectors, seen_bias, positions, rewards, self.config.adapt_steps)
