@@ -53,6 +53,8 @@ def _bootstrap(name: str, stat, n: int, n_boot: int, alpha: float, seed: int) ->
     if n == 0:
         raise ValueError("no logged decisions to estimate from")
     value = float(stat(np.arange(n)))
+    if n_boot <= 0:     # a point estimate only (the forgetting probes re-score often and need no interval)
+        return Estimate(name, value, value, value, n)
     rng = np.random.default_rng(seed)
     samples = np.concatenate([stat(rng.integers(0, n, size=(min(200, n_boot - i), n)))
                               for i in range(0, n_boot, 200)])

@@ -385,6 +385,10 @@ def process(click_window: float, purchase_window: float, grace: float, engine: s
               help="Publish unless the DR estimate is below the live version's by more than this.")
 @click.option("--retain", type=click.IntRange(1), default=20, show_default=True,
               help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
+@click.option("--probe-period", type=click.FloatRange(min=1.0), default=900.0, show_default=True,
+              help="Seconds per forgetting probe set (held-out decisions of a period, re-scored by every version).")
+@click.option("--probe-sets", type=click.IntRange(1, 24), default=4, show_default=True,
+              help="Probe sets kept (recsys_learner_forgetting_ratio has one series per set).")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
@@ -393,7 +397,7 @@ def process(click_window: float, purchase_window: float, grace: float, engine: s
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_margin: float, retain: int,
-          device: str, threads: int | None, checkpoint: Path | None, metrics_port: int | None) -> None:
+          probe_period: float, probe_sets: int, device: str, threads: int | None, checkpoint: Path | None, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from models.encoders import EncoderLoadError, TextEncoder
     from models.learner import LearnerConfig
@@ -414,7 +418,8 @@ def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_marg
         _fail(str(exc))
     config = LearnerWorkerConfig(batch_size=batch_size, publish_every_updates=publish_every,
                                  publish_every_seconds=publish_seconds, gate_margin=gate_margin,
-                                 retain_versions=retain)
+                                 retain_versions=retain, probe_period_seconds=probe_period,
+                                 probe_sets=probe_sets)
     worker = LearnerWorker(settings, encoder, config,
                            LearnerConfig(device=device, ewc_strength=100.0, distill_strength=0.5),
                            checkpoint_path=checkpoint)
@@ -552,6 +557,10 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
         click.echo(f"freshness, click -> a version trained on it serving: p50 {fresh['p50']:.1f}s, "
                    f"p99 {fresh['p99']:.1f}s over {fresh['clicks']} clicks ({fresh['not_live_at_end']} not yet live "
                    "at the end)")
+    forgetting = report["forgetting_by_probe_age"]
+    if forgetting:
+        click.echo("forgetting (share of the best value lost on held-out decisions of past 15 s periods, by age): "
+                   + ", ".join(f"{age}: {lost:.1%}" for age, lost in sorted(forgetting.items(), key=lambda kv: int(kv[0]))))
     click.echo(f"dead letters: {report['dead_letters'] or 'none'}; plot: {report.get('plot')}")
 
 

@@ -107,7 +107,7 @@ class Roles:
                 "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
                 "replay": [],
                 "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
-                          "--batch-size", "128", "--threads", "1"],
+                          "--batch-size", "128", "--threads", "1", "--probe-period", "15"],
             }[role] + ["--metrics-port", str(port)]
         self.metrics[role] = port
         with (self.log_dir / f"{role}.log").open("ab") as log:
@@ -220,6 +220,9 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
                                                                      "recsys_learner_fresh_delay_seconds")
         report["event_to_update_seconds"] = histogram_quantiles(learner_metrics,
                                                                 "recsys_learner_event_to_update_seconds")
+        report["forgetting_by_probe_age"] = {
+            age: float(value) for age, value in
+            re.findall(r'^recsys_learner_forgetting_ratio\{probe="(\d+)"\} (\S+)$', learner_metrics, flags=re.M)}
         codes = roles.stop()
         report["exit_codes"] = codes
         report["embedded_broker"] = settings.bootstrap_servers is None

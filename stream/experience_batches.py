@@ -24,6 +24,11 @@ from stream import schemas
 from stream.catalogue import Catalogue
 
 
+def is_full_decision(e: schemas.Experience) -> bool:
+    """A top-of-slate experience that names what it was chosen among (see the module docstring)."""
+    return e.position == 0 and bool(e.candidates) and e.action in e.candidates
+
+
 class ExperienceBatcher:
     def __init__(self, config: PolicyConfig, catalogue: Catalogue) -> None:
         self.config = config
@@ -45,7 +50,7 @@ class ExperienceBatcher:
     @staticmethod
     def decision(e: schemas.Experience) -> list[str]:
         """The candidates this experience is compared against (see the module docstring)."""
-        if e.position == 0 and e.candidates and e.action in e.candidates:
+        if is_full_decision(e):
             return e.candidates
         return [e.action]
 

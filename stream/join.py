@@ -41,6 +41,13 @@ class JoinConfig:
     #: How long an event_id is remembered for de-duplication.
     dedupe_horizon: float = 7200.0
 
+    def __post_init__(self) -> None:
+        # Rewards are gains: a negative weight would make a click worth less than being ignored.
+        for name in ("click_window", "purchase_window", "grace", "click_weight", "purchase_weight", "value_weight",
+                     "dedupe_horizon"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"JoinConfig.{name} must be >= 0, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class Rejected:

@@ -40,7 +40,8 @@ from stream.catalogue import Catalogue
 from stream.clients import make_consumer
 from stream.config import Settings
 from stream.dead_letters import decode_consumed
-from stream.experience_batches import ExperienceBatcher
+from stream.experience_batches import ExperienceBatcher, is_full_decision
+from stream.forgetting_probes import ForgettingProbes, ProbeConfig
 from stream.follower import TopicFollower
 from stream.metrics import LagReporter
 from stream.policy_bus import PolicyPublisher, read_versions
@@ -94,6 +95,9 @@ class LearnerWorkerConfig:
     epsilon: float = 0.05
     #: Versions kept on the policies topic (older ones are tombstoned): what rollback can reach.
     retain_versions: int = 20
+    #: Held-out decisions of each period become a probe set every published version is re-scored on.
+    probe_period_seconds: float = 900.0
+    probe_sets: int = 4
 
 
 class LearnerWorker:
@@ -122,6 +126,8 @@ class LearnerWorker:
         # (read at, partition, offset, experience): read but not yet trained on.
         self.fresh: deque[tuple[float, int, int, schemas.Experience]] = deque()
         self.holdout: deque[schemas.Experience] = deque(maxlen=self.config.holdout_size)
+        self.probes = ForgettingProbes(ProbeConfig(period_seconds=self.config.probe_period_seconds,
+                                                   keep=self.config.probe_sets))
         self.recent_batches: deque = deque(maxlen=4)
         self.trained_through = 0.0
         self.updates_since_publish = 0
@@ -139,6 +145,7 @@ class LearnerWorker:
             "positions": self._resume_positions(),
             "trained_through": self.trained_through,
             "holdout": [schemas.encode(e) for e in self.holdout],
+            "probes": self.probes.state_dict(),
             "saved_at": time.time(),
         }
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +182,8 @@ class LearnerWorker:
         self.trained_through = state["trained_through"]
         decoder = schemas.decoder_for("experiences")
         self.holdout.extend(decoder.decode(raw) for raw in state["holdout"])
+        if "probes" in state:   # checkpoints written before probe sets existed have none
+            self.probes.load_state_dict(state["probes"])
         log.info("resumed from %s: version %d, step %d, positions %s", self.checkpoint_path, self.version,
                  self.learner.step, self.positions)
         return True
@@ -250,6 +259,7 @@ class LearnerWorker:
                 continue    # the replay service dead-letters invalid experiences; the learner skips them
             if zlib.crc32(event.request_id.encode()) % 1000 < self.config.holdout_share * 1000:
                 self.holdout.append(event)
+                self.probes.offer(event, time.time())
             else:
                 self.fresh.append((time.monotonic(), msg.partition(), msg.offset(), event))
 
@@ -286,7 +296,7 @@ class LearnerWorker:
 
     def _gate(self) -> tuple[bool, dict[str, float]]:
         """(publish?, metrics): the candidate's DR estimate on held-out top-of-slate decisions vs the live one's."""
-        decisions = [e for e in self.holdout if e.position == 0 and e.candidates and e.action in e.candidates]
+        decisions = [e for e in self.holdout if is_full_decision(e)]
         if self.live is None or len(decisions) < self.config.gate_min_decisions:
             return True, {"gate_decisions": float(len(decisions))}
         batch = self.batcher.batch(decisions)
@@ -333,7 +343,16 @@ class LearnerWorker:
         self.live = snapshot
         if self.recent_batches:
             self.learner.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
-        log.info("v%d: gate %.2fs, publish %.2fs, consolidate %.2fs; %d fresh waiting, trained through %.1fs ago",
-                 version, t_gate, t_publish, time.perf_counter() - t0 - t_gate - t_publish, len(self.fresh),
-                 time.time() - self.trained_through)
+        t_consolidate = time.perf_counter() - t0 - t_gate - t_publish
+        self.probes.rotate(time.time())
+        forgetting = self.probes.score(version, self._probe_value)
+        log.info("v%d: gate %.2fs, publish %.2fs, consolidate %.2fs; %d fresh waiting, trained through %.1fs ago%s",
+                 version, t_gate, t_publish, t_consolidate, len(self.fresh), time.time() - self.trained_through,
+                 "; forgetting by probe age " + ", ".join(f"{age}: {lost:.1%}" for age, lost in forgetting.items())
+                 if forgetting else "")
+
+    def _probe_value(self, decisions: list[schemas.Experience]) -> float:
+        """The live version's DR reward per decision on a probe set (point estimate, as served)."""
+        return estimate(self.live, self.batcher.batch(decisions), self.config.temperature, self.config.epsilon,
+                        clip=10.0, n_boot=0)["dr"].value
 

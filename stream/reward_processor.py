@@ -27,6 +27,12 @@ EXPERIENCES = Counter(
     "Experiences emitted by the reward join, by kind (click, no_click, purchase).",
     ["kind"],
 )
+REWARD = Counter(
+    "recsys_reward_total",
+    "Sum of the rewards of emitted experiences, by kind: its rate over the experiences' rate is reward per shown "
+    "item.",
+    ["kind"],
+)
 JOIN_DUPLICATES = Counter(
     "recsys_join_duplicates_total",
     "Inputs the reward join ignored as repeats (same event_id, or a second click on one shown item).",
@@ -46,6 +52,7 @@ PARKED = Gauge(
 )
 
 _EXPERIENCE_KINDS = {kind: EXPERIENCES.labels(kind=kind) for kind in ("click", "no_click", "purchase")}
+_REWARD_KINDS = {kind: REWARD.labels(kind=kind) for kind in ("click", "no_click", "purchase")}
 
 
 @dataclass
@@ -136,6 +143,7 @@ class RewardProcessor:
         out = Outcome(experiences=list(result.experiences))
         for experience in result.experiences:
             _EXPERIENCE_KINDS[experience.kind].inc()
+            _REWARD_KINDS[experience.kind].inc(experience.reward)
         if result.duplicates:
             JOIN_DUPLICATES.inc(result.duplicates)
         for event_id in result.parked:

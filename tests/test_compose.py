@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -53,3 +54,62 @@ def test_roles_use_only_known_settings(rendered):
         assert not unknown, f"{name} sets unknown settings {unknown}"
         assert service["build"]["dockerfile"].endswith("deploy/Dockerfile")
         assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+ROLES = {"processor": "process", "replay": "replay", "learner": "learn", "learner-gpu": "learn", "scorer": "score"}
+
+
+@needs_compose
+def test_every_role_runs_with_a_healthcheck_a_restart_policy_and_its_volumes(rendered):
+    services = rendered["services"]
+    assert set(ROLES) <= set(services)
+    for name, command in ROLES.items():
+        service = services[name]
+        assert service["command"][0] == command, name
+        assert service["restart"] == "unless-stopped", name
+        assert "python" in " ".join(service["healthcheck"]["test"]), name
+        assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
+    # docker-compose 1.x renders short syntax (source:target:mode); compose v2 renders mappings.
+    def mount(v):
+        return (v["target"], v["source"]) if isinstance(v, dict) else tuple(reversed(v.split(":")[:2]))
+    mounts = {name: dict(mount(v) for v in services[name].get("volumes", [])) for name in ROLES}
+    assert mounts["replay"]["/data/replay"] == mounts["learner"]["/data/replay"] == "replay-data"
+    assert mounts["learner"]["/data/learner"] == mounts["learner-gpu"]["/data/learner"] == "learner-data"
+    assert "/healthz" in " ".join(services["scorer"]["healthcheck"]["test"])
+
+
+@needs_compose
+def test_the_gpu_learner_reserves_a_gpu_and_builds_the_cuda_variant(rendered):
+    gpu = rendered["services"]["learner-gpu"]
+    assert gpu["profiles"] == ["gpu"], "a GPU learner must not start next to the CPU one by default"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] == 1
+    assert gpu["build"]["args"]["TORCH_VARIANT"].startswith("cu")
+    assert gpu["image"] != rendered["services"]["learner"]["image"]
+    assert gpu["command"][gpu["command"].index("--device") + 1] == "cuda"
+
+
+def test_the_dockerfile_is_multi_stage_non_root_with_a_torch_variant_argument():
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", text, flags=re.M)
+    assert len(stages) >= 2 and "COPY --from=build" in text
+    users = re.findall(r"^USER (\S+)$", text, flags=re.M)
+    assert users and users[-1] not in {"root", "0"}
+    assert re.search(r"^ARG TORCH_VARIANT=cpu$", text, flags=re.M)
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    declared = set(re.findall(r"^ARG (\w+)", text, flags=re.M))
+    for service in compose["services"].values():
+        assert set(service.get("build", {}).get("args", {})) <= declared
+    # Volumes mount where the image created directories owned by the non-root user.
+    assert "mkdir -p /data/replay /data/learner && chown -R recsys:recsys /data" in text
+
+
+def test_prometheus_scrapes_every_role_of_the_compose_file():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    names = {name for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", [])
+             for name in sd["names"]}
+    assert set(ROLES) <= names <= set(compose["services"])
+    ports = {name: sd["port"] for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", [])
+             for name in sd["names"]}
+    assert ports["scorer"] == 8080 and ports["processor"] == 9100

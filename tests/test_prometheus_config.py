@@ -40,13 +40,17 @@ def alert_rules() -> list[dict]:
     return [rule for group in groups for rule in group["rules"]]
 
 
-def metric_names_in_rules() -> set[str]:
-    """recsys_* series an alert reads, reduced to the metric family (histogram suffixes removed)."""
+def metric_names_in(expressions) -> set[str]:
+    """The recsys_* and process_* metric families PromQL expressions read (histogram suffixes removed)."""
     names = set()
-    for rule in alert_rules():
-        for name in re.findall(r"\brecsys_[a-z0-9_]+", rule["expr"]):
+    for expr in expressions:
+        for name in re.findall(r"\b(?:recsys|process)_[a-z0-9_]+", expr):
             names.add(re.sub(r"_(bucket|count|sum)$", "", name))
     return names
+
+
+def metric_names_in_rules() -> set[str]:
+    return metric_names_in(rule["expr"] for rule in alert_rules())
 
 
 def test_every_alert_has_a_summary_a_severity_and_a_runbook_section_that_exists():

@@ -9,6 +9,7 @@ from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import pack
 from stream.closed_loop import LoopOptions, run_closed_loop
 from stream.policy_bus import PolicyPublisher, read_versions
+from tests.test_grafana_dashboard import metric_names_in_dashboard
 from tests.test_prometheus_config import metric_names_in_rules
 
 
@@ -66,4 +67,7 @@ def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(set
     # Every metric the alert rules read is exported by some role, in a live scrape of each.
     exported = {name for names in report["metric_families"].values() for name in names}
     assert metric_names_in_rules() - exported == set()
+    assert metric_names_in_dashboard() - exported == set()
+    # The learner re-scored its probe sets (15 s periods here) with the versions it published.
+    assert report["forgetting_by_probe_age"] and all(0 <= v <= 1 for v in report["forgetting_by_probe_age"].values())
     assert "recsys_scorer_latency_seconds" in report["metric_families"]["score"]
