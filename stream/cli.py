@@ -509,9 +509,14 @@ def replay(store_path: Path | None, window: int, reservoir: int, metrics_port: i
               help="Keep each role's log here (default: a temporary directory).")
 @click.option("--walkthrough", is_flag=True, help="Only the foundation walkthrough: ingest a small shop's events "
               "(some invalid) and show the topics and the dead-letter topic.")
+@click.option("--prometheus", "with_prometheus", is_flag=True,
+              help="Also start a real Prometheus server (the `prometheus` binary on PATH) scraping every role, "
+              "with deploy/prometheus/alerts.yml loaded, and print its URL.")
+@click.option("--prometheus-port", type=click.IntRange(1, 65535), default=9090, show_default=True,
+              help="Port of that Prometheus server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, log_dir: Path | None,
-         walkthrough: bool, as_json: bool) -> None:
+         walkthrough: bool, with_prometheus: bool, prometheus_port: int, as_json: bool) -> None:
     """Run the whole loop on the embedded broker (or RECSYS_BOOTSTRAP_SERVERS).
 
     Starts the broker, creates the topics and runs the reward join, the replay buffer,
@@ -528,11 +533,18 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
         _walkthrough(settings, say, as_json)
         return
     from stream.closed_loop import LoopOptions, run_closed_loop
+    from stream.prometheus_server import PrometheusUnavailable, find_prometheus
 
-    options = LoopOptions(duration=duration, requests=n_requests, rate=rate, plot=plot_path, log_dir=log_dir)
+    if with_prometheus:
+        try:
+            find_prometheus()       # before anything starts: say how to get it
+        except PrometheusUnavailable as exc:
+            _fail(str(exc))
+    options = LoopOptions(duration=duration, requests=n_requests, rate=rate, plot=plot_path, log_dir=log_dir,
+                          prometheus_port=prometheus_port if with_prometheus else None)
     try:
         report = run_closed_loop(settings, options, say)
-    except BrokerError as exc:
+    except (BrokerError, PrometheusUnavailable) as exc:
         _fail(str(exc))
     except (RuntimeError, TimeoutError) as exc:
         _fail(f"demo failed: {exc}")
@@ -561,6 +573,12 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
     if forgetting:
         click.echo("forgetting (share of the best value lost on held-out decisions of past 15 s periods, by age): "
                    + ", ".join(f"{age}: {lost:.1%}" for age, lost in sorted(forgetting.items(), key=lambda kv: int(kv[0]))))
+    if "prometheus" in report:
+        prom = report["prometheus"]
+        p99 = prom["scorer_http_p99_seconds"]
+        click.echo(f"Prometheus ({prom['url']}, stopped with the demo): targets up {prom['targets_up']}; scorer HTTP "
+                   f"p99 {'n/a' if p99 is None else f'{p99 * 1000:.1f} ms'}; versions {prom['policy_version']}; "
+                   f"alerts firing {prom['alerts_firing'] or 'none'}")
     click.echo(f"dead letters: {report['dead_letters'] or 'none'}; plot: {report.get('plot')}")
 
 

@@ -39,10 +39,13 @@ from stream.config import Settings
 from stream.demo import broker_for
 from stream.ingest import EventProducer
 from stream.policy_bus import read_versions
+from stream.prometheus_server import LocalPrometheus
 from stream.snapshot import read_topic
 from stream.topics import ensure_topics, topic_name
 
 ROLES = ("process", "replay", "learn", "score")
+#: The Prometheus job of each role, as deploy/prometheus/prometheus.yml names it.
+JOBS = {"process": "processor", "replay": "replay", "learn": "learner", "score": "scorer"}
 
 
 @dataclass
@@ -58,6 +61,8 @@ class LoopOptions:
     #: Drift of one segment's tastes, as a share of the run: (start, end).
     drift: tuple[float, float] = (0.5, 0.8)
     publish_seconds: float = 2.0
+    #: Start a real Prometheus server on this port scraping every role (None: no server).
+    prometheus_port: int | None = None
     #: Called about once a second with (seconds of traffic, roles, settings): tests use it to
     #: tamper with the policy topic or kill a role mid-run.
     on_second: Callable[[float, "Roles", Settings], None] | None = None
@@ -209,7 +214,17 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         health = wait_healthy(roles.score_port, roles)
         say(f"scorer up at http://127.0.0.1:{roles.score_port} (policy v{health['policy_version']}); "
             + ", ".join(f"{r} /metrics :{p}" for r, p in roles.metrics.items()))
+        prometheus = None
+        if options.prometheus_port is not None:
+            prometheus = LocalPrometheus({JOBS[r]: [f"127.0.0.1:{p}"] for r, p in roles.metrics.items()},
+                                         tmp / "prometheus", options.prometheus_port)
+            prometheus.start()
+            stack.callback(prometheus.stop)
+            say(f"Prometheus at {prometheus.url} scraping {', '.join(JOBS.values())} with the alert rules loaded; "
+                f"try {prometheus.url}/graph?g0.expr=recsys_policy_version or {prometheus.url}/alerts")
         report = _drive(live, options, world, roles, producer, say, expected)
+        if prometheus is not None:
+            report["prometheus"] = prometheus_summary(prometheus)
         report["seconds"] = round(time.monotonic() - started, 1)
         scrapes = {role: scrape(port) for role, port in roles.metrics.items()}
         # Every metric family each role exports, as a live scrape shows it (deploy/ checks its queries on it).
@@ -353,6 +368,23 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
         "drift_seconds": _drift_seconds(world, options),
         "series": {"t": win.t, "learned": win.learned, "random": win.random, "oracle": win.oracle,
                    "ctr_learned": win.ctr_learned, "ctr_random": win.ctr_random, "version": win.version},
+    }
+
+
+def prometheus_summary(prometheus: LocalPrometheus) -> dict[str, Any]:
+    """What the demo's Prometheus saw: targets up, the scorer's p99 and the live versions, by query."""
+    def scalar(expr: str) -> float | None:
+        result = prometheus.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    return {
+        "url": prometheus.url,
+        "targets_up": sorted(r["metric"]["job"] for r in prometheus.query("up == 1")),
+        "scorer_http_p99_seconds": scalar('histogram_quantile(0.99, sum by (le) '
+                                          '(rate(recsys_scorer_latency_seconds_bucket{transport="http"}[1m])))'),
+        "policy_version": {r["metric"]["job"]: int(float(r["value"][1]))
+                           for r in prometheus.query("max by (job) (recsys_policy_version)")},
+        "alerts_firing": sorted(r["metric"]["alertname"] for r in prometheus.query('ALERTS{alertstate="firing"}')),
     }
 
 

@@ -44,7 +44,7 @@ from stream.experience_batches import ExperienceBatcher, is_full_decision
 from stream.forgetting_probes import ForgettingProbes, ProbeConfig
 from stream.follower import TopicFollower
 from stream.metrics import LagReporter
-from stream.policy_bus import PolicyPublisher, read_versions
+from stream.policy_bus import POLICY_LOADED_AT, POLICY_VERSION, PolicyPublisher, read_versions
 from stream.replay import default_store_path
 from stream.replay_store import ReplaySampler
 from stream.topics import topic_name
@@ -206,6 +206,7 @@ class LearnerWorker:
             log.info("topic holds version %d beyond the checkpoint's %d: continuing after it",
                      latest[-1].version, self.version)
             self.version = latest[-1].version
+        self._export_live_version()
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50})
         consumer.subscribe([self.topic], on_assign=self._on_assign)
@@ -236,6 +237,11 @@ class LearnerWorker:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _export_live_version(self) -> None:
+        """The version this learner last published (or found on the topic), as the scorers export theirs."""
+        POLICY_VERSION.labels("learner").set(self.version)
+        POLICY_LOADED_AT.labels("learner").set(time.time())
 
     def _checkpoint_and_commit(self, consumer: Consumer) -> None:
         self.checkpoint()
@@ -341,6 +347,7 @@ class LearnerWorker:
             self.publisher.retire(self.retained.popleft())
         self.version = version
         self.live = snapshot
+        self._export_live_version()
         if self.recent_batches:
             self.learner.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
         t_consolidate = time.perf_counter() - t0 - t_gate - t_publish

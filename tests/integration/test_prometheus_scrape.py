@@ -7,30 +7,21 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.parse
 import urllib.request
 
 import pytest
 
 from stream.broker import free_port
+from stream.prometheus_server import HOW_TO_GET_IT, LocalPrometheus
 from tests.conftest import cli_command
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="prometheus is not installed (`make test` installs Debian's package; elsewhere: apt-get install "
-    "prometheus, or put a Prometheus release's binary on PATH)")
+pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
+                                reason=f"`make test` installs Debian's prometheus package. {HOW_TO_GET_IT}")
 
 
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def query(base: str, expr: str) -> list:
-    answer = get_json(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
 
 
 def wait_until(condition, timeout: float, what: str):
@@ -58,17 +49,12 @@ def test_prometheus_scrapes_scorer_and_processor(cli_env, topics, tmp_path):
         subprocess.Popen(cli_command("process", "--metrics-port", str(process_port)), env=cli_env,
                          stdout=subprocess.DEVNULL, stderr=(tmp_path / "process.log").open("w")),
     ]
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: scorer\n    static_configs: [{{targets: ['127.0.0.1:{score_port}']}}]\n"
-        f"  - job_name: processor\n    static_configs: [{{targets: ['127.0.0.1:{process_port}']}}]\n")
-    prometheus = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                  stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
-    base = f"http://127.0.0.1:{prom_port}"
+    prometheus = LocalPrometheus({"scorer": [f"127.0.0.1:{score_port}"],
+                                  "processor": [f"127.0.0.1:{process_port}"]}, tmp_path / "prometheus", prom_port,
+                                 scrape_interval="1s")
     try:
+        prometheus.start()
+        query = prometheus.query
         scorer = f"http://127.0.0.1:{score_port}"
         wait_until(lambda: get_json(f"{scorer}/healthz")["status"] == "ok", 120, "the scorer")
         PolicyPublisher(Settings(bootstrap_servers=cli_env["RECSYS_BOOTSTRAP_SERVERS"],
@@ -81,23 +67,28 @@ def test_prometheus_scrapes_scorer_and_processor(cli_env, topics, tmp_path):
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 200
 
-        up = wait_until(lambda: len(query(base, "up == 1")) == 2 and query(base, "up == 1"), 60, "both targets up")
+        up = wait_until(lambda: len(query("up == 1")) == 2 and query("up == 1"), 60, "both targets up")
         assert {r["metric"]["job"] for r in up} == {"scorer", "processor"}
         # The histogram as scraped: all 20 requests counted once a scrape after them has landed.
-        wait_until(lambda: query(base, 'recsys_scorer_latency_seconds_count{transport="http"} >= 20'), 30,
+        wait_until(lambda: query('recsys_scorer_latency_seconds_count{transport="http"} >= 20'), 30,
                    "the scorer latency histogram")
-        p99 = query(base, 'histogram_quantile(0.99, sum by (le) (recsys_scorer_latency_seconds_bucket'
+        p99 = query('histogram_quantile(0.99, sum by (le) (recsys_scorer_latency_seconds_bucket'
                           '{transport="http"}))')
         assert 0 < float(p99[0]["value"][1]) < 1.0
-        version = wait_until(lambda: query(base, 'recsys_policy_version{component="scorer"} == 1'), 30,
+        version = wait_until(lambda: query('recsys_policy_version{component="scorer"} == 1'), 30,
                              "the policy version")
         assert version[0]["metric"]["job"] == "scorer"
         # Process metrics come with every role.
-        assert query(base, 'process_resident_memory_bytes{job="processor"} > 0')
+        assert query('process_resident_memory_bytes{job="processor"} > 0')
+        # The alert rules of deploy/ are loaded and evaluate against these scrapes.
+        rules = get_json(f"{prometheus.url}/api/v1/rules")["data"]["groups"]
+        assert sum(len(g["rules"]) for g in rules) >= 9
+        assert all(r["health"] != "err" for g in rules for r in g["rules"])
     finally:
-        for proc in roles + [prometheus]:
+        prometheus.stop()
+        for proc in roles:
             proc.terminate()
-        for proc in roles + [prometheus]:
+        for proc in roles:
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
