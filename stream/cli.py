@@ -289,14 +289,15 @@ def _with_dlq_filters(command):
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def dlq_show(reason: tuple[str, ...], topic: tuple[str, ...], since, limit: int, as_json: bool) -> None:
     """Counts by source topic and reason, then the newest letters with their error."""
-    from stream.dlq_replay import logical_topic, read_dead_letters, select
+    from stream.dlq_replay import read_dead_letters, select
+    from stream.topics import logical_name
 
     settings = _settings()
     _admin(settings, "dlq")
     letters = select(read_dead_letters(settings), settings, **_dlq_filters(reason, topic, since))
     counts: dict[str, int] = {}
     for letter in letters:
-        key = f"{logical_topic(settings, letter.source_topic)}/{letter.reason}"
+        key = f"{logical_name(settings, letter.source_topic)}/{letter.reason}"
         counts[key] = counts.get(key, 0) + 1
     newest = sorted(letters, key=lambda letter: letter.ts)[-limit:] if limit else []
     rows = [{"ts": letter.ts, "source_topic": letter.source_topic, "reason": letter.reason, "error": letter.error,

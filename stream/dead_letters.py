@@ -16,7 +16,7 @@ from confluent_kafka import Message, Producer
 from stream import schemas
 from stream.config import Settings
 from stream.metrics import DEAD_LETTERS, EVENTS_CONSUMED
-from stream.topics import topic_name
+from stream.topics import logical_name, topic_name
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class DeadLetters:
         on_delivery: Callable[[Any, Message], None] | None = None,
     ) -> None:
         self.topic = topic_name(settings, "dlq")
+        self.settings = settings
         self.component = component
         self._producer = producer
         self._on_delivery = on_delivery
@@ -88,7 +89,9 @@ class DeadLetters:
             except BufferError:
                 self._producer.poll(0.1)
         self.sent += 1
-        DEAD_LETTERS.labels(topic=letter.source_topic, component=letter.component, reason=letter.reason).inc()
+        # The label is the logical topic: a prefix per tenant must not multiply the series.
+        DEAD_LETTERS.labels(topic=logical_name(self.settings, letter.source_topic), component=letter.component,
+                            reason=letter.reason).inc()
         log.debug("dead-lettered message from %s: %s", letter.source_topic, letter.error)
         return letter
 

@@ -22,7 +22,7 @@ from stream import schemas
 from stream.config import Settings
 from stream.ingest import EventProducer
 from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.topics import logical_name, topic_name
 
 #: Topics whose messages come from outside the loop: replaying them is safe and meaningful.
 #: Derived topics (experiences, policies, score-responses) are rebuilt by their roles instead.
@@ -43,11 +43,6 @@ class ReplayReport:
                 "still_invalid": dict(self.still_invalid), "skipped": dict(self.skipped), "dry_run": self.dry_run}
 
 
-def logical_topic(settings: Settings, source_topic: str) -> str:
-    prefix = settings.topic_prefix
-    return source_topic[len(prefix):] if prefix and source_topic.startswith(prefix) else source_topic
-
-
 def read_dead_letters(settings: Settings) -> list[schemas.DeadLetter]:
     """Every dead letter on the topic now (an undecodable record would be a bug of ours: it raises)."""
     return [schemas.decode("dlq", m.value()) for m in read_topic(settings, topic_name(settings, "dlq"), "dlq")]
@@ -58,7 +53,7 @@ def select(letters: Iterable[schemas.DeadLetter], settings: Settings, reasons: s
     """Letters matching every filter given (reasons, logical source topics, dead-lettered at or after ``since``)."""
     return [letter for letter in letters
             if (reasons is None or letter.reason in reasons)
-            and (topics is None or logical_topic(settings, letter.source_topic) in topics)
+            and (topics is None or logical_name(settings, letter.source_topic) in topics)
             and (since is None or letter.ts >= since)]
 
 
@@ -68,7 +63,7 @@ def replay(settings: Settings, letters: list[schemas.DeadLetter], dry_run: bool 
     producer = None if dry_run else EventProducer(settings, component="dlq-replay")
     try:
         for done, letter in enumerate(letters, start=1):
-            logical = logical_topic(settings, letter.source_topic)
+            logical = logical_name(settings, letter.source_topic)
             if logical not in REPLAYABLE:
                 report.skipped["not_replayable"] += 1
             elif letter.original_truncated:

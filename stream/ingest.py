@@ -22,7 +22,7 @@ from stream.clients import make_producer
 from stream.config import Settings
 from stream.dead_letters import DeadLetters
 from stream.metrics import EVENTS_PRODUCED, INGEST_LINES, PRODUCE_ERRORS
-from stream.topics import topic_name
+from stream.topics import logical_name, topic_name
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ class EventProducer:
 
     def _logical(self, topic: str) -> str:
         """The label for a topic: its logical name (a prefix per tenant must not multiply the series)."""
-        prefix = self.settings.topic_prefix
-        return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+        return logical_name(self.settings, topic)
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:

@@ -59,7 +59,7 @@ GATE = Counter("recsys_learner_gate_total", "Publish decisions of the off-policy
 GATE_ESTIMATE = Gauge("recsys_learner_gate_estimate", "Last doubly robust estimate on held-out logs, by policy "
                       "(candidate, live).", ["policy"])
 UPDATE_SECONDS = Histogram("recsys_learner_update_seconds", "Time of one optimiser step (batch building included).",
-                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 FRESH_DELAY = Histogram("recsys_learner_fresh_delay_seconds",
                         "From the learner reading an experience to the update that first trained on it.",
                         buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60))

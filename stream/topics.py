@@ -44,6 +44,12 @@ def topic_name(settings: Settings, logical: str) -> str:
     return f"{settings.topic_prefix}{logical}"
 
 
+def logical_name(settings: Settings, topic: str) -> str:
+    """The logical name of a full topic name (a name without this prefix is returned as it is)."""
+    prefix = settings.topic_prefix
+    return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """The full topic layout for these settings."""
     specs = []

@@ -62,3 +62,10 @@ def test_every_alert_has_a_summary_a_severity_and_a_runbook_section_that_exists(
         assert rule["annotations"]["summary"], rule["alert"]
         link = rule["annotations"]["runbook_url"]
         assert link.startswith("deploy/RUNBOOK.md#") and link.split("#", 1)[1] in anchors, (rule["alert"], link)
+
+
+def test_the_runbook_covers_every_operation_a_team_needs():
+    headings = {h.strip().lower() for h in re.findall(r"^## (.+)$", (DEPLOY / "RUNBOOK.md").read_text(), flags=re.M)}
+    for section in ("start", "scale out processors and scorers", "add a gpu learner", "roll back a policy",
+                    "replay the dead-letter topic", "rotate the hmac key", "restore from checkpoints", "forgetting"):
+        assert section in headings, section
