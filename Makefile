@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test test-unit test-integration demo broker clean
+.PHONY: install system-deps test test-unit test-integration demo broker bench-quality bench-learner bench-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,5 +52,15 @@ demo: install
 broker: install
 	$(BIN)/recsys-stream broker
 
+# Benchmarks (BENCHMARKS.md): each writes JSON (and a PNG) under bench-results/.
+bench-quality: install
+	$(BIN)/recsys-stream bench quality --json bench-results/quality.json --plot bench-results/quality.png
+
+bench-learner: install
+	$(BIN)/recsys-stream bench learner --json bench-results/learner.json
+
+bench-all: install
+	$(BIN)/recsys-stream bench all --json bench-results/all.json
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache recsys-data
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache recsys-data bench-results

@@ -695,6 +695,16 @@ def _stderr_console():
     return Console(stderr=True)
 
 
+def _add_bench() -> None:
+    # The benchmarks live in bench/ (shipped in the same wheel); only click is imported until one runs.
+    from bench.cli import bench
+
+    cli.add_command(bench)
+
+
+_add_bench()
+
+
 def main() -> None:
     cli(prog_name="recsys-stream")
 

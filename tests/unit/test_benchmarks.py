@@ -70,3 +70,46 @@ def test_scorer_latency_benchmark_prints_json():
         for n in (100, 1000):
             assert 0 < m[f"{where}_{n}_p50_ms"] <= m[f"{where}_{n}_p99_ms"] <= m[f"{where}_{n}_max_ms"]
     assert m["swaps"] == 10 and m["failed_during_swaps"] == 0 and m["versions_served_after"] == 109
+
+
+def test_quality_benchmark_writes_json_and_a_plot(tmp_path):
+    out_json, out_png = tmp_path / "quality.json", tmp_path / "quality.png"
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "quality", "--requests", "600", "--seeds", "1",
+                           "--json", str(out_json), "--plot", str(out_png)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(out_json.read_text())
+    assert set(out) == {"name", "metrics", "params", "machine"} and out["name"] == "quality"
+    policies = out["metrics"]["by_policy"]
+    assert set(policies) == {"random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta",
+                             "ours_no_anti_forgetting", "oracle"}
+    oracle = policies["oracle"]
+    assert oracle["regret_vs_oracle"]["mean"] == 0
+    for name, m in policies.items():
+        assert m["cumulative_reward"]["mean"] >= 0
+        assert 0 <= m["mean_expected_reward"]["mean"] <= oracle["mean_expected_reward"]["mean"] + 1e-9, name
+        assert m["regret_vs_oracle"]["mean"] >= 0 and m["decisions_per_second"]["mean"] > 0
+        assert {"ctr_before", "ctr_drift", "ctr_after", "cold_start_reward_first_5",
+                "returning_segment_relative"} <= set(m)
+    assert len(out["metrics"]["curves"]["ours"]) == 100
+    assert out_png.stat().st_size > 10_000
+    assert "vw_squarecb" in done.stdout and "ours_no_meta" in done.stdout     # the summary table
+
+
+def test_learner_benchmark_compares_with_vowpal_wabbit(tmp_path):
+    out_json = tmp_path / "learner.json"
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "learner", "--examples", "512", "--device", "cpu",
+                           "--json", str(out_json)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(out_json.read_text())
+    m = out["metrics"]
+    assert out["name"] == "learner_vs_vw" and out["params"]["examples"] == 512
+    assert m["vw_samples_per_second"] > 0 and m["ours_cpu_samples_per_second"] > 0
+    assert m["ours_cpu_vs_vw"] == round(m["ours_cpu_samples_per_second"] / m["vw_samples_per_second"], 2)
+    assert "ours_cpu_with_meta_vs_vw" in m
+
+
+def test_unknown_policies_are_refused_with_the_list():
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "quality", "--policies", "ours,bandit"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "unknown policies ['bandit']" in done.stderr

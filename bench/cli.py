@@ -1,0 +1,137 @@
+"""``recsys-stream bench``: the benchmarks a user runs to compare us, each writing JSON (and a PNG)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _write_json(payload: Any, path: Path | None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    _say(f"wrote {path}")
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: learning quality against Vowpal Wabbit and baselines, learner speed, all of them."""
+
+
+@bench.command("quality")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result here ({name, metrics, params, machine}).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write reward over time and cold-start bars here (PNG).")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Streams (seeds) to average.")
+@click.option("--requests", type=click.IntRange(200), default=None, help="Requests per stream [default: 30000].")
+@click.option("--round-size", type=click.IntRange(1), default=None,
+              help="Requests answered per policy version before it learns from them [default: 100].")
+@click.option("--policies", default=None, help="Comma-separated subset (the oracle always runs): random, "
+              "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting.")
+def quality_command(json_path: Path | None, plot_path: Path | None, seeds: int, requests: int | None,
+                    round_size: int | None, policies: str | None) -> None:
+    """Closed-loop learning quality on the simulator: every policy on the identical stream, with drift, new
+    users and new items; cumulative reward, CTR per phase, regret, cold start, forgetting, throughput."""
+    from bench.quality import config_from, plot, run_quality, summary_table
+
+    try:
+        config = config_from(requests, seeds, policies, round_size)
+        report = run_quality(config, _say)
+    except (ValueError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if plot_path is not None:
+        plot(report, plot_path)
+        _say(f"wrote {plot_path}")
+    _write_json(report, json_path)
+    click.echo(summary_table(report))
+
+
+@bench.command("learner")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result here.")
+@click.option("--examples", type=click.IntRange(256), default=20_000, show_default=True,
+              help="Logged examples both learners learn.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CPU, and CUDA too when torch sees a GPU.")
+def learner_command(json_path: Path | None, examples: int, device: str) -> None:
+    """Our learner's update throughput against Vowpal Wabbit on identical logged examples (same run)."""
+    from bench.learner_vs_vw import measure
+
+    try:
+        out = measure(examples, device, progress=_say)
+    except (RuntimeError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_json(out, json_path)
+    m = out["metrics"]
+    click.echo(f"Vowpal Wabbit {m['vw_samples_per_second']:,.0f} samples/s; " + "; ".join(
+        f"{k.removesuffix('_samples_per_second')} {v:,.0f} samples/s ({m[k.removesuffix('_samples_per_second') + '_vs_vw']}x)"
+        for k, v in m.items() if k.startswith("ours_") and k.endswith("_samples_per_second")))
+
+
+#: What `bench all` runs: name -> (module, keyword arguments of its measure()), full and quick.
+SUITE = {
+    "quality": ("bench.quality", {}, {"requests": 1500, "seeds": 1}),
+    "learner_vs_vw": ("bench.learner_vs_vw", {"examples": 20_000}, {"examples": 1024}),
+    "learner_throughput": ("bench.learner_throughput", {"seconds": 5.0}, {"seconds": 0.3, "batch_size": 64}),
+    "sim_throughput": ("bench.sim_throughput", {}, {"requests": 5000, "batch": 1000}),
+    "replay_sampling": ("bench.replay_sampling", {}, {"rows": 3000, "window": 1000, "reservoir": 1000}),
+    "stream_throughput": ("bench.stream_throughput", {"requests": 20_000}, {"requests": 1000}),
+    "scorer_latency": ("bench.scorer_latency", {}, {"calls": 100, "items": 200}),
+    "freshness": ("bench.freshness", {"duration": 60.0, "rate": 80.0, "publish_seconds": 2.0},
+                  {"duration": 20.0, "rate": 40.0, "publish_seconds": 2.0}),
+}
+
+
+def run_one(name: str, quick: bool) -> dict[str, Any]:
+    import importlib
+
+    module, full, small = SUITE[name]
+    kwargs = small if quick else full
+    if name == "quality":
+        from bench.quality import config_from, run_quality
+
+        return run_quality(config_from(kwargs.get("requests"), kwargs.get("seeds", 3), None, None), _say)
+    counted = name in ("replay_sampling", "sim_throughput")      # these report (done, total)
+    progress = (lambda done, total: _say(f"  {done:,}/{total:,}")) if counted else _say
+    return importlib.import_module(module).measure(**kwargs, progress=progress)
+
+
+@bench.command("all")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Write every result here: a list of {name, metrics, params, machine}.")
+@click.option("--only", default=None, help=f"Comma-separated subset of: {', '.join(SUITE)}.")
+@click.option("--quick", is_flag=True, help="Tiny configurations (seconds each): checks that everything runs, "
+              "measures nothing worth quoting.")
+def all_command(json_path: Path, only: str | None, quick: bool) -> None:
+    """Every benchmark in one run (about 25 minutes on 2 cores), one JSON file."""
+    names = [n.strip() for n in only.split(",")] if only else list(SUITE)
+    unknown = set(names) - set(SUITE)
+    if unknown:
+        raise click.ClickException(f"unknown benchmarks {sorted(unknown)}; choose from {', '.join(SUITE)}")
+    results, failed = [], []
+    for i, name in enumerate(names, start=1):
+        _say(f"[{i}/{len(names)}] {name}{' (quick)' if quick else ''}")
+        started = time.monotonic()
+        try:
+            results.append(run_one(name, quick))
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not lose the others' results
+            failed.append(name)
+            results.append({"name": name, "metrics": {}, "params": {"quick": quick},
+                            "machine": {}, "error": f"{type(exc).__name__}: {exc}"})
+            _say(f"  {name} FAILED: {exc}")
+        _say(f"  {name} done in {time.monotonic() - started:.0f}s")
+        _write_json(results, json_path)        # after each, so a long run keeps what it has
+    click.echo(f"{len(results) - len(failed)}/{len(results)} benchmarks ran; results in {json_path}")
+    if failed:
+        sys.exit(1)
