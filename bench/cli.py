@@ -34,7 +34,7 @@ def bench() -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write reward over time and cold-start bars here (PNG).")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Streams (seeds) to average.")
-@click.option("--requests", type=click.IntRange(200), default=None, help="Requests per stream [default: 30000].")
+@click.option("--requests", type=click.IntRange(200), default=None, help="Requests per stream [default: 20000].")
 @click.option("--round-size", type=click.IntRange(1), default=None,
               help="Requests answered per policy version before it learns from them [default: 100].")
 @click.option("--policies", default=None, help="Comma-separated subset (the oracle always runs): random, "

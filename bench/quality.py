@@ -134,8 +134,9 @@ def run_quality(config: QualityConfig, progress: Callable[[str], None] | None = 
         raise ValueError(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
     per_seed: dict[str, list[dict[str, float]]] = {p: [] for p in config.policies}
     curves: dict[str, list[list[float]]] = {p: [] for p in config.policies}
-    for seed in range(config.seeds):
-        say(f"seed {seed + 1}/{config.seeds}: recording a stream of {config.stream.requests:,} requests")
+    # Seeds 0 and 100 were used to choose ours' exploration temperature: the reported streams start at 1.
+    for seed in range(1, config.seeds + 1):
+        say(f"seed {seed}/{config.seeds}: recording a stream of {config.stream.requests:,} requests")
         stream = record_stream(config.stream, seed)
         text = encode_items(stream)
         oracle = stream.expected.max(axis=1)
@@ -151,8 +152,10 @@ def run_quality(config: QualityConfig, progress: Callable[[str], None] | None = 
                 f"{m['decisions_per_second']:,.0f} decisions/s")
     by_policy = {name: summarise(rows) for name, rows in per_seed.items()}
     params = {"stream": asdict(config.stream), "seeds": config.seeds, "policies": list(config.policies),
-              "slots_per_request": 1, "ours": "temperature 0.1 + 5% uniform, EWC 100 + distillation 0.5, "
-              "meta step on 16 users per update, one update per round (round fresh + as many replayed)",
+              "slots_per_request": 1, "seeds_used": list(range(1, config.seeds + 1)),
+              "ours": "softmax temperature 0.03 + 5% uniform, per-user fast weights from the last 20 outcomes, "
+              "EWC 100 + distillation 0.5 (consolidated every 20 rounds), meta step on 16 users per update, "
+              "an update per 32 fresh decisions mixed with as many replayed (uniform reservoir of 50k)",
               "vw": {"vw_squarecb": "--cb_explore_adf --squarecb -q UA", "vw_epsilon": "--cb_explore_adf "
                      "--epsilon 0.05 -q UA", "features": "shared: user features + user id; action: item id + "
                      "MiniLM text embedding (384 floats)"},

@@ -20,7 +20,7 @@ from sim.world import Drift, World, WorldConfig
 
 @dataclass(frozen=True)
 class StreamConfig:
-    requests: int = 40_000
+    requests: int = 20_000
     round_size: int = 100
     candidates: int = 20
     n_users: int = 2000

@@ -113,3 +113,24 @@ def test_unknown_policies_are_refused_with_the_list():
     done = subprocess.run([sys.executable, "-m", "stream", "bench", "quality", "--policies", "ours,bandit"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "unknown policies ['bandit']" in done.stderr
+
+
+def test_bench_all_collects_results_in_one_stable_layout(tmp_path):
+    # Every benchmark of the suite has a tiny-configuration test of its own above (freshness in
+    # tests/e2e); this one checks the collection: one JSON list, one stable record per benchmark.
+    from bench.cli import SUITE
+
+    out = tmp_path / "all.json"
+    only = ["sim_throughput", "replay_sampling", "learner_throughput"]
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "all", "--quick", "--only", ",".join(only),
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["name"] for r in results] == only
+    for r in results:
+        assert set(r) == {"name", "metrics", "params", "machine"} and r["metrics"], r["name"]
+    assert set(SUITE) == {"quality", "learner_vs_vw", "learner_throughput", "sim_throughput", "replay_sampling",
+                          "stream_throughput", "scorer_latency", "freshness"}
+    refused = subprocess.run([sys.executable, "-m", "stream", "bench", "all", "--only", "nope", "--json",
+                              str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "unknown benchmarks ['nope']" in refused.stderr
