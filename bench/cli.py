@@ -114,7 +114,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
 @click.option("--quick", is_flag=True, help="Tiny configurations (seconds each): checks that everything runs, "
               "measures nothing worth quoting.")
 def all_command(json_path: Path, only: str | None, quick: bool) -> None:
-    """Every benchmark in one run (about 25 minutes on 2 cores), one JSON file."""
+    """Every benchmark in one run (about 25 minutes on 2 cores), one JSON file (and the quality plot beside it)."""
     names = [n.strip() for n in only.split(",")] if only else list(SUITE)
     unknown = set(names) - set(SUITE)
     if unknown:
@@ -125,6 +125,11 @@ def all_command(json_path: Path, only: str | None, quick: bool) -> None:
         started = time.monotonic()
         try:
             results.append(run_one(name, quick))
+            if name == "quality":
+                from bench.quality import plot
+
+                plot(results[-1], json_path.with_name(json_path.stem + "-quality.png"))
+                _say(f"  wrote {json_path.with_name(json_path.stem + '-quality.png')}")
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not lose the others' results
             failed.append(name)
             results.append({"name": name, "metrics": {}, "params": {"quick": quick},
