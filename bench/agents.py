@@ -105,8 +105,8 @@ OURS_NO_ANTI_FORGETTING = OursVariant("ours_no_anti_forgetting", anti_forgetting
 
 class OursAgent:
     history = 20
-    #: Sharper than the scorer's default 0.1: on one slot, 0.03 did best of 0.02-0.2 on the tuning streams
-    #: (seeds 0 and 100, which the reported runs do not use).
+    #: Sharper than the scorer's default 0.1 for one slot: chosen on tuning streams the reported runs do not
+    #: use (seed 0: 0.05 best of 0.05/0.1/0.2; seed 100: 0.03 best of 0.02/0.03/0.05). See BENCHMARKS.md.
     temperature, epsilon = 0.03, 0.05
 
     def __init__(self, stream: Stream, seed: int, item_text: np.ndarray, variant: OursVariant = OURS,
@@ -228,6 +228,23 @@ class OursAgent:
             query_reward=rewards[:, support:], query_mask=ones[:, support:])
 
 
+def vw_lines(world, item_text: np.ndarray) -> tuple[list[str], list[str]]:
+    """Vowpal Wabbit text per user (shared namespace U: features and id) and per item (action namespace A:
+    id and the text embedding), built once and reused by every example."""
+    shared = [f"shared |U uid_{u} " + " ".join(f"f{j}:{v:.4f}" for j, v in enumerate(row))
+              for u, row in zip(world.users.user_ids, world.users.features)]
+    actions = [f"|A iid_{i} " + " ".join(f"t{j}:{v:.4f}" for j, v in enumerate(row))
+               for i, row in zip(world.catalog.item_ids, item_text)]
+    return shared, actions
+
+
+def vw_labelled(example: list[str], action: int, reward: float, propensity: float) -> list[str]:
+    """The example with the shown action labelled: VW minimises cost, so cost = -reward."""
+    example = list(example)
+    example[1 + action] = f"0:{-float(reward)}:{max(float(propensity), 1e-6)} {example[1 + action]}"
+    return example
+
+
 class VowpalAgent:
     """Vowpal Wabbit ``--cb_explore_adf``: the user in a shared namespace (features and id), each candidate
     as an action (id and the same text embedding ours reads), crossed (``-q UA``)."""
@@ -240,11 +257,7 @@ class VowpalAgent:
         self.args = f"--cb_explore_adf --{exploration} -q UA --quiet --random_seed {seed} {extra}".strip()
         self.vw = Workspace(self.args, enable_logging=False)
         self.rng = np.random.default_rng(seed)
-        world = stream.world
-        self.shared = [f"shared |U uid_{u} " + " ".join(f"f{j}:{v:.4f}" for j, v in enumerate(row))
-                       for u, row in zip(world.users.user_ids, world.users.features)]
-        self.actions = [f"|A iid_{i} " + " ".join(f"t{j}:{v:.4f}" for j, v in enumerate(row))
-                        for i, row in zip(world.catalog.item_ids, item_text)]
+        self.shared, self.actions = vw_lines(stream.world, item_text)
 
     def _example(self, user: int, cands: np.ndarray) -> list[str]:
         return [self.shared[user]] + [self.actions[i] for i in cands]
@@ -256,9 +269,7 @@ class VowpalAgent:
 
     def learn(self, stream, rows, choice, propensity, reward) -> None:
         for u, c, a, p, r in zip(stream.users[rows], stream.candidates[rows], choice, propensity, reward):
-            example = self._example(u, c)
-            example[1 + a] = f"0:{-float(r)}:{max(float(p), 1e-6)} {example[1 + a]}"   # cost = -reward
-            self.vw.learn(example)
+            self.vw.learn(vw_labelled(self._example(u, c), a, r, p))
 
     def close(self) -> None:
         self.vw.finish()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.agents import vw_labelled, vw_lines
 from bench.machine import result
 from bench.quality import encode_items
 from bench.quality_stream import StreamConfig, record_stream
@@ -42,17 +43,9 @@ def logged_examples(n: int, seed: int = 0):
 
 
 def vw_examples(stream, text: np.ndarray, choice, propensity, reward) -> list[list[str]]:
-    world = stream.world
-    shared = [f"shared |U uid_{u} " + " ".join(f"f{j}:{v:.4f}" for j, v in enumerate(row))
-              for u, row in zip(world.users.user_ids, world.users.features)]
-    actions = [f"|A iid_{i} " + " ".join(f"t{j}:{v:.4f}" for j, v in enumerate(row))
-               for i, row in zip(world.catalog.item_ids, text)]
-    out = []
-    for u, cands, a, p, r in zip(stream.users, stream.candidates, choice, propensity, reward):
-        example = [shared[u]] + [actions[i] for i in cands]
-        example[1 + a] = f"0:{-float(r)}:{float(p)} {example[1 + a]}"
-        out.append(example)
-    return out
+    shared, actions = vw_lines(stream.world, text)
+    return [vw_labelled([shared[u]] + [actions[i] for i in cands], a, r, p)
+            for u, cands, a, p, r in zip(stream.users, stream.candidates, choice, propensity, reward)]
 
 
 def time_vw(examples: list[list[str]], seed: int) -> dict[str, float]:
