@@ -110,7 +110,9 @@ def measure(seconds: float = 5.0, batch_size: int = 512, device: str = "auto", p
         {
             "samples_per_second": round(plain["samples_per_second"], 1),
             "updates_per_second": round(plain["steps_per_second"], 2),
+            # Counts the tasks' experiences too; decisions_per_second_with_meta compares with the plain figure.
             "samples_per_second_with_meta": round(with_meta["samples_per_second"], 1),
+            "decisions_per_second_with_meta": round(with_meta["steps_per_second"] * batch_size, 1),
             "updates_per_second_with_meta": round(with_meta["steps_per_second"], 2),
             **latency,
         },

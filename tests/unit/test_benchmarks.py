@@ -28,6 +28,7 @@ def test_learner_throughput_benchmark_prints_json():
     assert out["name"] == "learner_throughput" and out["params"]["batch"] == 64
     m = out["metrics"]
     assert m["samples_per_second"] > 0 and m["samples_per_second_with_meta"] > 0
+    assert 0 < m["decisions_per_second_with_meta"] < m["samples_per_second_with_meta"]   # tasks add samples
     assert 0 < m["adapt_k3_n20_p50_ms"] <= m["adapt_k3_n20_p99_ms"]
 
 
