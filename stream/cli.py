@@ -242,13 +242,13 @@ def policy_show(version: int, name: str | None, as_json: bool) -> None:
 def policy_rollback(version: int, name: str | None, as_json: bool) -> None:
     """Republish VERSION's weights as a new version; scorers swap to it like to any other."""
     from models.serialization import PolicyIntegrityError
-    from stream.policy_bus import PolicyNotFound, rollback
+    from stream.policy_bus import PolicyNotFound, PolicyRaceError, rollback
 
     settings = _settings()
     _admin(settings, "policy")
     try:
         header = rollback(settings, version, name)
-    except (PolicyNotFound, PolicyIntegrityError) as exc:
+    except (PolicyNotFound, PolicyIntegrityError, PolicyRaceError) as exc:
         _fail(f"cannot roll back: {exc}")
     if as_json:
         _emit_json(_header_row(header))

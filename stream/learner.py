@@ -44,7 +44,8 @@ from stream.experience_batches import ExperienceBatcher, is_full_decision
 from stream.forgetting_probes import ForgettingProbes, ProbeConfig
 from stream.follower import TopicFollower
 from stream.metrics import LagReporter
-from stream.policy_bus import POLICY_LOADED_AT, POLICY_VERSION, PolicyPublisher, read_versions
+from stream.policy_bus import (POLICY_LOADED_AT, POLICY_VERSION, LivePolicy, PolicyPublisher, PolicySubscriber,
+                               read_versions)
 from stream.replay import default_store_path
 from stream.replay_store import ReplaySampler
 from stream.topics import topic_name
@@ -133,6 +134,9 @@ class LearnerWorker:
         self.updates_since_publish = 0
         self.retained: deque[schemas.PolicyHeader] = deque()
         self.stop_event = threading.Event()
+        # Follows the policies topic for operator rollbacks (set from the subscriber's thread).
+        self.policies = PolicySubscriber(settings, "learner", on_swap=self._on_policy)
+        self._rollback: LivePolicy | None = None
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -200,6 +204,7 @@ class LearnerWorker:
         self.items.start()
         self.items.caught_up.wait(120)
         self.resume()
+        self.policies.start()       # a rollback published while the learner was down is adopted below
         latest = read_versions(self.settings)
         self.retained.extend(v.header for v in latest)
         if latest and latest[-1].version > self.version:
@@ -216,6 +221,9 @@ class LearnerWorker:
             while not self.stop_event.is_set():
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
+                rollback, self._rollback = self._rollback, None
+                if rollback is not None:
+                    self._adopt_rollback(rollback)
                 self._take(consumer.consume(1000, 0.05))
                 now = time.monotonic()
                 self.lag.maybe_report(consumer, now)
@@ -233,10 +241,31 @@ class LearnerWorker:
         finally:
             consumer.close()
             self.items.stopping.set()
+            self.policies.stop()
             self.publisher.close()
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _on_policy(self, live: LivePolicy) -> None:
+        if "rollback_of" in live.header.metrics and live.version > self.version:
+            self._rollback = live
+
+    def _adopt_rollback(self, live: LivePolicy) -> None:
+        """An operator rolled back: train on from those weights and gate against them, or the next version
+        would undo the rollback within one publish interval."""
+        self.learner.model.load_state_dict(live.model.state_dict())
+        self.learner.optimizer.state.clear()        # moments of the abandoned weights mean nothing now
+        self.live = live.model
+        self.version = live.version
+        self.updates_since_publish = 0
+        if not self.retained or self.retained[-1].version < live.version:
+            self.retained.append(live.header)
+        if self.recent_batches:
+            self.learner.consolidate(list(self.recent_batches))   # anchor the regularisers on these weights
+        self._export_live_version()
+        log.warning("v%d is a rollback to v%d: training continues from its weights and candidates are gated "
+                    "against it", live.version, int(live.header.metrics["rollback_of"]))
 
     def _export_live_version(self) -> None:
         """The version this learner last published (or found on the topic), as the scorers export theirs."""

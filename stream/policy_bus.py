@@ -55,6 +55,10 @@ class PolicyNotFound(LookupError):
     """No complete, verified version matches the request."""
 
 
+class PolicyRaceError(RuntimeError):
+    """A rollback's version number was taken by another writer (the learner) at the same moment."""
+
+
 def record_key(name: str, version: int, part: str) -> bytes:
     return f"{name}/{version:012d}/{part}".encode()
 
@@ -197,15 +201,25 @@ class PolicyPublisher:
 # -- reading ------------------------------------------------------------------------------------
 def read_versions(settings: Settings, name: str | None = None, timeout: float = 60.0) -> list[PolicyVersion]:
     """Every complete version of ``name`` now on the topic, oldest first (not yet verified)."""
-    assembler = VersionAssembler(name or settings.policy_name)
+    return _scan(settings, name or settings.policy_name, timeout)[0]
+
+
+def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVersion], int]:
+    """(complete versions oldest first, the highest version number any record of ``name`` carries): a
+    version still being written has chunks but no header yet, and its number is taken."""
+    assembler = VersionAssembler(name)
     complete: dict[int, PolicyVersion] = {}
+    highest = 0
     for msg in read_topic(settings, topic_name(settings, "policies"), "policy-read", timeout):
+        parsed = parse_key(msg.key())
+        if parsed is not None and parsed[0] == name and msg.value() is not None:
+            highest = max(highest, parsed[1])
         done = assembler.feed(msg.key(), msg.value())
         if done is not None:
             complete[done.version] = done
-        elif msg.value() is None and (parsed := parse_key(msg.key())) and parsed[2] == HEADER_PART:
+        elif msg.value() is None and parsed and parsed[2] == HEADER_PART:
             complete.pop(parsed[1], None)
-    return [complete[v] for v in sorted(complete)]
+    return [complete[v] for v in sorted(complete)], highest
 
 
 def find_version(settings: Settings, version: int, name: str | None = None) -> PolicyVersion:
@@ -217,21 +231,31 @@ def find_version(settings: Settings, version: int, name: str | None = None) -> P
 
 def rollback(settings: Settings, version: int, name: str | None = None,
              component: str = "cli") -> schemas.PolicyHeader:
-    """Republish version ``version``'s weights, verified, as a new version on top of the latest."""
+    """Republish version ``version``'s weights, verified, as a new version on top of the latest.
+
+    The new number is above every number on the topic, including a version the learner is still
+    writing, so the rollback is the newest version whatever the learner publishes in the meantime
+    (the learner adopts it and continues from it)."""
     name = name or settings.policy_name
-    versions = read_versions(settings, name)
+    versions, highest = _scan(settings, name, 60.0)
     target = next((v for v in versions if v.version == version), None)
     if target is None:
         raise PolicyNotFound(f"policy {name!r} has no complete version {version} "
                              f"(retained: {[v.version for v in versions] or 'none'})")
     model = target.load(signing_key(settings))   # refuse to republish what does not verify
-    latest = versions[-1].version
+    latest = max(versions[-1].version, highest)
     metrics = {**target.header.metrics, "rollback_of": float(version)}
     publisher = PolicyPublisher(settings, component, name)
     try:
-        return publisher.publish(model, latest + 1, parent=latest, metrics=metrics)
+        header = publisher.publish(model, latest + 1, parent=latest, metrics=metrics)
     finally:
         publisher.close()
+    # A learner that started writing the same number after the scan above wins or garbles it: say so.
+    landed = next((v for v in _scan(settings, name, 60.0)[0] if v.version == header.version), None)
+    if landed is None or landed.header.checksum != header.checksum:
+        raise PolicyRaceError(f"another writer published v{header.version} at the same moment; nothing was rolled "
+                              "back. Run the rollback again (or stop the learner first).")
+    return header
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,23 @@
 """The whole loop on the broker: versions published and served, learning beats random, no failed request
-during swaps, a tampered version refused while serving goes on, and a SIGKILLed learner resuming."""
+during swaps, a tampered version refused while serving goes on, a SIGKILLed learner resuming, and an
+operator's rollback adopted by the learner."""
 
 from __future__ import annotations
 
 import re
+import signal
 
 from models.policy import PolicyConfig, TwoTowerPolicy
-from models.serialization import pack
+from models.serialization import PolicyIntegrityError, pack
 from stream.closed_loop import LoopOptions, run_closed_loop
-from stream.policy_bus import PolicyPublisher, read_versions
+from stream.policy_bus import PolicyPublisher, read_versions, rollback
 from tests.test_grafana_dashboard import metric_names_in_dashboard
 from tests.test_prometheus_config import metric_names_in_rules
 
 
 def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(settings, tmp_path):
     chaos: dict[str, int] = {}
+    tampered: set[int] = set()
     logs = tmp_path / "logs"
 
     def tamper(settings) -> None:
@@ -24,6 +27,7 @@ def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(set
         publisher.publish_packed(header, blob[:-1] + bytes([blob[-1] ^ 1]))
         publisher.close()
         chaos.setdefault("tampered", latest + 1)
+        tampered.add(latest + 1)
 
     def on_second(t: float, roles, settings) -> None:
         if t >= 15 and "tampered" not in chaos and read_versions(settings):
@@ -39,6 +43,24 @@ def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(set
             roles.procs["learn"].wait()
             chaos["killed"] = read_versions(settings)[-1].version
             roles.launch("learn")
+        # An operator rolls back to the version before the latest, once the restarted learner has published.
+        if t >= 50 and "rolled_back" not in chaos and "killed" in chaos:
+            versions = read_versions(settings)
+            if versions[-1].version > chaos["killed"]:
+                # Paused, so the learner cannot take the number between the rollback's scan and its write
+                # (unpaused, the rollback would detect that and fail; see PolicyRaceError).
+                learner = roles.procs["learn"]
+                learner.send_signal(signal.SIGSTOP)
+                try:
+                    for target in reversed(versions[:-1]):      # the newest earlier version that verifies
+                        try:
+                            chaos["rolled_back"] = rollback(settings, target.version, component="test").version
+                        except PolicyIntegrityError:            # a tampered one
+                            continue
+                        chaos["rollback_of"] = target.version
+                        break
+                finally:
+                    learner.send_signal(signal.SIGCONT)
 
     report = run_closed_loop(settings, LoopOptions(duration=80, rate=60, plot=tmp_path / "reward.png",
                                                    log_dir=logs, on_second=on_second), lambda line: None)
@@ -46,8 +68,12 @@ def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(set
     assert report["failed_requests"] == 0 and report["requests"] > 3000
     published = report["versions_published"]       # the retained ones (the learner keeps the last 20)
     assert published[-1] >= 3 and published == list(range(published[0], published[-1] + 1))
-    # Every version but possibly the newest (published as traffic ended) was served.
-    assert set(published[:-1]) <= set(report["versions_served"])
+    # Every version was served but: possibly the newest (published as traffic ended); a number the test
+    # tampered with (if the learner wrote the same number at that moment, the mix verifies as neither);
+    # and one the learner was still writing when the rollback took the next number (scorers never go
+    # back a number).
+    not_served = tampered | {chaos.get("rolled_back", 0) - 1}
+    assert set(published[:-1]) - not_served <= set(report["versions_served"]), (chaos, report["versions_served"])
     last = report["last_window"]
     assert last["ctr_learned"] > 1.2 * last["ctr_random"], last
     assert last["reward_learned"] > 1.2 * last["reward_random"], last
@@ -60,6 +86,10 @@ def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(set
     resumed = learn_log.index("resumed from")
     after = re.search(r"published default v(\d+)", learn_log[resumed:])
     assert after is not None and int(after.group(1)) == chaos["killed"] + 1
+    # The learner adopted the rollback: it says so, and its next version is built on it, not on its own.
+    assert f"v{chaos['rolled_back']} is a rollback to v{chaos['rollback_of']}" in learn_log
+    parents = {v.version: v.header.parent for v in read_versions(settings)}
+    assert chaos["rolled_back"] in parents.values(), (chaos, parents)
     assert report["exit_codes"] == {"process": 0, "replay": 0, "learn": 0, "score": 0}
     assert (tmp_path / "reward.png").stat().st_size > 10_000
     assert report["dead_letters"] == {}
