@@ -243,11 +243,11 @@ def rollback(settings: Settings, version: int, name: str | None = None,
         raise PolicyNotFound(f"policy {name!r} has no complete version {version} "
                              f"(retained: {[v.version for v in versions] or 'none'})")
     model = target.load(signing_key(settings))   # refuse to republish what does not verify
-    latest = max(versions[-1].version, highest)
+    latest = versions[-1].version
     metrics = {**target.header.metrics, "rollback_of": float(version)}
     publisher = PolicyPublisher(settings, component, name)
     try:
-        header = publisher.publish(model, latest + 1, parent=latest, metrics=metrics)
+        header = publisher.publish(model, max(latest, highest) + 1, parent=latest, metrics=metrics)
     finally:
         publisher.close()
     # A learner that started writing the same number after the scan above wins or garbles it: say so.

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import pack
-from stream.policy_bus import PolicyPublisher, PolicySubscriber, read_versions, rollback
+from stream.policy_bus import PolicyPublisher, PolicySubscriber, read_versions, record_key, rollback
 from tests.conftest import cli_command
 
 SMALL = PolicyConfig(user_features=4, text_dim=8, dim=16, hidden=16, item_buckets=4096, user_buckets=4096)
@@ -75,6 +75,13 @@ def test_versions_are_chunked_followed_swapped_and_tampering_is_refused(small_me
         assert (rolled.version, rolled.parent, rolled.metrics["rollback_of"]) == (7, 6, 1.0)
         assert subscriber.wait_for_version(7, 20)
         assert same_weights(subscriber.live.model, first)
+
+        # A version still being written (chunks, no header yet) holds its number: a rollback goes above it.
+        publisher._send(record_key(settings.policy_name, 8, "c00000"), b"partial")
+        publisher._flush("a chunk of v8")
+        rolled = rollback(settings, 2)
+        assert (rolled.version, rolled.parent) == (9, 7)      # parent: the newest complete version
+        assert subscriber.wait_for_version(9, 20)
     finally:
         subscriber.stop()
         publisher.close()
