@@ -139,7 +139,7 @@ class OursAgent:
     def choose(self, stream: Stream, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         model = self.learner.model.eval()
         users, cands = stream.users[rows], torch.from_numpy(stream.candidates[rows])
-        features, bucket, history = self.sim._users(users)
+        features, bucket, history = self.sim.user_inputs(users)
         user = model.user_vectors(features, bucket, history)
         vectors, bias = model.item_vectors(self.sim.item_bucket, self.sim.item_text_t)
         delta = None
@@ -216,16 +216,7 @@ class OursAgent:
         order = (self.hist_len[users, None] - need + np.arange(need)[None, :]) % self.history
         items = torch.from_numpy(np.take_along_axis(self.hist_item[users], order, axis=1))
         rewards = torch.from_numpy(np.take_along_axis(self.hist_reward[users], order, axis=1))
-        features, bucket, history = self.sim._users(users)
-        zeros = torch.zeros_like(items)
-        ones = torch.ones(items.shape, dtype=torch.bool)
-        return TaskBatch(
-            features=features, user_bucket=bucket, history=history,
-            item_bucket=self.sim.item_bucket, item_text=self.sim.item_text_t,
-            support_item=items[:, :support], support_position=zeros[:, :support],
-            support_reward=rewards[:, :support], support_mask=ones[:, :support],
-            query_item=items[:, support:], query_position=zeros[:, support:],
-            query_reward=rewards[:, support:], query_mask=ones[:, support:])
+        return self.sim.task_batch(users, items, torch.zeros_like(items), rewards, support)
 
 
 def vw_lines(world, item_text: np.ndarray) -> tuple[list[str], list[str]]:

@@ -98,10 +98,6 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
 
     module, full, small = SUITE[name]
     kwargs = small if quick else full
-    if name == "quality":
-        from bench.quality import config_from, run_quality
-
-        return run_quality(config_from(kwargs.get("requests"), kwargs.get("seeds", 3), None, None), _say)
     counted = name in ("replay_sampling", "sim_throughput")      # these report (done, total)
     progress = (lambda done, total: _say(f"  {done:,}/{total:,}")) if counted else _say
     return importlib.import_module(module).measure(**kwargs, progress=progress)

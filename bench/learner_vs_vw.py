@@ -65,12 +65,7 @@ def synthetic_tasks(sim: SimTensors, users: np.ndarray, stream, rng: np.random.G
     picked = rng.integers(0, len(stream), size=(16, 8))
     items = torch.from_numpy(stream.candidates[picked, 0])
     rewards = torch.from_numpy(rng.random((16, 8)).astype(np.float32) < 0.3).float()
-    features, bucket, history = sim._users(users)
-    zeros, ones = torch.zeros_like(items), torch.ones(items.shape, dtype=torch.bool)
-    return TaskBatch(features=features, user_bucket=bucket, history=history, item_bucket=sim.item_bucket,
-                     item_text=sim.item_text_t, support_item=items[:, :5], support_position=zeros[:, :5],
-                     support_reward=rewards[:, :5], support_mask=ones[:, :5], query_item=items[:, 5:],
-                     query_position=zeros[:, 5:], query_reward=rewards[:, 5:], query_mask=ones[:, 5:])
+    return sim.task_batch(users, items, torch.zeros_like(items), rewards, 5)
 
 
 def time_ours(stream, text, choice, propensity, reward, device: str, meta: bool, batch: int = 256,

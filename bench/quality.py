@@ -234,6 +234,11 @@ def config_from(requests: int | None, seeds: int, policies: str | None, round_si
     return QualityConfig(stream=stream, seeds=seeds, policies=chosen)
 
 
+def measure(requests: int | None = None, seeds: int = 3, progress: Callable[[str], None] | None = None) -> dict:
+    """The default policies on streams of ``requests`` (StreamConfig's default when None)."""
+    return run_quality(config_from(requests, seeds, None, None), progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.cli import quality_command
 

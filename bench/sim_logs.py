@@ -28,14 +28,14 @@ class SimTensors:
         self.user_bucket = hash_ids(list(self.world.users.user_ids), self.config.user_buckets)
         self.item_text_t = torch.from_numpy(np.ascontiguousarray(self.item_text, dtype=np.float32))
 
-    def _users(self, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def user_inputs(self, users: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = torch.from_numpy(self.world.users.features[users])
         bucket = torch.from_numpy(self.user_bucket[users])
         history = torch.zeros(len(users), self.config.text_dim)
         return features, bucket, history
 
     def batch(self, users, candidates, action, position, propensity, reward) -> Batch:
-        features, bucket, history = self._users(users)
+        features, bucket, history = self.user_inputs(users)
         candidates = torch.as_tensor(candidates, dtype=torch.long)
         return Batch(
             features=features, user_bucket=bucket, history=history,
@@ -61,7 +61,7 @@ class SimTensors:
     @torch.no_grad()
     def scores(self, model: TwoTowerPolicy, users: np.ndarray, candidates: np.ndarray,
                delta: torch.Tensor | None = None) -> np.ndarray:
-        features, bucket, history = self._users(users)
+        features, bucket, history = self.user_inputs(users)
         return model.score_candidates(features, bucket, history, self.item_bucket, self.item_text_t,
                                       torch.as_tensor(candidates, dtype=torch.long), delta).numpy()
 
@@ -85,14 +85,18 @@ class SimTensors:
         shown = torch.from_numpy(slates.reshape(shape))
         reward = torch.from_numpy(reward.reshape(shape).astype(np.float32))
         position = torch.from_numpy(np.tile(np.arange(slate_size), (len(users), n)))
-        cut = n_support * slate_size
-        features, bucket, history = self._users(users)
-        ones = lambda m: torch.ones(len(users), m, dtype=torch.bool)  # noqa: E731
+        return self.task_batch(users, shown, position, reward, n_support * slate_size)
+
+    def task_batch(self, users: np.ndarray, items: torch.Tensor, positions: torch.Tensor, rewards: torch.Tensor,
+                   n_support: int) -> TaskBatch:
+        """Per user, (T, n) outcomes in time order: the first ``n_support`` to adapt on, the rest to judge."""
+        features, bucket, history = self.user_inputs(users)
+        ones = torch.ones(items.shape, dtype=torch.bool)
         return TaskBatch(
             features=features, user_bucket=bucket, history=history,
             item_bucket=self.item_bucket, item_text=self.item_text_t,
-            support_item=shown[:, :cut], support_position=position[:, :cut],
-            support_reward=reward[:, :cut], support_mask=ones(cut),
-            query_item=shown[:, cut:], query_position=position[:, cut:],
-            query_reward=reward[:, cut:], query_mask=ones(shape[1] - cut),
+            support_item=items[:, :n_support], support_position=positions[:, :n_support],
+            support_reward=rewards[:, :n_support], support_mask=ones[:, :n_support],
+            query_item=items[:, n_support:], query_position=positions[:, n_support:],
+            query_reward=rewards[:, n_support:], query_mask=ones[:, n_support:],
         )

@@ -147,12 +147,11 @@ class ForgettingTracker:
 
     best: dict[str, float] = field(default_factory=dict)
     latest: dict[str, float] = field(default_factory=dict)
-    history: list[tuple[int, str, float]] = field(default_factory=list)
 
-    def record(self, version: int, probe: str, value: float) -> None:
+    def record(self, probe: str, value: float) -> None:
+        """The newest version's value on this probe set."""
         self.latest[probe] = value
         self.best[probe] = max(value, self.best.get(probe, value))
-        self.history.append((version, probe, value))
 
     def forgetting(self, probe: str) -> float:
         """Share of the best performance on this probe set that the latest version lost (>= 0)."""

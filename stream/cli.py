@@ -659,7 +659,10 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
                    "at the end)")
     forgetting = report["forgetting_by_probe_age"]
     if forgetting:
-        click.echo("forgetting (share of the best value lost on held-out decisions of past 15 s periods, by age): "
+        from stream.closed_loop import PROBE_PERIOD_SECONDS
+
+        click.echo("forgetting (share of the best value lost on held-out decisions of past "
+                   f"{PROBE_PERIOD_SECONDS} s periods, by age): "
                    + ", ".join(f"{age}: {lost:.1%}" for age, lost in sorted(forgetting.items(), key=lambda kv: int(kv[0]))))
     if "prometheus" in report:
         prom = report["prometheus"]

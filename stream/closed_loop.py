@@ -44,6 +44,8 @@ from stream.snapshot import read_topic
 from stream.topics import ensure_topics, topic_name
 
 ROLES = ("process", "replay", "learn", "score")
+#: The learner's forgetting probe period in the demo (minutes in production; a demo lasts minutes).
+PROBE_PERIOD_SECONDS = 15
 #: The Prometheus job of each role, as deploy/prometheus/prometheus.yml names it.
 JOBS = {"process": "processor", "replay": "replay", "learn": "learner", "score": "scorer"}
 
@@ -112,7 +114,7 @@ class Roles:
                 "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
                 "replay": [],
                 "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
-                          "--batch-size", "128", "--threads", "1", "--probe-period", "15"],
+                          "--batch-size", "128", "--threads", "1", "--probe-period", str(PROBE_PERIOD_SECONDS)],
             }[role] + ["--metrics-port", str(port)]
         self.metrics[role] = port
         with (self.log_dir / f"{role}.log").open("ab") as log:

@@ -76,7 +76,7 @@ class ForgettingProbes:
         self.period_start = now
         self.current = []
 
-    def score(self, version: int, value_of: Callable[[list[schemas.Experience]], float]) -> dict[str, float]:
+    def score(self, value_of: Callable[[list[schemas.Experience]], float]) -> dict[str, float]:
         """Score a new live version on every probe set and export forgetting; returns {age: forgetting}."""
         report: dict[str, float] = {}
         FORGETTING.clear()
@@ -84,11 +84,10 @@ class ForgettingProbes:
         for age, (start, decisions) in enumerate(reversed(self.sets), start=1):
             key = str(start)
             value = value_of(decisions)
-            self.tracker.record(version, key, value)
+            self.tracker.record(key, value)
             report[str(age)] = self.tracker.forgetting(key)
             FORGETTING.labels(str(age)).set(report[str(age)])
             PROBE_VALUE.labels(str(age)).set(value)
-        del self.tracker.history[:]     # best and latest are what forgetting needs; history would only grow
         return report
 
     def state_dict(self) -> dict:

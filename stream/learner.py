@@ -134,8 +134,10 @@ class LearnerWorker:
         self.updates_since_publish = 0
         self.retained: deque[schemas.PolicyHeader] = deque()
         self.stop_event = threading.Event()
-        # Follows the policies topic for operator rollbacks (set from the subscriber's thread).
-        self.policies = PolicySubscriber(settings, "learner", on_swap=self._on_policy)
+        # Follows the policies topic for operator rollbacks (set from the subscriber's thread); its own
+        # versions are passed over unloaded.
+        self.policies = PolicySubscriber(settings, "learner", on_swap=self._on_policy,
+                                         accept=lambda header: "rollback_of" in header.metrics)
         self._rollback: LivePolicy | None = None
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ class LearnerWorker:
         self.stop_event.set()
 
     def _on_policy(self, live: LivePolicy) -> None:
-        if "rollback_of" in live.header.metrics and live.version > self.version:
+        if live.version > self.version:
             self._rollback = live
 
     def _adopt_rollback(self, live: LivePolicy) -> None:
@@ -381,7 +383,7 @@ class LearnerWorker:
             self.learner.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
         t_consolidate = time.perf_counter() - t0 - t_gate - t_publish
         self.probes.rotate(time.time())
-        forgetting = self.probes.score(version, self._probe_value)
+        forgetting = self.probes.score(self._probe_value)
         log.info("v%d: gate %.2fs, publish %.2fs, consolidate %.2fs; %d fresh waiting, trained through %.1fs ago%s",
                  version, t_gate, t_publish, t_consolidate, len(self.fresh), time.time() - self.trained_through,
                  "; forgetting by probe age " + ", ".join(f"{age}: {lost:.1%}" for age, lost in forgetting.items())

@@ -273,15 +273,18 @@ class PolicySubscriber:
 
     ``on_swap(live)`` is called with each newly verified version (from the follower
     thread); the subscriber's own ``live`` is replaced by one assignment, so readers
-    of it always see a whole version.
+    of it always see a whole version. ``accept(header)``, when given, passes over the
+    versions a reader has no use for before their weights are loaded and verified.
     """
 
     def __init__(self, settings: Settings, component: str, on_swap: Callable[[LivePolicy], None] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None,
+                 accept: Callable[[schemas.PolicyHeader], bool] | None = None) -> None:
         self.settings = settings
         self.component = component
         self.name = name or settings.policy_name
         self.on_swap = on_swap
+        self.accept = accept
         self.live: LivePolicy | None = None
         self.rejections: list[tuple[int, str]] = []
         self._assembler = VersionAssembler(self.name)
@@ -357,6 +360,8 @@ class PolicySubscriber:
         for candidate in sorted(candidates, key=lambda c: c.version, reverse=True):
             if candidate.version <= current:
                 return
+            if self.accept is not None and not self.accept(candidate.header):
+                continue
             try:
                 model = candidate.load(self._key)
             except PolicyIntegrityError as exc:

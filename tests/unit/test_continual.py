@@ -51,7 +51,7 @@ def run_periods(shop_embeddings, regularised: bool) -> dict[str, float]:
         for start in range(0, len(period_a), 256):
             learner.update(sub_batch(period_a, order[start:start + 256]))
     tracker = ForgettingTracker()
-    tracker.record(1, "period_a", value(probe_a, 0))
+    tracker.record("period_a", value(probe_a, 0))
     b_before = value(probe_b, SHIFT_AT)
     learner.consolidate([sub_batch(period_a, torch.randperm(len(period_a))[:512]) for _ in range(6)])
 
@@ -65,7 +65,7 @@ def run_periods(shop_embeddings, regularised: bool) -> dict[str, float]:
             learner.update(mix(batch, period_a, 128), replay=replay)
         else:
             learner.update(batch)
-    tracker.record(2, "period_a", value(probe_a, 0))
+    tracker.record("period_a", value(probe_a, 0))
     return {"forgetting_a": tracker.forgetting("period_a"), "b_before": b_before,
             "b_after": value(probe_b, SHIFT_AT)}
 
@@ -90,8 +90,8 @@ def test_regularised_learner_still_adapts_to_the_shift(outcomes):
 
 def test_forgetting_tracker_measures_loss_from_the_best():
     tracker = ForgettingTracker()
-    tracker.record(1, "p", 0.8)
-    tracker.record(2, "p", 1.0)
-    tracker.record(3, "p", 0.75)
+    tracker.record("p", 0.8)
+    tracker.record("p", 1.0)
+    tracker.record("p", 0.75)
     assert tracker.forgetting("p") == pytest.approx(0.25)
     assert tracker.report() == {"p": pytest.approx(0.25)}

@@ -49,10 +49,10 @@ def test_forgetting_is_the_share_of_the_best_value_lost_per_probe_age():
     probes.rotate(T0 + 20)
     old, new = (probes.sets[0][1], probes.sets[1][1])
     values = {id(old): 0.8, id(new): 0.5}
-    assert probes.score(1, lambda d: values[id(d)]) == {"1": 0.0, "2": 0.0}
+    assert probes.score(lambda d: values[id(d)]) == {"1": 0.0, "2": 0.0}
     values[id(old)] = 0.6                                    # the old period got worse by a quarter
     values[id(new)] = 0.7
-    report = probes.score(2, lambda d: values[id(d)])
+    report = probes.score(lambda d: values[id(d)])
     assert report == {"1": 0.0, "2": pytest.approx(0.25)}
     assert REGISTRY.get_sample_value("recsys_learner_forgetting_ratio", {"probe": "2"}) == pytest.approx(0.25)
     assert REGISTRY.get_sample_value("recsys_learner_probe_value", {"probe": "1"}) == pytest.approx(0.7)
@@ -63,14 +63,14 @@ def test_state_survives_a_checkpoint_round_trip():
     fill(probes, T0, 3, 1)
     probes.rotate(T0 + 10)
     fill(probes, T0 + 10, 2, 2)
-    probes.score(1, lambda d: 0.9)
+    probes.score(lambda d: 0.9)
     restored = ForgettingProbes(probes.config)
     restored.load_state_dict(probes.state_dict())
     assert restored.period_start == probes.period_start
     assert [e.event_id for e in restored.current] == [e.event_id for e in probes.current]
     assert [(s, [e.event_id for e in d]) for s, d in restored.sets] == \
         [(s, [e.event_id for e in d]) for s, d in probes.sets]
-    assert restored.score(2, lambda d: 0.45) == {"1": pytest.approx(0.5)}
+    assert restored.score(lambda d: 0.45) == {"1": pytest.approx(0.5)}
 
 
 def test_invalid_configuration_is_refused():
