@@ -120,7 +120,9 @@ def measure(examples: int = 20_000, device: str = "auto", seed: int = 0,
             say(f"ours on {dev}{' with the meta step' if meta else ''}: one pass in batches of 256 + 256 replayed")
             ours = time_ours(stream, text, choice, propensity, reward, dev, meta, seed=seed)
             metrics[f"{label}_samples_per_second"] = round(ours["samples_per_second"], 1)
-            metrics[f"{label}_vs_vw"] = round(ours["samples_per_second"] / vw["samples_per_second"], 2)
+            # The ratio of the figures as reported, so a reader recomputing it from the JSON gets the same.
+            metrics[f"{label}_vs_vw"] = round(metrics[f"{label}_samples_per_second"] /
+                                              metrics["vw_samples_per_second"], 2)
             say(f"  {ours['samples_per_second']:,.0f} samples/s ({metrics[f'{label}_vs_vw']}x VW)")
     return result("learner_vs_vw", metrics, {
         "examples": examples, "candidates": stream.config.candidates, "ours_batch": "256 fresh + 256 replayed",
