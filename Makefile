@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test test-unit test-integration demo broker bench-quality bench-learner bench-all clean
+.PHONY: install system-deps lint test test-fast test-unit test-integration test-e2e demo broker bench-quality bench-learner bench-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,14 +37,28 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null \
 	  || echo "warning: could not install prometheus; the promtool tests will be skipped"; }
 
-test: install system-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Lint, layer contracts (pyproject.toml [tool.importlinter]) and the types of models/.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# The full suite: lint first (seconds), then every lane; the 15 slowest tests are listed at the end.
+test: install system-deps lint
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+# The broker-free lane: no Kafka, no subprocess roles, nothing slow (under 2 minutes).
+test-fast: install
+	$(BIN)/python -m pytest -m "unit and not slow" $(PYTEST_ARGS)
 
 test-unit: install
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-integration: install
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: install
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/recsys-stream demo

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from bench.quality_stream import Stream
-from bench.sim_logs import SimTensors
 from models.batch import TaskBatch
 from models.learner import Learner, LearnerConfig
 from models.meta import adapt
 from models.policy import PolicyConfig, exploration_probs
+from sim.logs import SimTensors
 
 
 def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

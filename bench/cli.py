@@ -79,6 +79,31 @@ def learner_command(json_path: Path | None, examples: int, device: str) -> None:
         for k, v in m.items() if k.startswith("ours_") and k.endswith("_samples_per_second")))
 
 
+@bench.command("scorer")
+@click.option("--transport", type=click.Choice(["http", "kafka"]), default="kafka", show_default=True)
+@click.option("--rate", type=click.FloatRange(min=1), default=500.0, show_default=True, help="Offered requests/s.")
+@click.option("--seconds", type=click.FloatRange(min=1), default=20.0, show_default=True, help="How long to offer them.")
+@click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Keep-alive HTTP connections sharing the offered load (http only).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result here.")
+def scorer_command(transport: str, rate: float, seconds: float, candidates: int, clients: int,
+                   json_path: Path | None) -> None:
+    """`recsys-stream score` at a fixed offered load: requests/s answered and request -> response p50/p99."""
+    from bench.scorer_transport import measure
+
+    try:
+        out = measure(transport, rate, seconds, candidates, clients, progress=_say)
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_json(out, json_path)
+    m = out["metrics"]
+    click.echo(f"{transport}: offered {rate:g}/s, answered {m['answered_requests_per_s']}/s "
+               f"({m['answered']}/{m['requests']}, {m['errors']} errors); request -> response "
+               f"p50 {m['request_to_response_p50_ms']} ms, p99 {m['request_to_response_p99_ms']} ms")
+
+
 #: What `bench all` runs: name -> (module, keyword arguments of its measure()), full and quick.
 SUITE = {
     "quality": ("bench.quality", {}, {"requests": 1500, "seeds": 1}),
@@ -88,6 +113,10 @@ SUITE = {
     "replay_sampling": ("bench.replay_sampling", {}, {"rows": 3000, "window": 1000, "reservoir": 1000}),
     "stream_throughput": ("bench.stream_throughput", {"requests": 20_000}, {"requests": 1000}),
     "scorer_latency": ("bench.scorer_latency", {}, {"calls": 100, "items": 200}),
+    "scorer_http": ("bench.scorer_transport", {"transport": "http", "rate": 500.0, "seconds": 20.0},
+                    {"transport": "http", "rate": 50.0, "seconds": 2.0, "items": 200}),
+    "scorer_kafka": ("bench.scorer_transport", {"transport": "kafka", "rate": 500.0, "seconds": 20.0},
+                     {"transport": "kafka", "rate": 50.0, "seconds": 2.0, "items": 200}),
     "freshness": ("bench.freshness", {"duration": 60.0, "rate": 80.0, "publish_seconds": 2.0},
                   {"duration": 20.0, "rate": 40.0, "publish_seconds": 2.0}),
 }

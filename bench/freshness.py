@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from bench.machine import result
 from bench.runner import run_benchmark
-from stream.closed_loop import LoopOptions, run_closed_loop
 from stream.config import Settings
+from stream.demo.closed_loop import LoopOptions, run_closed_loop
 
 
 def measure(duration: float, rate: float, publish_seconds: float, progress=None) -> dict:

@@ -29,10 +29,10 @@ METHOD = {"impressions": "impression", "clicks": "click", "purchases": "purchase
 def _produce(bootstrap: str, prefix: str, requests: int) -> int:
     from sim.traffic import generate
     from sim.world import World, WorldConfig
-    from stream.clients import make_admin
     from stream.config import Settings
-    from stream.ingest import EventProducer
-    from stream.topics import ensure_topics
+    from stream.kafka.clients import make_admin
+    from stream.kafka.producer import EventProducer
+    from stream.kafka.topics import ensure_topics
 
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=4)
     ensure_topics(make_admin(settings), settings)
@@ -46,9 +46,9 @@ def _produce(bootstrap: str, prefix: str, requests: int) -> int:
 
 def _batch(bootstrap: str, prefix: str, total: int) -> dict:
     from stream import schemas
-    from stream.clients import make_consumer
     from stream.config import Settings
-    from stream.join import RewardJoin
+    from stream.join.reward_join import RewardJoin
+    from stream.kafka.clients import make_consumer
 
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix)
     consumer = make_consumer(settings, "bench", f"{prefix}batch", **{"fetch.wait.max.ms": 10})
@@ -81,7 +81,7 @@ def _faust(bootstrap: str, prefix: str, total: int, mode: str) -> dict:
     import faust
 
     from stream import schemas
-    from stream.join import RewardJoin
+    from stream.join.reward_join import RewardJoin
 
     app = faust.App(f"{prefix}bench-{mode}", broker=f"kafka://{bootstrap}", store="memory://",
                     topic_partitions=4, web_enabled=False, consumer_auto_offset_reset="earliest",
@@ -121,7 +121,7 @@ def _faust(bootstrap: str, prefix: str, total: int, mode: str) -> dict:
 
 def measure(requests: int = 30_000, modes: tuple[str, ...] = ("faust-events", "faust-take", "batch"),
             progress=None) -> dict:
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     metrics: dict[str, float] = {}
     with EmbeddedBroker() as broker:

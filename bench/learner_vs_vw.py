@@ -27,10 +27,10 @@ from bench.agents import vw_labelled, vw_lines
 from bench.machine import result
 from bench.quality import encode_items
 from bench.quality_stream import StreamConfig, record_stream
-from bench.sim_logs import SimTensors
 from models.batch import TaskBatch
 from models.learner import Learner, LearnerConfig
 from models.policy import PolicyConfig
+from sim.logs import SimTensors
 
 
 def logged_examples(n: int, seed: int = 0):

@@ -29,8 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.agents import (OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, OracleAgent, OursAgent, PopularityAgent,
-                          RandomAgent, VowpalAgent)
+from bench.agents import (
+    OURS,
+    OURS_NO_ANTI_FORGETTING,
+    OURS_NO_META,
+    OracleAgent,
+    OursAgent,
+    PopularityAgent,
+    RandomAgent,
+    VowpalAgent,
+)
 from bench.machine import result
 from bench.quality_stream import Stream, StreamConfig, record_stream
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream import schemas
-from stream.replay_store import ReplayStore, StoreConfig
+from stream.replay.store import ReplayStore, StoreConfig
 
 
 def _experience(i: int) -> schemas.Experience:

@@ -29,13 +29,13 @@ from models.encoders import TextEncoder
 from models.policy import PolicyConfig, TwoTowerPolicy
 from sim.world import World, WorldConfig
 from stream import schemas
-from stream.broker import EmbeddedBroker
-from stream.clients import make_admin
 from stream.config import Settings
-from stream.ingest import EventProducer
-from stream.policy_bus import LivePolicy, PolicyPublisher
-from stream.scorer import ScorerService
-from stream.topics import ensure_topics
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.clients import make_admin
+from stream.kafka.producer import EventProducer
+from stream.kafka.topics import ensure_topics
+from stream.policy.bus import LivePolicy, PolicyPublisher
+from stream.serving.scorer import ScorerService
 
 
 def _quantiles(ms: list[float]) -> dict[str, float]:
@@ -106,7 +106,7 @@ def measure(calls: int = 2000, items: int = 1000, progress=None) -> dict:
             say("hot swaps under load ...")
             metrics.update(_swap_stall(scorer, [request(100, i) for i in range(calls)]))
         finally:
-            service.stop()
+            service.close()
     return result("scorer_latency", metrics, {"calls": calls, "catalogue_items": items, "slate_size": 10,
                                               "recent_experiences_per_user": 20, "policy": "default PolicyConfig",
                                               "torch_threads": torch.get_num_threads()})

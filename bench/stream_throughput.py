@@ -44,14 +44,14 @@ def _wait(condition, timeout: float) -> bool:
 def measure(requests: int = 20_000, progress=None) -> dict:
     from sim.traffic import generate
     from sim.world import World, WorldConfig
-    from stream.broker import EmbeddedBroker, die_with_parent
-    from stream.clients import make_admin
     from stream.config import Settings
-    from stream.ingest import EventProducer
-    from stream.replay import default_store_path
-    from stream.replay_store import count_stored
-    from stream.snapshot import read_topic
-    from stream.topics import ensure_topics, topic_name
+    from stream.kafka.broker import EmbeddedBroker, die_with_parent
+    from stream.kafka.clients import make_admin
+    from stream.kafka.producer import EventProducer
+    from stream.kafka.snapshot import read_topic
+    from stream.kafka.topics import ensure_topics, topic_name
+    from stream.replay.service import default_store_path
+    from stream.replay.store import count_stored
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="recsys-stream-bench-") as tmp:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="sb.", data_dir=Path(tmp))

@@ -7,8 +7,8 @@ referenced by index, so each item's tower runs once however often it appears.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,14 +21,16 @@ def hash_ids(ids: Sequence[str], buckets: int, salt: str = "") -> np.ndarray:
 
 
 class _Tensors:
+    """Shared by the tensor dataclasses below (every subclass is a dataclass)."""
+
     def to(self, device: torch.device | str, non_blocking: bool = False):
-        return replace(self, **{
+        return replace(self, **{  # type: ignore[type-var]
             f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-            for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
+            for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)  # type: ignore[arg-type]
         })
 
     def __len__(self) -> int:
-        return int(getattr(self, fields(self)[0].name).shape[0])
+        return int(getattr(self, fields(self)[0].name).shape[0])  # type: ignore[arg-type]
 
 
 @dataclass

@@ -17,8 +17,9 @@ reports how far each has fallen from its best.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -45,7 +46,7 @@ class L2Anchor:
     def penalty(self, model: TwoTowerPolicy, replay: Batch | None = None) -> torch.Tensor:
         if not self.anchor:
             return torch.zeros((), device=model.global_bias.device)
-        total = sum(((p - self.anchor[n]) ** 2).sum() for n, p in _params(model).items())
+        total = torch.stack([((p - self.anchor[n]) ** 2).sum() for n, p in _params(model).items()]).sum()
         return 0.5 * self.strength * total
 
     def consolidate(self, model: TwoTowerPolicy, batches: Iterable[Batch] = (), loss_fn=None) -> None:
@@ -71,7 +72,7 @@ class OnlineEWC:
     def penalty(self, model: TwoTowerPolicy, replay: Batch | None = None) -> torch.Tensor:
         if not self.fisher:
             return torch.zeros((), device=model.global_bias.device)
-        total = sum((self.fisher[n] * (p - self.anchor[n]) ** 2).sum() for n, p in _params(model).items())
+        total = torch.stack([(self.fisher[n] * (p - self.anchor[n]) ** 2).sum() for n, p in _params(model).items()]).sum()
         return 0.5 * self.strength * total
 
     def consolidate(self, model: TwoTowerPolicy, batches: Iterable[Batch],

@@ -1,7 +1,7 @@
 """One incremental update: off-policy objective + meta outer step + anti-forgetting penalties.
 
 Device-agnostic: CUDA when present (bfloat16 autocast), CPU otherwise, same code.
-The learner worker (``stream/learner.py``) feeds it batches from the stream and the
+The learner worker (``stream/learner/worker.py``) feeds it batches from the stream and the
 replay buffer; this module knows nothing of where they came from. State for a
 checkpoint (model, optimiser, regularisers, step) round-trips through
 ``state_dict``/``load_state_dict``.
@@ -150,7 +150,7 @@ class Learner:
 
 
 def throughput(learner: Learner, batch: Batch, tasks: TaskBatch | None, seconds: float = 5.0,
-               warmup: int = 3) -> dict[str, float]:
+               warmup: int = 3) -> dict[str, float | str]:
     """Samples per second of ``update`` on this batch (decisions, plus task experiences if given)."""
     for _ in range(warmup):
         learner.update(batch, tasks)

@@ -89,10 +89,10 @@ def dr(rewards, behaviour, target, logged_estimates, target_values, clip: float 
 def all_estimates(rewards, behaviour, target, logged_estimates, target_values, clip: float | None = None,
                   n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, Estimate]:
     """IPS, SNIPS, DM and DR side by side (the learner's publish gate uses DR)."""
-    kw = dict(n_boot=n_boot, alpha=alpha, seed=seed)
     return {
-        "ips": ips(rewards, behaviour, target, clip, **kw),
-        "snips": snips(rewards, behaviour, target, clip, **kw),
-        "dm": dm(target_values, **kw),
-        "dr": dr(rewards, behaviour, target, logged_estimates, target_values, clip, **kw),
+        "ips": ips(rewards, behaviour, target, clip, n_boot=n_boot, alpha=alpha, seed=seed),
+        "snips": snips(rewards, behaviour, target, clip, n_boot=n_boot, alpha=alpha, seed=seed),
+        "dm": dm(target_values, n_boot=n_boot, alpha=alpha, seed=seed),
+        "dr": dr(rewards, behaviour, target, logged_estimates, target_values, clip, n_boot=n_boot, alpha=alpha,
+                 seed=seed),
     }

@@ -39,7 +39,7 @@ class PolicyConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PolicyConfig":
+    def from_dict(cls, data: dict) -> PolicyConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -10,6 +10,8 @@ propensities, the same maths as ``models.policy`` (tests hold them equal).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from models.meta import ServeAdapter
@@ -42,6 +44,14 @@ class ServingPolicy:
         vectors = self.item_id[item_bucket] + item_text @ self.text_w.T + self.text_b
         return vectors, self.item_bias[item_bucket] + self.global_bias
 
+    def item_vectors_projected(self, item_bucket: np.ndarray, projected_text: np.ndarray,
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """``item_vectors`` with the text already projected (``TextProjections``): no matrix product per request."""
+        return self.item_id[item_bucket] + projected_text, self.item_bias[item_bucket] + self.global_bias
+
+    def project_text(self, item_text: np.ndarray) -> np.ndarray:
+        return item_text @ self.text_w.T + self.text_b
+
     def adapt(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
               positions: np.ndarray, rewards: np.ndarray, steps: int = 3) -> np.ndarray:
         """Per-user fast weights from the user's recent (item, position, reward) history."""
@@ -54,6 +64,40 @@ class ServingPolicy:
         if delta is not None:
             scores = scores + self.adapter.fast_features(vectors) @ delta
         return scores
+
+
+class TextProjections:
+    """Each catalogue row's projected text, computed once per version and row, not once per request.
+
+    Projecting 100 candidates' 384-dim text was half of a request's time. Rows are filled
+    on first use (a catalogue can be larger than what is ever asked for) and refilled when
+    the row's text was rewritten since (its write stamp moved). Concurrent fills of one row
+    write identical values, so readers need no lock.
+    """
+
+    def __init__(self, policy: ServingPolicy, capacity: int = 1024) -> None:
+        self.policy = policy
+        self.values = np.zeros((capacity, policy.config.dim), dtype=np.float32)
+        self.stamps = np.full(capacity, -1, dtype=np.int64)
+
+    def get(self, rows: np.ndarray, current: np.ndarray, texts: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Projected text of ``rows`` whose texts were last written at ``current`` (stamps read before
+        the texts); ``texts(rows)`` gives the embeddings of the rows that need projecting."""
+        top = int(rows.max()) + 1 if len(rows) else 0
+        if top > len(self.values):
+            size = max(top, 2 * len(self.values))
+            grown = np.zeros((size, self.values.shape[1]), dtype=np.float32)
+            grown[:len(self.values)] = self.values
+            stamps = np.full(size, -1, dtype=np.int64)
+            stamps[:len(self.stamps)] = self.stamps
+            self.values, self.stamps = grown, stamps
+        values, stamps = self.values, self.stamps
+        stale = stamps[rows] != current
+        if stale.any():
+            fill = rows[stale]
+            values[fill] = self.policy.project_text(texts(fill))
+            stamps[fill] = current[stale]
+        return values[rows]
 
 
 def exploration_probs(scores: np.ndarray, temperature: float, epsilon: float) -> np.ndarray:

@@ -1,15 +1,15 @@
 """Simulated traffic as the event records the outside world sends (impressions, clicks, purchases).
 
 Shared by the stream tests, the stream benchmark and the demo. Records are plain
-dicts shaped like the topic contracts (DESIGN.md section 3), so this module stays
+dicts shaped like the topic contracts (docs/ARCHITECTURE.md, "Topics and contracts"), so this module stays
 free of Kafka; a slate is chosen uniformly at random unless the caller passes
 slates (e.g. from a policy), and the exact propensity of each shown item is logged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Typed contracts of every topic (DESIGN.md section 3), validated at the edge.
+"""Typed contracts of every topic (docs/ARCHITECTURE.md, "Topics and contracts"), validated at the edge.
 
 msgspec Structs decode JSON straight into typed objects with range checks in one C
 pass, so validation costs about as much as parsing. Unknown fields are ignored for
@@ -10,6 +10,7 @@ low-cardinality ``reason`` suitable for a metric label and the dead-letter topic
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -47,7 +48,7 @@ class InvalidMessage(ValueError):
 
 
 #: Every reason a message can be rejected for, bounded so it is safe as a label: the
-#: first four at decoding, the last three by the reward join (``stream/join.py``).
+#: first four at decoding, the last three by the reward join (``stream/join/reward_join.py``).
 REASONS = ("oversized", "malformed_json", "schema", "unknown_topic", "orphan", "not_shown", "late")
 
 
@@ -259,6 +260,33 @@ def decoder_for(topic: str) -> msgspec.json.Decoder:
         return dec
 
 
+#: Deepest nesting of JSON objects and arrays a message may have. Every contract needs
+#: at most 4 (an impression's shown items); a thousand levels would exhaust the decoder's stack.
+MAX_NESTING = 32
+#: Below this many brackets a message cannot nest past ``MAX_NESTING``: the exact scan is skipped.
+_BRACKETS_WORTH_SCANNING = MAX_NESTING
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def nesting_depth(data: bytes) -> int:
+    """The deepest nesting of objects and arrays in JSON text (brackets inside strings do not count).
+
+    Strings are cut out and brackets picked by regular expressions (C speed); Python only
+    walks the brackets themselves.
+    """
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b"", data)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def decode(topic: str, data: bytes | bytearray | memoryview | str) -> Any:
     """Validate and decode one message of a logical topic, or raise ``InvalidMessage``."""
     dec = decoder_for(topic)
@@ -268,12 +296,20 @@ def decode(topic: str, data: bytes | bytearray | memoryview | str) -> Any:
     size = len(data)
     if size > limit:
         raise InvalidMessage("oversized", f"{size} bytes exceeds the {limit}-byte limit of {topic}")
+    raw = bytes(data)
+    # Two C-speed counts rule out deep nesting for ordinary messages; only the rest are scanned.
+    if raw.count(b"[") + raw.count(b"{") > _BRACKETS_WORTH_SCANNING:
+        depth = nesting_depth(raw)
+        if depth > MAX_NESTING:
+            raise InvalidMessage("malformed_json", f"nested {depth} levels deep; the limit is {MAX_NESTING}")
     try:
-        return dec.decode(data)
+        return dec.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidMessage("schema", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidMessage("malformed_json", f"not valid JSON: {exc}") from None
+    except RecursionError:   # a last line of defence: the depth scan above should always come first
+        raise InvalidMessage("malformed_json", "nested too deeply to decode") from None
 
 
 def encode(event: msgspec.Struct) -> bytes:

@@ -18,6 +18,17 @@ from stream.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: Each test folder is a lane; a test's lane marker comes from where it lives.
+LANES = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its lane (tests/unit, tests/integration, tests/e2e; top-level checks are unit)."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        lane = LANES.get(parts[0], "unit") if len(parts) > 1 else "unit"
+        item.add_marker(getattr(pytest.mark, lane))
+
 
 @pytest.fixture(scope="session")
 def bootstrap_servers():
@@ -25,7 +36,7 @@ def bootstrap_servers():
     if external:
         yield external
         return
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
@@ -43,8 +54,8 @@ def settings(bootstrap_servers, tmp_path) -> Settings:
 
 @pytest.fixture()
 def topics(settings):
-    from stream.clients import make_admin
-    from stream.topics import ensure_topics
+    from stream.kafka.clients import make_admin
+    from stream.kafka.topics import ensure_topics
 
     return ensure_topics(make_admin(settings), settings)
 
@@ -60,6 +71,22 @@ def cli_env(settings) -> dict[str, str]:
         RECSYS_DATA_DIR=str(settings.data_dir),
     )
     return env
+
+
+def stop_processes(*procs, timeout: float = 30.0) -> None:
+    """SIGTERM every role still running, then wait; one that does not stop in time is killed."""
+    import signal
+    import subprocess
+
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def cli_command(*args: str) -> list[str]:

@@ -1,5 +1,5 @@
 """deploy/grafana: the dashboard is provisioned from the datasource it names, every query parses
-(promtool), and it shows each panel DESIGN.md section 6 asks for. That every metric it reads is
+(promtool), and it shows each panel the architecture (docs/ARCHITECTURE.md, "Metrics") names. That every metric it reads is
 exported is checked against live scrapes of all roles in tests/e2e/test_closed_loop.py."""
 
 from __future__ import annotations

@@ -1,102 +1,181 @@
-"""The whole loop on the broker: versions published and served, learning beats random, no failed request
-during swaps, a tampered version refused while serving goes on, a SIGKILLed learner resuming, and an
-operator's rollback adopted by the learner."""
+"""The whole loop on the broker, one run, one test per scenario.
+
+The run's chaos steps are a small state machine: each step fires when the state that
+makes it meaningful is reached (a version exists, the scorer's rejection counter
+moved, the learner checkpointed, the restarted learner published), not at a fixed
+second, and every outcome is read from metrics or from the policies topic.
+"""
 
 from __future__ import annotations
 
 import re
 import signal
+import time
+import urllib.request
+import uuid
+
+import pytest
 
 from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import PolicyIntegrityError, pack
-from stream.closed_loop import LoopOptions, run_closed_loop
-from stream.policy_bus import PolicyPublisher, read_versions, rollback
+from stream.config import Settings
+from stream.demo.closed_loop import LoopOptions, run_closed_loop
+from stream.policy.bus import PolicyPublisher, read_versions, rollback
 from tests.test_grafana_dashboard import metric_names_in_dashboard
 from tests.test_prometheus_config import metric_names_in_rules
 
+STEPS = ("tampered", "rejected", "checkpointed", "killed", "republished", "rolled_back", "built_on_rollback")
 
-def test_the_loop_learns_swaps_refuses_tampering_and_survives_a_learner_kill(settings, tmp_path):
-    chaos: dict[str, int] = {}
-    tampered: set[int] = set()
-    logs = tmp_path / "logs"
 
-    def tamper(settings) -> None:
-        latest = read_versions(settings)[-1].version
+def metric_value(port: int, name: str, labels: str = "") -> float:
+    """Sum of a metric's samples whose labels contain ``labels`` (0 when absent or unreachable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(v) for lbl, v in re.findall(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, flags=re.M)
+               if labels in (lbl or ""))
+
+
+class Chaos:
+    """Tamper → refused → kill the learner after a checkpoint → it republishes → roll back → it builds on it."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}        # step -> wall-clock time it happened
+        self.tampered: set[int] = set()
+        self.killed_version = 0
+        self.rolled_back = 0
+        self.rollback_of = 0
+        self.built_on = 0
+        self.first_after_kill = 0
+
+    def step(self) -> str | None:
+        return next((s for s in STEPS if s not in self.at), None)
+
+    def _done(self, step: str) -> None:
+        self.at[step] = time.time()
+
+    def _tamper(self, settings: Settings, latest: int) -> None:
         header, blob = pack(TwoTowerPolicy(PolicyConfig()), settings.policy_name, latest + 1, parent=latest)
         publisher = PolicyPublisher(settings, "test")
         publisher.publish_packed(header, blob[:-1] + bytes([blob[-1] ^ 1]))
         publisher.close()
-        chaos.setdefault("tampered", latest + 1)
-        tampered.add(latest + 1)
+        self.tampered.add(latest + 1)
+        self.at.setdefault("tampered", time.time())
+        self.last_tamper = time.time()
 
-    def on_second(t: float, roles, settings) -> None:
-        if t >= 15 and "tampered" not in chaos and read_versions(settings):
-            tamper(settings)
-        # The learner may have published that number first (then the scorer ignores an old number): again.
-        if t >= 22 and "rejected" not in chaos:
-            if "rejected (checksum)" in (logs / "score.log").read_text():
-                chaos["rejected"] = 1
-            elif t < 40:
-                tamper(settings)
-        if t >= 32 and "killed" not in chaos:
-            roles.procs["learn"].kill()
-            roles.procs["learn"].wait()
-            chaos["killed"] = read_versions(settings)[-1].version
+    def __call__(self, _t: float, roles, settings: Settings) -> None:
+        step = self.step()
+        if step is None:
+            return
+        versions = read_versions(settings)
+        if step == "tampered" and versions:
+            self._tamper(settings, versions[-1].version)
+        elif step == "rejected":
+            if metric_value(roles.score_port, "recsys_policy_rejections_total", 'reason="checksum"') >= 1:
+                self._done("rejected")
+            elif time.time() - self.last_tamper > 8:
+                # The learner took that number first (a scorer never goes back a number): tamper again.
+                self._tamper(settings, versions[-1].version)
+        elif step == "checkpointed":
+            if metric_value(roles.metrics["learn"], "recsys_learner_checkpoints_total") >= 1:
+                self._done("checkpointed")
+        elif step == "killed":
+            learner = roles.procs["learn"]
+            learner.send_signal(signal.SIGSTOP)          # frozen: the topic's latest is final until it dies
+            self.killed_version = read_versions(settings)[-1].version   # numbering resumes above it
+            learner.kill()
+            learner.wait()
+            self._done("killed")
             roles.launch("learn")
-        # An operator rolls back to the version before the latest, once the restarted learner has published.
-        if t >= 50 and "rolled_back" not in chaos and "killed" in chaos:
-            versions = read_versions(settings)
-            if versions[-1].version > chaos["killed"]:
-                # Paused, so the learner cannot take the number between the rollback's scan and its write
-                # (unpaused, the rollback would detect that and fail; see PolicyRaceError).
-                learner = roles.procs["learn"]
-                learner.send_signal(signal.SIGSTOP)
-                try:
-                    for target in reversed(versions[:-1]):      # the newest earlier version that verifies
-                        try:
-                            chaos["rolled_back"] = rollback(settings, target.version, component="test").version
-                        except PolicyIntegrityError:            # a tampered one
-                            continue
-                        chaos["rollback_of"] = target.version
-                        break
-                finally:
-                    learner.send_signal(signal.SIGCONT)
+        elif step == "republished":
+            after = [v.version for v in versions if v.header.created_at > self.at["killed"]
+                     and v.version not in self.tampered]
+            if after:
+                self.first_after_kill = min(after)
+                self._done("republished")
+        elif step == "rolled_back":
+            # Paused, so the learner cannot take the number between the rollback's scan and its write
+            # (unpaused, the rollback would detect that and fail with PolicyRaceError).
+            learner = roles.procs["learn"]
+            learner.send_signal(signal.SIGSTOP)
+            try:
+                for target in reversed(versions[:-1]):       # the newest earlier version that verifies
+                    try:
+                        self.rolled_back = rollback(settings, target.version, component="test").version
+                    except PolicyIntegrityError:             # a tampered one
+                        continue
+                    self.rollback_of = target.version
+                    self._done("rolled_back")
+                    break
+            finally:
+                learner.send_signal(signal.SIGCONT)
+        elif step == "built_on_rollback":
+            # Read while the run goes on: the learner retains 20 versions, so by the end it may be gone.
+            built = [v.version for v in versions if v.header.parent == self.rolled_back]
+            if built:
+                self.built_on = built[0]
+                self._done("built_on_rollback")
 
-    # 100 s: the learner killed at 32 s needs about 20-30 s to come back on a loaded machine, and its
-    # gate may refuse candidates for a while during the drift (50-80%); it must publish again after.
-    report = run_closed_loop(settings, LoopOptions(duration=100, rate=60, plot=tmp_path / "reward.png",
-                                                   log_dir=logs, on_second=on_second), lambda line: None)
 
+@pytest.fixture(scope="module")
+def loop(bootstrap_servers, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loop")
+    settings = Settings(bootstrap_servers=bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=2,
+                        data_dir=tmp / "data")
+    chaos = Chaos()
+    # 100 s: enough for every step on a loaded 2-core machine (a killed learner takes 20-30 s to come
+    # back, and its gate may refuse candidates for a while during the drift at 50-80%).
+    report = run_closed_loop(settings, LoopOptions(duration=100, rate=60, plot=tmp / "reward.png",
+                                                   log_dir=tmp / "logs", on_second=chaos), lambda line: None)
+    return settings, report, chaos, tmp
+
+
+def test_every_scenario_step_happened(loop):
+    _settings, _report, chaos, _tmp = loop
+    assert chaos.step() is None, f"the run ended at step {chaos.step()!r}; reached {sorted(chaos.at, key=chaos.at.get)}"
+
+
+def test_the_loop_learns_and_serves_every_version_without_a_failed_request(loop):
+    _settings, report, chaos, tmp = loop
     assert report["failed_requests"] == 0 and report["requests"] > 3000
     published = report["versions_published"]       # the retained ones (the learner keeps the last 20)
     assert published[-1] >= 3 and published == list(range(published[0], published[-1] + 1))
     # Every version was served but: possibly the newest (published as traffic ended); a number the test
-    # tampered with (if the learner wrote the same number at that moment, the mix verifies as neither);
-    # and one the learner was still writing when the rollback took the next number (scorers never go
-    # back a number).
-    not_served = tampered | {chaos.get("rolled_back", 0) - 1}
-    assert set(published[:-1]) - not_served <= set(report["versions_served"]), (chaos, report["versions_served"])
+    # tampered with; and one the learner was still writing when the rollback took the next number.
+    not_served = chaos.tampered | {chaos.rolled_back - 1}
+    assert set(published[:-1]) - not_served <= set(report["versions_served"]), (chaos.at, report["versions_served"])
     last = report["last_window"]
     assert last["ctr_learned"] > 1.2 * last["ctr_random"], last
     assert last["reward_learned"] > 1.2 * last["reward_random"], last
-
-    assert chaos.get("rejected") == 1, "the scorer never refused the tampered version"
-    score_log = (logs / "score.log").read_text()
-    assert re.search(r"policy default v\d+ rejected \(checksum\)", score_log)
-
-    learn_log = (logs / "learn.log").read_text()
-    resumed = learn_log.index("resumed from")
-    after = re.search(r"published default v(\d+)", learn_log[resumed:])
-    assert after is not None and int(after.group(1)) == chaos["killed"] + 1
-    # The learner adopted the rollback: it says so, and its next version is built on it, not on its own.
-    assert f"v{chaos['rolled_back']} is a rollback to v{chaos['rollback_of']}" in learn_log
-    parents = {v.version: v.header.parent for v in read_versions(settings)}
-    assert chaos["rolled_back"] in parents.values(), (chaos, parents)
     assert report["exit_codes"] == {"process": 0, "replay": 0, "learn": 0, "score": 0}
-    assert (tmp_path / "reward.png").stat().st_size > 10_000
     assert report["dead_letters"] == {}
+    assert (tmp / "reward.png").stat().st_size > 10_000
 
-    # Every metric the alert rules read is exported by some role, in a live scrape of each.
+
+def test_a_tampered_version_is_refused_and_never_served(loop):
+    _settings, report, chaos, _tmp = loop
+    assert "rejected" in chaos.at, "the scorer's recsys_policy_rejections_total{reason=checksum} never moved"
+    # The refused number is not served unless the learner's own version took it.
+    assert report["failed_requests"] == 0
+
+
+def test_a_killed_learner_resumes_with_the_next_version_number(loop):
+    _settings, _report, chaos, _tmp = loop
+    # Read while the run went on: the learner retains 20 versions, so by the end the first may be gone.
+    assert chaos.first_after_kill == chaos.killed_version + 1, (chaos.killed_version, chaos.first_after_kill)
+
+
+def test_the_learner_builds_on_an_operators_rollback(loop):
+    _settings, _report, chaos, _tmp = loop
+    assert chaos.rolled_back > chaos.rollback_of > 0
+    # A version whose parent is the rollback appeared on the policies topic (seen while the run went on).
+    assert chaos.built_on > chaos.rolled_back, (chaos.rolled_back, chaos.rollback_of, chaos.at)
+
+
+def test_every_metric_the_alerts_and_the_dashboard_read_is_exported(loop):
+    _settings, report, _chaos, _tmp = loop
     exported = {name for names in report["metric_families"].values() for name in names}
     assert metric_names_in_rules() - exported == set()
     assert metric_names_in_dashboard() - exported == set()

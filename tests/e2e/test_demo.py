@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from stream.broker import free_port
-from stream.prometheus_server import HOW_TO_GET_IT
+from stream.demo.prometheus_server import HOW_TO_GET_IT
+from stream.kafka.broker import free_port
 from tests.conftest import cli_command
 
 

@@ -10,10 +10,8 @@ import time
 
 import pytest
 
-from stream.broker import BrokerError, EmbeddedBroker, free_port
+from stream.kafka.broker import BrokerError, EmbeddedBroker, free_port
 from tests.conftest import REPO, cli_command
-
-pytestmark = pytest.mark.integration
 
 
 def _env_without_broker() -> dict[str, str]:

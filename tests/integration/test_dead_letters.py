@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from stream import schemas
-from stream.clients import consumer_config, make_producer
-from stream.dead_letters import DeadLetters
-from stream.ingest import EventProducer
-from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.kafka.clients import consumer_config, make_producer
+from stream.kafka.producer import EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
+from stream.ops.dead_letters import DeadLetters
 from tests.events import valid
-
-pytestmark = pytest.mark.integration
 
 
 def _payload(logical: str, **changes) -> bytes:

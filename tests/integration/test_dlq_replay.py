@@ -8,14 +8,12 @@ import subprocess
 
 import pytest
 
-from stream.clients import make_producer
-from stream.dead_letters import DeadLetters, envelope
-from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.kafka.clients import make_producer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
+from stream.ops.dead_letters import DeadLetters, envelope
 from tests.conftest import cli_command
 from tests.events import valid
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

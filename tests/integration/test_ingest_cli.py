@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 from stream import schemas
-from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
 from tests.conftest import cli_command
 from tests.events import valid
-
-pytestmark = pytest.mark.integration
 
 
 def test_ingest_file_with_good_and_bad_lines(tmp_path, settings, cli_env):

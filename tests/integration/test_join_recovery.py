@@ -19,17 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from stream import schemas
-from stream.ingest import EventProducer
-from stream.replay import default_store_path
-from stream.replay_store import count_stored
-from stream.snapshot import read_topic
-from stream.topics import topic_name
-from tests.conftest import cli_command
-
-pytestmark = pytest.mark.integration
+from stream.kafka.producer import EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
+from stream.replay.service import default_store_path
+from stream.replay.store import count_stored
+from tests import waiting
+from tests.conftest import cli_command, stop_processes
 
 T0 = 1_763_900_000.0
 WINDOWS = ("--click-window", "5", "--purchase-window", "20", "--grace", "2")
@@ -103,26 +100,21 @@ def start(cli_env, role: str, log: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=log.open("a"))
 
 
-def wait_for(condition, timeout: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
-    pytest.fail(f"timed out waiting for {what}\n{tails}")
+def wait_for(condition, timeout: float, what: str, logs: list[Path]):
+    return waiting.wait_for(condition, timeout, what, logs=logs)
 
 
-def stop(*procs: subprocess.Popen) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+def wait_until_settled(settings, replay: bool) -> None:
+    """Nothing more can arrive once the join (and the replay service) committed past every input record."""
+    for logical in ("impressions", "clicks", "purchases"):
+        waiting.wait_until_consumed(settings, f"{settings.topic_prefix}rewards", topic_name(settings, logical), 60,
+                                    f"the join to commit past every {logical} record")
+    if replay:
+        waiting.wait_until_consumed(settings, f"{settings.topic_prefix}replay", topic_name(settings, "experiences"),
+                                    60, "the replay service to commit past every experience")
+
+
+stop = stop_processes
 
 
 def stored(path: Path) -> dict[str, float]:
@@ -173,7 +165,7 @@ def test_kill_9_join_worker_and_replay_mid_stream_then_restart(settings, topics,
         pacer.join(60)
         assert pacer.error is None and pacer.sent == len(events)
         wait_for(lambda: count_stored(path) >= len(expected), 120, "every expected experience to be stored", logs)
-        time.sleep(2.0)   # a late duplicate or a contradicting no_click would land now
+        wait_until_settled(settings, replay=True)   # a late duplicate or a contradicting no_click lands before
     finally:
         stop(processor, replay)
     assert killed_at < len(events)
@@ -200,7 +192,7 @@ def test_two_workers_split_the_partitions_and_survive_one_being_killed(settings,
         pacer.join(60)
         assert pacer.error is None and pacer.sent < len(events) or pacer.sent == len(events)
         wait_for(lambda: len(on_topic(settings)[0]) >= len(expected), 120, "every expected experience", logs)
-        time.sleep(2.0)
+        wait_until_settled(settings, replay=False)
     finally:
         stop(one, two)
     owned = [{n.strip() for line in p.read_text().splitlines() if "state records" in line

@@ -11,7 +11,13 @@ from pydantic import SecretStr
 
 from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import pack
-from stream.policy_bus import PolicyPublisher, PolicySubscriber, read_versions, record_key, rollback
+from stream.policy.bus import (
+    PolicyPublisher,
+    PolicySubscriber,
+    read_versions,
+    record_key,
+    rollback,
+)
 from tests.conftest import cli_command
 
 SMALL = PolicyConfig(user_features=4, text_dim=8, dim=16, hidden=16, item_buckets=4096, user_buckets=4096)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 
 import pytest
 
-from stream.broker import free_port
-from stream.prometheus_server import HOW_TO_GET_IT, LocalPrometheus
+from stream.demo.prometheus_server import HOW_TO_GET_IT, LocalPrometheus
+from stream.kafka.broker import free_port
 from tests.conftest import cli_command
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason=f"`make test` installs Debian's prometheus package. {HOW_TO_GET_IT}")
@@ -25,22 +25,13 @@ def get_json(url: str) -> dict:
 
 
 def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = condition()
-            if got:
-                return got
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(condition, timeout, what, interval=0.5, ignore=(OSError,))
 
 
 def test_prometheus_scrapes_scorer_and_processor(cli_env, topics, tmp_path):
     from models.policy import PolicyConfig, TwoTowerPolicy
     from stream.config import Settings
-    from stream.policy_bus import PolicyPublisher
+    from stream.policy.bus import PolicyPublisher
 
     score_port, process_port, prom_port = free_port(), free_port(), free_port()
     roles = [

@@ -6,19 +6,15 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
-
-import pytest
 
 from stream import schemas
-from stream.ingest import EventProducer
-from stream.replay import default_store_path
-from stream.replay_store import count_stored
-from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.kafka.producer import EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
+from stream.replay.service import default_store_path
+from stream.replay.store import count_stored
 from tests.conftest import cli_command
-
-pytestmark = pytest.mark.integration
+from tests.waiting import wait_for, wait_until_consumed
 
 
 def experience(i: int) -> schemas.Experience:
@@ -26,15 +22,6 @@ def experience(i: int) -> schemas.Experience:
         event_id=f"req-{i}:item-{i % 50}:click", request_id=f"req-{i}", user_id=f"user-{i % 300}",
         action=f"item-{i % 50}", position=i % 5, propensity=0.2, reward=1.0,
         reward_parts=schemas.RewardParts(click=1.0), kind="click", policy_version=1, ts=1_763_900_000.0 + i)
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def start(cli_env):
@@ -65,7 +52,9 @@ def test_kill_9_mid_stream_then_restart_stores_every_experience_once(settings, t
         producer.flush()
         service = start(cli_env)
         wait_for(lambda: count_stored(path) >= total, 120, "all experiences to be stored")
-        time.sleep(1.0)  # anything extra (a duplicate) would land now
+        # Past the group's commit everything read is stored: a duplicate would be in the store by now.
+        wait_until_consumed(settings, f"{settings.topic_prefix}replay", topic_name(settings, "experiences"), 60,
+                            "the replay service to commit past every experience")
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0, service.stderr.read()
     finally:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 
 from stream import schemas
-from stream.ingest import EventProducer
-from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.kafka.producer import EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
 from tests.conftest import cli_command
-
-pytestmark = pytest.mark.integration
+from tests.waiting import wait_for, wait_until_consumed
 
 T0 = 1_763_900_000.0
 
@@ -39,15 +37,6 @@ def scripted() -> list[tuple[str, bytes]]:
     ]
 
 
-def wait_for(read, expected: int, timeout: float):
-    deadline = time.monotonic() + timeout
-    got = read()
-    while len(got) < expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-        got = read()
-    return got
-
-
 @pytest.mark.parametrize("engine", ["batch", "faust"])
 def test_scripted_sequence_over_the_wire(settings, topics, cli_env, engine):
     producer = EventProducer(settings, component="test")
@@ -57,11 +46,16 @@ def test_scripted_sequence_over_the_wire(settings, topics, cli_env, engine):
     proc = subprocess.Popen(cli_command("process", "--engine", engine, "--metrics-port", "0"), env=cli_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        experiences = wait_for(lambda: [schemas.decode("experiences", m.value()) for m in
-                                        read_topic(settings, topic_name(settings, "experiences"))], 4, 90)
-        letters = wait_for(lambda: [schemas.decode("dlq", m.value()) for m in
-                                    read_topic(settings, topic_name(settings, "dlq"))], 2, 30)
-        time.sleep(2)  # anything extra (a double count) would show up now
+        def read(logical: str, expected: int):
+            got = [schemas.decode(logical, m.value()) for m in read_topic(settings, topic_name(settings, logical))]
+            return got if len(got) >= expected else None
+
+        wait_for(lambda: read("experiences", 4), 90, "the four experiences")
+        letters = wait_for(lambda: read("dlq", 2), 30, "the two dead letters")
+        # Nothing more can come from these inputs once the group has committed past all of them.
+        for logical in ("impressions", "clicks", "purchases"):
+            wait_until_consumed(settings, f"{settings.topic_prefix}rewards", topic_name(settings, logical), 60,
+                                f"the join to commit past every {logical} record")
         experiences = [schemas.decode("experiences", m.value())
                        for m in read_topic(settings, topic_name(settings, "experiences"))]
     finally:

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from stream import schemas
-from stream.ingest import EventProducer
-from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.kafka.producer import EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
 from tests.events import VALID, valid
-
-pytestmark = pytest.mark.integration
 
 
 def test_every_schema_round_trips_over_the_wire(settings, topics):

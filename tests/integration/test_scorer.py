@@ -16,11 +16,11 @@ from models.encoders import TextEncoder
 from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import pack
 from stream import schemas
-from stream.ingest import EventProducer
-from stream.policy_bus import PolicyPublisher
-from stream.scorer import ScorerService
-from stream.snapshot import read_topic
-from stream.topics import topic_name
+from stream.kafka.producer import EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
+from stream.policy.bus import PolicyPublisher
+from stream.serving.scorer import ScorerService
 
 ITEMS = [schemas.Item(f"item-{i}", title, ts=1.7e9, description=desc, category=cat) for i, (title, desc, cat) in
          enumerate([("Trail running shoes", "light shoes for mountain trails", "sport"),
@@ -60,7 +60,7 @@ def service(settings, topics, encoder):
     producer.flush()
     svc = ScorerService(settings, encoder).start()
     yield svc
-    svc.stop()
+    svc.close()
 
 
 def test_serves_uniform_then_swaps_under_load_without_a_failed_request(settings, service):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
-from stream.clients import make_admin
-from stream.topics import LOGICAL_TOPICS, describe_topics, ensure_topics, topic_name
+from stream.kafka.clients import make_admin
+from stream.kafka.topics import (
+    LOGICAL_TOPICS,
+    describe_topics,
+    ensure_topics,
+    topic_name,
+)
 from tests.conftest import cli_command
-
-pytestmark = pytest.mark.integration
 
 
 def test_ensure_topics_creates_everything_once(settings):

@@ -6,7 +6,7 @@ import numpy as np
 
 from models.batch import hash_ids
 from stream import schemas
-from stream.catalogue import Catalogue
+from stream.items.embeddings import Catalogue
 
 
 def test_lookup_buckets_match_hash_ids_and_unknown_items_get_zero_text(text_encoder):

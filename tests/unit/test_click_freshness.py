@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.closed_loop import click_freshness
+from stream.demo.closed_loop import click_freshness
 
 
 def test_each_click_counts_from_its_time_to_the_first_version_covering_it():
@@ -17,7 +17,7 @@ def test_each_click_counts_from_its_time_to_the_first_version_covering_it():
 
 
 def test_histogram_quantiles_read_cumulative_buckets():
-    from stream.closed_loop import histogram_quantiles
+    from stream.demo.closed_loop import histogram_quantiles
 
     text = "\n".join([
         'x_seconds_bucket{le="0.5"} 50.0', 'x_seconds_bucket{le="1.0"} 98.0', 'x_seconds_bucket{le="2.0"} 100.0',

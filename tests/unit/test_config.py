@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from stream.clients import consumer_config, producer_config
 from stream.config import MissingBootstrapError, Settings
+from stream.kafka.clients import consumer_config, producer_config
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.sim_logs import SimTensors
 from models.continual import ForgettingTracker
 from models.learner import Learner, LearnerConfig
 from models.policy import PolicyConfig
+from sim.logs import SimTensors
 from sim.world import Drift, World
 from tests.unit.conftest import seeded, sub_batch
 

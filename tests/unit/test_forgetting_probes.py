@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from stream import schemas
-from stream.forgetting_probes import ForgettingProbes, ProbeConfig
+from stream.learner.forgetting_probes import ForgettingProbes, ProbeConfig
 
 T0 = 1_760_000_000.0
 

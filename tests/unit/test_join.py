@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.join import JoinConfig, JoinOutput, RewardJoin
+from stream.join.reward_join import JoinConfig, JoinOutput, RewardJoin
 from stream.schemas import Click, Context, Impression, Purchase, ShownItem
 
 T0 = 1_763_900_000.0

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from stream import join_state
-from stream.join import JoinConfig
-from stream.reward_processor import SOURCES, Coordinates, RewardProcessor
+from stream.join import state as join_state
+from stream.join.processor import SOURCES, Coordinates, RewardProcessor
+from stream.join.reward_join import JoinConfig
 from tests.unit.test_reward_processor import T0, clk, imp
 
 CONFIG = JoinConfig(click_window=30, purchase_window=120, grace=5)

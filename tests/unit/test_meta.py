@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.sim_logs import SimTensors
 from models.learner import Learner, LearnerConfig
 from models.meta import ServeAdapter, adapt, adapt_user
 from models.policy import PolicyConfig, TwoTowerPolicy
+from sim.logs import SimTensors
 from sim.world import World
 from tests.unit.conftest import seeded, sub_batch
 

@@ -1,4 +1,4 @@
-"""Every metric the roles register follows DESIGN.md section 6 and Prometheus' naming conventions."""
+"""Every metric the roles register follows docs/ARCHITECTURE.md (metrics) and Prometheus' naming conventions."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ FORBIDDEN_LABELS = {"user_id", "item_id", "request_id", "event_id", "user", "ite
 
 
 def recsys_metrics() -> list:
-    for module in pkgutil.iter_modules(stream.__path__):
-        if module.name != "__main__":        # that one runs the CLI
-            importlib.import_module(f"stream.{module.name}")
+    for module in pkgutil.walk_packages(stream.__path__, prefix="stream."):
+        if module.name != "stream.__main__":        # that one runs the CLI
+            importlib.import_module(module.name)
     return [c for c in list(REGISTRY._collector_to_names)
             if isinstance(c, (Counter, Gauge, Histogram)) and c._name.startswith("recsys_")]
 

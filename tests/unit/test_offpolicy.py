@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.sim_logs import SimTensors
 from models import evaluation
 from models.learner import Learner, LearnerConfig
 from models.objectives import ObjectiveConfig
 from models.policy import PolicyConfig
+from sim.logs import SimTensors
 from sim.world import World
 from tests.unit.conftest import seeded, sub_batch
 

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.policy import (PolicyConfig, TwoTowerPolicy, exploration_probs, greedy_slates, sample_slates,
-                           sequential_propensities)
+from models.policy import (
+    PolicyConfig,
+    TwoTowerPolicy,
+    exploration_probs,
+    greedy_slates,
+    sample_slates,
+    sequential_propensities,
+)
 
 
 def test_exploration_mixes_softmax_and_floor():

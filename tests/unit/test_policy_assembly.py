@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stream import schemas
-from stream.policy_bus import HEADER_PART, VersionAssembler, parse_key, record_key
+from stream.policy.bus import HEADER_PART, VersionAssembler, parse_key, record_key
 
 
 def header(version: int, n_chunks: int, name: str = "p") -> bytes:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from stream import schemas
-from stream.replay_store import ReplayStore, StoreConfig
+from stream.replay.store import ReplayStore, StoreConfig
 
 T0 = 1_763_900_000.0
 

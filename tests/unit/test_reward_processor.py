@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from stream.join import JoinConfig
-from stream.reward_processor import Coordinates, RewardProcessor
+from stream.join.processor import Coordinates, RewardProcessor
+from stream.join.reward_join import JoinConfig
 
 T0 = 1_763_900_000.0
 

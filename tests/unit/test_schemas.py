@@ -223,3 +223,22 @@ def test_reasons_are_a_closed_set():
         with pytest.raises(schemas.InvalidMessage) as info:
             schemas.decode(topic, data)
         assert info.value.reason in schemas.REASONS
+
+
+@pytest.mark.parametrize("topic", ["clicks", "impressions", "score-requests", "experiences", "items"])
+def test_deep_nesting_is_refused_as_malformed_not_a_crash(topic):
+    """About 1,000 levels in a 2 KB message once raised RecursionError out of decode and stopped roles."""
+    deep = b'{"user_id": "u", "extra": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    with pytest.raises(schemas.InvalidMessage) as refused:
+        schemas.decode(topic, deep)
+    assert refused.value.reason == "malformed_json" and "nested 1001 levels" in refused.value.detail
+
+
+def test_nesting_depth_ignores_brackets_inside_strings():
+    assert schemas.nesting_depth(b'{"a": [1, {"b": "[[[[\\" ["}]}') == 3
+    assert schemas.nesting_depth(b'"[[[["') == 0
+    assert schemas.nesting_depth(b"[" * 40 + b"]" * 40) == 40
+    # At the limit it decodes as usual (and fails the contract for its own reasons, if any).
+    nested = b'{"event_id": "e", "user_id": "u", "item_id": "i", "ts": 1763900000, "x": ' + \
+        b"[" * (schemas.MAX_NESTING - 1) + b"]" * (schemas.MAX_NESTING - 1) + b"}"
+    assert schemas.decode("clicks", nested).item_id == "i"

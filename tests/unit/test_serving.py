@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from models.meta import adapt_user
-from models.policy import PolicyConfig, TwoTowerPolicy, exploration_probs as torch_probs
-from models.serving import ServingPolicy, exploration_probs, sample_slate, uniform_slate
+from models.policy import PolicyConfig, TwoTowerPolicy
+from models.policy import exploration_probs as torch_probs
+from models.serving import ServingPolicy, TextProjections, exploration_probs, sample_slate, uniform_slate
 
 
 @pytest.fixture()
@@ -59,3 +60,25 @@ def test_slates_are_distinct_and_propensities_are_sequential_plackett_luce():
     slate, props = uniform_slate(5, 3, rng)
     assert len(set(slate)) == 3 and list(props) == pytest.approx([1 / 5, 1 / 4, 1 / 3])
 
+
+
+def test_projected_text_equals_the_per_request_product_and_follows_rewritten_rows():
+    torch.manual_seed(3)
+    policy = ServingPolicy(TwoTowerPolicy(PolicyConfig(text_dim=16, dim=8)))
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(3000, 16)).astype(np.float32)     # past the cache's first capacity
+    stamps = np.ones(3000, dtype=np.int64)
+    cache = TextProjections(policy)
+    rows = np.array([0, 5, 2999, 5, 17])
+    buckets = np.array([1, 2, 3, 2, 4])
+    got = policy.item_vectors_projected(buckets, cache.get(rows, stamps[rows], lambda r: matrix[r]))
+    want = policy.item_vectors(buckets, matrix[rows])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1])
+    # A row whose text was rewritten (its stamp moved) is projected again; the others are not recomputed.
+    matrix[5] += 1.0
+    stamps[5] = 2
+    calls = []
+    got = cache.get(rows, stamps[rows], lambda r: (calls.append(list(r)), matrix[r])[1])
+    np.testing.assert_allclose(got, policy.project_text(matrix[rows]), rtol=1e-5, atol=1e-6)
+    assert calls == [[5, 5]]

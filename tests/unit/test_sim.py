@@ -10,7 +10,12 @@ import pytest
 
 from sim.behaviour import BehaviourModel
 from sim.catalog import TOPIC_NAMES, VOCABULARY
-from sim.traffic import TrafficConfig, generate, sorted_by_time, uniform_slate_propensities
+from sim.traffic import (
+    TrafficConfig,
+    generate,
+    sorted_by_time,
+    uniform_slate_propensities,
+)
 from sim.world import Drift, World, WorldConfig
 from stream import schemas
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stream.config import Settings
-from stream.topics import LOGICAL_TOPICS, topic_name, topic_specs
+from stream.kafka.topics import LOGICAL_TOPICS, topic_name, topic_specs
 
 
 def test_prefix_applies_to_every_topic():

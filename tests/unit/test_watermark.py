@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.watermark import InputWatermarks
+from stream.join.watermark import InputWatermarks
 
 
 def test_watermark_is_the_slowest_lagging_input():

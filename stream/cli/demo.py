@@ -1,0 +1,118 @@
+"""``recsys-stream demo``: the closed loop live (or the foundation walkthrough)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from stream.cli.common import emit_json, fail, load_settings, setup_logging
+from stream.config import Settings
+
+
+@click.command()
+@click.option("--duration", type=click.FloatRange(min=5), default=150.0, show_default=True,
+              help="Seconds of simulated traffic (the whole run adds about a minute of start and stop).")
+@click.option("--requests", "n_requests", type=click.IntRange(1), default=None,
+              help="Stop after this many scoring requests instead of --duration.")
+@click.option("--rate", type=click.FloatRange(min=1), default=80.0, show_default=True,
+              help="Scoring requests per second the simulated users make.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("demo-reward.png"), show_default=True, help="Where to write the reward-over-time PNG.")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep each role's log here (default: a temporary directory).")
+@click.option("--walkthrough", is_flag=True, help="Only the foundation walkthrough: ingest a small shop's events "
+              "(some invalid) and show the topics and the dead-letter topic.")
+@click.option("--prometheus", "with_prometheus", is_flag=True,
+              help="Also start a real Prometheus server (the `prometheus` binary on PATH) scraping every role, "
+              "with deploy/prometheus/alerts.yml loaded, and print its URL.")
+@click.option("--prometheus-port", type=click.IntRange(1, 65535), default=9090, show_default=True,
+              help="Port of that Prometheus server.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, log_dir: Path | None,
+         walkthrough: bool, with_prometheus: bool, prometheus_port: int, as_json: bool) -> None:
+    """Run the whole loop on the embedded broker (or RECSYS_BOOTSTRAP_SERVERS).
+
+    Starts the broker, creates the topics and runs the reward join, the replay buffer,
+    the learner and the scorer; simulated users request slates from the scorer and
+    click and buy on them. Prints live progress, then a summary, writes a PNG of reward
+    over time (learned vs random vs oracle, drift marked) and stops everything it started.
+    """
+    from stream.kafka.broker import BrokerError
+
+    settings = load_settings()
+    setup_logging("WARNING")
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    if walkthrough:
+        _walkthrough(settings, say, as_json)
+        return
+    from stream.demo.closed_loop import LoopOptions, run_closed_loop
+    from stream.demo.prometheus_server import PrometheusUnavailable, find_prometheus
+
+    if with_prometheus:
+        try:
+            find_prometheus()       # before anything starts: say how to get it
+        except PrometheusUnavailable as exc:
+            fail(str(exc))
+    options = LoopOptions(duration=duration, requests=n_requests, rate=rate, plot=plot_path, log_dir=log_dir,
+                          prometheus_port=prometheus_port if with_prometheus else None)
+    try:
+        report = run_closed_loop(settings, options, say)
+    except (BrokerError, PrometheusUnavailable) as exc:
+        fail(str(exc))
+    except (RuntimeError, TimeoutError) as exc:
+        fail(f"demo failed: {exc}")
+    if as_json:
+        emit_json({k: v for k, v in report.items() if k != "series"})
+        return
+    last = report["last_window"]
+    click.echo("")
+    click.echo(f"requests {report['requests']} ({report['failed_requests']} failed), events {report['events']} "
+               f"({report['events_per_second']}/s), {report['seconds']}s in all")
+    click.echo(f"policy versions on the topic (the last 20 are retained) {report['versions_published']}; "
+               f"served {report['versions_served']}")
+    click.echo(f"{'phase':<8} {'requests':>8} {'learned':>8} {'random':>8} {'oracle':>8}   (expected reward per slate)")
+    for name, row in report["phases"].items():
+        if row["requests"]:
+            click.echo(f"{name:<8} {row['requests']:>8} {row['learned']:>8.3f} {row['random']:>8.3f} "
+                       f"{row['oracle']:>8.3f}")
+    click.echo(f"last {last['requests']} requests: CTR learned {last['ctr_learned']:.3f} vs random "
+               f"{last['ctr_random']:.3f}")
+    fresh = report["click_to_live_seconds"]
+    if fresh["clicks"]:
+        click.echo(f"freshness, click -> a version trained on it serving: p50 {fresh['p50']:.1f}s, "
+                   f"p99 {fresh['p99']:.1f}s over {fresh['clicks']} clicks ({fresh['not_live_at_end']} not yet live "
+                   "at the end)")
+    forgetting = report["forgetting_by_probe_age"]
+    if forgetting:
+        from stream.demo.closed_loop import PROBE_PERIOD_SECONDS
+
+        click.echo("forgetting (share of the best value lost on held-out decisions of past "
+                   f"{PROBE_PERIOD_SECONDS} s periods, by age): "
+                   + ", ".join(f"{age}: {lost:.1%}" for age, lost in sorted(forgetting.items(), key=lambda kv: int(kv[0]))))
+    if "prometheus" in report:
+        prom = report["prometheus"]
+        p99 = prom["scorer_http_p99_seconds"]
+        click.echo(f"Prometheus ({prom['url']}, stopped with the demo): targets up {prom['targets_up']}; scorer HTTP "
+                   f"p99 {'n/a' if p99 is None else f'{p99 * 1000:.1f} ms'}; versions {prom['policy_version']}; "
+                   f"alerts firing {prom['alerts_firing'] or 'none'}")
+    click.echo(f"dead letters: {report['dead_letters'] or 'none'}; plot: {report.get('plot')}")
+
+
+def _walkthrough(settings: Settings, say, as_json: bool) -> None:
+    from stream.demo.walkthrough import run_demo
+    from stream.kafka.broker import BrokerError
+
+    try:
+        summary = run_demo(settings, say)
+    except BrokerError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo("")
+    click.echo(f"{'topic':<14} {'read':>6} {'produced':>9} {'dead-lettered':>14} {'on topic':>9}")
+    for logical, counts in summary["ingested"].items():
+        click.echo(f"{logical:<14} {counts['read']:>6} {counts['produced']:>9} "
+                   f"{counts['dead_lettered']:>14} {summary['messages_on_topics'][logical]:>9}")
+    click.echo(f"dead letters by reason: {summary['dead_letters']}  ({summary['seconds']}s)")

@@ -1,0 +1,211 @@
+"""Long-running roles: the broker, the reward join, the replay buffer, the learner and the scorer.
+
+Every role but the broker starts through ``run_role_or_exit`` (``stream.ops.lifecycle``):
+the cluster is checked, topics ensured and ``/metrics`` served before the role is built,
+and SIGTERM/SIGINT ask it to stop after its current step.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stream.cli.common import fail, load_settings, log, run_role_or_exit, setup_logging
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Loopback port to listen on (default: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def broker(port: int | None, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground; Ctrl-C stops it."""
+    from stream.kafka.broker import BrokerError, EmbeddedBroker
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    # A shell's background job inherits SIGINT ignored; Ctrl-C must still stop us cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with EmbeddedBroker(port=port, host=host) as embedded:
+            click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (memory storage)")
+            click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+            click.echo("press Ctrl-C to stop", err=True)
+            sys.stdout.flush()
+            try:
+                while embedded.running():
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                click.echo("stopping embedded broker", err=True)
+                return
+            fail(f"embedded broker exited unexpectedly; last log lines:\n{embedded.log_tail()}")
+    except BrokerError as exc:
+        fail(str(exc))
+
+
+
+@click.command()
+@click.option("--click-window", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds (event time) after an impression in which a click counts.")
+@click.option("--purchase-window", type=click.FloatRange(min=0.1), default=3600.0, show_default=True,
+              help="Seconds after an impression in which a purchase counts.")
+@click.option("--grace", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
+              help="Seconds an out-of-order event may arrive late and still be joined.")
+@click.option("--engine", type=click.Choice(["batch", "faust"]), default="batch", show_default=True,
+              help="batch: confluent-kafka batch consumer with changelog-backed state (survives SIGKILL, "
+                   "restarts and rebalances without losing or double-paying a reward; measured in BENCHMARKS.md). "
+                   "faust: the faust agent with in-memory state: a restart or a rebalance LOSES the open click and "
+                   "purchase windows of its partitions (their no_click and purchase experiences are never emitted).")
+@click.option("--batch", "batch_size", type=click.IntRange(1), default=5000, show_default=True,
+              help="Messages per consumed batch (batch engine).")
+@click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many seconds without input (batch engine; for finite runs).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
+def process(click_window: float, purchase_window: float, grace: float, engine: str, batch_size: int,
+            idle_exit: float | None, metrics_port: int | None) -> None:
+    """Run the reward-join stream processor: impressions + clicks + purchases -> experiences.
+
+    Run several with the same RECSYS_TOPIC_PREFIX to split the partitions between them.
+    """
+    from stream.join.reward_join import JoinConfig
+
+    join = JoinConfig(click_window=click_window, purchase_window=purchase_window, grace=grace)
+    if engine == "faust":
+        from stream.join.faust_engine import RewardWorker
+
+        log.warning("faust engine: join state is in memory; a restart or rebalance loses open windows")
+        run_role_or_exit("process", lambda settings: RewardWorker(settings, join), metrics_port,
+                         handle_signals=False)   # faust installs its own handlers
+        return
+    from stream.join.worker import JoinWorker
+
+    worker = run_role_or_exit("process", lambda settings: JoinWorker(settings, join, batch=batch_size,
+                                                                     idle_exit=idle_exit), metrics_port)
+    log.info("reward join stopped after %d messages", worker.consumed)
+
+
+@click.command()
+@click.option("--publish-every", type=click.IntRange(1), default=50, show_default=True,
+              help="Updates between publish attempts.")
+@click.option("--publish-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Seconds between publish attempts when updates are fewer.")
+@click.option("--batch-size", type=click.IntRange(8), default=256, show_default=True,
+              help="Fresh experiences per update (replay adds as many again).")
+@click.option("--gate-margin", type=click.FloatRange(min=0.0), default=0.02, show_default=True,
+              help="Publish unless the DR estimate is below the live version's by more than this.")
+@click.option("--retain", type=click.IntRange(1), default=20, show_default=True,
+              help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
+@click.option("--probe-period", type=click.FloatRange(min=1.0), default=900.0, show_default=True,
+              help="Seconds per forgetting probe set (held-out decisions of a period, re-scored by every version).")
+@click.option("--probe-sets", type=click.IntRange(1, 24), default=4, show_default=True,
+              help="Probe sets kept (recsys_learner_forgetting_ratio has one series per set).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
+def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_margin: float, retain: int,
+          probe_period: float, probe_sets: int, device: str, threads: int | None, checkpoint: Path | None,
+          metrics_port: int | None) -> None:
+    """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
+    from models.learner import LearnerConfig
+    from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = LearnerWorkerConfig(batch_size=batch_size, publish_every_updates=publish_every,
+                                 publish_every_seconds=publish_seconds, gate_margin=gate_margin,
+                                 retain_versions=retain, probe_period_seconds=probe_period,
+                                 probe_sets=probe_sets)
+
+    def build(settings):
+        worker = LearnerWorker(settings, _encoder(), config,
+                               LearnerConfig(device=device, ewc_strength=100.0, distill_strength=0.5),
+                               checkpoint_path=checkpoint)
+        log.info("learner on %s: checkpoint %s", worker.learner.device, worker.checkpoint_path)
+        return worker
+
+    from models.checkpoint import CheckpointError
+
+    try:
+        worker = run_role_or_exit("learner", build, metrics_port)
+    except CheckpointError as exc:
+        fail(f"{exc}; move the file away to start from scratch, or point --checkpoint elsewhere")
+    log.info("learner stopped at version %d after %d updates", worker.version, worker.learner.step)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the HTTP API (0.0.0.0 for all).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port of POST /score, GET /healthz and GET /metrics (0 picks a free one).")
+@click.option("--slate-size", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="Items returned when a request does not say k.")
+@click.option("--temperature", type=click.FloatRange(min=1e-3), default=0.1, show_default=True,
+              help="Softmax temperature of exploration.")
+@click.option("--epsilon", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
+              help="Share of uniform exploration mixed into every draw.")
+@click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
+def score(host: str, port: int, slate_size: int, temperature: float, epsilon: float,
+          no_kafka_requests: bool) -> None:
+    """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version.
+
+    /metrics is served on the scoring port, so no separate metrics server is started.
+    """
+    from stream.ops.lifecycle import RoleStartError
+    from stream.serving.scorer import ScorerConfig, ScorerService
+
+    def build(settings):
+        try:
+            return ScorerService(settings, _encoder(), ScorerConfig(slate_size, temperature, epsilon), host, port,
+                                 kafka_requests=not no_kafka_requests)
+        except OSError as exc:
+            raise RoleStartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+    run_role_or_exit("scorer", build, metrics_port=None, serve_metrics=False)
+
+
+@click.command()
+@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite file of the replay store (default: $RECSYS_DATA_DIR/replay/<prefix>replay.db).")
+@click.option("--window", type=click.IntRange(1), default=200_000, show_default=True,
+              help="Most recent experiences kept as they are.")
+@click.option("--reservoir", type=click.IntRange(0), default=800_000, show_default=True,
+              help="Uniform sample of everything older than the window.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
+def replay(store_path: Path | None, window: int, reservoir: int, metrics_port: int | None) -> None:
+    """Run the replay buffer service: consume experiences into the durable replay store."""
+    from stream.replay.service import ReplayService, default_store_path
+    from stream.replay.store import StoreConfig
+
+    def build(settings):
+        log.info("replay service -> %s", store_path or default_store_path(settings))
+        return ReplayService(settings, store_path, StoreConfig(window=window, reservoir=reservoir))
+
+    service = run_role_or_exit("replay", build, metrics_port)
+    log.info("replay service stopped after %d messages", service.consumed)
+
+
+def _encoder():
+    """The packaged item-text encoder, or a start error that says how to get it."""
+    from models.encoders import EncoderLoadError, TextEncoder
+    from stream.ops.lifecycle import RoleStartError
+
+    try:
+        return TextEncoder()
+    except EncoderLoadError as exc:
+        raise RoleStartError(str(exc)) from exc

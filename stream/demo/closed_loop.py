@@ -1,0 +1,480 @@
+"""`recsys-stream demo`: the whole loop, live, on the embedded broker.
+
+It starts (or uses) a broker, creates the topics, publishes the simulated shop's
+catalogue, and runs every role as its own process: the reward join, the replay
+buffer, the learner and the scorer. Then the simulator's users ask the scorer for
+slates over HTTP and click and buy on what they are shown; their clicks and
+purchases go to Kafka like any shop's would. Every second of traffic is also
+scored for what a uniform random policy and the oracle would have earned on the
+same requests (expected values from the simulator's ground truth), so the
+learned policy's progress is measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.world import Drift, World, WorldConfig
+from stream import schemas
+from stream.config import Settings
+from stream.demo.prometheus_server import LocalPrometheus
+from stream.demo.walkthrough import broker_for
+from stream.kafka.broker import free_port
+from stream.kafka.clients import make_admin
+from stream.kafka.producer import EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import ensure_topics, topic_name
+from stream.policy.bus import read_versions
+
+ROLES = ("process", "replay", "learn", "score")
+#: The learner's forgetting probe period in the demo (minutes in production; a demo lasts minutes).
+PROBE_PERIOD_SECONDS = 15
+#: The Prometheus job of each role, as deploy/prometheus/prometheus.yml names it.
+JOBS = {"process": "processor", "replay": "replay", "learn": "learner", "score": "scorer"}
+
+
+@dataclass
+class LoopOptions:
+    duration: float = 150.0
+    requests: int | None = None
+    rate: float = 80.0            # requests per second the simulated users make
+    candidates: int = 20
+    slate_size: int = 5
+    seed: int = 7
+    plot: Path | None = None
+    log_dir: Path | None = None
+    #: Drift of one segment's tastes, as a share of the run: (start, end).
+    drift: tuple[float, float] = (0.5, 0.8)
+    publish_seconds: float = 2.0
+    #: Start a real Prometheus server on this port scraping every role (None: no server).
+    prometheus_port: int | None = None
+    #: Called about once a second with (seconds of traffic, roles, settings): tests use it to
+    #: tamper with the policy topic or kill a role mid-run.
+    on_second: Callable[[float, Roles, Settings], None] | None = None
+
+
+@dataclass
+class Window:
+    """Per-second tallies of expected reward and CTR: learned, random and oracle on the same requests."""
+
+    t: list[float] = field(default_factory=list)
+    learned: list[float] = field(default_factory=list)
+    random: list[float] = field(default_factory=list)
+    oracle: list[float] = field(default_factory=list)
+    ctr_learned: list[float] = field(default_factory=list)
+    ctr_random: list[float] = field(default_factory=list)
+    version: list[int] = field(default_factory=list)
+
+
+class Roles:
+    """The worker processes of the loop, each with its log and /metrics port, stopped together."""
+
+    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+        self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
+                        RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
+                        RECSYS_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        if settings.hmac_key is not None:
+            self.env["RECSYS_HMAC_KEY"] = settings.hmac_key.get_secret_value()
+        self.log_dir = log_dir
+        self.publish_seconds = publish_seconds
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.metrics: dict[str, int] = {}
+        self.score_port = free_port()
+
+    def start(self) -> None:
+        for role in ROLES:
+            self.launch(role)
+
+    def launch(self, role: str) -> None:
+        """Start (or restart) one role, on the same /metrics port as before."""
+        if role == "score":
+            port = self.score_port
+            extra = ["--port", str(port), "--no-kafka-requests"]
+        else:
+            port = self.metrics.get(role) or free_port()
+            extra = {
+                "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
+                "replay": [],
+                "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
+                          "--batch-size", "128", "--threads", "1", "--probe-period", str(PROBE_PERIOD_SECONDS)],
+            }[role] + ["--metrics-port", str(port)]
+        self.metrics[role] = port
+        with (self.log_dir / f"{role}.log").open("ab") as log:
+            self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", role, *extra], env=self.env,
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check(self) -> None:
+        for role, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{role}.log").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"role {role} exited with {proc.returncode}; last log lines:\n" + "\n".join(tail))
+
+    def stop(self, timeout: float = 15.0) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = {}
+        for role, proc in self.procs.items():
+            try:
+                codes[role] = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[role] = proc.wait()
+        return codes
+
+
+class ScorerClient:
+    """Keep-alive HTTP client of the scorer (one connection, reopened on error)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def score(self, body: dict) -> tuple[int, dict]:
+        data = json.dumps(body).encode()
+        for attempt in (1, 2):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                self.conn.request("POST", "/score", data, {"Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                return resp.status, json.loads(resp.read())
+            except (OSError, http.client.HTTPException):
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def health_of(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_healthy(port: int, roles: Roles, timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        roles.check()
+        health = health_of(port)
+        if health is not None:
+            return health
+        time.sleep(0.5)
+    raise TimeoutError(f"scorer not healthy within {timeout:.0f}s (see {roles.log_dir}/score.log)")
+
+
+def make_world(options: LoopOptions, horizon: int) -> World:
+    start, end = (int(horizon * f) for f in options.drift)
+    return World(WorldConfig(seed=options.seed, new_users=200, new_items=20, horizon=horizon,
+                             drifts=(Drift(segment=0, start=start, end=end, shift=3),)))
+
+
+def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
+    settings = settings.model_copy(update={"topic_prefix": settings.topic_prefix or f"demo-{uuid.uuid4().hex[:6]}."})
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsys-loop-")))
+        if settings.data_dir == Settings.model_fields["data_dir"].default:
+            settings = settings.model_copy(update={"data_dir": tmp / "data"})
+        log_dir = options.log_dir or tmp / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        live = stack.enter_context(broker_for(settings))
+        say(f"broker {live.bootstrap_servers}; topics prefix {live.topic_prefix!r}; logs in {log_dir}")
+        ensure_topics(make_admin(live, "demo"), live)
+        expected = int(options.requests or options.duration * options.rate)
+        world = make_world(options, expected)
+        producer = stack.enter_context(EventProducer(live, component="demo"))
+        now = time.time()
+        for i in range(len(world.catalog)):
+            producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))
+        producer.flush()
+        say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(ROLES)}")
+        roles = Roles(live, log_dir, options.publish_seconds)
+        roles.start()
+        stack.callback(roles.stop)
+        health = wait_healthy(roles.score_port, roles)
+        say(f"scorer up at http://127.0.0.1:{roles.score_port} (policy v{health['policy_version']}); "
+            + ", ".join(f"{r} /metrics :{p}" for r, p in roles.metrics.items()))
+        prometheus = None
+        if options.prometheus_port is not None:
+            prometheus = LocalPrometheus({JOBS[r]: [f"127.0.0.1:{p}"] for r, p in roles.metrics.items()},
+                                         tmp / "prometheus", options.prometheus_port)
+            prometheus.start()
+            stack.callback(prometheus.stop)
+            say(f"Prometheus at {prometheus.url} scraping {', '.join(JOBS.values())} with the alert rules loaded; "
+                f"try {prometheus.url}/graph?g0.expr=recsys_policy_version or {prometheus.url}/alerts")
+        report = _drive(live, options, world, roles, producer, say, expected)
+        if prometheus is not None:
+            report["prometheus"] = prometheus_summary(prometheus)
+        report["seconds"] = round(time.monotonic() - started, 1)
+        scrapes = {role: scrape(port) for role, port in roles.metrics.items()}
+        # Every metric family each role exports, as a live scrape shows it (deploy/ checks its queries on it).
+        report["metric_families"] = {role: sorted(set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M)))
+                                     for role, text in scrapes.items()}
+        learner_metrics = scrapes["learn"]
+        report["experience_to_update_seconds"] = histogram_quantiles(learner_metrics,
+                                                                     "recsys_learner_fresh_delay_seconds")
+        report["event_to_update_seconds"] = histogram_quantiles(learner_metrics,
+                                                                "recsys_learner_event_to_update_seconds")
+        report["forgetting_by_probe_age"] = {
+            age: float(value) for age, value in
+            re.findall(r'^recsys_learner_forgetting_ratio\{probe="(\d+)"\} (\S+)$', learner_metrics, flags=re.M)}
+        codes = roles.stop()
+        report["exit_codes"] = codes
+        report["embedded_broker"] = settings.bootstrap_servers is None
+        report["logs"] = str(log_dir)
+        letters = [schemas.decode("dlq", m.value()) for m in read_topic(live, topic_name(live, "dlq"), "demo")]
+        report["dead_letters"] = dict(Counter(letter.reason for letter in letters))
+        versions = read_versions(live)
+        report["versions_published"] = [v.version for v in versions]
+    if options.plot is not None:
+        plot(report, options.plot)
+        report["plot"] = str(options.plot)
+    return report
+
+
+def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles, producer: EventProducer,
+           say: Callable[[str], None], expected: int) -> dict[str, Any]:
+    client = ScorerClient(roles.score_port)
+    rng = np.random.default_rng(options.seed + 1)
+    k = options.slate_size
+    win = Window()
+    failures = 0
+    served_versions: dict[int, float] = {}     # version -> when the demo first saw it served
+    freshness: list[float] = []                # per version: served - newest click it was trained on
+    published_meta: dict[int, float] = {}
+    click_times: list[float] = []
+    tally = deque(maxlen=2000)                  # (learned, random, oracle, ctr_l, ctr_r) per request
+    phase_of = lambda step: ("drift" if world.active_drifts() else ("before" if step < world.config.drifts[0].start  # noqa: E731
+                                                                 else "after"))
+    phases: dict[str, list[tuple[float, float, float]]] = {"before": [], "drift": [], "after": []}
+    events = 0
+    t0 = last_print = last_second = time.monotonic()
+    second_rows: list[tuple[float, float, float, float, float]] = []
+    n = 0
+    while n < expected and (options.requests is not None or time.monotonic() - t0 < options.duration):
+        users = world.sample_users(1)
+        cands = world.candidates(1, options.candidates)
+        u = int(users[0])
+        user_id = str(world.users.user_ids[u])
+        item_ids = [str(x) for x in world.catalog.item_ids[cands[0]]]
+        body = {"user_id": user_id, "candidates": item_ids, "k": k,
+                "context": {"features": [round(float(x), 5) for x in world.users.features[u]]}}
+        status, answer = client.score(body)
+        if status != 200:
+            failures += 1
+            continue
+        index = {item: i for i, item in enumerate(item_ids)}
+        slate = np.array([[cands[0][index[s["item_id"]]] for s in answer["slate"]]])
+        version = int(answer["policy_version"])
+        if version not in served_versions:
+            served_versions[version] = time.time()
+            if version > 0:
+                health = health_of(roles.score_port)      # the live version's metrics, without reading the topic
+                if health:
+                    published_meta[health["policy_version"]] = health["policy_metrics"].get("trained_through_ts", 0.0)
+                if published_meta.get(version):
+                    freshness.append(served_versions[version] - published_meta[version])
+        random_slate = cands[:, rng.permutation(options.candidates)[:k]]
+        oracle_slate = world.oracle_slates(users, cands, k)
+        learned_value = float(world.expected_reward(users, slate)[0])
+        random_value = float(world.expected_reward(users, random_slate)[0])
+        oracle_value = float(world.expected_reward(users, oracle_slate)[0])
+        ctr_l = float(world.click_probability(users, slate).sum() / k)
+        ctr_r = float(world.click_probability(users, random_slate).sum() / k)
+        phase = phase_of(world.step)
+        feedback = world.feedback(users, slate)       # advances the world's clock by one request
+        now = time.time()
+        for p in np.flatnonzero(feedback.clicks[0]):
+            item = answer["slate"][p]["item_id"]
+            producer.send("clicks", schemas.Click(f"clk-{answer['request_id']}-{p}", user_id, item, now,
+                                                  answer["request_id"]))
+            click_times.append(now)
+            events += 1
+            if feedback.purchases[0, p]:
+                producer.send("purchases", schemas.Purchase(
+                    f"pur-{answer['request_id']}-{p}", user_id, item, round(float(feedback.values[0, p]), 2), now,
+                    answer["request_id"]))
+                events += 1
+        events += 1   # the impression the scorer logged
+        n += 1
+        tally.append((learned_value, random_value, oracle_value, ctr_l, ctr_r))
+        phases[phase].append((learned_value, random_value, oracle_value))
+        second_rows.append((learned_value, random_value, oracle_value, ctr_l, ctr_r))
+        mono = time.monotonic()
+        if mono - last_second >= 1.0:
+            rows = np.array(second_rows)
+            win.t.append(mono - t0)
+            for name, col in zip(("learned", "random", "oracle", "ctr_learned", "ctr_random"), rows.T):
+                getattr(win, name).append(float(col.mean()))
+            win.version.append(version)
+            second_rows.clear()
+            last_second = mono
+            if options.on_second is not None:
+                options.on_second(mono - t0, roles, settings)
+        if mono - last_print >= 5.0:
+            roles.check()
+            recent = np.array(tally)
+            say(f"{mono - t0:6.1f}s  {n:6d} requests  {events / (mono - t0):6.0f} events/s  policy v{version:<3d} "
+                f"CTR learned {recent[:, 3].mean():.3f} vs random {recent[:, 4].mean():.3f}  "
+                f"reward {recent[:, 0].mean():.3f} / random {recent[:, 1].mean():.3f} / oracle {recent[:, 2].mean():.3f}"
+                + (f"  freshness {freshness[-1]:.1f}s" if freshness else ""))
+            last_print = mono
+        # Pace the users: `rate` requests per second on average.
+        ahead = n / options.rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+    elapsed = time.monotonic() - t0
+    # What the scorer said of each version while it was live (older ones are gone from the topic by now).
+    per_click, not_live = click_freshness(click_times, served_versions, published_meta)
+    last = np.array(tally) if tally else np.zeros((1, 5))
+    summary_phases = {
+        name: {"requests": len(rows), "learned": _mean(rows, 0), "random": _mean(rows, 1), "oracle": _mean(rows, 2)}
+        for name, rows in phases.items()}
+    return {
+        "requests": n, "failed_requests": failures, "events": events, "traffic_seconds": round(elapsed, 1),
+        "events_per_second": round(events / max(elapsed, 1e-9), 1),
+        "versions_served": sorted(v for v in served_versions if v > 0),
+        "last_window": {"requests": len(last), "reward_learned": float(last[:, 0].mean()),
+                        "reward_random": float(last[:, 1].mean()), "reward_oracle": float(last[:, 2].mean()),
+                        "ctr_learned": float(last[:, 3].mean()), "ctr_random": float(last[:, 4].mean())},
+        "phases": summary_phases,
+        "freshness_seconds": {"samples": len(freshness),
+                              "p50": float(np.percentile(freshness, 50)) if freshness else None,
+                              "p99": float(np.percentile(freshness, 99)) if freshness else None},
+        "click_to_live_seconds": {"clicks": len(per_click), "not_live_at_end": not_live,
+                                  "p50": float(np.percentile(per_click, 50)) if per_click else None,
+                                  "p99": float(np.percentile(per_click, 99)) if per_click else None},
+        "drift_seconds": _drift_seconds(world, options),
+        "series": {"t": win.t, "learned": win.learned, "random": win.random, "oracle": win.oracle,
+                   "ctr_learned": win.ctr_learned, "ctr_random": win.ctr_random, "version": win.version},
+    }
+
+
+def prometheus_summary(prometheus: LocalPrometheus) -> dict[str, Any]:
+    """What the demo's Prometheus saw: targets up, the scorer's p99 and the live versions, by query."""
+    def scalar(expr: str) -> float | None:
+        result = prometheus.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    return {
+        "url": prometheus.url,
+        "targets_up": sorted(r["metric"]["job"] for r in prometheus.query("up == 1")),
+        "scorer_http_p99_seconds": scalar('histogram_quantile(0.99, sum by (le) '
+                                          '(rate(recsys_scorer_latency_seconds_bucket{transport="http"}[1m])))'),
+        "policy_version": {r["metric"]["job"]: int(float(r["value"][1]))
+                           for r in prometheus.query("max by (job) (recsys_policy_version)")},
+        "alerts_firing": sorted(r["metric"]["alertname"] for r in prometheus.query('ALERTS{alertstate="firing"}')),
+    }
+
+
+def scrape(port: int) -> str:
+    """A role's /metrics text ('' when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+    except OSError:
+        return ""
+
+
+def histogram_quantiles(text: str, name: str, quantiles: tuple[float, ...] = (0.5, 0.99)) -> dict[str, float | None]:
+    """Quantiles of a Prometheus histogram from its cumulative buckets (the bucket's upper bound, as
+    ``histogram_quantile`` would bound it), and its count."""
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    out: dict[str, float | None] = {"count": total}
+    for q in quantiles:
+        out[f"p{round(q * 100):d}_at_most"] = next((le for le, c in buckets if c >= q * total), None) if total else None
+    return out
+
+
+def click_freshness(click_times: list[float], served_at: dict[int, float], trained_through: dict[int, float]
+                    ) -> tuple[list[float], int]:
+    """Per click: from its event time to the first version serving that was trained on data that new.
+
+    A version counts as trained on a click when its newest trained click is at least as new
+    (the learner reads each partition in order, so this is exact per partition and close
+    across them); clicks held out for validation are counted like the rest.
+    """
+    versions = sorted(v for v in served_at if v > 0 and trained_through.get(v))
+    out, missing = [], 0
+    for ts in click_times:
+        live = next((served_at[v] for v in versions if trained_through[v] >= ts), None)
+        if live is None:
+            missing += 1
+        else:
+            out.append(max(0.0, live - ts))
+    return out, missing
+
+
+def _mean(rows: list[tuple[float, float, float]], col: int) -> float | None:
+    return round(float(np.mean([r[col] for r in rows])), 4) if rows else None
+
+
+def _drift_seconds(world: World, options: LoopOptions) -> list[float]:
+    """When (seconds into the traffic) the drift started and ended, assuming the paced rate."""
+    drift = world.config.drifts[0]
+    return [round(drift.start / options.rate, 1), round(drift.end / options.rate, 1)]
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = report["series"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(s["t"], _smooth(s["oracle"]), label="oracle", color="tab:green")
+    ax.plot(s["t"], _smooth(s["learned"]), label="learned (served)", color="tab:blue")
+    ax.plot(s["t"], _smooth(s["random"]), label="uniform random", color="tab:gray")
+    start, end = report["drift_seconds"]
+    ax.axvspan(start, end, color="tab:orange", alpha=0.15, label="segment 0 drifted")
+    versions = s["version"]
+    for i in range(1, len(versions)):
+        if versions[i] != versions[i - 1]:
+            ax.axvline(s["t"][i], color="tab:blue", alpha=0.15, lw=0.8)
+    ax.set_xlabel("seconds of traffic")
+    ax.set_ylabel("expected reward per slate (10 s mean)")
+    ax.set_title("recsys-stream demo: reward over time (thin lines: new policy versions)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _smooth(values: list[float], width: int = 10) -> list[float]:
+    out, acc = [], deque(maxlen=width)
+    for v in values:
+        acc.append(v)
+        out.append(sum(acc) / len(acc))
+    return out

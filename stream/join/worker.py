@@ -1,0 +1,258 @@
+"""The reward-join worker on a batch consumer: the default engine of ``recsys-stream process``.
+
+Why not the faust agent (``stream/join/faust_engine.py``): faust's per-message path reads
+about 4-5k events/s here and keeps the join state in memory, so a restart or a
+rebalance loses open windows. This worker reads batches with confluent-kafka,
+drives the same ``RewardProcessor``, and makes each batch durable in three steps,
+in this order:
+
+1. experiences and dead letters are produced and acknowledged;
+2. what the batch changed in the join state goes to the ``join-state`` changelog
+   (``stream/join/state.py``) and is acknowledged;
+3. the input offsets are committed.
+
+A worker that dies between any two steps restarts from the last committed offsets
+with the state of step 2, so an input is either re-read into a state that does not
+yet hold it, or recognised as a duplicate by a state that does: nothing is lost, no
+reward part is paid twice, and experiences re-emitted after a crash carry the same
+deterministic ids (idempotent sinks such as the replay store ignore them).
+Partition p of impressions, clicks and purchases always go to one worker (range
+assignment over co-partitioned topics); on assignment the worker restores partition
+p's state from the changelog, on revocation it checkpoints and lets it go.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from stream.config import Settings
+from stream.join.processor import SOURCES, Coordinates, Outcome, RewardProcessor
+from stream.join.reward_join import JoinConfig
+from stream.join.state import read_partitions
+from stream.kafka.clients import make_consumer
+from stream.kafka.producer import EventProducer
+from stream.kafka.topics import topic_name
+from stream.ops.metrics import LagReporter
+
+log = logging.getLogger(__name__)
+
+
+class JoinWorker:
+    def __init__(self, settings: Settings, join: JoinConfig | None = None, *, batch: int = 5000,
+                 idle_after: float = 2.0, checkpoint_every: float = 0.2, idle_exit: float | None = None) -> None:
+        self.settings = settings
+        self.idle_exit = idle_exit
+        self.processor = RewardProcessor(join or JoinConfig(), component="process")
+        self.output = EventProducer(settings, component="process")
+        self.names = {topic_name(settings, s): s for s in SOURCES}
+        self.topics = {s: t for t, s in self.names.items()}
+        self.lag = LagReporter("process", self.names)
+        self.changelog = topic_name(settings, "join-state")
+        self.group = f"{settings.topic_prefix}rewards"
+        self.batch = batch
+        self.idle_after = idle_after
+        self.checkpoint_every = checkpoint_every
+        self.stop_event = threading.Event()
+        self.owned: set[int] = set()
+        self.positions: dict[tuple[str, int], int] = {}   # next offset to commit per input partition
+        self.last_message_at = 0.0
+        self.consumed = 0
+        self.drained = False
+        self.assigned_at = 0.0
+        self._dirty = False
+
+    # -- group membership -------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        new = sorted({tp.partition for tp in partitions} - self.owned)
+        if new:
+            started = time.monotonic()
+            states = read_partitions(self.settings, self.changelog, new)
+            undone = 0
+            for p, changelog in states.items():
+                self.processor.restore(p, changelog.live)
+                self.owned.add(p)
+                # A checkpoint a crash cut short: write the committed values back over its records
+                # (closed by a progress record) so no later restore reads them as committed.
+                if changelog.rollback:
+                    for key, value in changelog.rollback + self.processor.progress_marker(p):
+                        self.output.send_record("join-state", key, value, p)
+                    undone += len(changelog.rollback)
+            if undone:
+                self.output.flush()
+            log.info("partitions %s: restored %s state records in %.2fs (undid %d uncommitted)", new,
+                     "/".join(str(len(states[p].live)) for p in new), time.monotonic() - started, undone)
+        # Where each input resumes: the committed offset, or the start of a partition never read.
+        now = self.assigned_at = time.monotonic()
+        for tp in consumer.committed(partitions, timeout=30):
+            self.positions[(tp.topic, tp.partition)] = max(tp.offset, 0)
+        self.last_message_at = now   # quiet counts from here
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._checkpoint(consumer)
+        self._release({tp.partition for tp in partitions})
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another worker owns them now: do not commit, just forget.
+        log.warning("partitions lost: %s", sorted({tp.partition for tp in partitions}))
+        self._release({tp.partition for tp in partitions})
+        consumer.unassign()
+
+    def _release(self, numbers: set[int]) -> None:
+        for p in numbers:
+            self.processor.drop(p)
+            self.owned.discard(p)
+        self.positions = {k: v for k, v in self.positions.items() if k[1] not in numbers}
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, idle_exit: float | None = None) -> None:
+        """Join until ``stop()`` (or ``idle_exit`` seconds without input, for finite runs).
+
+        The topics must exist (``stream.ops.lifecycle.run_role`` ensures them at start).
+        """
+        idle_exit = self.idle_exit if idle_exit is None else idle_exit
+        consumer = make_consumer(self.settings, "process", self.group, **{
+            "enable.auto.commit": False,
+            "partition.assignment.strategy": "range",
+            "fetch.wait.max.ms": 50,
+        })
+        consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        last_input = last_checkpoint = last_tick = last_report = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                messages = consumer.consume(self.batch, 0.1)
+                now = time.monotonic()
+                self.drained = len(messages) < self.batch
+                if self._handle(messages, now):
+                    last_input = now
+                if now - last_tick >= 0.5:
+                    self._tick(consumer, now, now - last_tick)
+                    last_tick = now
+                if self._dirty and (now - last_checkpoint >= self.checkpoint_every or len(messages) >= self.batch):
+                    self._checkpoint(consumer)
+                    last_checkpoint = now
+                self.lag.maybe_report(consumer, now)
+                if now - last_report >= 10.0:
+                    last_report = now
+                    log.info("consumed %d messages; next offsets %s", self.consumed, self._positions_text())
+                if idle_exit is not None and self.assigned_at and now - max(last_input, self.assigned_at) > idle_exit:
+                    break
+            self._checkpoint(consumer)
+        finally:
+            consumer.close()
+            self.output.release()
+
+    def _handle(self, messages: list[Message], now: float) -> bool:
+        consumed = False
+        for msg in messages:
+            topic, partition = msg.topic(), msg.partition()
+            err = msg.error()
+            if err is not None:
+                log.warning("consume error: %s", err.str())
+                continue
+            if partition not in self.owned:
+                continue  # delivered after a revocation: the new owner reads it
+            logical = self.names[topic]
+            where = Coordinates(topic, partition, msg.offset(), msg.key())
+            self._emit(self.processor.handle(logical, msg.value(), where))
+            self.positions[(topic, partition)] = msg.offset() + 1
+            self.last_message_at = now
+            self._dirty = consumed = True
+            self.consumed += 1
+        return consumed
+
+    def _tick(self, consumer: Consumer, now: float, elapsed: float) -> None:
+        """Once the worker has read nothing at all for ``idle_after``, inputs that are caught up stop
+        holding event time back, and a partition whose inputs all are lets event time run on with
+        the clock (so its last windows close).
+
+        Worker-wide quiet, not per input: Tansu and librdkafka can leave one partition unfetched
+        for seconds while another's backlog fills every batch, and an input judged idle then
+        let windows close (and requests be forgotten) before its clicks or purchases were read.
+        The price: while traffic flows, a silent input holds event time back until it speaks.
+
+        And the release lasts only while it is true: an input found with records on the broker
+        beyond our position holds event time back again (a partition left unfetched after
+        being judged caught up would otherwise see its clicks arrive after their windows closed).
+        """
+        for p in self.owned:
+            for logical in self.processor.caught_up_inputs(p):
+                if self._unread_on_broker(consumer, logical, p):
+                    self.processor.fell_behind(logical, p)
+        if now - self.last_message_at <= self.idle_after:
+            return
+        for p in self.owned:
+            quiet = [s for s in SOURCES if self._caught_up(consumer, s, p)]
+            for logical in quiet:
+                self._emit(self.processor.reached_end(logical, p))
+            if len(quiet) == len(SOURCES):
+                self._emit(self.processor.idle(p, elapsed))
+
+    def _unread_on_broker(self, consumer: Consumer, logical: str, partition: int) -> bool:
+        topic = self.topics[logical]
+        high = self._broker_end(consumer, topic, partition)
+        return high is not None and high > self.positions.get((topic, partition), 0)
+
+    def _broker_end(self, consumer: Consumer, topic: str, partition: int) -> int | None:
+        """The partition's end as the broker reports it now (None when it does not answer)."""
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=2.0, cached=False)
+        except Exception as exc:  # the broker did not answer: nothing provable either way
+            log.debug("high watermark of %s[%d] unavailable: %s", topic, partition, exc)
+            return None
+        return high if high >= 0 else None
+
+    def _caught_up(self, consumer: Consumer, logical: str, partition: int) -> bool:
+        """The last batch drained the local queue and our position has reached the partition's end
+        as the broker reports it now.
+
+        Neither partition EOF nor the cached high watermark will do: both can be stale from
+        start-up while another input's backlog fills every batch and this input's records
+        wait unfetched, and treating such an input as idle closed windows before their
+        clicks were read. (Tansu answers "latest" with the last batch's base offset + 1:
+        reaching it means that batch was fetched, and a drained queue means delivered.)
+        """
+        if not self.drained:
+            return False
+        topic = self.topics[logical]
+        position = self.positions.get((topic, partition))
+        if position is None:
+            return False
+        high = self._broker_end(consumer, topic, partition)
+        return high is not None and position >= high
+
+    def _emit(self, out: Outcome) -> None:
+        for experience in out.experiences:
+            self.output.send("experiences", experience)
+        for letter in out.dead_letters:
+            self.output.dead_letters.publish(letter)
+        if out.experiences or out.dead_letters:
+            self._dirty = True
+
+    def _checkpoint(self, consumer: Consumer) -> None:
+        """Outputs acknowledged, then state changes acknowledged, then offsets committed."""
+        self.output.flush()
+        wrote = False
+        for p in sorted(self.owned):
+            for key, value in self.processor.changes(p):
+                self.output.send_record("join-state", key, value, p)
+                wrote = True
+        if wrote:
+            self.output.flush()
+        self.processor.update_gauges()
+        if self.positions:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self.positions.items()],
+                            asynchronous=False)
+        self._dirty = False
+
+    def _positions_text(self) -> str:
+        return ", ".join(f"{self.names[t]}[{p}]={o}" for (t, p), o in sorted(self.positions.items()))
+
+    def stop(self) -> None:
+        self.stop_event.set()

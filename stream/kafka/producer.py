@@ -1,0 +1,140 @@
+"""The one producer wrapper every role writes through (events, changelog records, policy chunks, dead letters).
+
+``EventProducer`` keys each event by its contract's key (user_id for behaviour events,
+so a user's events share a partition), produces with an idempotent acks=all producer,
+and dead-letters what it refuses. Delivery failures are counted and raised by
+``flush`` instead of vanishing in a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from confluent_kafka import KafkaError, Message, Producer
+
+from stream import schemas
+from stream.config import Settings
+from stream.kafka.clients import make_producer
+from stream.kafka.topics import logical_name, topic_name
+from stream.ops.dead_letters import DeadLetters
+from stream.ops.metrics import EVENTS_PRODUCED, PRODUCE_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """Some messages were not acknowledged by the broker; ``failures`` lists the first of them."""
+
+    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+
+
+class EventProducer:
+    """The one producer of every role: idempotent, acks=all, validating at the edge, dead-lettering what it refuses.
+
+    One error policy for all: delivery reports are counted per topic (never one
+    callback's bookkeeping per caller), a full local queue waits for deliveries
+    instead of failing, and ``flush`` raises ``DeliveryError`` if anything since the
+    last flush was not acknowledged, then starts clean.
+    """
+
+    def __init__(self, settings: Settings, component: str = "ingest", producer: Producer | None = None,
+                 **overrides: Any):
+        self.settings = settings
+        self.component = component
+        self._producer = producer or make_producer(settings, component, **overrides)
+        self.dead_letters = DeadLetters(settings, component, self._producer, self._delivered)
+        self.delivered = 0
+        self.failures: list[str] = []
+        self._names: dict[str, str] = {}
+        self._produced_counters: dict[str, object] = {}
+        self._unpolled = 0
+
+    def _topic(self, logical: str) -> str:
+        name = self._names.get(logical)
+        if name is None:
+            name = self._names[logical] = topic_name(self.settings, logical)
+        return name
+
+    def _logical(self, topic: str) -> str:
+        """The label for a topic: its logical name (a prefix per tenant must not multiply the series)."""
+        return logical_name(self.settings, topic)
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.delivered += 1
+            topic = msg.topic()
+            counter = self._produced_counters.get(topic)
+            if counter is None:
+                counter = self._produced_counters[topic] = EVENTS_PRODUCED.labels(
+                    topic=self._logical(topic), component=self.component)
+            counter.inc()
+        else:
+            PRODUCE_ERRORS.labels(topic=self._logical(msg.topic()), component=self.component).inc()
+            if len(self.failures) < 100:
+                self.failures.append(f"{msg.topic()}: {err.str()}")
+            log.error("delivery to %s failed: %s", msg.topic(), err.str())
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        extra = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered, **extra)
+                self._unpolled += 1
+                if self._unpolled >= 500:   # serve delivery reports now and then, not per message
+                    self._unpolled = 0
+                    self._producer.poll(0)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+
+    def send(self, logical: str, event: msgspec.Struct) -> None:
+        """Produce an event built in code (already typed); keyed by its contract's key."""
+        self._produce(self._topic(logical), schemas.key_of(logical, event), schemas.encode(event))
+
+    def send_record(self, logical: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+        """Produce an internal record (a changelog entry, a policy chunk; None is a tombstone), bytes as given."""
+        self._produce(self._topic(logical), key, value, partition)
+
+    def send_raw(self, logical: str, raw: bytes, *, line: int | None = None) -> str | None:
+        """Validate raw JSON; produce it if valid, else dead-letter it.
+
+        Returns the reason it was refused, or None when it was produced.
+        """
+        try:
+            event = schemas.decode(logical, raw)
+        except schemas.InvalidMessage as exc:
+            self.dead_letters.send(self._topic(logical), raw, exc.reason, exc.detail, line=line)
+            return exc.reason
+        # Forward the caller's bytes unchanged: unknown fields survive for newer consumers.
+        self._produce(self._topic(logical), schemas.key_of(logical, event), bytes(raw))
+        return None
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every acknowledgement; raise DeliveryError if any message was not delivered."""
+        remaining = self._producer.flush(timeout)
+        failures, self.failures = self.failures, []
+        if remaining:
+            raise DeliveryError(f"{remaining} messages still unacknowledged after {timeout:.0f}s", failures)
+        if failures:
+            raise DeliveryError(f"{len(failures)} deliveries failed, first: {failures[0]}", failures)
+
+    def release(self) -> None:
+        """Close the client's connections and threads without waiting for deliveries."""
+        self._producer.close()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush (raising on undelivered messages), then release the client."""
+        try:
+            self.flush(timeout)
+        finally:
+            self.release()
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,395 @@
+"""The learner worker: fresh experiences plus replay in, gated policy versions out.
+
+It follows ``experiences`` in a consumer group and trains as soon as a few are in
+(a new experience reaches an update within the next loop turn), mixing each fresh
+batch with a uniform sample of the replay store and a batch of per-user tasks for
+the meta step. Every ``publish_every`` updates or seconds it evaluates the model
+against the live version on held-out recent logs (a share of requests never trained
+on) with the doubly robust estimator, publishes it if it is not worse by more than
+the margin, and otherwise counts and logs the rejection and keeps learning.
+
+A checkpoint (weights, optimiser, EWC and distillation state, meta parameters,
+the live version and the consumer positions) is written to a temporary file and
+renamed over the last one, so a SIGKILL leaves either the old or the new one. On
+start the worker resumes from it and seeks to its positions; versions continue from
+the higher of the checkpoint's and the topic's latest.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from models import checkpoint
+from models.encoders import TextEncoder
+from models.evaluation import estimate
+from models.learner import Learner, LearnerConfig
+from models.policy import PolicyConfig, TwoTowerPolicy
+from stream import schemas
+from stream.config import Settings
+from stream.items.embeddings import Catalogue
+from stream.kafka.clients import make_consumer
+from stream.kafka.follower import TopicFollower
+from stream.kafka.topics import topic_name
+from stream.learner.batches import ExperienceBatcher, is_full_decision
+from stream.learner.forgetting_probes import ForgettingProbes, ProbeConfig
+from stream.ops.dead_letters import decode_consumed
+from stream.ops.metrics import LagReporter
+from stream.policy.bus import (
+    POLICY_LOADED_AT,
+    POLICY_VERSION,
+    LivePolicy,
+    PolicyPublisher,
+    PolicySubscriber,
+    read_versions,
+)
+from stream.replay.service import default_store_path
+from stream.replay.store import ReplaySampler
+
+log = logging.getLogger(__name__)
+
+UPDATES = Counter("recsys_learner_updates_total", "Optimiser steps taken by the learner.")
+SAMPLES = Counter("recsys_learner_samples_total", "Experiences trained on, by source (fresh, replay, task).",
+                  ["source"])
+LOSS = Gauge("recsys_learner_loss", "Last training loss, by part (loss, reward_model_loss, pg_loss, ...).", ["part"])
+GATE = Counter("recsys_learner_gate_total", "Publish decisions of the off-policy gate, by outcome.", ["outcome"])
+GATE_ESTIMATE = Gauge("recsys_learner_gate_estimate", "Last doubly robust estimate on held-out logs, by policy "
+                      "(candidate, live).", ["policy"])
+UPDATE_SECONDS = Histogram("recsys_learner_update_seconds", "Time of one optimiser step (batch building included).",
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+FRESH_DELAY = Histogram("recsys_learner_fresh_delay_seconds",
+                        "From the learner reading an experience to the update that first trained on it.",
+                        buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60))
+EVENT_TO_UPDATE = Histogram("recsys_learner_event_to_update_seconds",
+                            "From an experience's event time (a click, a closed window) to the update that first "
+                            "trained on it.", buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300))
+CHECKPOINTS = Counter("recsys_learner_checkpoints_total", "Checkpoints written.")
+PUBLISH_FAILURES = Counter("recsys_learner_publish_failures_total",
+                           "Versions that passed the gate but could not be written to the policies topic.")
+
+
+@dataclass(frozen=True)
+class LearnerWorkerConfig:
+    batch_size: int = 256
+    #: Share of each batch drawn from the replay store once it holds data.
+    replay_share: float = 0.5
+    tasks_per_update: int = 16
+    task_support: int = 5
+    task_query: int = 5
+    #: Fresh experiences before the first update (a handful is noise).
+    min_fresh: int = 32
+    publish_every_updates: int = 50
+    publish_every_seconds: float = 10.0
+    #: Requests (by request_id hash) kept out of training to validate candidates on.
+    holdout_share: float = 0.1
+    holdout_size: int = 20_000
+    #: A candidate is published unless its estimate is below the live one by more than this.
+    gate_margin: float = 0.02
+    #: Held-out decisions needed before the gate compares (fewer: publish, and say so).
+    gate_min_decisions: int = 100
+    #: The exploration the scorer serves with (the gate evaluates the policy as served).
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    #: Versions kept on the policies topic (older ones are tombstoned): what rollback can reach.
+    retain_versions: int = 20
+    #: Held-out decisions of each period become a probe set every published version is re-scored on.
+    probe_period_seconds: float = 900.0
+    probe_sets: int = 4
+
+
+class LearnerWorker:
+    def __init__(self, settings: Settings, encoder: TextEncoder, config: LearnerWorkerConfig | None = None,
+                 learner_config: LearnerConfig | None = None, model_config: PolicyConfig | None = None,
+                 store_path: Path | None = None, checkpoint_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config = config or LearnerWorkerConfig()
+        model_config = model_config or PolicyConfig(text_dim=encoder.dim)
+        if model_config.text_dim != encoder.dim:
+            raise ValueError(f"policy text_dim {model_config.text_dim} != encoder dim {encoder.dim}")
+        self.learner = Learner(model_config, learner_config or LearnerConfig(ewc_strength=100.0,
+                                                                              distill_strength=0.5))
+        self.catalogue = Catalogue(encoder, "learner")
+        self.items = TopicFollower(settings, "items", self.catalogue.add, from_start=True, component="learner")
+        self.batcher = ExperienceBatcher(model_config, self.catalogue)
+        self.replay = ReplaySampler(store_path or default_store_path(settings))
+        self.publisher = PolicyPublisher(settings, "learner")
+        self.checkpoint_path = checkpoint_path or settings.data_dir / "learner" / \
+            f"{settings.topic_prefix}{settings.policy_name}.ckpt"
+        self.topic = topic_name(settings, "experiences")
+        self.lag = LagReporter("learner", {self.topic: "experiences"})
+        self.version = 0
+        self.live: TwoTowerPolicy | None = None
+        self.positions: dict[int, int] = {}
+        # (read at, partition, offset, experience): read but not yet trained on.
+        self.fresh: deque[tuple[float, int, int, schemas.Experience]] = deque()
+        self.holdout: deque[schemas.Experience] = deque(maxlen=self.config.holdout_size)
+        self.probes = ForgettingProbes(ProbeConfig(period_seconds=self.config.probe_period_seconds,
+                                                   keep=self.config.probe_sets))
+        self.recent_batches: deque = deque(maxlen=4)
+        self.trained_through = 0.0
+        self.updates_since_publish = 0
+        self.retained: deque[schemas.PolicyHeader] = deque()
+        self.stop_event = threading.Event()
+        # Follows the policies topic for operator rollbacks (set from the subscriber's thread); its own
+        # versions are passed over unloaded.
+        self.policies = PolicySubscriber(settings, "learner", on_swap=self._on_policy,
+                                         accept=lambda header: "rollback_of" in header.metrics)
+        self._rollback: LivePolicy | None = None
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        started = time.perf_counter()
+        state = {
+            "learner": self.learner.state_dict(),
+            "model_config": self.learner.model.config.to_dict(),
+            "version": self.version,
+            "live": self.live.state_dict() if self.live is not None else None,
+            "positions": self._resume_positions(),
+            "trained_through": self.trained_through,
+            "holdout": [schemas.encode(e) for e in self.holdout],
+            "probes": self.probes.state_dict(),
+            "saved_at": time.time(),
+        }
+        checkpoint.save(self.checkpoint_path, state)
+        CHECKPOINTS.inc()
+        log.debug("checkpoint written in %.2fs", time.perf_counter() - started)
+
+    def _resume_positions(self) -> dict[int, int]:
+        """Where a restart reads from: past what was trained on, not past what was only read."""
+        positions = dict(self.positions)
+        for _, partition, offset, _ in self.fresh:
+            positions[partition] = min(positions.get(partition, offset), offset)
+        return positions
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; True when resumed."""
+        if not self.checkpoint_path.exists():
+            return False
+        state = checkpoint.load(self.checkpoint_path, self.learner.device)   # CheckpointError: foreign or damaged
+        if state["model_config"] != self.learner.model.config.to_dict():
+            raise checkpoint.CheckpointError(f"checkpoint {self.checkpoint_path} holds a model of another shape; move it away "
+                             "to start from scratch")
+        self.learner.load_state_dict(state["learner"])
+        self.version = state["version"]
+        if state["live"] is not None:
+            self.live = TwoTowerPolicy(self.learner.model.config)
+            self.live.load_state_dict(state["live"])
+        self.positions = {int(p): o for p, o in state["positions"].items()}
+        self.trained_through = state["trained_through"]
+        decoder = schemas.decoder_for("experiences")
+        self.holdout.extend(decoder.decode(raw) for raw in state["holdout"])
+        if "probes" in state:   # checkpoints written before probe sets existed have none
+            self.probes.load_state_dict(state["probes"])
+        log.info("resumed from %s: version %d, step %d, positions %s", self.checkpoint_path, self.version,
+                 self.learner.step, self.positions)
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The checkpoint's positions, not the group's: the model state matches them.
+        for tp in partitions:
+            if tp.partition in self.positions:
+                tp.offset = self.positions[tp.partition]
+        consumer.assign(partitions)
+
+    def run(self, max_seconds: float | None = None) -> None:
+        self.items.start()
+        self.items.caught_up.wait(120)
+        self.resume()
+        self.policies.start()       # a rollback published while the learner was down is adopted below
+        latest = read_versions(self.settings)
+        self.retained.extend(v.header for v in latest)
+        if latest and latest[-1].version > self.version:
+            log.info("topic holds version %d beyond the checkpoint's %d: continuing after it",
+                     latest[-1].version, self.version)
+            self.version = latest[-1].version
+        self._export_live_version()
+        consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50})
+        consumer.subscribe([self.topic], on_assign=self._on_assign)
+        started = last_publish = time.monotonic()
+        last_update = 0.0
+        try:
+            while not self.stop_event.is_set():
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    break
+                rollback, self._rollback = self._rollback, None
+                if rollback is not None:
+                    self._adopt_rollback(rollback)
+                self._take(consumer.consume(1000, 0.05))
+                now = time.monotonic()
+                self.lag.maybe_report(consumer, now)
+                ready = len(self.fresh) >= self.config.min_fresh or (self.fresh and now - last_update > 1.0)
+                if ready and (self.learner.step > 0 or len(self.fresh) >= self.config.min_fresh):
+                    self._update()
+                    last_update = now
+                due = (self.updates_since_publish >= self.config.publish_every_updates
+                       or (self.updates_since_publish > 0 and now - last_publish >= self.config.publish_every_seconds))
+                if due:
+                    self._publish_or_reject()
+                    self._checkpoint_and_commit(consumer)
+                    last_publish = now
+            self._checkpoint_and_commit(consumer)     # a graceful stop keeps what was learned since
+        finally:
+            consumer.close()
+            self.items.stopping.set()
+            self.policies.stop()
+            self.publisher.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _on_policy(self, live: LivePolicy) -> None:
+        if live.version > self.version:
+            self._rollback = live
+
+    def _adopt_rollback(self, live: LivePolicy) -> None:
+        """An operator rolled back: train on from those weights and gate against them, or the next version
+        would undo the rollback within one publish interval."""
+        self.learner.model.load_state_dict(live.model.state_dict())
+        self.learner.optimizer.state.clear()        # moments of the abandoned weights mean nothing now
+        self.live = live.model
+        self.version = live.version
+        self.updates_since_publish = 0
+        if not self.retained or self.retained[-1].version < live.version:
+            self.retained.append(live.header)
+        if self.recent_batches:
+            self.learner.consolidate(list(self.recent_batches))   # anchor the regularisers on these weights
+        self._export_live_version()
+        log.warning("v%d is a rollback to v%d: training continues from its weights and candidates are gated "
+                    "against it", live.version, int(live.header.metrics["rollback_of"]))
+
+    def _export_live_version(self) -> None:
+        """The version this learner last published (or found on the topic), as the scorers export theirs."""
+        POLICY_VERSION.labels("learner").set(self.version)
+        POLICY_LOADED_AT.labels("learner").set(time.time())
+
+    def _checkpoint_and_commit(self, consumer: Consumer) -> None:
+        self.checkpoint()
+        positions = self._resume_positions()
+        if positions:
+            try:
+                consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in positions.items()],
+                                asynchronous=False)
+            except KafkaException as exc:   # the checkpoint holds the positions; the group's copy is for lag
+                log.warning("offset commit failed: %s", exc)
+
+    def _take(self, messages) -> None:
+        for msg in messages:
+            if msg.error() is not None:
+                log.warning("experiences consumer: %s", msg.error().str())
+                continue
+            self.positions[msg.partition()] = msg.offset() + 1
+            event, letter = decode_consumed("experiences", msg.value(), "learner", msg.topic(), msg.partition(),
+                                            msg.offset(), msg.key())
+            if letter is not None:
+                continue    # the replay service dead-letters invalid experiences; the learner skips them
+            if zlib.crc32(event.request_id.encode()) % 1000 < self.config.holdout_share * 1000:
+                self.holdout.append(event)
+                self.probes.offer(event, time.time())
+            else:
+                self.fresh.append((time.monotonic(), msg.partition(), msg.offset(), event))
+
+    def _update(self) -> None:
+        started = time.perf_counter()
+        cfg = self.config
+        # A backlog is trained in bigger steps (up to 8 batches at once), so the learner keeps up
+        # with the stream instead of falling further behind it; the replay mix stays one batch.
+        taken = [self.fresh.popleft() for _ in range(min(len(self.fresh), 8 * cfg.batch_size))]
+        fresh = [e for *_, e in taken]
+        n_replay = min(cfg.batch_size, int(round(len(fresh) * cfg.replay_share / max(1e-9, 1 - cfg.replay_share))))
+        replayed = self.replay.sample(n_replay)
+        batch = self.batcher.batch(fresh + replayed)
+        tasks = self.batcher.tasks(self.replay.sample_tasks(cfg.tasks_per_update, cfg.task_support + cfg.task_query),
+                                   cfg.task_support, cfg.task_query)
+        replay_batch = self.batcher.batch(replayed) if replayed else None
+        stats = self.learner.update(batch, tasks, replay_batch)
+        self.recent_batches.append(batch)
+        now, mono = time.time(), time.monotonic()
+        for read_at, _, _, e in taken:
+            FRESH_DELAY.observe(mono - read_at)
+            EVENT_TO_UPDATE.observe(max(0.0, now - e.ts))
+            if e.kind == "click":
+                self.trained_through = max(self.trained_through, e.ts)
+        UPDATES.inc()
+        SAMPLES.labels("fresh").inc(len(fresh))
+        SAMPLES.labels("replay").inc(len(replayed))
+        if tasks is not None:
+            SAMPLES.labels("task").inc(int(tasks.support_mask.sum() + tasks.query_mask.sum()))
+        for part, value in stats.items():
+            LOSS.labels(part).set(value)
+        self.updates_since_publish += 1
+        UPDATE_SECONDS.observe(time.perf_counter() - started)
+
+    def _gate(self) -> tuple[bool, dict[str, float]]:
+        """(publish?, metrics): the candidate's DR estimate on held-out top-of-slate decisions vs the live one's."""
+        decisions = [e for e in self.holdout if is_full_decision(e)]
+        if self.live is None or len(decisions) < self.config.gate_min_decisions:
+            return True, {"gate_decisions": float(len(decisions))}
+        batch = self.batcher.batch(decisions)
+        model = self.learner.model
+        model.eval()
+        try:
+            ours = estimate(model, batch.to(self.learner.device), self.config.temperature, self.config.epsilon,
+                            clip=10.0, n_boot=200)["dr"]
+            theirs = estimate(self.live, batch, self.config.temperature, self.config.epsilon, clip=10.0,
+                              n_boot=200)["dr"]
+        finally:
+            model.train()
+        GATE_ESTIMATE.labels("candidate").set(ours.value)
+        GATE_ESTIMATE.labels("live").set(theirs.value)
+        metrics = {"dr": ours.value, "dr_live": theirs.value, "gate_decisions": float(len(decisions))}
+        return ours.value >= theirs.value - self.config.gate_margin, metrics
+
+    def _publish_or_reject(self) -> None:
+        t0 = time.perf_counter()
+        ok, metrics = self._gate()
+        t_gate = time.perf_counter() - t0
+        self.updates_since_publish = 0
+        if not ok:
+            GATE.labels("rejected").inc()
+            log.warning("candidate rejected by the gate: DR %.4f vs live %.4f (margin %.3f); keeping v%d",
+                        metrics["dr"], metrics["dr_live"], self.config.gate_margin, self.version)
+            return
+        GATE.labels("passed").inc()
+        metrics.update(trained_through_ts=self.trained_through, step=float(self.learner.step),
+                       samples=float(self.learner.samples))
+        snapshot = copy.deepcopy(self.learner.model).float().cpu().eval()
+        version = self.version + 1
+        try:
+            header = self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away: keep learning, try again next time
+            PUBLISH_FAILURES.inc()
+            log.error("publishing v%d failed (%s); keeping v%d live and learning on", version, exc, self.version)
+            return
+        t_publish = time.perf_counter() - t0 - t_gate
+        self.retained.append(header)
+        while len(self.retained) > self.config.retain_versions:
+            self.publisher.retire(self.retained.popleft())
+        self.version = version
+        self.live = snapshot
+        self._export_live_version()
+        if self.recent_batches:
+            self.learner.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
+        t_consolidate = time.perf_counter() - t0 - t_gate - t_publish
+        self.probes.rotate(time.time())
+        forgetting = self.probes.score(self._probe_value)
+        log.info("v%d: gate %.2fs, publish %.2fs, consolidate %.2fs; %d fresh waiting, trained through %.1fs ago%s",
+                 version, t_gate, t_publish, t_consolidate, len(self.fresh), time.time() - self.trained_through,
+                 "; forgetting by probe age " + ", ".join(f"{age}: {lost:.1%}" for age, lost in forgetting.items())
+                 if forgetting else "")
+
+    def _probe_value(self, decisions: list[schemas.Experience]) -> float:
+        """The live version's DR reward per decision on a probe set (point estimate, as served)."""
+        return estimate(self.live, self.batcher.batch(decisions), self.config.temperature, self.config.epsilon,
+                        clip=10.0, n_boot=0)["dr"].value
+

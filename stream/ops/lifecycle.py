@@ -1,0 +1,90 @@
+"""One shape for every long-running role: check the cluster, ensure topics, serve metrics, build, run, stop.
+
+``process``, ``replay``, ``learn`` and ``score`` each used to repeat these steps, and the
+copies drifted (one checked the bootstrap setting instead of reaching the cluster, one
+created the topics twice). A role is anything with ``run()`` (blocks until it is done or
+stopped) and ``stop()`` (safe to call from a signal handler: it only asks). ``run_role``
+does the rest in one order for all of them, the way quix-streams' ``Application.run``
+gives every app the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaException
+
+from stream.config import MissingBootstrapError, Settings
+from stream.kafka.clients import make_admin
+from stream.kafka.topics import TopicError, ensure_topics
+from stream.ops.metrics import serve_metrics
+
+log = logging.getLogger(__name__)
+
+
+class Role(Protocol):
+    def run(self) -> None:
+        """Work until done or until ``stop()`` was called."""
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish its current step and return (never blocks)."""
+
+
+class RoleStartError(RuntimeError):
+    """A role could not start; ``exit_code`` is 2 for missing configuration, 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def reachable_admin(settings: Settings, name: str):
+    """An admin client that has proven it can reach the cluster (one metadata round trip)."""
+    try:
+        admin = make_admin(settings, name)
+        admin.list_topics(timeout=10)
+    except MissingBootstrapError as exc:
+        raise RoleStartError(str(exc), 2) from exc
+    except KafkaException as exc:
+        raise RoleStartError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0].str()}") from exc
+    return admin
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT ask the role to finish its current step, then stop (graceful shutdown)."""
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received signal %d, stopping after the current step", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_role(name: str, settings: Settings, build: Callable[[Settings], Role], *,
+             metrics_port: int | None = None, serve_own_metrics: bool = True,
+             handle_signals: bool = True) -> Role:
+    """Start ``name`` the one way every role starts, run it to the end, and return it.
+
+    The order matters: the cluster is checked and the topics exist before the role
+    builds its clients, and ``/metrics`` is up before the role's first message.
+    ``serve_own_metrics=False`` is for a role that serves ``/metrics`` on its own port (the
+    scorer); ``handle_signals=False`` for engines that install their own handlers (faust).
+    """
+    admin = reachable_admin(settings, name)
+    try:
+        ensure_topics(admin, settings)
+    except TopicError as exc:
+        raise RoleStartError(str(exc)) from exc
+    if serve_own_metrics:
+        bound = serve_metrics(metrics_port if metrics_port is not None else settings.metrics_port)
+        log.info("%s: metrics on http://127.0.0.1:%d/metrics", name, bound)
+    role = build(settings)
+    if handle_signals:
+        stop_on_signals(role.stop)
+    log.info("%s: running", name)
+    role.run()
+    log.info("%s: stopped", name)
+    return role

@@ -1,0 +1,381 @@
+"""Policy versions on the compacted ``policies`` topic: publish, follow, list, roll back.
+
+A version is larger than a Kafka message, so its safetensors weights travel as
+chunks and its JSON header (``schemas.PolicyHeader``) is written last: the header
+is what makes a version visible, and a reader assembles a version only once the
+header and every chunk it names are there. Every record has its own key
+(``name/version/part``) so compaction keeps all retained versions whole; retiring
+a version tombstones its header first, so a half-deleted version is never seen.
+
+Readers verify checksum, signature and tensor shapes (``models.serialization``)
+before a version goes anywhere near a live model; a version that fails is counted
+by reason and skipped, and the reader keeps the one it had.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from models.policy import TwoTowerPolicy
+from models.serialization import PolicyIntegrityError, pack, unpack
+from stream import schemas
+from stream.config import Settings
+from stream.kafka.clients import consumer_config
+from stream.kafka.producer import DeliveryError, EventProducer
+from stream.kafka.snapshot import read_topic
+from stream.kafka.topics import topic_name
+
+log = logging.getLogger(__name__)
+
+#: Room left in each message for its key, headers and the broker's record overhead.
+CHUNK_HEADROOM = 16 * 1024
+HEADER_PART = "h"
+
+POLICIES_PUBLISHED = Counter(
+    "recsys_policy_versions_published_total", "Policy versions written to the policies topic.", ["component"])
+POLICY_REJECTIONS = Counter(
+    "recsys_policy_rejections_total",
+    "Policy versions a reader refused (checksum, signature, unsigned, shape, config, format, size, header, "
+    "incomplete), by component and reason.", ["component", "reason"])
+POLICY_VERSION = Gauge(
+    "recsys_policy_version", "Policy version live in this process (0: none yet).", ["component"])
+POLICY_LOADED_AT = Gauge(
+    "recsys_policy_loaded_timestamp_seconds", "When this process swapped to its live policy version.", ["component"])
+
+
+class PolicyNotFound(LookupError):
+    """No complete, verified version matches the request."""
+
+
+class PolicyRaceError(RuntimeError):
+    """A rollback's version number was taken by another writer (the learner) at the same moment."""
+
+
+def record_key(name: str, version: int, part: str) -> bytes:
+    return f"{name}/{version:012d}/{part}".encode()
+
+
+def parse_key(key: bytes | None) -> tuple[str, int, str] | None:
+    """(name, version, part) of a policies record key, or None for a key this bus did not write."""
+    if not key:
+        return None
+    try:
+        name, version, part = key.decode().rsplit("/", 2)
+        return name, int(version), part
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def chunk_size(settings: Settings) -> int:
+    return max(1024, settings.max_message_bytes - CHUNK_HEADROOM)
+
+
+def signing_key(settings: Settings) -> bytes | None:
+    return settings.hmac_key.get_secret_value().encode() if settings.hmac_key is not None else None
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """A complete version as read from the topic (verified only by ``load``)."""
+
+    header: schemas.PolicyHeader
+    blob: bytes
+
+    @property
+    def version(self) -> int:
+        return self.header.version
+
+    def load(self, key: bytes | None) -> TwoTowerPolicy:
+        """The verified model, or ``PolicyIntegrityError`` naming what did not match."""
+        return unpack(msgspec.structs.asdict(self.header), self.blob, key)
+
+
+class VersionAssembler:
+    """Turns the policies records of one name, in log order, into complete versions (pure logic)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._chunks: dict[int, dict[int, bytes]] = {}   # version -> chunk index -> bytes
+        self.refused: list[tuple[int, str, str]] = []   # (version, reason, detail) of headers that did not parse
+
+    def feed(self, key: bytes | None, value: bytes | None) -> PolicyVersion | None:
+        """Take one record; return the version it completed, if any."""
+        parsed = parse_key(key)
+        if parsed is None or parsed[0] != self.name:
+            return None
+        _, version, part = parsed
+        if value is None:  # tombstone: the version is being retired
+            self._chunks.pop(version, None)
+            return None
+        if part == HEADER_PART:
+            chunks = self._chunks.pop(version, {})
+            try:
+                header = schemas.decode("policies", value)
+            except schemas.InvalidMessage as exc:
+                self.refused.append((version, "header", f"{exc.reason}: {exc.detail}"))
+                return None
+            if header.version != version or header.name != self.name:
+                self.refused.append((version, "header", f"header says {header.name} v{header.version}, "
+                                                       f"its key says {self.name} v{version}"))
+                return None
+            # Chunks are written (and acknowledged) before their header, on the same partition:
+            # a header that finds any missing belongs to a publisher that did not follow that.
+            missing = [i for i in range(header.n_chunks) if i not in chunks]
+            if missing:
+                self.refused.append((version, "incomplete", f"header names {header.n_chunks} chunks, "
+                                                           f"{len(missing)} missing (first {missing[0]})"))
+                return None
+            return PolicyVersion(header, b"".join(chunks[i] for i in range(header.n_chunks)))
+        if part.startswith("c") and part[1:].isdigit():
+            self._chunks.setdefault(version, {})[int(part[1:])] = value
+        return None
+
+
+# -- writing ------------------------------------------------------------------------------------
+class PolicyPublisher:
+    """Writes versions of one policy: chunks first, header last, each acknowledged before returning."""
+
+    def __init__(self, settings: Settings, component: str = "learner", name: str | None = None) -> None:
+        self.settings = settings
+        self.component = component
+        self.name = name or settings.policy_name
+        self.topic = topic_name(settings, "policies")
+        self._out = EventProducer(settings, component, **{"message.max.bytes": settings.max_message_bytes})
+
+    def _send(self, key: bytes, value: bytes | None) -> None:
+        self._out.send_record("policies", key, value, 0)
+
+    def _flush(self, what: str) -> None:
+        try:
+            self._out.flush(30)
+        except DeliveryError as exc:
+            raise DeliveryError(f"{what}: {exc}", exc.failures) from exc
+
+    def publish(self, model: TwoTowerPolicy, version: int, parent: int | None = None,
+                metrics: dict[str, float] | None = None) -> schemas.PolicyHeader:
+        """Publish ``model`` as ``version``; visible to readers once this returns."""
+        header, blob = pack(model, self.name, version, parent, metrics, signing_key(self.settings))
+        return self.publish_packed(header, blob)
+
+    def publish_packed(self, header: dict, blob: bytes) -> schemas.PolicyHeader:
+        size = chunk_size(self.settings)
+        chunks = [blob[i:i + size] for i in range(0, len(blob), size)] or [b""]
+        wire = schemas.PolicyHeader(**{**header, "n_chunks": len(chunks)})
+        encoded = schemas.encode(wire)
+        if len(encoded) > schemas.MAX_POLICY_HEADER_BYTES:
+            raise ValueError(f"policy header is {len(encoded)} bytes, over {schemas.MAX_POLICY_HEADER_BYTES}")
+        for i, chunk in enumerate(chunks):
+            self._send(record_key(self.name, wire.version, f"c{i:05d}"), chunk)
+        self._flush(f"chunks of {self.name} v{wire.version}")
+        self._send(record_key(self.name, wire.version, HEADER_PART), encoded)
+        self._flush(f"header of {self.name} v{wire.version}")
+        POLICIES_PUBLISHED.labels(self.component).inc()
+        log.info("published %s v%d (%d bytes in %d chunks)", self.name, wire.version, len(blob), len(chunks))
+        return wire
+
+    def retire(self, header: schemas.PolicyHeader) -> None:
+        """Tombstone a version (header first, so no reader ever sees it half gone)."""
+        self._send(record_key(self.name, header.version, HEADER_PART), None)
+        for i in range(header.n_chunks):
+            self._send(record_key(self.name, header.version, f"c{i:05d}"), None)
+        self._flush(f"retiring {self.name} v{header.version}")
+
+    def close(self) -> None:
+        try:
+            self._out.close(10)
+        except DeliveryError as exc:
+            log.warning("closing the policy publisher: %s", exc)
+
+
+# -- reading ------------------------------------------------------------------------------------
+def read_versions(settings: Settings, name: str | None = None, timeout: float = 60.0) -> list[PolicyVersion]:
+    """Every complete version of ``name`` now on the topic, oldest first (not yet verified)."""
+    return _scan(settings, name or settings.policy_name, timeout)[0]
+
+
+def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVersion], int]:
+    """(complete versions oldest first, the highest version number any record of ``name`` carries): a
+    version still being written has chunks but no header yet, and its number is taken."""
+    assembler = VersionAssembler(name)
+    complete: dict[int, PolicyVersion] = {}
+    highest = 0
+    for msg in read_topic(settings, topic_name(settings, "policies"), "policy-read", timeout):
+        parsed = parse_key(msg.key())
+        if parsed is not None and parsed[0] == name and msg.value() is not None:
+            highest = max(highest, parsed[1])
+        done = assembler.feed(msg.key(), msg.value())
+        if done is not None:
+            complete[done.version] = done
+        elif msg.value() is None and parsed and parsed[2] == HEADER_PART:
+            complete.pop(parsed[1], None)
+    return [complete[v] for v in sorted(complete)], highest
+
+
+def find_version(settings: Settings, version: int, name: str | None = None) -> PolicyVersion:
+    for found in read_versions(settings, name):
+        if found.version == version:
+            return found
+    raise PolicyNotFound(f"policy {name or settings.policy_name!r} has no complete version {version}")
+
+
+def rollback(settings: Settings, version: int, name: str | None = None,
+             component: str = "cli") -> schemas.PolicyHeader:
+    """Republish version ``version``'s weights, verified, as a new version on top of the latest.
+
+    The new number is above every number on the topic, including a version the learner is still
+    writing, so the rollback is the newest version whatever the learner publishes in the meantime
+    (the learner adopts it and continues from it)."""
+    name = name or settings.policy_name
+    versions, highest = _scan(settings, name, 60.0)
+    target = next((v for v in versions if v.version == version), None)
+    if target is None:
+        raise PolicyNotFound(f"policy {name!r} has no complete version {version} "
+                             f"(retained: {[v.version for v in versions] or 'none'})")
+    model = target.load(signing_key(settings))   # refuse to republish what does not verify
+    latest = versions[-1].version
+    metrics = {**target.header.metrics, "rollback_of": float(version)}
+    publisher = PolicyPublisher(settings, component, name)
+    try:
+        header = publisher.publish(model, max(latest, highest) + 1, parent=latest, metrics=metrics)
+    finally:
+        publisher.close()
+    # A learner that started writing the same number after the scan above wins or garbles it: say so.
+    landed = next((v for v in _scan(settings, name, 60.0)[0] if v.version == header.version), None)
+    if landed is None or landed.header.checksum != header.checksum:
+        raise PolicyRaceError(f"another writer published v{header.version} at the same moment; nothing was rolled "
+                              "back. Run the rollback again (or stop the learner first).")
+    return header
+
+
+@dataclass(frozen=True)
+class LivePolicy:
+    """What a reader serves: one verified version, swapped as a whole."""
+
+    version: int
+    model: TwoTowerPolicy
+    header: schemas.PolicyHeader
+    loaded_at: float
+
+
+class PolicySubscriber:
+    """Loads the latest complete, verified version, then follows new ones in a background thread.
+
+    ``on_swap(live)`` is called with each newly verified version (from the follower
+    thread); the subscriber's own ``live`` is replaced by one assignment, so readers
+    of it always see a whole version. ``accept(header)``, when given, passes over the
+    versions a reader has no use for before their weights are loaded and verified.
+    """
+
+    def __init__(self, settings: Settings, component: str, on_swap: Callable[[LivePolicy], None] | None = None,
+                 name: str | None = None,
+                 accept: Callable[[schemas.PolicyHeader], bool] | None = None) -> None:
+        self.settings = settings
+        self.component = component
+        self.name = name or settings.policy_name
+        self.on_swap = on_swap
+        self.accept = accept
+        self.live: LivePolicy | None = None
+        self.rejections: list[tuple[int, str]] = []
+        self._assembler = VersionAssembler(self.name)
+        self._key = signing_key(settings)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._caught_up = threading.Event()
+        POLICY_VERSION.labels(component).set(0)
+
+    def start(self, wait: float = 60.0) -> PolicySubscriber:
+        """Start following; return once the topic as it stood has been read (the latest version loaded)."""
+        self._thread = threading.Thread(target=self._run, name=f"policy-subscriber-{self.component}", daemon=True)
+        self._thread.start()
+        if not self._caught_up.wait(wait):
+            raise TimeoutError(f"policies topic not read to its end within {wait:.0f}s")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def wait_for_version(self, version: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.live is not None and self.live.version >= version:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _run(self) -> None:
+        topic = topic_name(self.settings, "policies")
+        consumer = Consumer(consumer_config(self.settings, self.component, f"policy-{self.component}-{uuid.uuid4().hex}", **{
+            "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 100,
+            "fetch.message.max.bytes": self.settings.max_message_bytes + CHUNK_HEADROOM,
+        }))
+        try:
+            consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+            backlog: list[PolicyVersion] = []
+            while not self._stop.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if not self._caught_up.is_set():
+                            self._adopt_newest(backlog)   # only the latest that verifies is loaded
+                            backlog.clear()
+                            self._caught_up.set()
+                        continue
+                    log.warning("policies consumer: %s", err.str())
+                    continue
+                done = self._assembler.feed(msg.key(), msg.value())
+                for version, reason, detail in self._assembler.refused:
+                    self._reject(version, reason, detail)
+                self._assembler.refused.clear()
+                if done is None:
+                    continue
+                if self._caught_up.is_set():
+                    self._adopt_newest([done])
+                else:
+                    backlog.append(done)
+        except Exception:  # noqa: BLE001 - a follower must not die silently
+            log.exception("policy subscriber stopped on an unexpected error; keeping version %s",
+                          self.live.version if self.live else None)
+            self._caught_up.set()
+        finally:
+            consumer.close()
+
+    def _adopt_newest(self, candidates: list[PolicyVersion]) -> None:
+        current = self.live.version if self.live else 0
+        for candidate in sorted(candidates, key=lambda c: c.version, reverse=True):
+            if candidate.version <= current:
+                return
+            if self.accept is not None and not self.accept(candidate.header):
+                continue
+            try:
+                model = candidate.load(self._key)
+            except PolicyIntegrityError as exc:
+                self._reject(candidate.version, exc.reason, str(exc))
+                continue
+            live = LivePolicy(candidate.version, model, candidate.header, time.time())
+            self.live = live
+            POLICY_VERSION.labels(self.component).set(live.version)
+            POLICY_LOADED_AT.labels(self.component).set(live.loaded_at)
+            log.info("policy %s v%d is live in %s", self.name, live.version, self.component)
+            if self.on_swap is not None:
+                self.on_swap(live)
+            return
+
+    def _reject(self, version: int, reason: str, detail: str) -> None:
+        self.rejections.append((version, reason))
+        POLICY_REJECTIONS.labels(self.component, reason).inc()
+        log.warning("policy %s v%d rejected (%s): %s; keeping v%s", self.name, version, reason, detail,
+                    self.live.version if self.live else "none")

@@ -1,0 +1,109 @@
+"""The replay buffer service: consumes ``experiences`` into the durable ``ReplayStore``.
+
+Offsets live in the store, written in the same transaction as the experiences they
+cover, and on (re)assignment each partition is sought to that position. So a crash
+at any point, kill -9 included, neither loses an acknowledged experience nor stores
+one twice; the offsets committed to Kafka are only advisory (for lag monitoring).
+Invalid messages go to the dead-letter topic, flushed before the batch that
+skipped them is made durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from stream.config import Settings
+from stream.kafka.clients import make_consumer
+from stream.kafka.producer import EventProducer
+from stream.kafka.topics import topic_name
+from stream.ops.metrics import REPLAY_BATCH_SECONDS, REPLAY_INSERTS, REPLAY_ROWS, LagReporter
+from stream.replay.store import ReplayStore, StoreConfig
+
+log = logging.getLogger(__name__)
+
+
+def default_store_path(settings: Settings) -> Path:
+    return settings.data_dir / "replay" / f"{settings.topic_prefix or 'default'}replay.db"
+
+
+class ReplayService:
+    def __init__(self, settings: Settings, store_path: Path | None = None,
+                 config: StoreConfig | None = None, batch: int = 2000) -> None:
+        self.settings = settings
+        self.topic = topic_name(settings, "experiences")
+        self.lag = LagReporter("replay", {self.topic: "experiences"})
+        self.store = ReplayStore(store_path or default_store_path(settings), config)
+        self.batch = batch
+        self.stop_event = threading.Event()
+        self.consumed = 0
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        durable = self.store.offsets()
+        for tp in partitions:
+            tp.offset = durable.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        log.info("assigned %s", [(tp.partition, tp.offset) for tp in partitions])
+        consumer.assign(partitions)
+
+    def _update_gauges(self) -> None:
+        sizes = self.store.sizes()
+        REPLAY_ROWS.labels(tier="recent").set(sizes["recent"])
+        REPLAY_ROWS.labels(tier="reservoir").set(sizes["reservoir"])
+
+    def run(self, idle_exit: float | None = None) -> None:
+        """Consume until ``stop()`` (or ``idle_exit`` seconds without messages, for finite runs).
+
+        The topics must exist (``stream.ops.lifecycle.run_role`` ensures them at start).
+        """
+        group = f"{self.settings.topic_prefix}replay"
+        consumer = make_consumer(self.settings, "replay", group, **{"enable.auto.commit": False})
+        out = EventProducer(self.settings, "replay")
+        consumer.subscribe([self.topic], on_assign=self._on_assign)
+        self._update_gauges()
+        last_message = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                messages = consumer.consume(self.batch, 0.5)
+                self.lag.maybe_report(consumer, time.monotonic())
+                if not messages:
+                    if idle_exit is not None and time.monotonic() - last_message > idle_exit:
+                        return
+                    continue
+                last_message = time.monotonic()
+                self._process(messages, consumer, out)
+        finally:
+            consumer.close()
+            out.release()
+            self.store.close()
+
+    def _process(self, messages: list[Message], consumer: Consumer, out: EventProducer) -> None:
+        started = time.perf_counter()
+        experiences, offsets = [], {}
+        dead_letters = out.dead_letters
+        letters_before = dead_letters.sent
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err.str())
+                continue
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            event = dead_letters.decode_or_dead_letter("experiences", msg)
+            if event is not None:
+                experiences.append(event)
+        if dead_letters.sent != letters_before:
+            out.flush(30)   # raises DeliveryError: offsets never pass an unacknowledged dead letter
+        added = self.store.add(experiences, offsets)
+        REPLAY_INSERTS.labels(status="added").inc(added)
+        REPLAY_INSERTS.labels(status="duplicate").inc(len(experiences) - added)
+        self.consumed += len(messages)
+        self._update_gauges()
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True)
+        REPLAY_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def stop(self) -> None:
+        self.stop_event.set()

@@ -1,0 +1,384 @@
+"""The scorer: ranks candidates for a user with the live policy, over HTTP and over Kafka.
+
+Per request it reads the live version once (a single reference, replaced whole by
+the policy subscriber's thread after the new version has been built off the hot
+path), so no request ever sees half a policy and none waits for a swap. It adapts
+the policy to the user from their recent experiences (the meta-learned fast
+weights, followed from the ``experiences`` topic), scores unknown items from their
+text embedding (the ``items`` topic through the packaged MiniLM), draws an exploring
+slate with exact propensities, and logs what it showed to ``impressions``, which is
+where the reward join starts. Before any version exists it serves uniform random
+slates as version 0: that traffic is what the first version learns from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import msgspec
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from models.batch import hash_ids
+from models.encoders import TextEncoder
+from models.serving import ServingPolicy, TextProjections, exploration_probs, sample_slate, uniform_slate
+from stream import schemas
+from stream.config import Settings
+from stream.items.embeddings import Catalogue
+from stream.kafka.follower import TopicFollower
+from stream.kafka.producer import EventProducer
+from stream.policy.bus import LivePolicy, PolicySubscriber
+from stream.serving.kafka_transport import KafkaTransport
+from stream.serving.requests import SCORE_LATENCY, SCORE_REQUESTS, BadRequest
+
+log = logging.getLogger(__name__)
+
+OVERSIZED_CANDIDATE_LOGS = Counter(
+    "recsys_scorer_candidates_not_logged_total",
+    "Impressions logged without their candidate list because it would not fit the event size limit.")
+SCORER_SWAPS = Counter("recsys_scorer_policy_swaps_total", "Policy versions this scorer swapped to.")
+SWAP_BUILD_SECONDS = Histogram(
+    "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
+FRESHNESS = Histogram(
+    "recsys_freshness_seconds",
+    "From the event time of the newest click a version was trained on to that version serving here.",
+    buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300))
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    slate_size: int = 10
+    #: Scores are expected rewards (a click is worth 1): at 0.1 a 0.2 better item is e^2 times likelier.
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    adapt_steps: int = 3
+    #: Recent experiences kept per user for adaptation, users kept, and how long an idle user is kept.
+    history: int = 20
+    max_users: int = 100_000
+    user_ttl: float = 3600.0
+
+
+@dataclass(frozen=True)
+class _Served:
+    version: int
+    policy: ServingPolicy | None   # None: version 0, uniform random
+    texts: TextProjections | None = None    # the catalogue's projected text under this version
+
+
+class UserMemory:
+    """Each user's recent (item, position, click reward), bounded in users, length and age."""
+
+    def __init__(self, per_user: int, max_users: int, ttl: float) -> None:
+        self.per_user, self.max_users, self.ttl = per_user, max_users, ttl
+        self._users: OrderedDict[str, tuple[float, deque]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, user_id: str, item_id: str, position: int, reward: float, now: float) -> None:
+        with self._lock:
+            entry = self._users.pop(user_id, None)
+            events = entry[1] if entry else deque(maxlen=self.per_user)
+            events.append((item_id, position, reward))
+            self._users[user_id] = (now, events)
+            while len(self._users) > self.max_users:
+                self._users.popitem(last=False)
+
+    def recent(self, user_id: str, now: float) -> list[tuple[str, int, float]]:
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None:
+                return []
+            if now - entry[0] > self.ttl:
+                del self._users[user_id]
+                return []
+            return list(entry[1])
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class Scorer:
+    """The scoring core, shared by the HTTP and Kafka transports (thread-safe)."""
+
+    def __init__(self, settings: Settings, encoder: TextEncoder, config: ScorerConfig | None = None,
+                 producer: EventProducer | None = None) -> None:
+        self.settings = settings
+        self.config = config or ScorerConfig()
+        self.catalogue = Catalogue(encoder, "scorer")
+        self.memory = UserMemory(self.config.history, self.config.max_users, self.config.user_ttl)
+        self.events = producer or EventProducer(settings, "scorer")
+        self._served = _Served(0, None)
+        self.live_metrics: dict[str, float] = {}   # the live version's header metrics (gate, freshness)
+        self._rngs = threading.local()
+        self.swaps: list[int] = []
+
+    @property
+    def version(self) -> int:
+        return self._served.version
+
+    def swap(self, live: LivePolicy) -> None:
+        """Prepare ``live`` for serving, then replace the served version in one assignment."""
+        started = time.perf_counter()
+        if live.model.config.text_dim != self.catalogue.dim:
+            log.error("policy v%d expects %d-dim item text, the encoder gives %d: keeping v%d", live.version,
+                      live.model.config.text_dim, self.catalogue.dim, self.version)
+            return
+        policy = ServingPolicy(live.model)
+        served = _Served(live.version, policy, TextProjections(policy))
+        SWAP_BUILD_SECONDS.observe(time.perf_counter() - started)
+        self._served = served
+        self.live_metrics = dict(live.header.metrics)
+        self.swaps.append(live.version)
+        SCORER_SWAPS.inc()
+        trained_through = live.header.metrics.get("trained_through_ts")
+        if trained_through:
+            FRESHNESS.observe(max(0.0, time.time() - trained_through))
+
+    def _rng(self) -> np.random.Generator:
+        rng = getattr(self._rngs, "rng", None)
+        if rng is None:
+            rng = self._rngs.rng = np.random.default_rng()
+        return rng
+
+    def score(self, request: schemas.ScoreRequest) -> schemas.ScoreResponse:
+        served = self._served           # one read: this request uses this version throughout
+        now = time.time()
+        candidates = request.candidates
+        k = min(request.k or self.config.slate_size, len(candidates))
+        request_id = request.request_id or uuid.uuid4().hex
+        adapted = 0
+        if served.policy is None:
+            slate, propensities = uniform_slate(len(candidates), k, self._rng())
+            scores = np.zeros(len(candidates))
+        else:
+            policy = served.policy
+            cfg = policy.config
+            features = np.asarray(request.context.features, dtype=np.float32)
+            if len(features) == 0:
+                features = np.zeros(cfg.user_features, dtype=np.float32)
+            elif len(features) != cfg.user_features:
+                raise BadRequest(f"context.features has {len(features)} values; policy v{served.version} "
+                                 f"expects {cfg.user_features}", 422)
+            recent = self.memory.recent(request.user_id, now)
+            # Zero, as in training (stream/learner/batches.py): taste is the fast weights' job.
+            history = np.zeros(cfg.text_dim, dtype=np.float32)
+            user_bucket = int(hash_ids([request.user_id], cfg.user_buckets)[0])
+            user = policy.user_vector(features, user_bucket, history)
+            vectors, bias = self._item_vectors(served, candidates)
+            delta = None
+            if recent:
+                seen_vectors, seen_bias = self._item_vectors(served, [item for item, _, _ in recent])
+                positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
+                rewards = np.asarray([r for _, _, r in recent], dtype=np.float32)
+                delta = policy.adapt(user, seen_vectors, seen_bias, positions, rewards, self.config.adapt_steps)
+                adapted = len(recent)
+            scores = policy.scores(user, vectors, bias, delta)
+            probs = exploration_probs(scores, self.config.temperature, self.config.epsilon)
+            slate, propensities = sample_slate(probs, k, self._rng())
+        propensities = np.clip(propensities, 1e-9, 1.0)
+        shown = [schemas.ShownItem(candidates[i], pos, float(propensities[pos]), float(scores[i]))
+                 for pos, i in enumerate(slate)]
+        self.events.send("impressions", schemas.Impression(
+            event_id=f"imp-{request_id}", request_id=request_id, user_id=request.user_id, ts=now,
+            shown=shown, policy_version=served.version, context=request.context,
+            candidates=list(candidates) if _fits(candidates) else None))
+        return schemas.ScoreResponse(
+            request_id=request_id, user_id=request.user_id, policy_version=served.version,
+            slate=[schemas.ScoredItem(s.item_id, s.position, s.propensity, s.score or 0.0) for s in shown],
+            personalised_from=adapted, ts=now)
+
+    def _item_vectors(self, served: _Served, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        catalogue = self.catalogue
+        rows, buckets = catalogue.rows(items, served.policy.config.item_buckets)
+        projected = served.texts.get(rows, catalogue.stamps(rows), catalogue.texts)
+        return served.policy.item_vectors_projected(buckets, projected)
+
+    def observe_experience(self, experience: schemas.Experience, now: float) -> None:
+        if experience.kind != "purchase":      # adaptation learns clicks; purchases are follow-ups
+            self.memory.record(experience.user_id, experience.action, experience.position,
+                               experience.reward_parts.click, now)
+
+
+def _fits(candidates: list[str]) -> bool:
+    """Whether the candidate list leaves room in an impression (and its experiences) under the event size
+    limit; a longer one is left out of the log (those slates then train the reward model only)."""
+    if sum(map(len, candidates)) + 3 * len(candidates) <= schemas.MAX_EVENT_BYTES // 2:
+        return True
+    OVERSIZED_CANDIDATE_LOGS.inc()
+    return False
+
+
+_request_decoder = msgspec.json.Decoder(schemas.ScoreRequest)
+
+
+def decode_request(body: bytes) -> schemas.ScoreRequest:
+    """A validated request, or ``BadRequest`` saying what is wrong with it."""
+    if len(body) > schemas.MAX_EVENT_BYTES:
+        raise BadRequest(f"request body is {len(body)} bytes, over {schemas.MAX_EVENT_BYTES}", 413)
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}", 422) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+class ScorerService:
+    """A scorer with its followers (policies, items, experiences), HTTP server and Kafka transport."""
+
+    def __init__(self, settings: Settings, encoder: TextEncoder, config: ScorerConfig | None = None,
+                 host: str = "127.0.0.1", port: int = 0, kafka_requests: bool = True,
+                 request_max_age: float = 30.0) -> None:
+        self.settings = settings
+        self.scorer = Scorer(settings, encoder, config)
+        self.subscriber = PolicySubscriber(settings, "scorer", on_swap=self.scorer.swap)
+        now = time.time
+        self.items = TopicFollower(settings, "items", self.scorer.catalogue.add, from_start=True, component="scorer")
+        self.experiences = TopicFollower(
+            settings, "experiences", lambda exps: [self.scorer.observe_experience(e, now()) for e in exps],
+            from_start=False, component="scorer")
+        self.http = _QuietServer((host, port), _handler_for(self))
+        self.http.daemon_threads = True
+        self._stop = threading.Event()
+        self.kafka = KafkaTransport(settings, self.scorer, self._stop, request_max_age) if kafka_requests else None
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.http.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self, wait: float = 120.0) -> ScorerService:
+        """Start following and serving; return once the catalogue and the latest policy are loaded."""
+        self.items.start()
+        self.experiences.start()
+        if not self.items.caught_up.wait(wait):
+            raise TimeoutError(f"items topic not read to its end within {wait:.0f}s")
+        log.info("catalogue: %d items", len(self.scorer.catalogue))
+        self.subscriber.start(wait)
+        serve = threading.Thread(target=self.http.serve_forever, name="scorer-http", daemon=True)
+        serve.start()
+        self._threads.append(serve)
+        if self.kafka is not None:
+            kafka = threading.Thread(target=self.kafka.run, name="scorer-kafka", daemon=True)
+            kafka.start()
+            self._threads.append(kafka)
+        log.info("scoring on %s (policy v%d)", self.url, self.scorer.version)
+        return self
+
+    def health(self) -> dict:
+        """What ``/healthz`` answers: "ok", or "degraded" (HTTP 503) while the Kafka transport is down."""
+        health = {"status": "ok", "policy_version": self.scorer.version, "policy_metrics": self.scorer.live_metrics,
+                  "catalogue_items": len(self.scorer.catalogue)}
+        if self.kafka is not None:
+            health["kafka_transport"] = {"up": self.kafka.up, "restarts": self.kafka.restarts,
+                                         "last_error": self.kafka.last_error}
+            if not self.kafka.up:
+                health["status"] = "degraded"
+        return health
+
+    def run(self) -> None:
+        """Serve until ``stop()``, then close everything (the role lifecycle's entry point)."""
+        self.start()
+        log.info("scorer ready: %s/score, %s/metrics", self.url, self.url)
+        self._stop.wait()
+        self.close()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to close (safe from a signal handler)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop serving and following, flush the logged impressions, release the clients."""
+        self._stop.set()
+        self.http.shutdown()
+        self.http.server_close()
+        self.subscriber.stop()
+        for follower in (self.items, self.experiences):
+            follower.stopping.set()
+            follower.join(10)
+        for thread in self._threads:
+            thread.join(10)
+        self.scorer.events.flush(10)
+        self.scorer.events.release()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up early is routine, not a traceback on stderr."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            log.debug("client %s went away", client_address)
+            return
+        log.exception("HTTP request from %s failed", client_address)
+
+
+def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:
+    scorer = service.scorer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without this, Nagle's algorithm and the
+        # client's delayed ACK add ~40 ms to every keep-alive response.
+        disable_nagle_algorithm = True
+
+        def log_message(self, fmt: str, *args) -> None:   # access log at debug, not on stderr per request
+            log.debug("%s " + fmt, self.address_string(), *args)
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, status: int, message: str) -> None:
+            self._send(status, json.dumps({"error": message}).encode())
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            if self.path == "/healthz":
+                health = service.health()
+                self._send(200 if health["status"] == "ok" else 503, json.dumps(health).encode())
+            elif self.path == "/metrics":
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+            else:
+                self._error(404, f"no such path {self.path}; try POST /score, GET /healthz or GET /metrics")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/score":
+                self._error(404, f"no such path {self.path}; POST /score")
+                return
+            started = time.perf_counter()
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                SCORE_REQUESTS.labels("http", "invalid").inc()
+                self._error(400, "Content-Length must be an integer")
+                return
+            try:
+                if length > schemas.MAX_EVENT_BYTES:
+                    raise BadRequest(f"request body is {length} bytes, over {schemas.MAX_EVENT_BYTES}", 413)
+                response = scorer.score(decode_request(self.rfile.read(length)))
+            except BadRequest as exc:
+                SCORE_REQUESTS.labels("http", "invalid").inc()
+                self._error(exc.status, str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - answered and counted, never a dropped connection
+                log.exception("scoring failed")
+                SCORE_REQUESTS.labels("http", "error").inc()
+                self._error(500, f"internal error: {type(exc).__name__}")
+                return
+            self._send(200, schemas.encode(response))
+            SCORE_REQUESTS.labels("http", "ok").inc()
+            SCORE_LATENCY.labels("http").observe(time.perf_counter() - started)
+
+    return Handler

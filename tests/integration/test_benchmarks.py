@@ -1,0 +1,151 @@
+"""Each benchmark runs in a tiny configuration and reports what it measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_sim_throughput_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.sim_throughput", "--requests", "5000",
+                           "--batch", "1000", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["name"] == "sim_throughput" and out["params"]["requests"] == 5000
+    assert out["metrics"]["requests_per_second"] > 0
+    assert 0 < out["metrics"]["clicks_per_request"] < 5
+    assert out["machine"]["cpus"] >= 1
+
+
+def test_learner_throughput_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.learner_throughput", "--seconds", "0.3", "--batch", "64",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["name"] == "learner_throughput" and out["params"]["batch"] == 64
+    m = out["metrics"]
+    assert m["samples_per_second"] > 0 and m["samples_per_second_with_meta"] > 0
+    assert 0 < m["decisions_per_second_with_meta"] < m["samples_per_second_with_meta"]   # tasks add samples
+    assert 0 < m["adapt_k3_n20_p50_ms"] <= m["adapt_k3_n20_p99_ms"]
+
+
+def test_replay_sampling_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.replay_sampling", "--rows", "3000", "--window", "1000",
+                           "--reservoir", "1000", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["name"] == "replay_sampling"
+    assert out["metrics"]["recent"] == 1000 and out["metrics"]["reservoir"] == 1000
+    assert out["metrics"]["uniform_samples_per_second"] > 0
+
+
+def test_join_consumers_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.join_consumers", "--requests", "300", "--mode", "batch",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)["metrics"]
+    assert m["events"] > 300 and m["batch_events_per_second"] > 0
+    assert 0 < m["batch_experiences"] < m["events"]
+
+
+def test_stream_throughput_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.stream_throughput", "--requests", "200", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    m = json.loads(done.stdout)["metrics"]
+    assert m["complete"] and m["experiences_stored"] == m["experiences_expected"] > 0
+    assert m["events_per_second"] > 0 and m["click_to_experience_p99_seconds"] >= m["click_to_experience_p50_seconds"]
+
+
+def test_scorer_latency_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.scorer_latency", "--calls", "100", "--items", "150", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    m = out["metrics"]
+    assert out["name"] == "scorer_latency" and out["params"]["calls"] == 100
+    for where in ("inprocess", "http"):
+        for n in (100, 1000):
+            assert 0 < m[f"{where}_{n}_p50_ms"] <= m[f"{where}_{n}_p99_ms"] <= m[f"{where}_{n}_max_ms"]
+    assert m["swaps"] == 10 and m["failed_during_swaps"] == 0 and m["versions_served_after"] == 109
+
+
+@pytest.mark.parametrize("transport", ["http", "kafka"])
+def test_scorer_transport_benchmark_writes_json(tmp_path, transport):
+    out = tmp_path / "scorer.json"
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "scorer", "--transport", transport, "--rate", "40",
+                           "--seconds", "2", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads(out.read_text())["metrics"]
+    assert m["requests"] == 80 and m["answered"] == 80 and m["errors"] == 0
+    assert 0 < m["request_to_response_p50_ms"] <= m["request_to_response_p99_ms"]
+    assert f"{transport}: offered 40/s" in done.stdout
+
+
+def test_quality_benchmark_writes_json_and_a_plot(tmp_path):
+    out_json, out_png = tmp_path / "quality.json", tmp_path / "quality.png"
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "quality", "--requests", "600", "--seeds", "1",
+                           "--json", str(out_json), "--plot", str(out_png)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(out_json.read_text())
+    assert set(out) == {"name", "metrics", "params", "machine"} and out["name"] == "quality"
+    policies = out["metrics"]["by_policy"]
+    assert set(policies) == {"random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta",
+                             "ours_no_anti_forgetting", "oracle"}
+    oracle = policies["oracle"]
+    assert oracle["regret_vs_oracle"]["mean"] == 0
+    for name, m in policies.items():
+        assert m["cumulative_reward"]["mean"] >= 0
+        assert 0 <= m["mean_expected_reward"]["mean"] <= oracle["mean_expected_reward"]["mean"] + 1e-9, name
+        assert m["regret_vs_oracle"]["mean"] >= 0 and m["decisions_per_second"]["mean"] > 0
+        assert {"ctr_before", "ctr_drift", "ctr_after", "cold_start_reward_first_5",
+                "returning_segment_relative"} <= set(m)
+    assert len(out["metrics"]["curves"]["ours"]) == 100
+    assert out_png.stat().st_size > 10_000
+    assert "vw_squarecb" in done.stdout and "ours_no_meta" in done.stdout     # the summary table
+
+
+def test_learner_benchmark_compares_with_vowpal_wabbit(tmp_path):
+    out_json = tmp_path / "learner.json"
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "learner", "--examples", "512", "--device", "cpu",
+                           "--json", str(out_json)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(out_json.read_text())
+    m = out["metrics"]
+    assert out["name"] == "learner_vs_vw" and out["params"]["examples"] == 512
+    assert m["vw_samples_per_second"] > 0 and m["ours_cpu_samples_per_second"] > 0
+    assert m["ours_cpu_vs_vw"] == round(m["ours_cpu_samples_per_second"] / m["vw_samples_per_second"], 2)
+    assert "ours_cpu_with_meta_vs_vw" in m
+
+
+def test_unknown_policies_are_refused_with_the_list():
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "quality", "--policies", "ours,bandit"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "unknown policies ['bandit']" in done.stderr
+
+
+def test_bench_all_collects_results_in_one_stable_layout(tmp_path):
+    # Every benchmark of the suite has a tiny-configuration test of its own above (freshness in
+    # tests/e2e); this one checks the collection: one JSON list, one stable record per benchmark.
+    from bench.cli import SUITE
+
+    out = tmp_path / "all.json"
+    only = ["sim_throughput", "replay_sampling", "learner_throughput"]
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "all", "--quick", "--only", ",".join(only),
+                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["name"] for r in results] == only
+    for r in results:
+        assert set(r) == {"name", "metrics", "params", "machine"} and r["metrics"], r["name"]
+    assert set(SUITE) == {"quality", "learner_vs_vw", "learner_throughput", "sim_throughput", "replay_sampling",
+                          "stream_throughput", "scorer_latency", "scorer_http", "scorer_kafka", "freshness"}
+    refused = subprocess.run([sys.executable, "-m", "stream", "bench", "all", "--only", "nope", "--json",
+                              str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "unknown benchmarks ['nope']" in refused.stderr

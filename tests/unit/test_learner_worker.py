@@ -1,0 +1,152 @@
+"""The learner worker's own decisions, without a broker: the publish gate, adopting a rollback, resuming.
+
+The worker is built against an address nothing listens on; these tests call its
+decision methods directly and never produce or consume.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from models.batch import hash_ids
+from models.checkpoint import CheckpointError
+from models.policy import PolicyConfig, TwoTowerPolicy
+from stream import schemas
+from stream.config import Settings
+from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
+from stream.policy.bus import LivePolicy
+
+CANDIDATES = ["good", "b1", "b2", "b3", "b4"]
+
+
+@pytest.fixture()
+def worker(text_encoder, tmp_path):
+    settings = Settings(bootstrap_servers="127.0.0.1:9", data_dir=tmp_path / "data", topic_prefix="unit.")
+    built = LearnerWorker(settings, text_encoder, LearnerWorkerConfig(gate_min_decisions=50),
+                          model_config=PolicyConfig(text_dim=text_encoder.dim), checkpoint_path=tmp_path / "l.ckpt")
+    yield built
+    built.publisher.close()
+
+
+def decisions(n: int = 400, seed: int = 0) -> list[schemas.Experience]:
+    """Uniformly logged top-of-slate decisions where only "good" is ever clicked."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        action = CANDIDATES[int(rng.integers(len(CANDIDATES)))]
+        clicked = action == "good"
+        out.append(schemas.Experience(
+            event_id=f"r{i}:{action}:{'click' if clicked else 'no_click'}", request_id=f"r{i}", user_id=f"u{i % 40}",
+            action=action, position=0, propensity=1 / len(CANDIDATES), reward=float(clicked),
+            reward_parts=schemas.RewardParts(click=float(clicked)), kind="click" if clicked else "no_click",
+            policy_version=1, ts=1_763_900_000.0 + i, candidates=list(CANDIDATES)))
+    return out
+
+
+def preferring(model: TwoTowerPolicy, item: str, bias: float) -> TwoTowerPolicy:
+    """A copy of ``model`` whose item bias for ``item`` is ``bias`` (large: always shown; small: never)."""
+    out = copy.deepcopy(model).eval()
+    bucket = int(hash_ids([item], out.config.item_buckets)[0])
+    with torch.no_grad():
+        out.item_bias.weight[bucket] = bias
+    return out
+
+
+def test_the_gate_refuses_a_clearly_worse_candidate(worker):
+    worker.holdout.extend(decisions())
+    worker.live = preferring(worker.learner.model, "good", 5.0)
+    worker.learner.model.load_state_dict(preferring(worker.learner.model, "good", -5.0).state_dict())
+    ok, metrics = worker._gate()
+    assert not ok
+    assert metrics["dr"] < metrics["dr_live"] - worker.config.gate_margin
+
+
+def test_the_gate_publishes_a_candidate_equal_to_the_live_version(worker):
+    worker.holdout.extend(decisions())
+    worker.live = copy.deepcopy(worker.learner.model).eval()
+    ok, metrics = worker._gate()
+    assert ok and metrics["dr"] == pytest.approx(metrics["dr_live"], abs=1e-6)
+
+
+def test_the_gate_publishes_while_there_are_too_few_held_out_decisions(worker):
+    worker.holdout.extend(decisions(10))
+    worker.live = preferring(worker.learner.model, "good", 5.0)
+    worker.learner.model.load_state_dict(preferring(worker.learner.model, "good", -5.0).state_dict())
+    ok, metrics = worker._gate()
+    assert ok and metrics == {"gate_decisions": 10.0}
+
+
+def live_version(model: TwoTowerPolicy, version: int, rollback_of: int) -> LivePolicy:
+    header = schemas.PolicyHeader(name="default", version=version, created_at=time.time(), checksum="0" * 64,
+                                  total_bytes=1, n_chunks=1, parent=version - 1,
+                                  metrics={"rollback_of": float(rollback_of)})
+    return LivePolicy(version, model, header, time.time())
+
+
+def test_a_rollback_above_the_learners_version_is_adopted(worker):
+    worker.version = 6
+    # Some optimiser state to be dropped, and a batch for the regularisers to anchor on.
+    worker.holdout.extend(decisions(60))
+    batch = worker.batcher.batch(list(worker.holdout))
+    worker.learner.update(batch)
+    worker.recent_batches.append(batch)
+    assert worker.learner.optimizer.state
+    target = preferring(TwoTowerPolicy(worker.learner.model.config), "good", 3.0)
+
+    worker._on_policy(live_version(target, 5, rollback_of=2))     # an older number: not a rollback to adopt
+    assert worker._rollback is None
+    worker._on_policy(live_version(target, 7, rollback_of=2))
+    assert worker._rollback is not None
+    worker._adopt_rollback(worker._rollback)
+
+    assert worker.version == 7 and worker.live is target and worker.updates_since_publish == 0
+    for name, tensor in target.state_dict().items():
+        assert torch.equal(worker.learner.model.state_dict()[name], tensor), name
+    assert not worker.learner.optimizer.state          # moments of the abandoned weights are gone
+    assert worker.retained[-1].version == 7
+
+
+def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker, text_encoder, tmp_path):
+    held = decisions(30)
+    worker.holdout.extend(held)
+    worker.learner.update(worker.batcher.batch(held))
+    worker.version = 4
+    worker.live = copy.deepcopy(worker.learner.model).eval()
+    worker.positions = {0: 42, 1: 7}
+    worker.checkpoint()
+
+    settings = Settings(bootstrap_servers="127.0.0.1:9", data_dir=tmp_path / "data", topic_prefix="unit.")
+    again = LearnerWorker(settings, text_encoder, model_config=worker.learner.model.config,
+                          checkpoint_path=worker.checkpoint_path)
+    try:
+        assert again.resume()
+        assert again.version == 4 and again.positions == {0: 42, 1: 7}
+        assert [e.event_id for e in again.holdout] == [e.event_id for e in held]
+        assert again.learner.step == worker.learner.step
+        for name, tensor in worker.learner.model.state_dict().items():
+            assert torch.equal(again.learner.model.state_dict()[name], tensor), name
+            assert torch.equal(again.live.state_dict()[name], worker.live.state_dict()[name]), name
+        assert again.learner.optimizer.state_dict()["state"].keys() == worker.learner.optimizer.state_dict()["state"].keys()
+    finally:
+        again.publisher.close()
+
+
+def test_resume_refuses_a_pickle_or_another_models_checkpoint(worker, text_encoder, tmp_path):
+    torch.save({"learner": {}}, worker.checkpoint_path)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        worker.resume()
+
+    worker.checkpoint()
+    settings = Settings(bootstrap_servers="127.0.0.1:9", data_dir=tmp_path / "data", topic_prefix="unit.")
+    other = LearnerWorker(settings, text_encoder, model_config=PolicyConfig(text_dim=text_encoder.dim, dim=8),
+                          checkpoint_path=worker.checkpoint_path)
+    try:
+        with pytest.raises(CheckpointError, match="another shape"):
+            other.resume()
+    finally:
+        other.publisher.close()
