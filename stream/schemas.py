@@ -20,10 +20,21 @@ from msgspec import Meta
 # Epoch seconds. The upper bound (year 2100) also catches milliseconds sent by mistake.
 MAX_TS = 4_102_444_800.0
 Timestamp = Annotated[float, Meta(ge=0.0, le=MAX_TS, description="event time, epoch seconds")]
-Id = Annotated[str, Meta(min_length=1, max_length=128)]
+MAX_ID = 128
+Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID)]
+#: An experience's id is ``request_id:item_id:kind``: two ids and the longest kind fit, so a valid
+#: impression never yields an experience its own contract refuses.
+MAX_EXPERIENCE_ID = 2 * MAX_ID + len(":no_click:") + 1
+ExperienceId = Annotated[str, Meta(min_length=1, max_length=MAX_EXPERIENCE_ID)]
 Propensity = Annotated[float, Meta(gt=0.0, le=1.0)]
-Version = Annotated[int, Meta(ge=0)]
+#: Version numbers stay exact in JSON (2**53 - 1, the largest integer a double holds) and fit int64
+#: wherever they are stored; a larger one is refused at the edge, not found while encoding state.
+MAX_VERSION = 2**53 - 1
+Version = Annotated[int, Meta(ge=0, le=MAX_VERSION)]
 NonNegative = Annotated[float, Meta(ge=0.0)]
+#: Purchase values and prices: bounded so a weighted reward can never overflow to infinity.
+MAX_MONEY = 1e12
+Money = Annotated[float, Meta(ge=0.0, le=MAX_MONEY)]
 
 MAX_SLATE = 100
 #: Most candidates one scoring request may rank (and an impression may list).
@@ -32,8 +43,13 @@ MAX_FEATURES = 512
 
 #: Largest accepted encoded message per kind; the policy header carries only metadata.
 MAX_EVENT_BYTES = 64 * 1024
+#: An experience copies its impression's context and candidates, so it may exceed the impression's
+#: own limit by its other fields (ids, numbers, field names): 8 KiB covers them with room to spare.
+MAX_EXPERIENCE_BYTES = MAX_EVENT_BYTES + 8 * 1024
 MAX_ITEM_BYTES = 64 * 1024
 MAX_POLICY_HEADER_BYTES = 256 * 1024
+#: Largest policy a header may announce (its weights, all chunks together).
+MAX_POLICY_BYTES = 4 * 1024**3
 #: Largest original payload copied into a dead letter (the rest is summarised by size).
 MAX_DEAD_LETTER_ORIGINAL_BYTES = 64 * 1024
 
@@ -105,7 +121,7 @@ class Purchase(msgspec.Struct, frozen=True):
     event_id: Id
     user_id: Id
     item_id: Id
-    value: NonNegative
+    value: Money
     ts: Timestamp
     request_id: Id | None = None
 
@@ -122,7 +138,7 @@ class Item(msgspec.Struct, frozen=True):
     ts: Timestamp
     description: Annotated[str, Meta(max_length=8192)] = ""
     category: Annotated[str, Meta(max_length=128)] = ""
-    price: NonNegative = 0.0
+    price: Money = 0.0
 
 
 class RewardParts(msgspec.Struct, frozen=True):
@@ -138,7 +154,7 @@ class Experience(msgspec.Struct, frozen=True):
     follow-up record of kind ``purchase`` so no part is ever counted twice.
     """
 
-    event_id: Id
+    event_id: ExperienceId
     request_id: Id
     user_id: Id
     action: Id
@@ -162,14 +178,14 @@ class PolicyHeader(msgspec.Struct, frozen=True):
     """Metadata of one policy version; the safetensors weights follow in chunks."""
 
     name: Annotated[str, Meta(min_length=1, max_length=128)]
-    version: Annotated[int, Meta(ge=1)]
+    version: Annotated[int, Meta(ge=1, le=MAX_VERSION)]
     created_at: Timestamp
     checksum: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
-    total_bytes: Annotated[int, Meta(ge=1)]
-    n_chunks: Annotated[int, Meta(ge=1)]
+    total_bytes: Annotated[int, Meta(ge=1, le=MAX_POLICY_BYTES)]
+    n_chunks: Annotated[int, Meta(ge=1, le=MAX_POLICY_BYTES)]
     model_config: dict[str, Any] = {}
     metrics: dict[str, float] = {}
-    parent: Annotated[int, Meta(ge=1)] | None = None
+    parent: Annotated[int, Meta(ge=1, le=MAX_VERSION)] | None = None
     signature: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
 
 
@@ -238,7 +254,7 @@ CONTRACTS: dict[str, Contract] = {
     "clicks": Contract(Click, MAX_EVENT_BYTES, "user_id"),
     "purchases": Contract(Purchase, MAX_EVENT_BYTES, "user_id"),
     "items": Contract(Item, MAX_ITEM_BYTES, "item_id"),
-    "experiences": Contract(Experience, MAX_EVENT_BYTES, "user_id"),
+    "experiences": Contract(Experience, MAX_EXPERIENCE_BYTES, "user_id"),
     "policies": Contract(PolicyHeader, MAX_POLICY_HEADER_BYTES, "name"),
     "dlq": Contract(DeadLetter, 2 * MAX_DEAD_LETTER_ORIGINAL_BYTES, "source_topic"),
     "score-requests": Contract(ScoreRequest, MAX_EVENT_BYTES, "user_id"),

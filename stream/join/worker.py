@@ -64,6 +64,9 @@ class JoinWorker:
         self.drained = False
         self.assigned_at = 0.0
         self._dirty = False
+        #: Set by any failure in a batch or a checkpoint: from then on nothing is committed (not on
+        #: revocation while the consumer closes either), so a restart re-reads from durable state.
+        self.failed: BaseException | None = None
 
     # -- group membership -------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -93,7 +96,15 @@ class JoinWorker:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._checkpoint(consumer)
+        if self.failed is None:
+            try:
+                self._checkpoint(consumer)
+            except Exception as exc:  # noqa: BLE001 - logged; the partitions go without a commit
+                self.failed = exc
+                log.exception("checkpoint on revocation failed; nothing committed")
+        else:
+            log.warning("partitions %s revoked after a failure: not committing past unwritten state",
+                        sorted({tp.partition for tp in partitions}))
         self._release({tp.partition for tp in partitions})
         consumer.unassign()
 
@@ -144,6 +155,10 @@ class JoinWorker:
                 if idle_exit is not None and self.assigned_at and now - max(last_input, self.assigned_at) > idle_exit:
                     break
             self._checkpoint(consumer)
+        except BaseException as exc:
+            # Fail closed: whatever this batch or checkpoint did not make durable must be read again.
+            self.failed = exc
+            raise
         finally:
             consumer.close()
             self.output.release()
@@ -236,7 +251,12 @@ class JoinWorker:
             self._dirty = True
 
     def _checkpoint(self, consumer: Consumer) -> None:
-        """Outputs acknowledged, then state changes acknowledged, then offsets committed."""
+        """Outputs acknowledged, then state changes acknowledged, then offsets committed.
+
+        Any exception leaves the offsets where the last complete checkpoint put them.
+        """
+        if self.failed is not None:
+            raise RuntimeError("the join worker failed earlier; refusing to commit") from self.failed
         self.output.flush()
         wrote = False
         for p in sorted(self.owned):

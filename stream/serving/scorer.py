@@ -13,6 +13,7 @@ slates as version 0: that traffic is what the first version learns from.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -186,7 +187,7 @@ class Scorer:
         shown = [schemas.ShownItem(candidates[i], pos, float(propensities[pos]), float(scores[i]))
                  for pos, i in enumerate(slate)]
         self.events.send("impressions", schemas.Impression(
-            event_id=f"imp-{request_id}", request_id=request_id, user_id=request.user_id, ts=now,
+            event_id=impression_id(request_id), request_id=request_id, user_id=request.user_id, ts=now,
             shown=shown, policy_version=served.version, context=request.context,
             candidates=list(candidates) if _fits(candidates) else None))
         return schemas.ScoreResponse(
@@ -204,6 +205,14 @@ class Scorer:
         if experience.kind != "purchase":      # adaptation learns clicks; purchases are follow-ups
             self.memory.record(experience.user_id, experience.action, experience.position,
                                experience.reward_parts.click, now)
+
+
+def impression_id(request_id: str) -> str:
+    """``imp-<request_id>``, or a digest of it when that would exceed the id limit (a valid request
+    must never log an impression its own contract refuses)."""
+    if len(request_id) + 4 <= schemas.MAX_ID:
+        return f"imp-{request_id}"
+    return "imp-" + hashlib.sha256(request_id.encode()).hexdigest()
 
 
 def _fits(candidates: list[str]) -> bool:
