@@ -64,8 +64,8 @@ class InvalidMessage(ValueError):
 
 
 #: Every reason a message can be rejected for, bounded so it is safe as a label: the
-#: first four at decoding, the last three by the reward join (``stream/join/reward_join.py``).
-REASONS = ("oversized", "malformed_json", "schema", "unknown_topic", "orphan", "not_shown", "late")
+#: first four at decoding, the rest by the reward join (``stream/join/``).
+REASONS = ("oversized", "malformed_json", "schema", "unknown_topic", "orphan", "not_shown", "late", "future")
 
 
 class Context(msgspec.Struct, frozen=True, forbid_unknown_fields=False):

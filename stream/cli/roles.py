@@ -60,6 +60,9 @@ def broker(port: int | None, host: str) -> None:
               help="Seconds after an impression in which a purchase counts.")
 @click.option("--grace", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
               help="Seconds an out-of-order event may arrive late and still be joined.")
+@click.option("--max-future", type=click.FloatRange(min=0.0), default=300.0, show_default=True,
+              help="Seconds an event may be dated ahead of this worker's clock; a later one is dead-lettered "
+                   "as `future` (it would move event time ahead and close every window early).")
 @click.option("--engine", type=click.Choice(["batch", "faust"]), default="batch", show_default=True,
               help="batch: confluent-kafka batch consumer with changelog-backed state (survives SIGKILL, "
                    "restarts and rebalances without losing or double-paying a reward; measured in BENCHMARKS.md). "
@@ -71,15 +74,15 @@ def broker(port: int | None, host: str) -> None:
               help="Stop after this many seconds without input (batch engine; for finite runs).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
-def process(click_window: float, purchase_window: float, grace: float, engine: str, batch_size: int,
-            idle_exit: float | None, metrics_port: int | None) -> None:
+def process(click_window: float, purchase_window: float, grace: float, max_future: float, engine: str,
+            batch_size: int, idle_exit: float | None, metrics_port: int | None) -> None:
     """Run the reward-join stream processor: impressions + clicks + purchases -> experiences.
 
     Run several with the same RECSYS_TOPIC_PREFIX to split the partitions between them.
     """
     from stream.join.reward_join import JoinConfig
 
-    join = JoinConfig(click_window=click_window, purchase_window=purchase_window, grace=grace)
+    join = JoinConfig(click_window=click_window, purchase_window=purchase_window, grace=grace, max_future=max_future)
     if engine == "faust":
         from stream.join.faust_engine import RewardWorker
 

@@ -11,6 +11,7 @@ faust or a batch consumer drives it, the semantics and metrics are the same.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -75,9 +76,11 @@ class Outcome:
 
 
 class RewardProcessor:
-    def __init__(self, config: JoinConfig | None = None, component: str = "process") -> None:
+    def __init__(self, config: JoinConfig | None = None, component: str = "process",
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config or JoinConfig()
         self.component = component
+        self.clock = clock
         self.joins: dict[int, RewardJoin] = {}
         self.watermarks: dict[int, InputWatermarks] = {}
         # Original bytes and origin of the clicks/purchases the join has parked, so a
@@ -104,6 +107,14 @@ class RewardProcessor:
                                         where.offset, where.key)
         if letter is not None:
             out.dead_letters.append(letter)
+            return out
+        ahead = event.ts - self.clock()
+        if ahead > self.config.max_future:
+            # One outlier must not move the partition's event time: every later event would be late.
+            out.dead_letters.append(envelope(
+                where.topic, raw, "future", f"ts {event.ts:.3f} is {ahead:.0f}s ahead of this worker's clock; "
+                f"at most {self.config.max_future:g}s is accepted", self.component, key=where.key,
+                partition=where.partition, offset=where.offset))
             return out
         join, marks = self._partition(where.partition)
         if logical == "impressions":

@@ -40,11 +40,14 @@ class JoinConfig:
     value_weight: float = 0.0
     #: How long an event_id is remembered for de-duplication.
     dedupe_horizon: float = 7200.0
+    #: How far ahead of the worker's clock an event may be dated: one dated further would move
+    #: the partition's event time ahead and close every window early (dead-lettered as ``future``).
+    max_future: float = 300.0
 
     def __post_init__(self) -> None:
         # Rewards are gains: a negative weight would make a click worth less than being ignored.
         for name in ("click_window", "purchase_window", "grace", "click_weight", "purchase_weight", "value_weight",
-                     "dedupe_horizon"):
+                     "dedupe_horizon", "max_future"):
             if getattr(self, name) < 0:
                 raise ValueError(f"JoinConfig.{name} must be >= 0, got {getattr(self, name)}")
 

@@ -48,6 +48,9 @@ def producer_config(settings: Settings, role: str, **overrides: Any) -> dict[str
             "acks": "all",
             "linger.ms": 5,
             "compression.type": "lz4",
+            # The Java client's partitioner (murmur2 of the key): a click keyed by user_id from any
+            # Java or Kafka Streams producer lands on the partition of that user's impressions.
+            "partitioner": "murmur2_random",
             "message.max.bytes": settings.max_message_bytes,
         }
     )

@@ -50,7 +50,9 @@ from stream.policy.bus import (
     LivePolicy,
     PolicyPublisher,
     PolicySubscriber,
+    newest_verified,
     read_versions,
+    signing_key,
 )
 from stream.replay.service import default_store_path
 from stream.replay.store import ReplaySampler
@@ -73,6 +75,8 @@ EVENT_TO_UPDATE = Histogram("recsys_learner_event_to_update_seconds",
                             "From an experience's event time (a click, a closed window) to the update that first "
                             "trained on it.", buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300))
 CHECKPOINTS = Counter("recsys_learner_checkpoints_total", "Checkpoints written.")
+REPEATS = Counter("recsys_learner_repeated_experiences_total",
+                  "Experiences skipped because their event_id was already taken (at-least-once topic).")
 PUBLISH_FAILURES = Counter("recsys_learner_publish_failures_total",
                            "Versions that passed the gate but could not be written to the policies topic.")
 
@@ -104,6 +108,30 @@ class LearnerWorkerConfig:
     #: Held-out decisions of each period become a probe set every published version is re-scored on.
     probe_period_seconds: float = 900.0
     probe_sets: int = 4
+    #: Experience ids remembered to skip repeats (the experiences topic is at-least-once).
+    dedupe_window: int = 500_000
+
+
+class RecentIds:
+    """The last ``capacity`` ids seen, in a bounded set: a repeat within the window is recognised."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+
+    def seen(self, event_id: str) -> bool:
+        """True if ``event_id`` is a repeat; otherwise remember it (forgetting the oldest beyond capacity)."""
+        if event_id in self._ids:
+            return True
+        self._ids.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self.capacity:
+            self._ids.discard(self._order.popleft())
+        return False
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class LearnerWorker:
@@ -135,6 +163,7 @@ class LearnerWorker:
         self.probes = ForgettingProbes(ProbeConfig(period_seconds=self.config.probe_period_seconds,
                                                    keep=self.config.probe_sets))
         self.recent_batches: deque = deque(maxlen=4)
+        self.seen = RecentIds(self.config.dedupe_window)
         self.trained_through = 0.0
         self.updates_since_publish = 0
         self.retained: deque[schemas.PolicyHeader] = deque()
@@ -206,12 +235,13 @@ class LearnerWorker:
         self.items.caught_up.wait(120)
         self.resume()
         self.policies.start()       # a rollback published while the learner was down is adopted below
-        latest = read_versions(self.settings)
-        self.retained.extend(v.header for v in latest)
-        if latest and latest[-1].version > self.version:
-            log.info("topic holds version %d beyond the checkpoint's %d: continuing after it",
-                     latest[-1].version, self.version)
-            self.version = latest[-1].version
+        on_topic = read_versions(self.settings)
+        newest = newest_verified(on_topic, signing_key(self.settings))
+        self.retained.extend(v.header for v in on_topic if newest is not None and v.version <= newest.version)
+        if newest is not None and newest.version > self.version:
+            log.info("topic holds verified version %d beyond the checkpoint's %d: continuing after it",
+                     newest.version, self.version)
+            self.version = newest.version
         self._export_live_version()
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50})
@@ -293,11 +323,20 @@ class LearnerWorker:
                                             msg.offset(), msg.key())
             if letter is not None:
                 continue    # the replay service dead-letters invalid experiences; the learner skips them
-            if zlib.crc32(event.request_id.encode()) % 1000 < self.config.holdout_share * 1000:
-                self.holdout.append(event)
-                self.probes.offer(event, time.time())
-            else:
-                self.fresh.append((time.monotonic(), msg.partition(), msg.offset(), event))
+            self._accept(event, msg.partition(), msg.offset())
+
+    def _accept(self, event: schemas.Experience, partition: int, offset: int) -> bool:
+        """Route one experience to the held-out logs or to training, once: the topic is at-least-once
+        (a restarted join re-emits with the same ids), and a repeat must not be trained on twice."""
+        if self.seen.seen(event.event_id):
+            REPEATS.inc()
+            return False
+        if zlib.crc32(event.request_id.encode()) % 1000 < self.config.holdout_share * 1000:
+            self.holdout.append(event)
+            self.probes.offer(event, time.time())
+        else:
+            self.fresh.append((time.monotonic(), partition, offset, event))
+        return True
 
     def _update(self) -> None:
         started = time.perf_counter()

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Room left in each message for its key, headers and the broker's record overhead.
 CHUNK_HEADROOM = 16 * 1024
 HEADER_PART = "h"
+#: Unverified numbers above the newest verified version that a rollback still steps over.
+MAX_VERSIONS_IN_FLIGHT = 16
 
 POLICIES_PUBLISHED = Counter(
     "recsys_policy_versions_published_total", "Policy versions written to the policies topic.", ["component"])
@@ -70,9 +72,10 @@ def parse_key(key: bytes | None) -> tuple[str, int, str] | None:
         return None
     try:
         name, version, part = key.decode().rsplit("/", 2)
-        return name, int(version), part
+        number = int(version)
     except (UnicodeDecodeError, ValueError):
         return None
+    return (name, number, part) if 1 <= number <= schemas.MAX_VERSION else None
 
 
 def chunk_size(settings: Settings) -> int:
@@ -220,6 +223,25 @@ def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVer
     return [complete[v] for v in sorted(complete)], highest
 
 
+def newest_verified(versions: list[PolicyVersion], key: bytes | None,
+                    component: str = "learner") -> PolicyVersion | None:
+    """The newest of ``versions`` whose checksum, signature and shapes verify.
+
+    A version number on the topic proves nothing until its weights verify: a forged header
+    at a huge number must not steer anyone's numbering, adoption or rollback. Refused ones
+    are counted like any other rejection.
+    """
+    for candidate in reversed(versions):
+        try:
+            candidate.load(key)
+        except PolicyIntegrityError as exc:
+            POLICY_REJECTIONS.labels(component, exc.reason).inc()
+            log.warning("v%d on the topic does not verify (%s); not counting it", candidate.version, exc)
+            continue
+        return candidate
+    return None
+
+
 def find_version(settings: Settings, version: int, name: str | None = None) -> PolicyVersion:
     for found in read_versions(settings, name):
         if found.version == version:
@@ -240,8 +262,13 @@ def rollback(settings: Settings, version: int, name: str | None = None,
     if target is None:
         raise PolicyNotFound(f"policy {name!r} has no complete version {version} "
                              f"(retained: {[v.version for v in versions] or 'none'})")
-    model = target.load(signing_key(settings))   # refuse to republish what does not verify
-    latest = versions[-1].version
+    key = signing_key(settings)
+    model = target.load(key)   # refuse to republish what does not verify
+    newest = newest_verified(versions, key, component)
+    latest = newest.version if newest is not None else target.version
+    # A number taken by a version still being written counts (the learner writes latest + 1); a
+    # number far beyond anything verified is a forgery and must not steer ours.
+    highest = highest if highest <= latest + MAX_VERSIONS_IN_FLIGHT else latest
     metrics = {**target.header.metrics, "rollback_of": float(version)}
     publisher = PolicyPublisher(settings, component, name)
     try:
@@ -336,7 +363,12 @@ class PolicySubscriber:
                         continue
                     log.warning("policies consumer: %s", err.str())
                     continue
-                done = self._assembler.feed(msg.key(), msg.value())
+                try:
+                    done = self._assembler.feed(msg.key(), msg.value())
+                except Exception as exc:  # noqa: BLE001 - one bad record never stops a follower
+                    parsed = parse_key(msg.key())
+                    self._reject(parsed[1] if parsed else 0, "format", f"{type(exc).__name__}: {exc}")
+                    continue
                 for version, reason, detail in self._assembler.refused:
                     self._reject(version, reason, detail)
                 self._assembler.refused.clear()

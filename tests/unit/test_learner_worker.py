@@ -150,3 +150,22 @@ def test_resume_refuses_a_pickle_or_another_models_checkpoint(worker, text_encod
             other.resume()
     finally:
         other.publisher.close()
+
+
+def test_a_repeated_experience_is_trained_on_once_within_the_window(worker):
+    first, *rest = decisions(5)
+    assert worker._accept(first, 0, 10)
+    assert not worker._accept(first, 0, 11)          # the same event_id again (an at-least-once repeat)
+    for offset, e in enumerate(rest, start=12):
+        assert worker._accept(e, 0, offset)
+    taken = [e.event_id for *_, e in worker.fresh] + [e.event_id for e in worker.holdout]
+    assert sorted(taken) == sorted(e.event_id for e in [first, *rest])
+
+
+def test_recent_ids_forget_the_oldest_beyond_their_capacity():
+    from stream.learner.worker import RecentIds
+
+    ids = RecentIds(3)
+    assert [ids.seen(x) for x in "abca"] == [False, False, False, True]
+    assert not ids.seen("d") and len(ids) == 3
+    assert not ids.seen("a")                             # "a" was the oldest: forgotten when "d" came

@@ -48,3 +48,28 @@ def test_a_tombstoned_version_never_completes():
     asm.feed(record_key("p", 1, "c00000"), None)
     assert asm.feed(record_key("p", 1, HEADER_PART), header(1, 1)) is None
     assert [reason for _, reason, _ in asm.refused] == ["incomplete"]
+
+
+def test_a_forged_number_never_steers_numbering_only_a_verified_version_counts():
+    """A wrong-key header at 2**53 - 1 once made the learner publish the number after it."""
+    import msgspec
+    import torch
+
+    from models.policy import PolicyConfig, TwoTowerPolicy
+    from models.serialization import pack
+    from stream.policy.bus import PolicyVersion, newest_verified
+
+    torch.manual_seed(0)
+    model = TwoTowerPolicy(PolicyConfig(text_dim=8, dim=4, hidden=8, item_buckets=16, user_buckets=16, fast_dim=2))
+    key = b"the real key"
+
+    def version(number: int, signing: bytes | None) -> PolicyVersion:
+        head, blob = pack(model, "p", number, None, {}, signing)
+        return PolicyVersion(msgspec.convert(head | {"n_chunks": 1}, schemas.PolicyHeader), blob)
+
+    genuine = [version(1, key), version(2, key)]
+    forged = version(schemas.MAX_VERSION, b"someone else's key")
+    unsigned = version(schemas.MAX_VERSION - 1, None)
+    assert newest_verified([*genuine, unsigned, forged], key).version == 2
+    assert newest_verified([forged], key) is None
+    assert newest_verified(genuine, key).version == 2

@@ -73,3 +73,18 @@ def test_silent_partition_closes_its_windows_as_wall_time_passes():
         proc.reached_end(source, 0)
     assert proc.idle(0, 20.0).experiences == []
     assert [e.event_id for e in proc.idle(0, 20.0).experiences] == ["r1:a:no_click"]
+
+
+def test_an_event_dated_far_ahead_is_dead_lettered_and_moves_no_event_time():
+    """A click dated a day ahead once moved the partition's watermark: every later click became late."""
+    proc = RewardProcessor(JoinConfig(click_window=30, grace=5), clock=lambda: T0 + 10)
+    out = proc.handle("impressions", imp("r1", "u1", ["a", "b"], T0), at("impressions", 0))
+    out.extend(proc.handle("impressions", imp("r2", "u1", ["c"], T0 + 1), at("impressions", 1)))
+    future = proc.handle("clicks", clk("c-future", "u1", "b", T0 + 86_400, "r2"), at("clicks", 0))
+    assert [(d.reason, d.offset) for d in future.dead_letters] == [("future", 0)]
+    assert "ahead of this worker's clock" in future.dead_letters[0].error
+    out.extend(proc.handle("clicks", clk("c1", "u1", "a", T0 + 2, "r1"), at("clicks", 1)))
+    assert [e.event_id for e in out.experiences] == ["r1:a:click"]     # nothing closed early, nothing late
+    # Within the allowed skew an event is joined as usual.
+    near = proc.handle("clicks", clk("c2", "u1", "c", T0 + 10 + 299, "r2"), at("clicks", 2))
+    assert [e.event_id for e in near.experiences] == ["r2:c:click"] and not near.dead_letters
