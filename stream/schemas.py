@@ -303,6 +303,17 @@ def nesting_depth(data: bytes) -> int:
     return deepest
 
 
+def check_nesting(raw: bytes) -> None:
+    """``InvalidMessage`` (malformed_json) if ``raw`` nests deeper than ``MAX_NESTING``.
+
+    Two C-speed counts rule out deep nesting for ordinary messages; only the rest are scanned.
+    """
+    if raw.count(b"[") + raw.count(b"{") > _BRACKETS_WORTH_SCANNING:
+        depth = nesting_depth(raw)
+        if depth > MAX_NESTING:
+            raise InvalidMessage("malformed_json", f"nested {depth} levels deep; the limit is {MAX_NESTING}")
+
+
 def decode(topic: str, data: bytes | bytearray | memoryview | str) -> Any:
     """Validate and decode one message of a logical topic, or raise ``InvalidMessage``."""
     dec = decoder_for(topic)
@@ -313,11 +324,7 @@ def decode(topic: str, data: bytes | bytearray | memoryview | str) -> Any:
     if size > limit:
         raise InvalidMessage("oversized", f"{size} bytes exceeds the {limit}-byte limit of {topic}")
     raw = bytes(data)
-    # Two C-speed counts rule out deep nesting for ordinary messages; only the rest are scanned.
-    if raw.count(b"[") + raw.count(b"{") > _BRACKETS_WORTH_SCANNING:
-        depth = nesting_depth(raw)
-        if depth > MAX_NESTING:
-            raise InvalidMessage("malformed_json", f"nested {depth} levels deep; the limit is {MAX_NESTING}")
+    check_nesting(raw)
     try:
         return dec.decode(raw)
     except msgspec.ValidationError as exc:

@@ -48,6 +48,13 @@ SCORER_SWAPS = Counter("recsys_scorer_policy_swaps_total", "Policy versions this
 SWAP_BUILD_SECONDS = Histogram(
     "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
+#: Seconds a connection may take to send a request (or sit idle between keep-alive requests).
+READ_TIMEOUT = 10.0
+#: Connections served at once; one more is answered 503 and closed instead of taking a thread.
+MAX_CONNECTIONS = 256
+
+REFUSED_CONNECTIONS = Counter(
+    "recsys_scorer_refused_connections_total", "HTTP connections answered 503 and closed: over the connection cap.")
 FRESHNESS = Histogram(
     "recsys_freshness_seconds",
     "From the event time of the newest click a version was trained on to that version serving here.",
@@ -232,11 +239,17 @@ def decode_request(body: bytes) -> schemas.ScoreRequest:
     if len(body) > schemas.MAX_EVENT_BYTES:
         raise BadRequest(f"request body is {len(body)} bytes, over {schemas.MAX_EVENT_BYTES}", 413)
     try:
+        schemas.check_nesting(body)
+    except schemas.InvalidMessage as exc:
+        raise BadRequest(f"request body is not acceptable JSON: {exc.detail}") from None
+    try:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid request: {exc}", 422) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body nests too deeply") from None
 
 
 class ScorerService:
@@ -244,7 +257,8 @@ class ScorerService:
 
     def __init__(self, settings: Settings, encoder: TextEncoder, config: ScorerConfig | None = None,
                  host: str = "127.0.0.1", port: int = 0, kafka_requests: bool = True,
-                 request_max_age: float = 30.0) -> None:
+                 request_max_age: float = 30.0, read_timeout: float = READ_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.settings = settings
         self.scorer = Scorer(settings, encoder, config)
         self.subscriber = PolicySubscriber(settings, "scorer", on_swap=self.scorer.swap)
@@ -253,7 +267,7 @@ class ScorerService:
         self.experiences = TopicFollower(
             settings, "experiences", lambda exps: [self.scorer.observe_experience(e, now()) for e in exps],
             from_start=False, component="scorer")
-        self.http = _QuietServer((host, port), _handler_for(self))
+        self.http = _QuietServer((host, port), _handler_for(self, read_timeout), max_connections=max_connections)
         self.http.daemon_threads = True
         self._stop = threading.Event()
         self.kafka = KafkaTransport(settings, self.scorer, self._stop, request_max_age) if kafka_requests else None
@@ -320,7 +334,39 @@ class ScorerService:
 
 
 class _QuietServer(ThreadingHTTPServer):
-    """A client that hangs up early is routine, not a traceback on stderr."""
+    """The stdlib threading server with bounds: concurrent connections capped, errors kept off stderr.
+
+    A client that hangs up or times out is routine, not a traceback; a connection over the
+    cap gets a JSON 503 and is closed at once rather than a thread of its own.
+    """
+
+    def __init__(self, *args, max_connections: int = MAX_CONNECTIONS, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            REFUSED_CONNECTIONS.inc()
+            try:
+                body = json.dumps({"error": f"over {self.max_connections} open connections; retry"}).encode()
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
         import sys
@@ -331,7 +377,7 @@ class _QuietServer(ThreadingHTTPServer):
         log.exception("HTTP request from %s failed", client_address)
 
 
-def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:
+def _handler_for(service: ScorerService, read_timeout: float = READ_TIMEOUT) -> type[BaseHTTPRequestHandler]:
     scorer = service.scorer
 
     class Handler(BaseHTTPRequestHandler):
@@ -339,6 +385,8 @@ def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:
         # Headers and body go out in two writes: without this, Nagle's algorithm and the
         # client's delayed ACK add ~40 ms to every keep-alive response.
         disable_nagle_algorithm = True
+        # A half-sent request (or an idle keep-alive connection) is dropped after this long.
+        timeout = read_timeout
 
         def log_message(self, fmt: str, *args) -> None:   # access log at debug, not on stderr per request
             log.debug("%s " + fmt, self.address_string(), *args)
@@ -347,11 +395,27 @@ def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
-        def _error(self, status: int, message: str) -> None:
+        def _error(self, status: int, message: str, close: bool = False) -> None:
+            """A JSON error; ``close`` when a body was left unread (its bytes must not be taken for a request)."""
+            if close:
+                self.close_connection = True
             self._send(status, json.dumps({"error": message}).encode())
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """Every error the stdlib raises itself (bad request line, headers too long, unknown method) as JSON."""
+            self.close_connection = True
+            # A request line the parser could not read leaves HTTP/0.9, which would send no status line.
+            self.request_version = self.protocol_version
+            text = message or explain or self.responses.get(code, ("error",))[0]
+            try:
+                self._send(code, json.dumps({"error": text}).encode())
+            except OSError:
+                pass
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             if self.path == "/healthz":
@@ -362,21 +426,43 @@ def _handler_for(service: ScorerService) -> type[BaseHTTPRequestHandler]:
             else:
                 self._error(404, f"no such path {self.path}; try POST /score, GET /healthz or GET /metrics")
 
+        def _refuse_method(self) -> None:
+            self._error(405, f"{self.command} is not served; POST /score, GET /healthz or GET /metrics", close=True)
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
+
         def do_POST(self) -> None:  # noqa: N802
             if self.path != "/score":
-                self._error(404, f"no such path {self.path}; POST /score")
+                self._error(404, f"no such path {self.path}; POST /score", close=True)
                 return
             started = time.perf_counter()
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
+            if self.headers.get("Transfer-Encoding"):
                 SCORE_REQUESTS.labels("http", "invalid").inc()
-                self._error(400, "Content-Length must be an integer")
+                self._error(411, "chunked bodies are not accepted; send Content-Length", close=True)
                 return
             try:
-                if length > schemas.MAX_EVENT_BYTES:
-                    raise BadRequest(f"request body is {length} bytes, over {schemas.MAX_EVENT_BYTES}", 413)
-                response = scorer.score(decode_request(self.rfile.read(length)))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                SCORE_REQUESTS.labels("http", "invalid").inc()
+                self._error(400, "Content-Length must be a non-negative integer", close=True)
+                return
+            if length > schemas.MAX_EVENT_BYTES:
+                SCORE_REQUESTS.labels("http", "invalid").inc()
+                self._error(413, f"request body is {length} bytes, over {schemas.MAX_EVENT_BYTES}", close=True)
+                return
+            try:
+                raw = self.rfile.read(length)
+            except TimeoutError:
+                SCORE_REQUESTS.labels("http", "invalid").inc()
+                self._error(408, f"request body not received within {self.timeout:g}s", close=True)
+                return
+            if len(raw) < length:            # the client hung up mid-body
+                self.close_connection = True
+                return
+            try:
+                response = scorer.score(decode_request(raw))
             except BadRequest as exc:
                 SCORE_REQUESTS.labels("http", "invalid").inc()
                 self._error(exc.status, str(exc))
