@@ -22,6 +22,7 @@ def test_ingest_file_with_good_and_bad_lines(tmp_path, settings, cli_env):
         json.dumps(good[2]),
         "",                                                                   # line 6: blank, skipped
         json.dumps(valid("clicks") | {"pad": "x" * schemas.MAX_EVENT_BYTES}),  # line 7: oversized
+        '{"event_id": "deep", "x": ' + "[" * 1000 + "]" * 1000 + "}",          # line 8: nested 1,001 levels
         json.dumps(good[3]),
         json.dumps(good[4] | {"from_the_future": True}),                     # unknown field kept
     ]
@@ -32,15 +33,16 @@ def test_ingest_file_with_good_and_bad_lines(tmp_path, settings, cli_env):
                           env=cli_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert (report["read"], report["produced"], report["dead_lettered"], report["blank"]) == (8, 5, 3, 1)
-    assert report["reasons"] == {"malformed_json": 1, "schema": 1, "oversized": 1}
+    assert (report["read"], report["produced"], report["dead_lettered"], report["blank"]) == (9, 5, 4, 1)
+    assert report["reasons"] == {"malformed_json": 2, "schema": 1, "oversized": 1}
 
     produced = [json.loads(m.value()) for m in read_topic(settings, topic_name(settings, "clicks"))]
     assert sorted(p["event_id"] for p in produced) == [f"c{i}" for i in range(5)]
     assert any(p.get("from_the_future") for p in produced)
 
     letters = [schemas.decode("dlq", m.value()) for m in read_topic(settings, topic_name(settings, "dlq"))]
-    assert sorted((d.line, d.reason) for d in letters) == [(3, "malformed_json"), (4, "schema"), (7, "oversized")]
+    assert sorted((d.line, d.reason) for d in letters) == [(3, "malformed_json"), (4, "schema"), (7, "oversized"),
+                                                          (8, "malformed_json")]
     assert all(d.source_topic == topic_name(settings, "clicks") and d.component == "ingest" for d in letters)
 
 
