@@ -113,3 +113,57 @@ def test_prometheus_scrapes_every_role_of_the_compose_file():
     ports = {name: sd["port"] for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", [])
              for name in sd["names"]}
     assert ports["scorer"] == 8080 and ports["processor"] == 9100
+
+
+# -- every service's data on its volume (read from the file itself: no docker-compose needed) ----------
+def compose_file() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def mounted(service: dict, path: str) -> str | None:
+    """The named volume that holds ``path`` in ``service`` (None: the container's own, lost on recreate)."""
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = (volume.split(":") + [""])[:2]      # source:target[:mode]
+        else:
+            source, target = volume["source"], volume["target"]
+        if not target or not source or source.startswith((".", "/")):
+            continue      # a bind mount of the checkout (config), not a data volume
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return source
+    return None
+
+
+def data_dirs(name: str, service: dict) -> list[str]:
+    """Where ``service`` writes what must survive a recreated container, from its own configuration."""
+    env = service.get("environment", {})
+    if name == "kafka":
+        # The apache/kafka image's default is /tmp/kraft-combined-logs, inside the container.
+        logs = env.get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs")
+        return [*logs.split(","), env.get("KAFKA_METADATA_LOG_DIR", logs.split(",")[0])]
+    if name == "prometheus":
+        flags = [a.split("=", 1)[1] for a in service.get("command", []) if a.startswith("--storage.tsdb.path=")]
+        return flags or ["/prometheus"]     # the image's default
+    if name == "grafana":
+        return [env.get("GF_PATHS_DATA", "/var/lib/grafana")]
+    data = env.get("RECSYS_DATA_DIR", "/data")   # deploy/Dockerfile sets /data
+    return {"replay": [f"{data}/replay"], "learner": [f"{data}/learner", f"{data}/replay"],
+            "learner-gpu": [f"{data}/learner", f"{data}/replay"]}.get(name, [])
+
+
+def test_every_service_keeps_its_data_on_a_volume():
+    services = compose_file()["services"]
+    for name in ("kafka", "prometheus", "grafana", "replay", "learner", "learner-gpu"):
+        for path in data_dirs(name, services[name]):
+            assert mounted(services[name], path), f"{name} writes {path}, which is on no volume: lost on recreate"
+    # The learner reads the replay store the replay service writes: the same volume.
+    assert mounted(services["learner"], "/data/replay") == mounted(services["replay"], "/data/replay")
+
+
+def test_kafka_is_kraft_4x_with_a_fixed_cluster_id():
+    kafka = compose_file()["services"]["kafka"]
+    major = int(kafka["image"].split(":")[1].split(".")[0])
+    assert kafka["image"].startswith("apache/kafka:") and major >= 4
+    cluster_id = str(kafka["environment"]["CLUSTER_ID"])
+    assert re.fullmatch(r"\$\{KAFKA_CLUSTER_ID:-[A-Za-z0-9_-]{22}\}", cluster_id), cluster_id
+    assert "KAFKA_ZOOKEEPER_CONNECT" not in kafka["environment"]
