@@ -35,6 +35,7 @@ from stream.kafka.clients import make_admin
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import ensure_topics
 from stream.policy.bus import LivePolicy, PolicyPublisher
+from stream.policy.trust import new_key
 from stream.serving.scorer import ScorerService
 
 
@@ -51,7 +52,7 @@ def measure(calls: int = 2000, items: int = 1000, progress=None) -> dict:
     ids = [str(x) for x in world.catalog.item_ids]
     rng = np.random.default_rng(0)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="bench-scorer.",
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="bench-scorer.", hmac_key=new_key(),
                             data_dir=Path(tmp))
         ensure_topics(make_admin(settings), settings)
         with EventProducer(settings, "bench") as producer:

@@ -39,6 +39,7 @@ from stream.kafka.clients import base_config, make_admin
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import ensure_topics, topic_name
 from stream.policy.bus import PolicyPublisher
+from stream.policy.trust import new_key
 from stream.serving.kafka_transport import read_available
 
 
@@ -52,7 +53,8 @@ def _requests(ids: list[str], n: int, candidates: int, seed: int = 0) -> list[di
 def _start_scorer(settings: Settings, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
-               RECSYS_DATA_DIR=str(settings.data_dir), RECSYS_PARTITIONS=str(settings.partitions))
+               RECSYS_DATA_DIR=str(settings.data_dir), RECSYS_PARTITIONS=str(settings.partitions),
+               RECSYS_HMAC_KEY=settings.hmac_key.get_secret_value())
     return subprocess.Popen([sys.executable, "-m", "stream", "score", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
@@ -198,7 +200,7 @@ def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0
     ids = [str(x) for x in world.catalog.item_ids]
     bodies = _requests(ids, int(rate * seconds), candidates)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"bench-{transport}.",
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"bench-{transport}.", hmac_key=new_key(),
                             data_dir=Path(tmp) / "data")
         ensure_topics(make_admin(settings), settings)
         with EventProducer(settings, "bench") as producer:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from safetensors import SafetensorError
@@ -66,20 +67,30 @@ def pack(
     return header, blob
 
 
-def unpack(header: dict[str, Any], blob: bytes, key: bytes | None = None) -> TwoTowerPolicy:
-    """A verified model, or PolicyIntegrityError naming what did not match."""
+def unpack(header: dict[str, Any], blob: bytes, key: bytes | Sequence[bytes] | None = None,
+           require_signature: bool = False) -> TwoTowerPolicy:
+    """A verified model, or PolicyIntegrityError naming what did not match.
+
+    ``key`` may be several keys (a rotation: the new one and the previous one); the signature
+    must match one of them. With no key, ``require_signature`` refuses everything as unsigned:
+    without a key nothing proves who wrote a version.
+    """
+    keys = [key] if isinstance(key, bytes) else [k for k in (key or []) if k]
     if len(blob) != header.get("total_bytes"):
         raise PolicyIntegrityError("size", f"weights are {len(blob)} bytes, header says {header.get('total_bytes')}")
     digest = hashlib.sha256(blob).hexdigest()
     if not hmac.compare_digest(digest, str(header.get("checksum"))):
         raise PolicyIntegrityError("checksum", f"weights hash to {digest[:16]}..., header says "
                                                f"{str(header.get('checksum'))[:16]}...")
-    if key:
+    if keys:
         signature = header.get("signature")
         if not signature:
             raise PolicyIntegrityError("unsigned", "a signing key is configured but the version is not signed")
-        if not hmac.compare_digest(_signature(header, key), str(signature)):
+        if not any(hmac.compare_digest(_signature(header, k), str(signature)) for k in keys):
             raise PolicyIntegrityError("signature", "HMAC signature does not match (wrong key or altered header)")
+    elif require_signature:
+        raise PolicyIntegrityError("unsigned", "no signing key is configured here, so no version can be "
+                                               "trusted (set RECSYS_HMAC_KEY, or RECSYS_ALLOW_UNSIGNED=1)")
     try:
         config = PolicyConfig.from_dict(header["model_config"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -30,7 +30,8 @@ class MissingBootstrapError(RuntimeError):
 class Settings(BaseSettings):
     """Effective configuration of a process."""
 
-    model_config = SettingsConfigDict(env_prefix="RECSYS_", frozen=True, extra="ignore")
+    # An empty variable is an unset one: compose passes `${VAR:-}` through as "".
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", frozen=True, extra="ignore", env_ignore_empty=True)
 
     bootstrap_servers: str | None = Field(
         None,
@@ -90,7 +91,20 @@ class Settings(BaseSettings):
         description="RECSYS_POLICY_NAME: key of the policy on the policies topic.",
     )
     hmac_key: SecretStr | None = Field(
-        None, description="RECSYS_HMAC_KEY (secret): signs and verifies policy versions when set."
+        None, description="RECSYS_HMAC_KEY (secret): signs and verifies policy versions; required unless "
+        "RECSYS_ALLOW_UNSIGNED=1 (`recsys-stream keygen` prints a new one)."
+    )
+    hmac_previous_key: SecretStr | None = Field(
+        None, description="RECSYS_HMAC_PREVIOUS_KEY (secret): during a key rotation, versions signed with it "
+        "still verify until RECSYS_HMAC_PREVIOUS_KEY_UNTIL."
+    )
+    hmac_previous_key_until: float | None = Field(
+        None, ge=0, description="RECSYS_HMAC_PREVIOUS_KEY_UNTIL: epoch seconds; the previous key verifies "
+        "nothing after this moment (required with RECSYS_HMAC_PREVIOUS_KEY)."
+    )
+    allow_unsigned: bool = Field(
+        False, description="RECSYS_ALLOW_UNSIGNED: 1 publishes and adopts unsigned policy versions without a "
+        "key (anyone who can write to the policies topic can then serve any model; logged and exported)."
     )
     metrics_port: int = Field(
         0,

@@ -42,6 +42,10 @@ def bootstrap_servers():
         yield broker.bootstrap_servers
 
 
+#: Policy versions are signed by default (stream/policy/trust.py): every test process shares this key.
+TEST_KEY = uuid.uuid4().hex
+
+
 @pytest.fixture()
 def settings(bootstrap_servers, tmp_path) -> Settings:
     return Settings(
@@ -49,6 +53,7 @@ def settings(bootstrap_servers, tmp_path) -> Settings:
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         partitions=2,
         data_dir=tmp_path / "data",
+        hmac_key=TEST_KEY,
     )
 
 
@@ -69,6 +74,7 @@ def cli_env(settings) -> dict[str, str]:
         RECSYS_TOPIC_PREFIX=settings.topic_prefix,
         RECSYS_PARTITIONS=str(settings.partitions),
         RECSYS_DATA_DIR=str(settings.data_dir),
+        RECSYS_HMAC_KEY=settings.hmac_key.get_secret_value(),
     )
     return env
 

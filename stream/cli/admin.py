@@ -24,6 +24,14 @@ def show_config(as_json: bool) -> None:
         click.echo(f"RECSYS_{name.upper():<{width}}  {shown}")
 
 
+@click.command()
+def keygen() -> None:
+    """Print a new policy-signing key (64 hex characters) for RECSYS_HMAC_KEY."""
+    from stream.policy.trust import new_key
+
+    click.echo(new_key())
+
+
 @click.group()
 def topics() -> None:
     """Create or list the system's topics."""

@@ -32,7 +32,7 @@ def cli() -> None:
 
 
 for command in (roles.broker, roles.process, roles.learn, roles.score, roles.replay,
-                admin.show_config, admin.topics, admin.ingest, policy.policy, dlq.dlq, demo.demo):
+                admin.show_config, admin.keygen, admin.topics, admin.ingest, policy.policy, dlq.dlq, demo.demo):
     cli.add_command(command)
 
 

@@ -54,7 +54,8 @@ def policy_list(name: str | None, as_json: bool) -> None:
 def policy_show(version: int, name: str | None, as_json: bool) -> None:
     """One version's header, verified (checksum, signature when a key is set, shapes)."""
     from models.serialization import PolicyIntegrityError
-    from stream.policy.bus import PolicyNotFound, find_version, signing_key
+    from stream.policy.bus import PolicyNotFound, find_version
+    from stream.policy.trust import trust_of
 
     settings = load_settings()
     admin_or_exit(settings, "policy")
@@ -64,7 +65,7 @@ def policy_show(version: int, name: str | None, as_json: bool) -> None:
         fail(str(exc))
     row = _header_row(found.header) | {"model_config": found.header.model_config}
     try:
-        found.load(signing_key(settings))
+        found.load(trust_of(settings))
         row["verified"], row["problem"] = True, None
     except PolicyIntegrityError as exc:
         row["verified"], row["problem"] = False, str(exc)
@@ -85,12 +86,13 @@ def policy_rollback(version: int, name: str | None, as_json: bool) -> None:
     """Republish VERSION's weights as a new version; scorers swap to it like to any other."""
     from models.serialization import PolicyIntegrityError
     from stream.policy.bus import PolicyNotFound, PolicyRaceError, rollback
+    from stream.policy.trust import UnsignedRefused
 
     settings = load_settings()
     admin_or_exit(settings, "policy")
     try:
         header = rollback(settings, version, name)
-    except (PolicyNotFound, PolicyIntegrityError, PolicyRaceError) as exc:
+    except (PolicyNotFound, PolicyIntegrityError, PolicyRaceError, UnsignedRefused) as exc:
         fail(f"cannot roll back: {exc}")
     if as_json:
         emit_json(_header_row(header))

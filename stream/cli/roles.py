@@ -39,6 +39,10 @@ def broker(port: int | None, host: str) -> None:
         with EmbeddedBroker(port=port, host=host) as embedded:
             click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (memory storage)")
             click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+            if settings.hmac_key is None:
+                from stream.policy.trust import new_key
+
+                click.echo(f"  export RECSYS_HMAC_KEY={new_key()}   # signs policy versions; give every role the same")
             click.echo("press Ctrl-C to stop", err=True)
             sys.stdout.flush()
             try:
@@ -136,6 +140,7 @@ def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_marg
                                  probe_sets=probe_sets)
 
     def build(settings):
+        _trusted(settings, "learner")
         worker = LearnerWorker(settings, _encoder(), config,
                                LearnerConfig(device=device, ewc_strength=100.0, distill_strength=0.5),
                                checkpoint_path=checkpoint)
@@ -172,6 +177,7 @@ def score(host: str, port: int, slate_size: int, temperature: float, epsilon: fl
     from stream.serving.scorer import ScorerConfig, ScorerService
 
     def build(settings):
+        _trusted(settings, "scorer")
         try:
             return ScorerService(settings, _encoder(), ScorerConfig(slate_size, temperature, epsilon), host, port,
                                  kafka_requests=not no_kafka_requests)
@@ -201,6 +207,17 @@ def replay(store_path: Path | None, window: int, reservoir: int, metrics_port: i
 
     service = run_role_or_exit("replay", build, metrics_port)
     log.info("replay service stopped after %d messages", service.consumed)
+
+
+def _trusted(settings, component: str) -> None:
+    """A role that publishes or adopts policy versions starts only with a key, or unsigned allowed explicitly."""
+    from stream.ops.lifecycle import RoleStartError
+    from stream.policy.trust import UnsignedRefused, announce
+
+    try:
+        announce(settings, component)
+    except UnsignedRefused as exc:
+        raise RoleStartError(str(exc), 2) from exc
 
 
 def _encoder():

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import SecretStr
 
 from sim.world import Drift, World, WorldConfig
 from stream import schemas
@@ -43,6 +44,7 @@ from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import ensure_topics, topic_name
 from stream.policy.bus import read_versions
+from stream.policy.trust import new_key
 
 ROLES = ("process", "replay", "learn", "score")
 #: The learner's forgetting probe period in the demo (minutes in production; a demo lasts minutes).
@@ -94,6 +96,8 @@ class Roles:
                         RECSYS_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         if settings.hmac_key is not None:
             self.env["RECSYS_HMAC_KEY"] = settings.hmac_key.get_secret_value()
+        if settings.allow_unsigned:
+            self.env["RECSYS_ALLOW_UNSIGNED"] = "1"
         self.log_dir = log_dir
         self.publish_seconds = publish_seconds
         self.procs: dict[str, subprocess.Popen] = {}
@@ -194,6 +198,9 @@ def make_world(options: LoopOptions, horizon: int) -> World:
 def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str], None]) -> dict[str, Any]:
     started = time.monotonic()
     settings = settings.model_copy(update={"topic_prefix": settings.topic_prefix or f"demo-{uuid.uuid4().hex[:6]}."})
+    if settings.hmac_key is None and not settings.allow_unsigned:
+        # Zero set-up, still signed: a key for this run, given to every role it starts.
+        settings = settings.model_copy(update={"hmac_key": SecretStr(new_key())})
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recsys-loop-")))
         if settings.data_dir == Settings.model_fields["data_dir"].default:

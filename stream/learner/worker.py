@@ -52,8 +52,8 @@ from stream.policy.bus import (
     PolicySubscriber,
     newest_verified,
     read_versions,
-    signing_key,
 )
+from stream.policy.trust import trust_of
 from stream.replay.service import default_store_path
 from stream.replay.store import ReplaySampler
 
@@ -236,7 +236,7 @@ class LearnerWorker:
         self.resume()
         self.policies.start()       # a rollback published while the learner was down is adopted below
         on_topic = read_versions(self.settings)
-        newest = newest_verified(on_topic, signing_key(self.settings))
+        newest = newest_verified(on_topic, trust_of(self.settings))
         self.retained.extend(v.header for v in on_topic if newest is not None and v.version <= newest.version)
         if newest is not None and newest.version > self.version:
             log.info("topic holds verified version %d beyond the checkpoint's %d: continuing after it",

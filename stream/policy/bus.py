@@ -33,6 +33,7 @@ from stream.kafka.clients import consumer_config
 from stream.kafka.producer import DeliveryError, EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
+from stream.policy.trust import NO_KEY, Trust, UnsignedRefused, trust_of
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def chunk_size(settings: Settings) -> int:
 
 
 def signing_key(settings: Settings) -> bytes | None:
-    return settings.hmac_key.get_secret_value().encode() if settings.hmac_key is not None else None
+    return trust_of(settings).signing_key
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,13 @@ class PolicyVersion:
     def version(self) -> int:
         return self.header.version
 
-    def load(self, key: bytes | None) -> TwoTowerPolicy:
-        """The verified model, or ``PolicyIntegrityError`` naming what did not match."""
-        return unpack(msgspec.structs.asdict(self.header), self.blob, key)
+    def load(self, trust: Trust | bytes | None) -> TwoTowerPolicy:
+        """The verified model, or ``PolicyIntegrityError`` naming what did not match (``unsigned``
+        when ``trust`` has no key and does not allow unsigned versions)."""
+        header = msgspec.structs.asdict(self.header)
+        if isinstance(trust, Trust):
+            return unpack(header, self.blob, trust.verification_keys(), require_signature=not trust.allow_unsigned)
+        return unpack(header, self.blob, trust)
 
 
 class VersionAssembler:
@@ -165,11 +170,15 @@ class PolicyPublisher:
 
     def publish(self, model: TwoTowerPolicy, version: int, parent: int | None = None,
                 metrics: dict[str, float] | None = None) -> schemas.PolicyHeader:
-        """Publish ``model`` as ``version``; visible to readers once this returns."""
-        header, blob = pack(model, self.name, version, parent, metrics, signing_key(self.settings))
+        """Publish ``model`` as ``version``, signed; visible to readers once this returns."""
+        trust = trust_of(self.settings)
+        trust.require_key()
+        header, blob = pack(model, self.name, version, parent, metrics, trust.signing_key)
         return self.publish_packed(header, blob)
 
     def publish_packed(self, header: dict, blob: bytes) -> schemas.PolicyHeader:
+        if not header.get("signature") and not trust_of(self.settings).allow_unsigned:
+            raise UnsignedRefused(f"refusing to publish {self.name} v{header.get('version')} unsigned: " + NO_KEY)
         size = chunk_size(self.settings)
         chunks = [blob[i:i + size] for i in range(0, len(blob), size)] or [b""]
         wire = schemas.PolicyHeader(**{**header, "n_chunks": len(chunks)})
@@ -223,7 +232,7 @@ def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVer
     return [complete[v] for v in sorted(complete)], highest
 
 
-def newest_verified(versions: list[PolicyVersion], key: bytes | None,
+def newest_verified(versions: list[PolicyVersion], key: Trust | bytes | None,
                     component: str = "learner") -> PolicyVersion | None:
     """The newest of ``versions`` whose checksum, signature and shapes verify.
 
@@ -262,7 +271,7 @@ def rollback(settings: Settings, version: int, name: str | None = None,
     if target is None:
         raise PolicyNotFound(f"policy {name!r} has no complete version {version} "
                              f"(retained: {[v.version for v in versions] or 'none'})")
-    key = signing_key(settings)
+    key = trust_of(settings)
     model = target.load(key)   # refuse to republish what does not verify
     newest = newest_verified(versions, key, component)
     latest = newest.version if newest is not None else target.version
@@ -313,7 +322,7 @@ class PolicySubscriber:
         self.live: LivePolicy | None = None
         self.rejections: list[tuple[int, str]] = []
         self._assembler = VersionAssembler(self.name)
-        self._key = signing_key(settings)
+        self._key = trust_of(settings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._caught_up = threading.Event()

@@ -57,7 +57,8 @@ class Chaos:
         self.at[step] = time.time()
 
     def _tamper(self, settings: Settings, latest: int) -> None:
-        header, blob = pack(TwoTowerPolicy(PolicyConfig()), settings.policy_name, latest + 1, parent=latest)
+        header, blob = pack(TwoTowerPolicy(PolicyConfig()), settings.policy_name, latest + 1, parent=latest,
+                            key=settings.hmac_key.get_secret_value().encode())
         publisher = PolicyPublisher(settings, "test")
         publisher.publish_packed(header, blob[:-1] + bytes([blob[-1] ^ 1]))
         publisher.close()
@@ -123,7 +124,7 @@ class Chaos:
 def loop(bootstrap_servers, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loop")
     settings = Settings(bootstrap_servers=bootstrap_servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=2,
-                        data_dir=tmp / "data")
+                        data_dir=tmp / "data", hmac_key=uuid.uuid4().hex)
     chaos = Chaos()
     # 100 s: enough for every step on a loaded 2-core machine (a killed learner takes 20-30 s to come
     # back, and its gate may refuse candidates for a while during the drift at 50-80%).

@@ -10,7 +10,7 @@ import torch
 from pydantic import SecretStr
 
 from models.policy import PolicyConfig, TwoTowerPolicy
-from models.serialization import pack
+from models.serialization import _signature, pack
 from stream.policy.bus import (
     PolicyPublisher,
     PolicySubscriber,
@@ -61,7 +61,8 @@ def test_versions_are_chunked_followed_swapped_and_tampering_is_refused(small_me
         assert same_weights(subscriber.live.model, third)
 
         # A version whose bytes do not match its header is refused; the reader keeps v3.
-        header, blob = pack(model(4), settings.policy_name, 4, parent=3)
+        key = settings.hmac_key.get_secret_value().encode()
+        header, blob = pack(model(4), settings.policy_name, 4, parent=3, key=key)
         tampered = bytearray(blob)
         tampered[len(tampered) // 2] ^= 0xFF
         publisher.publish_packed(header, bytes(tampered))
@@ -69,6 +70,7 @@ def test_versions_are_chunked_followed_swapped_and_tampering_is_refused(small_me
         wrong = TwoTowerPolicy(PolicyConfig(**{**SMALL.to_dict(), "dim": 8}))
         header, blob = pack(wrong, settings.policy_name, 5, parent=3)
         header["model_config"] = SMALL.to_dict()
+        header["signature"] = _signature(header, key)       # signed as it is: only the shapes are wrong
         publisher.publish_packed(header, blob)
         fifth = model(6)
         publisher.publish(fifth, 6, parent=3)
@@ -94,9 +96,9 @@ def test_versions_are_chunked_followed_swapped_and_tampering_is_refused(small_me
 
 
 def test_a_reader_with_a_key_refuses_unsigned_or_wrongly_signed_versions(small_messages):
-    unsigned = small_messages
-    signed = unsigned.model_copy(update={"hmac_key": SecretStr("right-key")})
-    wrong = unsigned.model_copy(update={"hmac_key": SecretStr("wrong-key")})
+    unsigned = small_messages.model_copy(update={"hmac_key": None, "allow_unsigned": True})
+    signed = small_messages.model_copy(update={"hmac_key": SecretStr("right-key")})
+    wrong = small_messages.model_copy(update={"hmac_key": SecretStr("wrong-key")})
     PolicyPublisher(signed, "learner").publish(model(1), 1)
     PolicyPublisher(unsigned, "learner").publish(model(2), 2)
     PolicyPublisher(wrong, "learner").publish(model(3), 3)

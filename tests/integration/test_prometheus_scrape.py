@@ -49,7 +49,8 @@ def test_prometheus_scrapes_scorer_and_processor(cli_env, topics, tmp_path):
         scorer = f"http://127.0.0.1:{score_port}"
         wait_until(lambda: get_json(f"{scorer}/healthz")["status"] == "ok", 120, "the scorer")
         PolicyPublisher(Settings(bootstrap_servers=cli_env["RECSYS_BOOTSTRAP_SERVERS"],
-                                 topic_prefix=cli_env["RECSYS_TOPIC_PREFIX"]), "test").publish(
+                                 topic_prefix=cli_env["RECSYS_TOPIC_PREFIX"],
+                                 hmac_key=cli_env["RECSYS_HMAC_KEY"]), "test").publish(
             TwoTowerPolicy(PolicyConfig()), 1)
         wait_until(lambda: get_json(f"{scorer}/healthz")["policy_version"] == 1, 60, "the scorer to load v1")
         body = json.dumps({"user_id": "u1", "candidates": ["a", "b", "c"], "k": 2}).encode()

@@ -95,7 +95,7 @@ def test_serves_uniform_then_swaps_under_load_without_a_failed_request(settings,
             publisher.publish(model(version), version, parent=version - 1)
             time.sleep(0.5)
         # A tampered version is refused; the scorer keeps serving v4.
-        header, blob = pack(model(5), settings.policy_name, 5, parent=4)
+        header, blob = pack(model(5), settings.policy_name, 5, parent=4, key=settings.hmac_key.get_secret_value().encode())
         publisher.publish_packed(header, blob[:-1] + bytes([blob[-1] ^ 1]))
         time.sleep(1.0)
     finally:
