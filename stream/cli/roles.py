@@ -25,6 +25,7 @@ from stream.cli.common import fail, load_settings, log, run_role_or_exit, setup_
 def broker(port: int | None, host: str) -> None:
     """Run the embedded Kafka-compatible broker (Tansu) in the foreground; Ctrl-C stops it."""
     from stream.kafka.broker import BrokerError, EmbeddedBroker
+    from stream.policy.trust import new_key
 
     settings = load_settings()
     setup_logging(settings.log_level)
@@ -35,23 +36,26 @@ def broker(port: int | None, host: str) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     # A shell's background job inherits SIGINT ignored; Ctrl-C must still stop us cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    key_line = None if settings.hmac_key is not None else \
+        f"  export RECSYS_HMAC_KEY={new_key()}   # signs policy versions; give every role the same"
     try:
         with EmbeddedBroker(port=port, host=host) as embedded:
-            click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (memory storage)")
-            click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
-            if settings.hmac_key is None:
-                from stream.policy.trust import new_key
-
-                click.echo(f"  export RECSYS_HMAC_KEY={new_key()}   # signs policy versions; give every role the same")
-            click.echo("press Ctrl-C to stop", err=True)
-            sys.stdout.flush()
-            try:
+            try:   # Ctrl-C at any moment from here stops the broker cleanly
+                click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (memory storage)")
+                click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+                if key_line is not None:
+                    click.echo(key_line)
+                click.echo("press Ctrl-C to stop", err=True)
+                sys.stdout.flush()
                 while embedded.running():
                     time.sleep(0.2)
             except KeyboardInterrupt:
                 click.echo("stopping embedded broker", err=True)
                 return
             fail(f"embedded broker exited unexpectedly; last log lines:\n{embedded.log_tail()}")
+    except KeyboardInterrupt:        # while the broker was still starting: it is stopped by now
+        click.echo("stopped embedded broker", err=True)
+        return
     except BrokerError as exc:
         fail(str(exc))
 

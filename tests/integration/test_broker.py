@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,6 +52,8 @@ def test_broker_command_runs_in_foreground_and_stops_on_ctrl_c():
         first = proc.stdout.readline()
         assert f"127.0.0.1:{port}" in first, proc.stderr.read() if proc.poll() is not None else first
         assert f"RECSYS_BOOTSTRAP_SERVERS=127.0.0.1:{port}" in proc.stdout.readline()
+        key = proc.stdout.readline()       # no key in the environment: one is made for this broker's roles
+        assert re.search(r"export RECSYS_HMAC_KEY=[0-9a-f]{64}\b", key), key
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
     finally:
