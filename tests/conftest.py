@@ -95,5 +95,20 @@ def stop_processes(*procs, timeout: float = 30.0) -> None:
             proc.wait(10)
 
 
+def scraped(port: int, name: str, *labels: str) -> float:
+    """Sum of a metric's samples on a role's ``/metrics`` whose labels include every ``labels`` entry
+    (``'transport="kafka"'``); 0 when the metric is absent or the role does not answer (yet)."""
+    import re
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(value) for found, value in re.findall(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, flags=re.M)
+               if all(label in (found or "") for label in labels))
+
+
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "stream", *args]

@@ -121,12 +121,12 @@ class JoinWorker:
         self.positions = {k: v for k, v in self.positions.items() if k[1] not in numbers}
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self, idle_exit: float | None = None) -> None:
+    def run(self) -> None:
         """Join until ``stop()`` (or ``idle_exit`` seconds without input, for finite runs).
 
         The topics must exist (``stream.ops.lifecycle.run_role`` ensures them at start).
         """
-        idle_exit = self.idle_exit if idle_exit is None else idle_exit
+        idle_exit = self.idle_exit
         consumer = make_consumer(self.settings, "process", self.group, **{
             "enable.auto.commit": False,
             "partition.assignment.strategy": "range",

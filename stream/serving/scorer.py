@@ -23,7 +23,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import msgspec
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -231,25 +230,16 @@ def _fits(candidates: list[str]) -> bool:
     return False
 
 
-_request_decoder = msgspec.json.Decoder(schemas.ScoreRequest)
-
-
 def decode_request(body: bytes) -> schemas.ScoreRequest:
-    """A validated request, or ``BadRequest`` saying what is wrong with it."""
-    if len(body) > schemas.MAX_EVENT_BYTES:
-        raise BadRequest(f"request body is {len(body)} bytes, over {schemas.MAX_EVENT_BYTES}", 413)
+    """A validated request, or ``BadRequest`` saying what is wrong with it (the Kafka transport's contract)."""
     try:
-        schemas.check_nesting(body)
+        return schemas.decode("score-requests", body)
     except schemas.InvalidMessage as exc:
-        raise BadRequest(f"request body is not acceptable JSON: {exc.detail}") from None
-    try:
-        return _request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}", 422) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("request body nests too deeply") from None
+        if exc.reason == "oversized":
+            raise BadRequest(f"request body is {len(body)} bytes, over {schemas.MAX_EVENT_BYTES}", 413) from None
+        if exc.reason == "schema":
+            raise BadRequest(f"invalid request: {exc.detail}", 422) from None
+        raise BadRequest(f"request body: {exc.detail}") from None     # malformed_json: not JSON, or nested too deep
 
 
 class ScorerService:

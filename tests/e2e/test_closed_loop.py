@@ -8,10 +8,8 @@ second, and every outcome is read from metrics or from the policies topic.
 
 from __future__ import annotations
 
-import re
 import signal
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -21,21 +19,11 @@ from models.serialization import PolicyIntegrityError, pack
 from stream.config import Settings
 from stream.demo.closed_loop import LoopOptions, run_closed_loop
 from stream.policy.bus import PolicyPublisher, read_versions, rollback
+from tests.conftest import scraped
 from tests.test_grafana_dashboard import metric_names_in_dashboard
 from tests.test_prometheus_config import metric_names_in_rules
 
 STEPS = ("tampered", "rejected", "checkpointed", "killed", "republished", "rolled_back", "built_on_rollback")
-
-
-def metric_value(port: int, name: str, labels: str = "") -> float:
-    """Sum of a metric's samples whose labels contain ``labels`` (0 when absent or unreachable)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(v) for lbl, v in re.findall(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, flags=re.M)
-               if labels in (lbl or ""))
 
 
 class Chaos:
@@ -74,13 +62,13 @@ class Chaos:
         if step == "tampered" and versions:
             self._tamper(settings, versions[-1].version)
         elif step == "rejected":
-            if metric_value(roles.score_port, "recsys_policy_rejections_total", 'reason="checksum"') >= 1:
+            if scraped(roles.score_port, "recsys_policy_rejections_total", 'reason="checksum"') >= 1:
                 self._done("rejected")
             elif time.time() - self.last_tamper > 8:
                 # The learner took that number first (a scorer never goes back a number): tamper again.
                 self._tamper(settings, versions[-1].version)
         elif step == "checkpointed":
-            if metric_value(roles.metrics["learn"], "recsys_learner_checkpoints_total") >= 1:
+            if scraped(roles.metrics["learn"], "recsys_learner_checkpoints_total") >= 1:
                 self._done("checkpointed")
         elif step == "killed":
             learner = roles.procs["learn"]

@@ -25,7 +25,7 @@ from stream.kafka.broker import free_port
 from stream.kafka.clients import base_config
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
-from tests.conftest import cli_command, stop_processes
+from tests.conftest import cli_command, scraped, stop_processes
 from tests.waiting import wait_for
 
 CANDIDATES = [f"item-{i}" for i in range(20)]
@@ -42,10 +42,7 @@ def health(port: int) -> dict | None:
 
 
 def kafka_answered(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('recsys_scorer_requests_total{') and 'transport="kafka"' in line)
+    return scraped(port, "recsys_scorer_requests_total", 'transport="kafka"')
 
 
 class Responses(threading.Thread):

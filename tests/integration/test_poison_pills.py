@@ -31,7 +31,7 @@ from stream.kafka.topics import topic_name
 from stream.policy.bus import HEADER_PART, record_key
 from stream.replay.service import default_store_path
 from stream.replay.store import count_stored
-from tests.conftest import cli_command, stop_processes
+from tests.conftest import cli_command, scraped, stop_processes
 from tests.integration.test_join_recovery import WINDOWS, Pacer, assert_exact, script, stored
 from tests.waiting import wait_for
 
@@ -55,10 +55,8 @@ def poison(ts: float) -> list[tuple[str, bytes, str]]:
     ]
 
 
-def start(cli_env, role: str, log, *extra: str) -> subprocess.Popen:
-    args = (role, *WINDOWS, *extra) if role == "process" else (role, *extra)
-    if role == "process":
-        args = (*args, "--engine", ENGINE[0])
+def start(cli_env, role: str, log, *extra: str, engine: str = "batch") -> subprocess.Popen:
+    args = (role, *WINDOWS, "--engine", engine, *extra) if role == "process" else (role, *extra)
     if role != "score":
         args = (*args, "--metrics-port", "0")
     return subprocess.Popen(cli_command(*args), env=dict(cli_env, RECSYS_LOG_LEVEL="INFO"),
@@ -70,23 +68,11 @@ def get(url: str) -> dict:
         return json.loads(resp.read())
 
 
-def metric(port: int, name: str, labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(part in line for part in labels.split(",")))
-
-
-#: The reward-join engine under test (set per parametrised case).
-ENGINE = ["batch"]
-
-
 # The faust engine keeps its join state in memory, so a SIGKILL loses the open windows of its
 # partitions (README, `process --help`): it faces the poison without the kill.
 @pytest.mark.parametrize(("engine", "kill"), [("batch", True), ("faust", False)])
 def test_poison_pills_and_a_kill_leave_every_role_running_and_every_reward_exact(settings, topics, cli_env, tmp_path,
                                                                                   engine, kill):
-    ENGINE[0] = engine
     events, expected = script(impressions=1200, seed=23)
     now = time.time()
     raw_producer = Producer(base_config(settings, "poison"))
@@ -104,7 +90,7 @@ def test_poison_pills_and_a_kill_leave_every_role_running_and_every_reward_exact
 
     logs = {role: tmp_path / f"{role}.log" for role in ("process", "replay", "learn", "score")}
     port = free_port()
-    procs = {"process": start(cli_env, "process", logs["process"]), "replay": start(cli_env, "replay", logs["replay"]),
+    procs = {"process": start(cli_env, "process", logs["process"], engine=engine), "replay": start(cli_env, "replay", logs["replay"]),
              "learn": start(cli_env, "learn", logs["learn"], "--publish-seconds", "2", "--threads", "1"),
              "score": start(cli_env, "score", logs["score"], "--port", str(port))}
     path = default_store_path(settings)
@@ -122,7 +108,7 @@ def test_poison_pills_and_a_kill_leave_every_role_running_and_every_reward_exact
         if kill:
             os.kill(procs["process"].pid, signal.SIGKILL)
             procs["process"].wait(10)
-            procs["process"] = start(cli_env, "process", logs["process"])
+            procs["process"] = start(cli_env, "process", logs["process"], engine=engine)
         pacer.join(60)
         assert pacer.error is None and pacer.sent == len(events)
         wait_for(lambda: count_stored(path) >= len(expected), 180, "every expected experience to be stored",
@@ -132,7 +118,7 @@ def test_poison_pills_and_a_kill_leave_every_role_running_and_every_reward_exact
             {"user_id": "user-1", "candidates": ["item-1", "item-2"]}).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200 and json.loads(resp.read())["policy_version"] < 2**53 - 1
-        wait_for(lambda: metric(port, "recsys_events_consumed_total", 'topic="items",status="invalid"') >= 1, 30,
+        wait_for(lambda: scraped(port, "recsys_events_consumed_total", 'topic="items"', 'status="invalid"') >= 1, 30,
                  "the scorer to count the nested item as invalid", logs=logs.values())
         alive = {role: proc.poll() for role, proc in procs.items()}
         assert all(code is None for code in alive.values()), alive
