@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint test test-fast test-unit test-integration test-e2e demo broker bench-quality bench-learner bench-all clean
+.PHONY: install system-deps lint test test-fast test-unit test-integration test-e2e demo broker bench-quality bench-quality-report bench-movielens bench-learner bench-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,14 @@ broker: install
 # Benchmarks (BENCHMARKS.md): each writes JSON (and a PNG) under bench-results/.
 bench-quality: install
 	$(BIN)/recsys-stream bench quality --json bench-results/quality.json --plot bench-results/quality.png
+
+# The reported learning-quality run (BENCHMARKS.md): 10 seeds the defaults were not tuned on, long drift.
+bench-quality-report: install
+	$(BIN)/recsys-stream bench quality --seeds 1-10 --drift 0.2,0.7 --policies vw_squarecb,ours,ours_no_meta,ours_no_anti_forgetting,popularity --json bench-results/quality-report.json --plot bench-results/quality-report.png
+
+MOVIELENS ?= ../shared/data/movielens-small
+bench-movielens: install
+	$(BIN)/recsys-stream bench movielens --data $(MOVIELENS) --json bench-results/movielens.json
 
 bench-learner: install
 	$(BIN)/recsys-stream bench learner --json bench-results/learner.json

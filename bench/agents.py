@@ -2,26 +2,24 @@
 
 Every agent answers a round of requests (choose), then sees the outcome of what it
 chose (learn), like a scorer serving one version while the learner trains on the
-last round's feedback. ``OursAgent`` is the production learning core (``models/``:
-the two-tower policy, ``Learner`` with its off-policy objective, meta-learned fast
-weights and EWC + distillation), served as the scorer serves it (per-user fast
-weights adapted from the user's last 20 outcomes, softmax exploration plus 5%
-uniform; the temperature is 0.03 here, see ``OursAgent``). ``VowpalAgent`` is Vowpal Wabbit's contextual
-bandit (``--cb_explore_adf``) on the same features.
+last round's feedback. ``OursAgent`` is the production agent (``models/agent.py``)
+with its defaults, served through ``ServingPolicy.decide`` as the scorer serves it.
+``VowpalAgent`` is Vowpal Wabbit's contextual bandit (``--cb_explore_adf``) on the
+same features.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
 
 import numpy as np
 import torch
 
 from bench.quality_stream import Stream
+from models.agent import OURS, Agent, AgentConfig, Variant
 from models.batch import TaskBatch
-from models.learner import Learner, LearnerConfig
-from models.meta import adapt
-from models.policy import PolicyConfig, exploration_probs
+from models.policy import PolicyConfig, TwoTowerPolicy
+from models.serving import Recent, ServingPolicy
 from sim.logs import SimTensors
 
 
@@ -89,74 +87,61 @@ class PopularityAgent:
         np.add.at(self.rewards, items, reward)
 
 
-@dataclass(frozen=True)
-class OursVariant:
-    name: str
-    meta: bool = True
-    anti_forgetting: bool = True
-    #: Adapt per-user fast weights from the user's last outcomes at serve time (as the scorer does).
-    serve_adaptation: bool = True
-
-
-OURS = OursVariant("ours")
-OURS_NO_META = OursVariant("ours_no_meta", meta=False, serve_adaptation=False)
-OURS_NO_ANTI_FORGETTING = OursVariant("ours_no_anti_forgetting", anti_forgetting=False)
-
-
 class OursAgent:
-    history = 20
-    #: Sharper than the scorer's default 0.1 for one slot: chosen on tuning streams the reported runs do not
-    #: use (seed 0: 0.05 best of 0.05/0.1/0.2; seed 100: 0.03 best of 0.02/0.03/0.05). See BENCHMARKS.md.
-    temperature, epsilon = 0.03, 0.05
+    """The production agent (``models/agent.py``) on the simulator: trained by ``Agent.plan``/``update``,
+    published through ``Agent.candidate``/``judge`` each round, and served by ``ServingPolicy.decide``
+    from each user's last outcomes, exactly as the learner worker and the scorer run it. The bench
+    brings only the data the stream would: a round's outcomes, a uniform replay reservoir (the replay
+    store's tier) and each user's outcomes before a request (``ReplaySampler.history_before``)."""
 
-    def __init__(self, stream: Stream, seed: int, item_text: np.ndarray, variant: OursVariant = OURS,
-                 replay_size: int = 50_000, tasks: int = 16, consolidate_every: int = 20,
-                 update_every: int = 32, temperature: float | None = None, **learner_overrides) -> None:
+    def __init__(self, stream: Stream, seed: int, item_text: np.ndarray, variant: Variant = OURS,
+                 config: AgentConfig | None = None, replay_size: int = 50_000, holdout_share: float = 0.1,
+                 **policy_overrides) -> None:
         torch.manual_seed(seed)
-        self.name, self.variant = variant.name, variant
-        self.sim = SimTensors(stream.world, item_text, PolicyConfig(text_dim=item_text.shape[1],
-                                                                    user_features=stream.world.users.features.shape[1]))
-        self.learner = Learner(self.sim.config, LearnerConfig(
-            device="cpu", ewc_strength=100.0 if variant.anti_forgetting else 0.0,
-            distill_strength=0.5 if variant.anti_forgetting else 0.0,
-            **{"meta_weight": 1.0 if variant.meta else 0.0, **learner_overrides}))
-        if temperature is not None:
-            self.temperature = temperature
+        self.name = variant.name
+        world = stream.world
+        model_config = PolicyConfig(**{"text_dim": item_text.shape[1], "user_features": world.users.features.shape[1],
+                                       **policy_overrides})
+        self.sim = SimTensors(world, item_text, model_config)
+        self.agent = Agent(model_config, config, variant)
         self.rng = np.random.default_rng(seed)
-        n_users = len(stream.world.users)
-        self.hist_item = np.zeros((n_users, self.history), dtype=np.int64)
-        self.hist_reward = np.zeros((n_users, self.history), dtype=np.float32)
+        n_users, history = len(world.users), self.agent.config.history
+        self.hist_item = np.zeros((n_users, history), dtype=np.int64)
+        self.hist_reward = np.zeros((n_users, history), dtype=np.float32)
         self.hist_len = np.zeros(n_users, dtype=np.int64)
-        self.replay_size, self.n_tasks, self.consolidate_every = replay_size, tasks, consolidate_every
-        self.update_every = update_every
+        self.replay_size, self.holdout_share = replay_size, holdout_share
         self.replay: list[np.ndarray] = []       # columns: user, choice, propensity, reward, then candidates
         self.replay_rows = 0
-        self.recent: list = []
-        self.rounds = 0
+        self.holdout: deque[np.ndarray] = deque(maxlen=2000)
+        self.recent: deque = deque(maxlen=4)
+        self.live: TwoTowerPolicy | None = None
+        self.served: ServingPolicy | None = None
+        self.refused = 0
+        self.item_bucket = self.sim.item_bucket.numpy()
 
     # -- serving -------------------------------------------------------------------------------
-    @torch.no_grad()
     def choose(self, stream: Stream, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        model = self.learner.model.eval()
-        users, cands = stream.users[rows], torch.from_numpy(stream.candidates[rows])
-        features, bucket, history = self.sim.user_inputs(users)
-        user = model.user_vectors(features, bucket, history)
-        vectors, bias = model.item_vectors(self.sim.item_bucket, self.sim.item_text_t)
-        delta = None
-        if self.variant.serve_adaptation:
-            seen = torch.from_numpy(self.hist_item[users])
-            mask = torch.arange(self.history)[None, :] < torch.from_numpy(np.minimum(self.hist_len[users],
-                                                                                    self.history))[:, None]
-            z = vectors[seen]
-            base = torch.einsum("bd,bsd->bs", user, z) + bias[seen] + model.position_bias.weight[0, 0]
-            delta = adapt(model.delta0, model.inner_log_lr.exp(), model.fast_features(z), base,
-                          torch.from_numpy(self.hist_reward[users]), 3, mask)
-            # No history: the meta-learned initialisation, exactly as the scorer serves a new user.
-            delta = torch.where(mask.any(dim=1, keepdim=True), delta, model.delta0.expand_as(delta))
-        scores = model.personal_scores(user, vectors[cands], bias[cands], delta)
-        probs = exploration_probs(scores, self.temperature, self.epsilon).double().numpy()
-        model.train()
-        return sample_rows(probs, self.rng)
+        users, cands = stream.users[rows], stream.candidates[rows]
+        n = len(users)
+        if self.served is None:         # no version yet: what a scorer serves before the first one
+            return self.rng.integers(0, cands.shape[1], size=n), np.full(n, 1.0 / cands.shape[1])
+        policy, features = self.served, stream.world.users.features
+        vectors, bias = policy.item_vectors(self.item_bucket, self.sim.item_text)
+        choice, propensity = np.zeros(n, dtype=np.int64), np.zeros(n)
+        for i, (u, c) in enumerate(zip(users, cands)):
+            user = policy.user_vector(features[u], int(self.sim.user_bucket[u]), self._no_history)
+            recent = None
+            seen = min(int(self.hist_len[u]), self.agent.config.history)
+            if seen:
+                items = self.hist_item[u, :seen]
+                recent = Recent(vectors[items], bias[items], np.zeros(seen, dtype=np.int64), self.hist_reward[u, :seen])
+            decision = policy.decide(user, vectors[c], bias[c], recent, 1, self.rng)
+            choice[i], propensity[i] = decision.slate[0], decision.propensities[0]
+        return choice, propensity
+
+    @property
+    def _no_history(self) -> np.ndarray:
+        return np.zeros(self.sim.config.text_dim, dtype=np.float32)
 
     # -- learning --------------------------------------------------------------------------------
     def learn(self, stream: Stream, rows: slice, choice: np.ndarray, propensity: np.ndarray,
@@ -164,27 +149,47 @@ class OursAgent:
         users, cands = stream.users[rows], stream.candidates[rows]
         n = len(users)
         fresh = np.column_stack([users, choice, propensity, reward, cands])
-        self._remember_history(users, cands[np.arange(n), choice], reward)
-        # As the learner worker does: an update as soon as a few fresh experiences are in (min_fresh 32),
-        # each mixed with as many replayed ones.
-        for chunk in np.array_split(fresh, max(1, n // self.update_every)):
-            replayed = self._sample_replay(len(chunk))
+        shown = cands[np.arange(n), choice]
+        tasks = self._tasks(users, shown, reward)      # before the round's outcomes join the users' histories
+        self._remember_history(users, shown, reward)
+        held = self.rng.random(n) < self.holdout_share      # as the worker keeps requests out to gate on
+        self.holdout.extend(fresh[held])
+        fresh = fresh[~held]
+        agent, start = self.agent, 0
+        for i, size in enumerate(agent.plan(len(fresh))):
+            chunk, start = fresh[start:start + size], start + size
+            replayed = self._sample_replay(agent.replay_count(len(chunk)))
             batch = self._batch(chunk if replayed is None else np.concatenate([chunk, replayed]))
-            replay_batch = self._batch(replayed) if replayed is not None else None
-            self.learner.update(batch, self._tasks() if self.variant.meta else None, replay_batch)
-            self.recent = (self.recent + [batch])[-4:]
+            agent.update(batch, self._batch(replayed) if replayed is not None else None, tasks if i == 0 else None)
+            self.recent.append(batch)
         self._remember_replay(fresh)
-        self.rounds += 1
-        if self.rounds % self.consolidate_every == 0:
-            self.learner.consolidate(self.recent)      # what the learner does after each published version
+        self._publish()
+
+    def _publish(self) -> None:
+        """A version per round through the gate, as the worker publishes (its cadence is seconds; a round
+        stands for one publish interval here)."""
+        candidate = self.agent.candidate()
+        heldout = self._batch(np.stack(self.holdout)) if self.holdout else None
+        verdict = self.agent.judge(candidate, self.live, heldout)
+        if not verdict.publish:
+            self.refused += 1
+            return
+        self.live, self.served = candidate, ServingPolicy(candidate)
+        self.agent.consolidate(list(self.recent))
 
     def _batch(self, rows: np.ndarray):
         return self.sim.batch(rows[:, 0].astype(np.int64), rows[:, 4:].astype(np.int64), rows[:, 1].astype(np.int64),
                               np.zeros(len(rows)), rows[:, 2], rows[:, 3])
 
     def _remember_history(self, users: np.ndarray, shown: np.ndarray, reward: np.ndarray) -> None:
+        history = self.agent.config.history
         for user, item, r in zip(users, shown, reward):
-            slot = self.hist_len[user] % self.history
+            count = self.hist_len[user]
+            # The newest ``history`` outcomes, oldest first (the scorer's UserMemory keeps the same).
+            if count >= history:
+                self.hist_item[user, :-1] = self.hist_item[user, 1:]
+                self.hist_reward[user, :-1] = self.hist_reward[user, 1:]
+            slot = min(count, history - 1)
             self.hist_item[user, slot], self.hist_reward[user, slot] = item, r
             self.hist_len[user] += 1
 
@@ -200,23 +205,30 @@ class OursAgent:
                     self.replay[j] = row
 
     def _sample_replay(self, n: int) -> np.ndarray | None:
-        if not self.replay:
+        if not self.replay or n <= 0:
             return None
         index = self.rng.integers(0, len(self.replay), size=min(n, len(self.replay)))
         return np.stack([self.replay[i] for i in index])
 
-    def _tasks(self, support: int = 5, query: int = 3) -> TaskBatch | None:
-        """Users with enough history as meta-learning tasks: earlier outcomes to adapt on, later ones to judge."""
-        need = support + query
-        eligible = np.flatnonzero(self.hist_len >= need)
-        if len(eligible) == 0:
-            return None
-        users = self.rng.choice(eligible, size=min(self.n_tasks, len(eligible)), replace=False)
-        # The last ``need`` outcomes in time order (the ring buffer's newest slot is hist_len - 1).
-        order = (self.hist_len[users, None] - need + np.arange(need)[None, :]) % self.history
-        items = torch.from_numpy(np.take_along_axis(self.hist_item[users], order, axis=1))
-        rewards = torch.from_numpy(np.take_along_axis(self.hist_reward[users], order, axis=1))
-        return self.sim.task_batch(users, items, torch.zeros_like(items), rewards, support)
+    def _tasks(self, users: np.ndarray, shown: np.ndarray, reward: np.ndarray) -> TaskBatch | None:
+        """Fresh requests as meta-learning tasks (``ExperienceBatcher.tasks`` in the worker): each user's recent
+        outcomes before the request as support, the request's outcome as query."""
+        cfg = self.agent.config
+        pick = self.rng.choice(len(users), size=min(cfg.tasks_per_update, len(users)), replace=False)
+        users, shown, reward = users[pick], shown[pick], reward[pick]
+        history = cfg.history
+        seen = np.minimum(self.hist_len[users], history)
+        support_mask = torch.from_numpy(np.arange(history)[None, :] < seen[:, None])
+        features, bucket, hist = self.sim.user_inputs(users)
+        ones = torch.ones(len(users), 1, dtype=torch.bool)
+        return TaskBatch(
+            features=features, user_bucket=bucket, history=hist,
+            item_bucket=self.sim.item_bucket, item_text=self.sim.item_text_t,
+            support_item=torch.from_numpy(self.hist_item[users]), support_position=torch.zeros(len(users), history,
+                                                                                              dtype=torch.long),
+            support_reward=torch.from_numpy(self.hist_reward[users]), support_mask=support_mask,
+            query_item=torch.from_numpy(shown[:, None]), query_position=torch.zeros(len(users), 1, dtype=torch.long),
+            query_reward=torch.from_numpy(reward[:, None].astype(np.float32)), query_mask=ones)
 
 
 def vw_lines(world, item_text: np.ndarray) -> tuple[list[str], list[str]]:

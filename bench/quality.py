@@ -30,9 +30,6 @@ from typing import Any
 import numpy as np
 
 from bench.agents import (
-    OURS,
-    OURS_NO_ANTI_FORGETTING,
-    OURS_NO_META,
     OracleAgent,
     OursAgent,
     PopularityAgent,
@@ -41,6 +38,7 @@ from bench.agents import (
 )
 from bench.machine import result
 from bench.quality_stream import Stream, StreamConfig, record_stream
+from models.agent import VARIANTS
 
 POLICIES = ("random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta", "ours_no_anti_forgetting",
             "oracle")
@@ -48,10 +46,48 @@ PHASES = ("before", "drift", "after")
 COLD_START = (5, 10, 20)
 
 
+#: Seeds the defaults were tuned on; never reported (see BENCHMARKS.md).
+TUNING_SEEDS = (0, 100, 200, 300)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``3`` (seeds 1..3), ``41,42,43`` or ``41-50``; every seed must be >= 0 and distinct."""
+    text = str(text).strip()
+    try:
+        if "," in text:
+            seeds = tuple(int(part) for part in text.split(",") if part.strip())
+        elif "-" in text.strip("-"):
+            low, high = (int(part) for part in text.split("-", 1))
+            if high < low:
+                raise ValueError
+            seeds = tuple(range(low, high + 1))
+        else:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            seeds = tuple(range(1, count + 1))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: give a count (3), a list (41,42,43) or a range (41-50)") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: seeds must be distinct and >= 0")
+    tuned = sorted(set(seeds) & set(TUNING_SEEDS))
+    if tuned:
+        print(f"warning: seeds {tuned} were used to tune the defaults; do not report them", file=sys.stderr)
+    return seeds
+
+
+def parse_drift(text: str) -> tuple[float, float]:
+    try:
+        start, end = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--drift {text!r}: give START,END as shares of the stream, e.g. 0.2,0.7") from None
+    return start, end
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     stream: StreamConfig = StreamConfig()
-    seeds: int = 3
+    seeds: tuple[int, ...] = (1, 2, 3)
     policies: tuple[str, ...] = POLICIES
     #: Share of the phase next to the drift's edges that forgetting compares (segment 0 only).
     forgetting_window: float = 0.5
@@ -67,9 +103,8 @@ def encode_items(stream: Stream) -> np.ndarray:
 
 
 def make_agent(name: str, stream: Stream, seed: int, text: np.ndarray):
-    variants = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING)}
-    if name in variants:
-        return OursAgent(stream, seed, text, variants[name])
+    if name in VARIANTS:
+        return OursAgent(stream, seed, text, VARIANTS[name])
     if name.startswith("vw_"):
         try:
             import vowpalwabbit  # noqa: F401
@@ -142,9 +177,8 @@ def run_quality(config: QualityConfig, progress: Callable[[str], None] | None = 
         raise ValueError(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
     per_seed: dict[str, list[dict[str, float]]] = {p: [] for p in config.policies}
     curves: dict[str, list[list[float]]] = {p: [] for p in config.policies}
-    # Seeds 0 and 100 were used to choose ours' exploration temperature: the reported streams start at 1.
-    for seed in range(1, config.seeds + 1):
-        say(f"seed {seed}/{config.seeds}: recording a stream of {config.stream.requests:,} requests")
+    for i, seed in enumerate(config.seeds, 1):
+        say(f"seed {seed} ({i}/{len(config.seeds)}): recording a stream of {config.stream.requests:,} requests")
         stream = record_stream(config.stream, seed)
         text = encode_items(stream)
         oracle = stream.expected.max(axis=1)
@@ -159,20 +193,65 @@ def run_quality(config: QualityConfig, progress: Callable[[str], None] | None = 
                 f"{m['cold_start_reward_first_5']:.3f}  returning {m['returning_segment_relative']:.3f}  "
                 f"{m['decisions_per_second']:,.0f} decisions/s")
     by_policy = {name: summarise(rows) for name, rows in per_seed.items()}
-    params = {"stream": asdict(config.stream), "seeds": config.seeds, "policies": list(config.policies),
-              "slots_per_request": 1, "seeds_used": list(range(1, config.seeds + 1)),
-              "ours": "softmax temperature 0.03 + 5% uniform, per-user fast weights from the last 20 outcomes, "
-              "EWC 100 + distillation 0.5 (consolidated every 20 rounds), meta step on 16 users per update, "
-              "an update per 32 fresh decisions mixed with as many replayed (uniform reservoir of 50k)",
+    from models.agent import AgentConfig
+
+    params = {"stream": asdict(config.stream), "seeds": len(config.seeds), "policies": list(config.policies),
+              "slots_per_request": 1, "seeds_used": list(config.seeds), "tuning_seeds": list(TUNING_SEEDS),
+              "ours": {"agent": _jsonable(asdict(AgentConfig())),
+                       "served": "ServingPolicy.decide; a version per round through the gate"},
               "vw": {"vw_squarecb": "--cb_explore_adf --squarecb -q UA", "vw_epsilon": "--cb_explore_adf "
                      "--epsilon 0.05 -q UA", "features": "shared: user features + user id; action: item id + "
                      "MiniLM text embedding (384 floats)"},
               "learning": "per round: choose for every request, then learn from the round's feedback"}
     return result("quality", {
         "by_policy": by_policy,
+        "paired": paired_differences(per_seed),
         "curves": {name: np.mean(c, axis=0).round(4).tolist() for name, c in curves.items()},
         "per_seed": per_seed,
     }, params)
+
+
+#: Pairs whose difference the acceptance criteria read (first minus second), and the metrics compared.
+PAIRS = (("ours", "vw_squarecb"), ("ours", "ours_no_meta"), ("ours", "ours_no_anti_forgetting"),
+         ("ours_no_meta", "vw_squarecb"))
+PAIRED_METRICS = ("cumulative_reward", "cold_start_reward_first_5", "cold_start_reward_first_10",
+                  "returning_segment_relative", "returning_segment_share_of_oracle_after")
+
+
+def paired_differences(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per pair and metric: mean of the per-seed differences, its standard error, and how many SEs from 0.
+    Every policy plays the same stream per seed, so the difference cancels what the seeds share."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for a, b in PAIRS:
+        if a not in per_seed or b not in per_seed:
+            continue
+        pair = out[f"{a} - {b}"] = {}
+        for key in PAIRED_METRICS:
+            diff = np.array([x[key] - y[key] for x, y in zip(per_seed[a], per_seed[b])], dtype=np.float64)
+            diff = diff[np.isfinite(diff)]
+            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+            mean = float(diff.mean()) if len(diff) else float("nan")
+            pair[key] = {"mean": mean, "se": se, "z": mean / se if se and se > 0 else float("nan"),
+                         "wins": int((diff > 0).sum()), "seeds": int(len(diff))}
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def paired_table(report: dict[str, Any]) -> str:
+    def cell(m: dict[str, float]) -> str:
+        return f"{m['mean']:.4g} ±{m['se']:.2g} z{m['z']:.1f} {m['wins']}/{m['seeds']}"
+
+    lines = [f"{'paired difference':<36}" + "".join(f"{k:>36}" for k in PAIRED_METRICS[:4])]
+    for pair, metrics in report["metrics"].get("paired", {}).items():
+        lines.append(f"{pair:<36}" + "".join(f"{cell(metrics[k]):>36}" for k in PAIRED_METRICS[:4]))
+    return "\n".join(lines)
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -230,15 +309,19 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def config_from(requests: int | None, seeds: int, policies: str | None, round_size: int | None) -> QualityConfig:
+def config_from(requests: int | None, seeds: int | str | tuple[int, ...], policies: str | None,
+                round_size: int | None, drift: str | tuple[float, float] | None = None) -> QualityConfig:
     stream = StreamConfig()
     if requests is not None:
         stream = replace(stream, requests=requests)
+    if drift is not None:
+        stream = replace(stream, drift=parse_drift(drift) if isinstance(drift, str) else tuple(drift))
     if round_size is not None:
         stream = replace(stream, round_size=round_size)
     chosen = tuple(p.strip() for p in policies.split(",")) if policies else POLICIES
     if "oracle" not in chosen:
         chosen = chosen + ("oracle",)
+    seeds = seeds if isinstance(seeds, tuple) else parse_seeds(str(seeds))
     return QualityConfig(stream=stream, seeds=seeds, policies=chosen)
 
 

@@ -25,14 +25,15 @@ from models.policy import PolicyConfig, TwoTowerPolicy
 @dataclass(frozen=True)
 class LearnerConfig:
     lr: float = 3e-3
-    #: Step size of the meta-parameters (fast-weight view, init and inner step sizes).
-    meta_lr: float = 1e-2
+    #: Step size of the meta-parameters (the head's item view and its prior's mean and covariance). Small:
+    #: a single fresh outcome per task is a noisy gradient, and 1e-2 drifted the prior on the tuning streams.
+    meta_lr: float = 1e-3
     #: L2 on the hashed id embeddings, which otherwise memorise the users and items they saw.
     embedding_decay: float = 1e-4
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     meta_weight: float = 1.0
-    inner_steps: int = 3
-    first_order: bool = False
+    #: Let the meta objective move the shared towers too (by default only the prior and the item view learn from it).
+    meta_trains_towers: bool = False
     ewc_strength: float = 0.0
     ewc_decay: float = 0.9
     distill_strength: float = 0.0
@@ -57,7 +58,7 @@ class Learner:
         self.config = cfg = config or LearnerConfig()
         self.device = pick_device(cfg.device)
         self.model = (model or TwoTowerPolicy(model_config)).to(self.device)
-        meta = [self.model.fast_proj.weight, self.model.delta0, self.model.inner_log_lr]
+        meta = [self.model.fast_proj.weight, self.model.delta0, self.model.prior_tril]
         embeddings = [self.model.item_id.weight, self.model.user_id.weight, self.model.item_bias.weight]
         taken = {id(p) for p in meta + embeddings}
         dense = [p for p in self.model.parameters() if id(p) not in taken]
@@ -82,7 +83,7 @@ class Learner:
         with self._autocast():
             total, stats = off_policy_loss(self.model, batch, cfg.objective)
             if tasks is not None and cfg.meta_weight > 0:
-                m_loss, m_stats = meta_loss(self.model, tasks, cfg.inner_steps, cfg.first_order)
+                m_loss, m_stats = meta_loss(self.model, tasks, cfg.meta_trains_towers)
                 total = total + cfg.meta_weight * m_loss
                 stats.update(m_stats)
             if cfg.embedding_decay > 0:

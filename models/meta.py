@@ -1,11 +1,21 @@
-"""Meta-RL over users as tasks: learn fast weights that adapt to a user in a few steps.
+"""Meta-learning over users as tasks: a learned prior for each user's own linear head.
 
-Each user gets a small vector ``delta`` added to its user embedding. ``adapt`` runs
-k gradient steps of the reward-model loss on the user's support experiences,
-starting from the meta-learned ``delta0`` with meta-learned per-dimension step
-sizes (Meta-SGD). Because the score is linear in ``delta`` the gradient is closed
-form, so the same function is cheap enough to run per request in a scorer and is
-differentiable for the outer update (full MAML, or first-order when asked).
+A user's score of an item is the shared model's plus ``phi(item) . delta``, where
+``phi`` is a learned low-dimensional view of the item (``TwoTowerPolicy.fast_features``)
+and ``delta`` the user's fast weights. ``delta`` has a Gaussian prior N(delta0, L L^T)
+and rewards are Gaussian around the score (std ``noise``), so the posterior after a
+user's outcomes is closed form (Bayesian linear regression):
+
+    precision = (L L^T)^-1 + Phi^T Phi / noise^2
+    mean      = precision^-1 ((L L^T)^-1 delta0 + Phi^T (r - base) / noise^2)
+
+The prior (delta0, L) and the view ``phi`` are meta-learned (as in ALPaCA, Harrison
+et al. 2018): users' first outcomes are split into support and query, the posterior
+from the support predicts the query, and that error is minimised through the closed
+form. A strong prior leaves a new user near the population; a weak one follows a
+few clicks; the data decide. The same posterior serves a request (its mean adapts
+the scores, its covariance drives Thompson sampling) in a few microseconds, in
+numpy (``ServeAdapter``), so serving and training use one definition.
 """
 
 from __future__ import annotations
@@ -17,52 +27,41 @@ from models.batch import TaskBatch
 from models.policy import TwoTowerPolicy
 
 
-def adapt(
-    delta0: torch.Tensor,
-    lr: torch.Tensor,
-    items: torch.Tensor,
-    base: torch.Tensor,
-    reward: torch.Tensor,
-    steps: int,
-    mask: torch.Tensor | None = None,
-    first_order: bool = False,
-) -> torch.Tensor:
-    """Fast weights after ``steps`` of gradient descent on the squared error of the support set.
+def posterior(prior_mean: torch.Tensor, prior_tril: torch.Tensor, noise: float, items: torch.Tensor,
+              residual: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (T, f), precision (T, f, f)) of each task's fast weights.
 
-    delta0 (f,) or (T, f); lr (f,); items (T, S, f) the support items' fast features
-    (``TwoTowerPolicy.fast_features``); base (T, S) scores without fast weights;
-    reward (T, S); mask (T, S) marks real experiences. Returns (T, f). Also accepts a
-    single task with shapes (S, f), (S,), (S,).
+    prior_mean (f,); prior_tril (f, f) lower triangular; items (T, S, f) the support items'
+    fast features; residual (T, S) reward minus the score without fast weights; mask (T, S)
+    marks real outcomes.
     """
-    single = items.dim() == 2
-    if single:
-        items, base, reward = items.unsqueeze(0), base.unsqueeze(0), reward.unsqueeze(0)
-        mask = mask.unsqueeze(0) if mask is not None else None
-    weight = mask.to(items.dtype) if mask is not None else torch.ones_like(base)
-    count = weight.sum(dim=1, keepdim=True).clamp(min=1.0)
-    delta = delta0.expand(items.shape[0], -1) if delta0.dim() == 1 else delta0
-    for _ in range(steps):
-        error = (base + torch.einsum("tsd,td->ts", items, delta) - reward) * weight
-        grad = 2.0 * torch.einsum("ts,tsd->td", error, items) / count
-        if first_order:
-            grad = grad.detach()
-        delta = delta - lr * grad
-    return delta[0] if single else delta
+    dtype = items.dtype
+    # In float64: a prior precision can span many orders of magnitude across dimensions.
+    items, residual, prior_mean, prior_tril = items.double(), residual.double(), prior_mean.double(), prior_tril.double()
+    weight = mask.double() if mask is not None else torch.ones_like(residual)
+    prior_precision = torch.cholesky_inverse(prior_tril)                            # (f, f)
+    scaled = items * (weight / noise ** 2).unsqueeze(-1)                             # (T, S, f)
+    precision = prior_precision + torch.einsum("tsf,tsg->tfg", scaled, items)
+    rhs = prior_precision @ prior_mean + torch.einsum("tsf,ts->tf", scaled, residual)
+    mean = torch.linalg.solve(precision, rhs.unsqueeze(-1)).squeeze(-1)
+    return mean.to(dtype), precision.to(dtype)
 
 
-def meta_loss(
-    model: TwoTowerPolicy, tasks: TaskBatch, steps: int, first_order: bool = False
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Query-set loss after adapting each task on its support set (the MAML outer objective).
+def meta_loss(model: TwoTowerPolicy, tasks: TaskBatch, train_towers: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """Query error after each task's posterior from its support (the meta objective), and the error
+    under the prior alone, so the gain from adapting is visible.
 
-    Tasks are played as cold-start users (no user-id embedding): adaptation must learn
-    to recover what the global model cannot know about a new user, not to mop up the
-    noise left over for users it has already memorised. Also reports the query loss
-    before adaptation, so the gain from adapting is visible.
+    A task is what a scorer faces: a user's recent outcomes (support, possibly none: a new
+    user) and the outcome of a fresh request (query) the model has not trained on yet,
+    scored with the same user vector the scorer uses. The towers are the main objective's
+    job: unless ``train_towers``, only the prior and the item view learn here, so the meta
+    step cannot pull the shared model towards fitting tasks.
     """
-    user = model.user_vectors(tasks.features, tasks.user_bucket, tasks.history, cold=True)   # (T, d)
-    vectors, bias = model.item_vectors(tasks.item_bucket, tasks.item_text)       # (M, d), (M,)
+    user = model.user_vectors(tasks.features, tasks.user_bucket, tasks.history)             # (T, d)
+    vectors, bias = model.item_vectors(tasks.item_bucket, tasks.item_text)                   # (M, d), (M,)
     pos = model.position_bias.weight.squeeze(-1)
+    if not train_towers:
+        user, vectors, bias, pos = user.detach(), vectors.detach(), bias.detach(), pos.detach()
 
     def side(item, position):
         z = vectors[item]                                              # (T, n, d)
@@ -71,11 +70,11 @@ def meta_loss(
 
     zs, base_s = side(tasks.support_item, tasks.support_position)
     zq, base_q = side(tasks.query_item, tasks.query_position)
-    lr = model.inner_log_lr.exp()
-    delta = adapt(model.delta0, lr, zs, base_s, tasks.support_reward, steps, tasks.support_mask, first_order)
+    mean, _ = posterior(model.delta0, model.prior_scale_tril(), model.config.noise, zs,
+                        tasks.support_reward - base_s, tasks.support_mask)
     qmask = tasks.query_mask.to(base_q.dtype)
     count = qmask.sum().clamp(min=1.0)
-    adapted = base_q + torch.einsum("tnf,tf->tn", zq, delta)
+    adapted = base_q + torch.einsum("tnf,tf->tn", zq, mean)
     loss = (((adapted - tasks.query_reward) ** 2) * qmask).sum() / count
     with torch.no_grad():
         before = base_q + torch.einsum("tnf,f->tn", zq, model.delta0)
@@ -84,52 +83,62 @@ def meta_loss(
 
 
 @torch.no_grad()
-def adapt_user(
-    model: TwoTowerPolicy,
-    user: torch.Tensor,
-    item_vectors: torch.Tensor,
-    item_bias: torch.Tensor,
-    positions: torch.Tensor,
-    rewards: torch.Tensor,
-    steps: int = 3,
-) -> torch.Tensor:
-    """Serve-time adaptation of one user from its recent experiences; returns delta (d,).
-
-    user (d,) from the user tower; item_vectors (S, d) and item_bias (S,) of the items
-    the user was shown; positions (S,) and rewards (S,) of those experiences.
-    Returns delta (fast_dim + 1,) for ``TwoTowerPolicy.personal_scores``.
-    """
+def adapt_user(model: TwoTowerPolicy, user: torch.Tensor, item_vectors: torch.Tensor, item_bias: torch.Tensor,
+               positions: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """The posterior mean of one user's fast weights from its recent outcomes (torch; ``ServeAdapter``
+    is the serving copy). user (d,); item_vectors (S, d), item_bias (S,), positions (S,), rewards (S,)."""
     if rewards.numel() == 0:
         return model.delta0.detach().clone()
     base = item_vectors @ user + item_bias + model.position_bias.weight[positions, 0]
-    return adapt(model.delta0, model.inner_log_lr.exp(), model.fast_features(item_vectors), base, rewards, steps)
+    mean, _ = posterior(model.delta0, model.prior_scale_tril(), model.config.noise,
+                        model.fast_features(item_vectors)[None], (rewards - base)[None])
+    return mean[0]
 
 
 class ServeAdapter:
-    """``adapt_user`` in numpy for the scorer's hot path: same maths, no autograd or torch dispatch.
+    """The posterior of ``posterior`` in numpy for the scorer's hot path: one (f x f) solve per request.
 
-    Built once per policy version (it copies the few meta parameters it needs), then
-    called per request; a few microseconds per numpy op instead of torch's per-op cost.
+    Built once per policy version (it copies the few parameters it needs), then called
+    per request; numpy at these sizes costs microseconds where torch's dispatch costs more.
     """
 
     def __init__(self, model: TwoTowerPolicy) -> None:
-        self.proj = model.fast_proj.weight.detach().float().cpu().numpy()          # (F, d)
-        self.delta0 = model.delta0.detach().float().cpu().numpy()                   # (F + 1,)
-        self.lr = model.inner_log_lr.detach().exp().float().cpu().numpy()           # (F + 1,)
+        self.proj = model.fast_proj.weight.detach().float().cpu().numpy().astype(np.float64)     # (F, d)
+        self.prior_mean = model.delta0.detach().double().cpu().numpy()                            # (F + 1,)
+        tril = model.prior_scale_tril().detach().double().cpu().numpy()
+        inverse = np.linalg.inv(tril)
+        self.prior_precision = inverse.T @ inverse          # symmetric positive definite by construction
+        self.prior_tril = tril
+        self.prior_term = self.prior_precision @ self.prior_mean
+        self.noise_var = float(model.config.noise) ** 2
         self.position_bias = model.position_bias.weight.detach()[:, 0].float().cpu().numpy()
 
     def fast_features(self, item_vectors: np.ndarray) -> np.ndarray:
         view = item_vectors @ self.proj.T
         return np.concatenate([view, np.ones((len(view), 1), dtype=view.dtype)], axis=1)
 
-    def adapt(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
-              positions: np.ndarray, rewards: np.ndarray, steps: int = 3) -> np.ndarray:
+    def posterior(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
+                  positions: np.ndarray, rewards: np.ndarray, with_scale: bool = True,
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean, scale) of the user's fast weights: covariance = scale scale^T (None unless ``with_scale``:
+        only Thompson sampling needs it)."""
         if len(rewards) == 0:
-            return self.delta0.copy()
-        feats = self.fast_features(item_vectors)
-        base = item_vectors @ user + item_bias + self.position_bias[positions]
-        scale = 2.0 / len(rewards)
-        delta = self.delta0.copy()
-        for _ in range(steps):
-            delta -= self.lr * (scale * ((base + feats @ delta - rewards) @ feats))
-        return delta
+            return self.prior_mean, self.prior_tril
+        feats = self.fast_features(item_vectors.astype(np.float64))
+        residual = rewards - (item_vectors @ user + item_bias + self.position_bias[positions])
+        precision = self.prior_precision + feats.T @ feats / self.noise_var
+        precision = 0.5 * (precision + precision.T)
+        target = self.prior_term + feats.T @ residual / self.noise_var
+        if not with_scale:
+            return np.linalg.solve(precision, target), None
+        try:
+            # precision = C C^T, so covariance = C^-T C^-1 = scale scale^T with scale = C^-T.
+            chol = np.linalg.cholesky(precision)
+        except np.linalg.LinAlgError:     # rounding broke definiteness: the prior alone is always valid
+            return self.prior_mean, self.prior_tril
+        mean = np.linalg.solve(precision, target)
+        return mean, np.linalg.inv(chol).T
+
+    def adapt(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
+              positions: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+        return self.posterior(user, item_vectors, item_bias, positions, rewards, with_scale=False)[0]

@@ -49,6 +49,15 @@ def _dr(r, w, q, v, idx):
     return (v[idx] + w[idx] * (r[idx] - q[idx])).mean(axis=-1)
 
 
+def dr_terms(rewards, behaviour, inputs, clip: float | None = None) -> np.ndarray:
+    """Per-decision doubly robust terms (their mean is the DR estimate); ``inputs`` holds the target
+    policy's ``target``, ``logged_estimates`` and ``target_values`` (``models.evaluation.TargetInputs``).
+    Kept per decision so two policies can be compared on the same resamples."""
+    r, w = np.asarray(rewards, dtype=np.float64), _weights(inputs.target, behaviour, clip)
+    q = np.asarray(inputs.logged_estimates, dtype=np.float64)
+    return np.asarray(inputs.target_values, dtype=np.float64) + w * (r - q)
+
+
 def _bootstrap(name: str, stat, n: int, n_boot: int, alpha: float, seed: int) -> Estimate:
     if n == 0:
         raise ValueError("no logged decisions to estimate from")

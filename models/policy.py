@@ -15,10 +15,12 @@ above it, which is exact and what off-policy learning needs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
+
+from models.exploration import Exploration
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,22 @@ class PolicyConfig:
     item_buckets: int = 1 << 14
     user_buckets: int = 1 << 14
     max_positions: int = 100
-    #: Size of the per-user fast weights: few enough to estimate from a handful of events.
-    fast_dim: int = 8
-    #: Fast-weight inner-loop step size before meta-learning tunes it (per dimension).
-    inner_lr: float = 0.3
+    #: Size of the per-user head's item view; equal to ``dim`` it starts as an offset of the user vector
+    #: itself (8 did worse on the tuning streams, BENCHMARKS.md).
+    fast_dim: int = 32
+    #: Prior standard deviation of each fast weight before meta-learning tunes the prior (0.3 and 0.1 did
+    #: worse on the tuning streams: too tight a prior leaves a user's outcomes unused).
+    prior_scale: float = 1.0
+    #: Standard deviation of a reward around its expectation (a click is worth 1): how much one outcome says.
+    noise: float = 1.0
+    #: How a version is served (and so judged): travels with every version.
+    exploration: Exploration = field(default_factory=Exploration)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.exploration, dict):     # from JSON (a version header, a checkpoint)
+            object.__setattr__(self, "exploration", Exploration.from_dict(self.exploration))
+        if self.user_features < 0 or self.fast_dim < 1 or self.prior_scale <= 0 or self.noise <= 0:
+            raise ValueError(f"invalid policy config {self}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,11 +76,14 @@ class TwoTowerPolicy(nn.Module):
         self.global_bias = nn.Parameter(torch.zeros(()))
         # Per-user fast weights act on a learned low-dimensional view of the item
         # (fast_proj), plus one per-user score offset that absorbs how much a user
-        # clicks overall so the rest learns what they like. Their initialisation and
-        # per-dimension step sizes are meta-learned.
+        # clicks overall so the rest learns what they like. They have a Gaussian prior,
+        # meta-learned: mean delta0 and covariance L L^T with L = prior_tril's lower
+        # triangle and exp of its diagonal (see models/meta.py).
         self.fast_proj = nn.Linear(cfg.dim, cfg.fast_dim, bias=False)
+        if cfg.fast_dim == cfg.dim:     # the head starts as an offset of the user vector itself
+            nn.init.eye_(self.fast_proj.weight)
         self.delta0 = nn.Parameter(torch.zeros(cfg.fast_dim + 1))
-        self.inner_log_lr = nn.Parameter(torch.full((cfg.fast_dim + 1,), math.log(cfg.inner_lr)))
+        self.prior_tril = nn.Parameter(torch.diag(torch.full((cfg.fast_dim + 1,), math.log(cfg.prior_scale))))
         nn.init.normal_(self.item_id.weight, std=0.01)
         nn.init.zeros_(self.item_bias.weight)
         nn.init.normal_(self.user_id.weight, std=0.01)
@@ -109,6 +126,11 @@ class TwoTowerPolicy(nn.Module):
         """What the fast weights multiply: (..., fast_dim) item view plus a constant 1."""
         view = self.fast_proj(items)
         return torch.cat([view, torch.ones_like(view[..., :1])], dim=-1)
+
+    def prior_scale_tril(self) -> torch.Tensor:
+        """L with the fast weights' prior covariance L L^T (positive diagonal)."""
+        raw = self.prior_tril
+        return torch.tril(raw, -1) + torch.diag(raw.diagonal().clamp(-9.0, 3.0).exp())
 
     def personal_scores(self, user: torch.Tensor, items: torch.Tensor, bias: torch.Tensor,
                         delta: torch.Tensor | None) -> torch.Tensor:

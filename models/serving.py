@@ -3,26 +3,52 @@
 A scorer answers single requests in a tight latency budget; torch's per-op dispatch
 costs more than the maths at these sizes. So a version is copied once, when it is
 swapped in, into plain arrays, and a request is a few matrix-vector products: the
-user tower, the candidates' item vectors, the meta-learned per-user fast weights
-(``ServeAdapter``) and an exploring Plackett-Luce slate with exact sequential
-propensities, the same maths as ``models.policy`` (tests hold them equal).
+user tower, the candidates' item vectors, the posterior of the user's fast weights
+under the meta-learned prior (``ServeAdapter``) and an exploring Plackett-Luce slate
+with exact sequential propensities, the same maths as ``models.policy`` and
+``models.exploration`` (tests hold them equal). ``ServingPolicy.decide`` is the one
+serving decision: the scorer and the quality benchmark both call it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from models.exploration import Exploration, probabilities
 from models.meta import ServeAdapter
 from models.policy import PolicyConfig, TwoTowerPolicy
 
 
-class ServingPolicy:
-    """One policy version, frozen as numpy arrays (read-only after construction, safe across threads)."""
+@dataclass(frozen=True)
+class Recent:
+    """What a user was shown lately and what it earned: the evidence the fast weights adapt on."""
 
-    def __init__(self, model: TwoTowerPolicy) -> None:
+    vectors: np.ndarray     # (S, dim) item vectors
+    bias: np.ndarray        # (S,)
+    positions: np.ndarray   # (S,) int
+    rewards: np.ndarray     # (S,)
+
+
+@dataclass(frozen=True)
+class Decision:
+    slate: np.ndarray           # (k,) candidate indices, top first
+    propensities: np.ndarray    # (k,) P(item at its position | the items above it)
+    scores: np.ndarray          # (n,) estimated reward of every candidate (posterior mean)
+    probs: np.ndarray           # (n,) the exploration distribution the slate was drawn from
+
+
+class ServingPolicy:
+    """One policy version, frozen as numpy arrays (read-only after construction, safe across threads).
+
+    ``exploration`` overrides the rule the version carries (an operator's choice, logged by the scorer).
+    """
+
+    def __init__(self, model: TwoTowerPolicy, exploration: Exploration | None = None) -> None:
         self.config: PolicyConfig = model.config
+        self.exploration: Exploration = exploration or model.config.exploration
         w = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
         self.item_id = w["item_id.weight"]
         self.item_bias = w["item_bias.weight"][:, 0]
@@ -53,9 +79,40 @@ class ServingPolicy:
         return item_text @ self.text_w.T + self.text_b
 
     def adapt(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
-              positions: np.ndarray, rewards: np.ndarray, steps: int = 3) -> np.ndarray:
-        """Per-user fast weights from the user's recent (item, position, reward) history."""
-        return self.adapter.adapt(user, item_vectors, item_bias, positions, rewards, steps)
+              positions: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+        """Per-user fast weights (posterior mean) from the user's recent (item, position, reward) history."""
+        return self.adapter.adapt(user, item_vectors, item_bias, positions, rewards)
+
+    def _personal(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None,
+                  with_scale: bool = False):
+        feats = self.adapter.fast_features(vectors)
+        base = vectors @ user + bias
+        if recent is not None and len(recent.rewards):
+            mean, scale = self.adapter.posterior(user, recent.vectors, recent.bias, recent.positions, recent.rewards,
+                                                 with_scale)
+        else:
+            mean, scale = self.adapter.prior_mean, self.adapter.prior_tril
+        return feats, base, mean, scale
+
+    def estimates(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None) -> np.ndarray:
+        """Expected reward of each candidate at the top position, as ``decide`` ranks them (posterior mean)."""
+        feats, base, mean, _ = self._personal(user, vectors, bias, recent)
+        return base + feats @ mean + self.position_bias[0]
+
+    def decide(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None, k: int,
+               rng: np.random.Generator) -> Decision:
+        """A slate of ``k`` from these candidates for this user vector, explored as the version says."""
+        rule = self.exploration
+        feats, base, mean, scale = self._personal(user, vectors, bias, recent, rule.kind == "thompson")
+        scores = base + feats @ mean
+        samples = None
+        if rule.kind == "thompson":
+            assert scale is not None
+            draws = mean[None, :] + rng.standard_normal((rule.draws, len(mean))) @ scale.T
+            samples = base[None, :] + draws @ feats.T
+        probs = probabilities(scores, rule, samples)
+        slate, propensities = sample_slate(probs, k, rng)
+        return Decision(slate, propensities, scores, probs)
 
     def scores(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray,
                delta: np.ndarray | None = None) -> np.ndarray:
@@ -98,15 +155,6 @@ class TextProjections:
             values[fill] = self.policy.project_text(texts(fill))
             stamps[fill] = current[stale]
         return values[rows]
-
-
-def exploration_probs(scores: np.ndarray, temperature: float, epsilon: float) -> np.ndarray:
-    """(1 - epsilon) softmax(scores / temperature) + epsilon / n, as ``models.policy.exploration_probs``."""
-    logits = scores / temperature
-    logits = logits - logits.max()
-    soft = np.exp(logits)
-    soft /= soft.sum()
-    return (1.0 - epsilon) * soft + epsilon / len(scores)
 
 
 def sample_slate(probs: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         'every client, e.g. {"client.rack": "eu-1a"}.',
     )
 
+    user_features: int = Field(
+        16, ge=0, le=512,  # schemas.MAX_FEATURES
+        description="RECSYS_USER_FEATURES: the policy's width of context.features. A context of another "
+        "width is refused (422 at the scorer, dead-lettered as `width` by the replay service), never cut or padded.",
+    )
     data_dir: Path = Field(
         Path("./recsys-data"),
         description="RECSYS_DATA_DIR: checkpoints, replay store and caches live here.",

@@ -64,8 +64,9 @@ class InvalidMessage(ValueError):
 
 
 #: Every reason a message can be rejected for, bounded so it is safe as a label: the
-#: first four at decoding, the rest by the reward join (``stream/join/``).
-REASONS = ("oversized", "malformed_json", "schema", "unknown_topic", "orphan", "not_shown", "late", "future")
+#: first four at decoding, then the reward join's (``stream/join/``), and ``width`` by the replay
+#: service (context.features not the policy's width, RECSYS_USER_FEATURES).
+REASONS = ("oversized", "malformed_json", "schema", "unknown_topic", "orphan", "not_shown", "late", "future", "width")
 
 
 class Context(msgspec.Struct, frozen=True, forbid_unknown_fields=False):

@@ -110,10 +110,13 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
               help="Updates between publish attempts.")
 @click.option("--publish-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="Seconds between publish attempts when updates are fewer.")
-@click.option("--batch-size", type=click.IntRange(8), default=256, show_default=True,
-              help="Fresh experiences per update (replay adds as many again).")
-@click.option("--gate-margin", type=click.FloatRange(min=0.0), default=0.02, show_default=True,
-              help="Publish unless the DR estimate is below the live version's by more than this.")
+@click.option("--update-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Fresh experiences per update (replay adds as many again; a backlog is taken in at most 8 updates).")
+@click.option("--gate-alpha", type=click.FloatRange(1e-4, 0.5), default=0.05, show_default=True,
+              help="Refuse a candidate only when its DR estimate is below the live version's at this level "
+              "(the paired difference's whole confidence interval below zero).")
+@click.option("--exploration", type=click.Choice(["squarecb", "thompson", "softmax"]), default="squarecb",
+              show_default=True, help="How versions are served (each version carries it, so scorers follow).")
 @click.option("--retain", type=click.IntRange(1), default=20, show_default=True,
               help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
 @click.option("--probe-period", type=click.FloatRange(min=1.0), default=900.0, show_default=True,
@@ -127,27 +130,30 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
-def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_margin: float, retain: int,
-          probe_period: float, probe_sets: int, device: str, threads: int | None, checkpoint: Path | None,
-          metrics_port: int | None) -> None:
+def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: str,
+          retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
+          checkpoint: Path | None, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
-    from models.learner import LearnerConfig
+    from dataclasses import replace
+
+    from models.agent import AgentConfig
     from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
 
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    config = LearnerWorkerConfig(batch_size=batch_size, publish_every_updates=publish_every,
-                                 publish_every_seconds=publish_seconds, gate_margin=gate_margin,
-                                 retain_versions=retain, probe_period_seconds=probe_period,
-                                 probe_sets=probe_sets)
+    config = LearnerWorkerConfig(publish_every_seconds=publish_seconds, retain_versions=retain,
+                                 probe_period_seconds=probe_period, probe_sets=probe_sets)
+    defaults = AgentConfig()
+    agent = replace(defaults, learner=replace(defaults.learner, device=device), update_size=update_size,
+                    publish_every_updates=publish_every, gate=replace(defaults.gate, alpha=gate_alpha),
+                    exploration=replace(defaults.exploration, kind=exploration,
+                                        epsilon=0.02 if exploration == "thompson" else defaults.exploration.epsilon))
 
     def build(settings):
         _trusted(settings, "learner")
-        worker = LearnerWorker(settings, _encoder(), config,
-                               LearnerConfig(device=device, ewc_strength=100.0, distill_strength=0.5),
-                               checkpoint_path=checkpoint)
+        worker = LearnerWorker(settings, _encoder(), config, agent, checkpoint_path=checkpoint)
         log.info("learner on %s: checkpoint %s", worker.learner.device, worker.checkpoint_path)
         return worker
 
@@ -166,12 +172,13 @@ def learn(publish_every: int, publish_seconds: float, batch_size: int, gate_marg
               help="Port of POST /score, GET /healthz and GET /metrics (0 picks a free one).")
 @click.option("--slate-size", type=click.IntRange(1, 100), default=10, show_default=True,
               help="Items returned when a request does not say k.")
-@click.option("--temperature", type=click.FloatRange(min=1e-3), default=0.1, show_default=True,
-              help="Softmax temperature of exploration.")
-@click.option("--epsilon", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True,
-              help="Share of uniform exploration mixed into every draw.")
+@click.option("--temperature", type=click.FloatRange(min=1e-3), default=None,
+              help="Override the softmax temperature each version carries (logged and exported as "
+              "recsys_scorer_exploration_overridden; the learner's gate judged the version without it).")
+@click.option("--epsilon", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Override the share of uniform exploration each version carries (logged and exported).")
 @click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
-def score(host: str, port: int, slate_size: int, temperature: float, epsilon: float,
+def score(host: str, port: int, slate_size: int, temperature: float | None, epsilon: float | None,
           no_kafka_requests: bool) -> None:
     """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version.
 

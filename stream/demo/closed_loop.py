@@ -119,7 +119,7 @@ class Roles:
                 "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
                 "replay": [],
                 "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
-                          "--batch-size", "128", "--threads", "1", "--probe-period", str(PROBE_PERIOD_SECONDS)],
+                          "--threads", "1", "--probe-period", str(PROBE_PERIOD_SECONDS)],
             }[role] + ["--metrics-port", str(port)]
         self.metrics[role] = port
         with (self.log_dir / f"{role}.log").open("ab") as log:

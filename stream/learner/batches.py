@@ -34,12 +34,20 @@ class ExperienceBatcher:
         self.config = config
         self.catalogue = catalogue
 
+    def fits(self, e: schemas.Experience) -> bool:
+        """Whether the experience's user features have the policy's width (none at all means unknown: zeros,
+        as the scorer serves it). Anything else is refused, never cut or padded."""
+        return not e.context.features or len(e.context.features) == self.config.user_features
+
     def _features(self, experiences: Sequence[schemas.Experience]) -> torch.Tensor:
         width = self.config.user_features
         out = np.zeros((len(experiences), width), dtype=np.float32)
         for row, e in enumerate(experiences):
-            f = e.context.features[:width]
-            out[row, :len(f)] = f
+            f = e.context.features
+            if f and len(f) != width:
+                raise ValueError(f"experience {e.event_id} has {len(f)} user features; the policy takes {width}")
+            if f:
+                out[row] = f
         return torch.from_numpy(out)
 
     def _items(self, items: list[str]) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
@@ -79,30 +87,37 @@ class ExperienceBatcher:
             reward=torch.as_tensor([e.reward for e in experiences], dtype=torch.float32),
         )
 
-    def tasks(self, histories: dict[str, list[schemas.Experience]], support: int, query: int) -> TaskBatch | None:
-        """One meta-learning task per user: the first ``support`` click outcomes adapt, the next ``query`` test.
-
-        The reward is the click part, as the scorer adapts on clicks (purchases are follow-ups)."""
-        users = []
-        for user, history in histories.items():
-            outcomes = [e for e in history if e.kind != "purchase"]
-            if len(outcomes) >= support + query:
-                users.append((user, outcomes[:support + query]))
-        if not users:
+    def tasks(self, fresh: Sequence[schemas.Experience], histories: Sequence[Sequence[schemas.Experience]]
+              ) -> TaskBatch | None:
+        """Fresh outcomes as meta-learning tasks: each one's user's earlier outcomes (``histories``, what the
+        scorer's memory held, possibly nothing) are the support, the fresh outcome is the query."""
+        pairs = [(e, [h for h in hist if self.fits(h)]) for e, hist in zip(fresh, histories)
+                 if e.kind != "purchase" and self.fits(e)]
+        if not pairs:
             return None
-        items = list(dict.fromkeys(e.action for _, xs in users for e in xs))
+        items = list(dict.fromkeys([e.action for e, _ in pairs] + [h.action for _, hist in pairs for h in hist]))
         index, item_bucket, item_text = self._items(items)
-        item = torch.as_tensor([[index[e.action] for e in xs] for _, xs in users])
-        position = torch.as_tensor([[min(e.position, self.config.max_positions - 1) for e in xs] for _, xs in users])
-        reward = torch.as_tensor([[e.reward_parts.click for e in xs] for _, xs in users], dtype=torch.float32)
-        ones = lambda m: torch.ones(len(users), m, dtype=torch.bool)  # noqa: E731
+        width = max(1, max(len(hist) for _, hist in pairs))
+        n = len(pairs)
+        support_item = np.zeros((n, width), dtype=np.int64)
+        support_position = np.zeros((n, width), dtype=np.int64)
+        support_reward = np.zeros((n, width), dtype=np.float32)
+        support_mask = np.zeros((n, width), dtype=bool)
+        last = self.config.max_positions - 1
+        for row, (_, hist) in enumerate(pairs):
+            for col, h in enumerate(hist):
+                support_item[row, col], support_position[row, col] = index[h.action], min(h.position, last)
+                support_reward[row, col], support_mask[row, col] = h.reward, True
+        queries = [e for e, _ in pairs]
         return TaskBatch(
-            features=self._features([xs[0] for _, xs in users]),
-            user_bucket=torch.from_numpy(hash_ids([u for u, _ in users], self.config.user_buckets)),
-            history=torch.zeros(len(users), self.config.text_dim),
+            features=self._features(queries),
+            user_bucket=torch.from_numpy(hash_ids([e.user_id for e in queries], self.config.user_buckets)),
+            history=torch.zeros(n, self.config.text_dim),
             item_bucket=item_bucket, item_text=item_text,
-            support_item=item[:, :support], support_position=position[:, :support],
-            support_reward=reward[:, :support], support_mask=ones(support),
-            query_item=item[:, support:], query_position=position[:, support:],
-            query_reward=reward[:, support:], query_mask=ones(query),
+            support_item=torch.from_numpy(support_item), support_position=torch.from_numpy(support_position),
+            support_reward=torch.from_numpy(support_reward), support_mask=torch.from_numpy(support_mask),
+            query_item=torch.as_tensor([[index[e.action]] for e in queries]),
+            query_position=torch.as_tensor([[min(e.position, last)] for e in queries]),
+            query_reward=torch.as_tensor([[e.reward] for e in queries], dtype=torch.float32),
+            query_mask=torch.ones(n, 1, dtype=torch.bool),
         )

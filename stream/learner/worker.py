@@ -1,12 +1,13 @@
 """The learner worker: fresh experiences plus replay in, gated policy versions out.
 
-It follows ``experiences`` in a consumer group and trains as soon as a few are in
-(a new experience reaches an update within the next loop turn), mixing each fresh
-batch with a uniform sample of the replay store and a batch of per-user tasks for
-the meta step. Every ``publish_every`` updates or seconds it evaluates the model
-against the live version on held-out recent logs (a share of requests never trained
-on) with the doubly robust estimator, publishes it if it is not worse by more than
-the margin, and otherwise counts and logs the rejection and keeps learning.
+It follows ``experiences`` in a consumer group and feeds the agent (``models/agent.py``:
+what is learned, how it is explored, when a candidate may replace the live version)
+as soon as a few are in (a new experience reaches an update within the next loop
+turn): the agent's plan splits what waits into updates, each mixed with a uniform
+sample of the replay store and a batch of per-user tasks for the meta step. Every
+``publish_every`` updates or seconds the agent judges a candidate against the live
+version on held-out recent logs (a share of requests never trained on); it is
+published unless significantly worse, and a refusal is counted and logged.
 
 A checkpoint (weights, optimiser, EWC and distillation state, meta parameters,
 the live version and the consumer positions) is written to a temporary file and
@@ -17,7 +18,6 @@ the higher of the checkpoint's and the topic's latest.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -26,13 +26,14 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from models import checkpoint
+from models.agent import Agent, AgentConfig
 from models.encoders import TextEncoder
 from models.evaluation import estimate
-from models.learner import Learner, LearnerConfig
 from models.policy import PolicyConfig, TwoTowerPolicy
 from stream import schemas
 from stream.config import Settings
@@ -63,9 +64,13 @@ UPDATES = Counter("recsys_learner_updates_total", "Optimiser steps taken by the 
 SAMPLES = Counter("recsys_learner_samples_total", "Experiences trained on, by source (fresh, replay, task).",
                   ["source"])
 LOSS = Gauge("recsys_learner_loss", "Last training loss, by part (loss, reward_model_loss, pg_loss, ...).", ["part"])
-GATE = Counter("recsys_learner_gate_total", "Publish decisions of the off-policy gate, by outcome.", ["outcome"])
+GATE = Counter("recsys_learner_gate_total", "Publish decisions of the off-policy gate, by outcome (passed, refused, "
+               "too_few_decisions, no_live).", ["outcome"])
 GATE_ESTIMATE = Gauge("recsys_learner_gate_estimate", "Last doubly robust estimate on held-out logs, by policy "
-                      "(candidate, live).", ["policy"])
+                      "(candidate, live), and the bounds of their paired difference's interval (diff_low, diff_high).",
+                      ["policy"])
+REFUSED = Counter("recsys_learner_refused_experiences_total",
+                  "Experiences not trained on, by reason (width: context.features not the policy's width).", ["reason"])
 UPDATE_SECONDS = Histogram("recsys_learner_update_seconds", "Time of one optimiser step (batch building included).",
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 FRESH_DELAY = Histogram("recsys_learner_fresh_delay_seconds",
@@ -83,26 +88,16 @@ PUBLISH_FAILURES = Counter("recsys_learner_publish_failures_total",
 
 @dataclass(frozen=True)
 class LearnerWorkerConfig:
-    batch_size: int = 256
-    #: Share of each batch drawn from the replay store once it holds data.
-    replay_share: float = 0.5
-    tasks_per_update: int = 16
-    task_support: int = 5
-    task_query: int = 5
+    """How the worker runs the agent on a stream; what it learns and serves is ``AgentConfig``'s."""
+
     #: Fresh experiences before the first update (a handful is noise).
     min_fresh: int = 32
-    publish_every_updates: int = 50
     publish_every_seconds: float = 10.0
     #: Requests (by request_id hash) kept out of training to validate candidates on.
     holdout_share: float = 0.1
     holdout_size: int = 20_000
-    #: A candidate is published unless its estimate is below the live one by more than this.
-    gate_margin: float = 0.02
-    #: Held-out decisions needed before the gate compares (fewer: publish, and say so).
-    gate_min_decisions: int = 100
-    #: The exploration the scorer serves with (the gate evaluates the policy as served).
-    temperature: float = 0.1
-    epsilon: float = 0.05
+    #: The newest held-out decisions the gate judges a candidate on.
+    gate_decisions: int = 5_000
     #: Versions kept on the policies topic (older ones are tombstoned): what rollback can reach.
     retain_versions: int = 20
     #: Held-out decisions of each period become a probe set every published version is re-scored on.
@@ -136,15 +131,15 @@ class RecentIds:
 
 class LearnerWorker:
     def __init__(self, settings: Settings, encoder: TextEncoder, config: LearnerWorkerConfig | None = None,
-                 learner_config: LearnerConfig | None = None, model_config: PolicyConfig | None = None,
+                 agent_config: AgentConfig | None = None, model_config: PolicyConfig | None = None,
                  store_path: Path | None = None, checkpoint_path: Path | None = None) -> None:
         self.settings = settings
         self.config = config or LearnerWorkerConfig()
-        model_config = model_config or PolicyConfig(text_dim=encoder.dim)
+        model_config = model_config or PolicyConfig(text_dim=encoder.dim, user_features=settings.user_features)
         if model_config.text_dim != encoder.dim:
             raise ValueError(f"policy text_dim {model_config.text_dim} != encoder dim {encoder.dim}")
-        self.learner = Learner(model_config, learner_config or LearnerConfig(ewc_strength=100.0,
-                                                                              distill_strength=0.5))
+        self.agent = Agent(model_config, agent_config)
+        self.learner = self.agent.learner
         self.catalogue = Catalogue(encoder, "learner")
         self.items = TopicFollower(settings, "items", self.catalogue.add, from_start=True, component="learner")
         self.batcher = ExperienceBatcher(model_config, self.catalogue)
@@ -164,6 +159,7 @@ class LearnerWorker:
                                                    keep=self.config.probe_sets))
         self.recent_batches: deque = deque(maxlen=4)
         self.seen = RecentIds(self.config.dedupe_window)
+        self.task_rng = np.random.default_rng(0)
         self.trained_through = 0.0
         self.updates_since_publish = 0
         self.retained: deque[schemas.PolicyHeader] = deque()
@@ -262,7 +258,7 @@ class LearnerWorker:
                 if ready and (self.learner.step > 0 or len(self.fresh) >= self.config.min_fresh):
                     self._update()
                     last_update = now
-                due = (self.updates_since_publish >= self.config.publish_every_updates
+                due = (self.updates_since_publish >= self.agent.config.publish_every_updates
                        or (self.updates_since_publish > 0 and now - last_publish >= self.config.publish_every_seconds))
                 if due:
                     self._publish_or_reject()
@@ -331,6 +327,9 @@ class LearnerWorker:
         if self.seen.seen(event.event_id):
             REPEATS.inc()
             return False
+        if not self.batcher.fits(event):
+            REFUSED.labels("width").inc()      # the replay service dead-letters it with its reason
+            return False
         if zlib.crc32(event.request_id.encode()) % 1000 < self.config.holdout_share * 1000:
             self.holdout.append(event)
             self.probes.offer(event, time.time())
@@ -339,19 +338,23 @@ class LearnerWorker:
         return True
 
     def _update(self) -> None:
+        """Everything waiting, in the updates the agent plans (a backlog in bigger steps, so the learner
+        keeps up with the stream instead of falling further behind it)."""
+        taken = list(self.fresh)
+        self.fresh.clear()
+        start = 0
+        for size in self.agent.plan(len(taken)):
+            self._update_once(taken[start:start + size])
+            start += size
+
+    def _update_once(self, taken: list[tuple[float, int, int, schemas.Experience]]) -> None:
         started = time.perf_counter()
-        cfg = self.config
-        # A backlog is trained in bigger steps (up to 8 batches at once), so the learner keeps up
-        # with the stream instead of falling further behind it; the replay mix stays one batch.
-        taken = [self.fresh.popleft() for _ in range(min(len(self.fresh), 8 * cfg.batch_size))]
         fresh = [e for *_, e in taken]
-        n_replay = min(cfg.batch_size, int(round(len(fresh) * cfg.replay_share / max(1e-9, 1 - cfg.replay_share))))
-        replayed = self.replay.sample(n_replay)
+        replayed = [e for e in self.replay.sample(self.agent.replay_count(len(fresh))) if self.batcher.fits(e)]
         batch = self.batcher.batch(fresh + replayed)
-        tasks = self.batcher.tasks(self.replay.sample_tasks(cfg.tasks_per_update, cfg.task_support + cfg.task_query),
-                                   cfg.task_support, cfg.task_query)
+        tasks = self._tasks(fresh)
         replay_batch = self.batcher.batch(replayed) if replayed else None
-        stats = self.learner.update(batch, tasks, replay_batch)
+        stats = self.agent.update(batch, replay_batch, tasks)
         self.recent_batches.append(batch)
         now, mono = time.time(), time.monotonic()
         for read_at, _, _, e in taken:
@@ -369,40 +372,43 @@ class LearnerWorker:
         self.updates_since_publish += 1
         UPDATE_SECONDS.observe(time.perf_counter() - started)
 
-    def _gate(self) -> tuple[bool, dict[str, float]]:
-        """(publish?, metrics): the candidate's DR estimate on held-out top-of-slate decisions vs the live one's."""
-        decisions = [e for e in self.holdout if is_full_decision(e)]
-        if self.live is None or len(decisions) < self.config.gate_min_decisions:
-            return True, {"gate_decisions": float(len(decisions))}
-        batch = self.batcher.batch(decisions)
-        model = self.learner.model
-        model.eval()
-        try:
-            ours = estimate(model, batch.to(self.learner.device), self.config.temperature, self.config.epsilon,
-                            clip=10.0, n_boot=200)["dr"]
-            theirs = estimate(self.live, batch, self.config.temperature, self.config.epsilon, clip=10.0,
-                              n_boot=200)["dr"]
-        finally:
-            model.train()
-        GATE_ESTIMATE.labels("candidate").set(ours.value)
-        GATE_ESTIMATE.labels("live").set(theirs.value)
-        metrics = {"dr": ours.value, "dr_live": theirs.value, "gate_decisions": float(len(decisions))}
-        return ours.value >= theirs.value - self.config.gate_margin, metrics
+    def _tasks(self, fresh: list[schemas.Experience]):
+        """A few fresh outcomes as meta tasks, each with what the scorer knew of its user (the agent's
+        ``history`` last outcomes before it, from the replay store)."""
+        agent = self.agent.config
+        outcomes = [e for e in fresh if e.kind != "purchase"]
+        if not outcomes or not self.agent.variant.meta:
+            return None
+        picked = [outcomes[i] for i in self.task_rng.choice(len(outcomes), size=min(agent.tasks_per_update,
+                                                                                      len(outcomes)), replace=False)]
+        return self.batcher.tasks(picked, [self.replay.history_before(e.user_id, e.ts, agent.history) for e in picked])
+
+    def _gate(self, candidate: TwoTowerPolicy) -> tuple[bool, dict[str, float]]:
+        """(publish?, metrics): the agent's verdict on the newest held-out top-of-slate decisions."""
+        decisions = [e for e in self.holdout if is_full_decision(e) and self.batcher.fits(e)]
+        decisions = decisions[-self.config.gate_decisions:]
+        verdict = self.agent.judge(candidate, self.live, self.batcher.batch(decisions) if decisions else None)
+        GATE.labels(verdict.reason).inc()
+        if verdict.reason in ("passed", "refused"):
+            for label, value in (("candidate", verdict.candidate), ("live", verdict.live),
+                                 ("diff_low", verdict.low), ("diff_high", verdict.high)):
+                GATE_ESTIMATE.labels(label).set(value)
+            return verdict.publish, verdict.metrics()
+        return True, {"gate_decisions": float(verdict.decisions)}
 
     def _publish_or_reject(self) -> None:
         t0 = time.perf_counter()
-        ok, metrics = self._gate()
+        snapshot = self.agent.candidate()
+        ok, metrics = self._gate(snapshot)
         t_gate = time.perf_counter() - t0
         self.updates_since_publish = 0
         if not ok:
-            GATE.labels("rejected").inc()
-            log.warning("candidate rejected by the gate: DR %.4f vs live %.4f (margin %.3f); keeping v%d",
-                        metrics["dr"], metrics["dr_live"], self.config.gate_margin, self.version)
+            log.warning("candidate refused by the gate: DR %.4f vs live %.4f, difference in [%.4f, %.4f]; keeping v%d",
+                        metrics["dr"], metrics["dr_live"], metrics["dr_diff_low"], metrics["dr_diff_high"],
+                        self.version)
             return
-        GATE.labels("passed").inc()
         metrics.update(trained_through_ts=self.trained_through, step=float(self.learner.step),
                        samples=float(self.learner.samples))
-        snapshot = copy.deepcopy(self.learner.model).float().cpu().eval()
         version = self.version + 1
         try:
             header = self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
@@ -417,8 +423,7 @@ class LearnerWorker:
         self.version = version
         self.live = snapshot
         self._export_live_version()
-        if self.recent_batches:
-            self.learner.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
+        self.agent.consolidate(list(self.recent_batches))   # what this version knows is not to be forgotten
         t_consolidate = time.perf_counter() - t0 - t_gate - t_publish
         self.probes.rotate(time.time())
         forgetting = self.probes.score(self._probe_value)
@@ -429,6 +434,8 @@ class LearnerWorker:
 
     def _probe_value(self, decisions: list[schemas.Experience]) -> float:
         """The live version's DR reward per decision on a probe set (point estimate, as served)."""
-        return estimate(self.live, self.batcher.batch(decisions), self.config.temperature, self.config.epsilon,
-                        clip=10.0, n_boot=0)["dr"].value
+        decisions = [e for e in decisions if self.batcher.fits(e)]
+        if not decisions:
+            return float("nan")
+        return estimate(self.live, self.batcher.batch(decisions), clip=10.0, n_boot=0)["dr"].value
 

@@ -93,8 +93,16 @@ class ReplayService:
                 continue
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             event = dead_letters.decode_or_dead_letter("experiences", msg)
-            if event is not None:
-                experiences.append(event)
+            if event is None:
+                continue
+            width = len(event.context.features)
+            if width and width != self.settings.user_features:
+                dead_letters.send(msg.topic(), msg.value() or b"", "width",
+                                  f"context.features has {width} values; the policy takes "
+                                  f"{self.settings.user_features} (RECSYS_USER_FEATURES)",
+                                  partition=msg.partition(), offset=msg.offset(), key=msg.key())
+                continue
+            experiences.append(event)
         if dead_letters.sent != letters_before:
             out.flush(30)   # raises DeliveryError: offsets never pass an unacknowledged dead letter
         added = self.store.add(experiences, offsets)

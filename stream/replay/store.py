@@ -16,7 +16,6 @@ batches are sampled uniformly, from the recent window, or by priority.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +241,6 @@ class ReplaySampler:
         self.rng = np.random.default_rng(seed)
         self._db: sqlite3.Connection | None = None
         self._decoder = schemas.decoder_for("experiences")
-        self._eligible: tuple[float, int, list[str]] = (0.0, 0, [])
 
     def ready(self) -> bool:
         if self._db is None and self.path.exists():
@@ -271,23 +269,16 @@ class ReplaySampler:
         self.rng.shuffle(found)
         return found[:n]
 
-    def sample_tasks(self, n_users: int, min_experiences: int, refresh: float = 10.0
-                     ) -> dict[str, list[schemas.Experience]]:
-        """Up to n_users users with at least min_experiences, each with their first min_experiences in time
-        order (a task replays how a user started: what serve-time adaptation faces with a new user)."""
-        if not self.ready():
-            return {}
-        checked, m, eligible = self._eligible
-        if m != min_experiences or time.monotonic() - checked > refresh:
-            eligible = [r[0] for r in self._db.execute(
-                "SELECT user_id FROM experiences GROUP BY user_id HAVING COUNT(*) >= ?", (min_experiences,))]
-            self._eligible = (time.monotonic(), min_experiences, eligible)
-        if not eligible:
-            return {}
-        chosen = self.rng.choice(eligible, size=min(n_users, len(eligible)), replace=False)
-        return {str(u): [self._decoder.decode(r[0]) for r in self._db.execute(
-            "SELECT payload FROM experiences WHERE user_id = ? ORDER BY ts, seq LIMIT ?",
-            (str(u), min_experiences))] for u in chosen}
+    def history_before(self, user_id: str, ts: float, limit: int) -> list[schemas.Experience]:
+        """The user's last ``limit`` outcomes (purchase follow-ups left out) before ``ts``, oldest first:
+        what a scorer's memory held when it served the request at ``ts``."""
+        if not self.ready() or limit <= 0:
+            return []
+        rows = self._db.execute(
+            "SELECT payload FROM experiences WHERE user_id = ? AND ts < ? ORDER BY ts DESC, seq DESC LIMIT ?",
+            (user_id, ts, 2 * limit)).fetchall()
+        outcomes = [e for e in (self._decoder.decode(r[0]) for r in rows) if e.kind != "purchase"][:limit]
+        return outcomes[::-1]
 
     def close(self) -> None:
         if self._db is not None:

@@ -3,10 +3,12 @@
 Per request it reads the live version once (a single reference, replaced whole by
 the policy subscriber's thread after the new version has been built off the hot
 path), so no request ever sees half a policy and none waits for a swap. It adapts
-the policy to the user from their recent experiences (the meta-learned fast
-weights, followed from the ``experiences`` topic), scores unknown items from their
-text embedding (the ``items`` topic through the packaged MiniLM), draws an exploring
-slate with exact propensities, and logs what it showed to ``impressions``, which is
+the policy to the user from their recent experiences (the posterior of the fast
+weights under the meta-learned prior, followed from the ``experiences`` topic),
+scores unknown items from their text embedding (the ``items`` topic through the
+packaged MiniLM), draws a slate with exact propensities by the exploration the
+version carries (``ServingPolicy.decide``; an operator's ``--temperature`` or
+``--epsilon`` overrides it, logged and exported), and logs what it showed to ``impressions``, which is
 where the reward join starts. Before any version exists it serves uniform random
 slates as version 0: that traffic is what the first version learns from.
 """
@@ -24,11 +26,12 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from models.batch import hash_ids
 from models.encoders import TextEncoder
-from models.serving import ServingPolicy, TextProjections, exploration_probs, sample_slate, uniform_slate
+from models.exploration import KINDS
+from models.serving import Recent, ServingPolicy, TextProjections, uniform_slate
 from stream import schemas
 from stream.config import Settings
 from stream.items.embeddings import Catalogue
@@ -47,6 +50,11 @@ SCORER_SWAPS = Counter("recsys_scorer_policy_swaps_total", "Policy versions this
 SWAP_BUILD_SECONDS = Histogram(
     "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
+EXPLORATION = Gauge("recsys_scorer_exploration", "The exploration this scorer serves: kind (1 on the served "
+                    "kind's series) and its settings.", ["setting"])
+EXPLORATION_OVERRIDES = Gauge("recsys_scorer_exploration_overridden",
+                              "1 for each exploration setting an operator overrides (--temperature, --epsilon).",
+                              ["setting"])
 #: Seconds a connection may take to send a request (or sit idle between keep-alive requests).
 READ_TIMEOUT = 10.0
 #: Connections served at once; one more is answered 503 and closed instead of taking a thread.
@@ -63,10 +71,9 @@ FRESHNESS = Histogram(
 @dataclass(frozen=True)
 class ScorerConfig:
     slate_size: int = 10
-    #: Scores are expected rewards (a click is worth 1): at 0.1 a 0.2 better item is e^2 times likelier.
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    adapt_steps: int = 3
+    #: Overrides of the exploration each version carries (None: serve it as the learner judged it).
+    temperature: float | None = None
+    epsilon: float | None = None
     #: Recent experiences kept per user for adaptation, users kept, and how long an idle user is kept.
     history: int = 20
     max_users: int = 100_000
@@ -137,8 +144,14 @@ class Scorer:
             log.error("policy v%d expects %d-dim item text, the encoder gives %d: keeping v%d", live.version,
                       live.model.config.text_dim, self.catalogue.dim, self.version)
             return
-        policy = ServingPolicy(live.model)
+        carried = live.model.config.exploration
+        exploration = carried.with_overrides(temperature=self.config.temperature, epsilon=self.config.epsilon)
+        if exploration != carried:
+            log.warning("v%d: serving with operator overrides %s instead of the version's %s (the gate judged "
+                        "the latter)", live.version, exploration.describe(), carried.describe())
+        policy = ServingPolicy(live.model, exploration)
         served = _Served(live.version, policy, TextProjections(policy))
+        _export_exploration(exploration, self.config)
         SWAP_BUILD_SECONDS.observe(time.perf_counter() - started)
         self._served = served
         self.live_metrics = dict(live.header.metrics)
@@ -179,16 +192,14 @@ class Scorer:
             user_bucket = int(hash_ids([request.user_id], cfg.user_buckets)[0])
             user = policy.user_vector(features, user_bucket, history)
             vectors, bias = self._item_vectors(served, candidates)
-            delta = None
+            evidence = None
             if recent:
                 seen_vectors, seen_bias = self._item_vectors(served, [item for item, _, _ in recent])
                 positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
-                rewards = np.asarray([r for _, _, r in recent], dtype=np.float32)
-                delta = policy.adapt(user, seen_vectors, seen_bias, positions, rewards, self.config.adapt_steps)
+                evidence = Recent(seen_vectors, seen_bias, positions, np.asarray([r for *_, r in recent]))
                 adapted = len(recent)
-            scores = policy.scores(user, vectors, bias, delta)
-            probs = exploration_probs(scores, self.config.temperature, self.config.epsilon)
-            slate, propensities = sample_slate(probs, k, self._rng())
+            decision = policy.decide(user, vectors, bias, evidence, k, self._rng())
+            slate, propensities, scores = decision.slate, decision.propensities, decision.scores
         propensities = np.clip(propensities, 1e-9, 1.0)
         shown = [schemas.ShownItem(candidates[i], pos, float(propensities[pos]), float(scores[i]))
                  for pos, i in enumerate(slate)]
@@ -208,9 +219,17 @@ class Scorer:
         return served.policy.item_vectors_projected(buckets, projected)
 
     def observe_experience(self, experience: schemas.Experience, now: float) -> None:
-        if experience.kind != "purchase":      # adaptation learns clicks; purchases are follow-ups
-            self.memory.record(experience.user_id, experience.action, experience.position,
-                               experience.reward_parts.click, now)
+        if experience.kind != "purchase":      # a purchase follow-up would count one outcome twice
+            self.memory.record(experience.user_id, experience.action, experience.position, experience.reward, now)
+
+
+def _export_exploration(rule, config: ScorerConfig) -> None:
+    for kind in KINDS:
+        EXPLORATION.labels(f"kind_{kind}").set(1.0 if rule.kind == kind else 0.0)
+    for setting in ("epsilon", "temperature", "gamma", "draws"):
+        EXPLORATION.labels(setting).set(float(getattr(rule, setting)))
+    for setting in ("temperature", "epsilon"):
+        EXPLORATION_OVERRIDES.labels(setting).set(0.0 if getattr(config, setting) is None else 1.0)
 
 
 def impression_id(request_id: str) -> str:

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.agent import AgentConfig
 from models.batch import hash_ids
 from models.checkpoint import CheckpointError
+from models.gate import GateConfig
 from models.policy import PolicyConfig, TwoTowerPolicy
 from stream import schemas
 from stream.config import Settings
@@ -27,13 +29,14 @@ CANDIDATES = ["good", "b1", "b2", "b3", "b4"]
 @pytest.fixture()
 def worker(text_encoder, tmp_path):
     settings = Settings(bootstrap_servers="127.0.0.1:9", data_dir=tmp_path / "data", topic_prefix="unit.")
-    built = LearnerWorker(settings, text_encoder, LearnerWorkerConfig(gate_min_decisions=50),
+    built = LearnerWorker(settings, text_encoder, LearnerWorkerConfig(),
+                          AgentConfig(gate=GateConfig(min_decisions=50)),
                           model_config=PolicyConfig(text_dim=text_encoder.dim), checkpoint_path=tmp_path / "l.ckpt")
     yield built
     built.publisher.close()
 
 
-def decisions(n: int = 400, seed: int = 0) -> list[schemas.Experience]:
+def decisions(n: int = 400, seed: int = 0, features: list[float] | None = None) -> list[schemas.Experience]:
     """Uniformly logged top-of-slate decisions where only "good" is ever clicked."""
     rng = np.random.default_rng(seed)
     out = []
@@ -44,7 +47,8 @@ def decisions(n: int = 400, seed: int = 0) -> list[schemas.Experience]:
             event_id=f"r{i}:{action}:{'click' if clicked else 'no_click'}", request_id=f"r{i}", user_id=f"u{i % 40}",
             action=action, position=0, propensity=1 / len(CANDIDATES), reward=float(clicked),
             reward_parts=schemas.RewardParts(click=float(clicked)), kind="click" if clicked else "no_click",
-            policy_version=1, ts=1_763_900_000.0 + i, candidates=list(CANDIDATES)))
+            policy_version=1, ts=1_763_900_000.0 + i, candidates=list(CANDIDATES),
+            context=schemas.Context(features=features or [])))
     return out
 
 
@@ -59,26 +63,54 @@ def preferring(model: TwoTowerPolicy, item: str, bias: float) -> TwoTowerPolicy:
 
 def test_the_gate_refuses_a_clearly_worse_candidate(worker):
     worker.holdout.extend(decisions())
-    worker.live = preferring(worker.learner.model, "good", 5.0)
-    worker.learner.model.load_state_dict(preferring(worker.learner.model, "good", -5.0).state_dict())
-    ok, metrics = worker._gate()
+    model = worker.learner.model
+    model.load_state_dict(preferring(model, "good", 1.0).state_dict())
+    worker.live = worker.agent.candidate()       # published versions carry their resolved exploration
+    model.load_state_dict(preferring(model, "good", -1.0).state_dict())
+    ok, metrics = worker._gate(worker.agent.candidate())
     assert not ok
-    assert metrics["dr"] < metrics["dr_live"] - worker.config.gate_margin
+    assert metrics["dr"] < metrics["dr_live"] and metrics["dr_diff_high"] < 0
 
 
 def test_the_gate_publishes_a_candidate_equal_to_the_live_version(worker):
     worker.holdout.extend(decisions())
-    worker.live = copy.deepcopy(worker.learner.model).eval()
-    ok, metrics = worker._gate()
+    worker.live = worker.agent.candidate()
+    ok, metrics = worker._gate(worker.agent.candidate())
     assert ok and metrics["dr"] == pytest.approx(metrics["dr_live"], abs=1e-6)
+
+
+def test_the_gate_publishes_a_negligibly_worse_candidate(worker):
+    """A difference too small to matter is not a reason to stall freshness (a point margin refused such
+    candidates in streaks during a drift), even when one reward model for both makes it "significant"."""
+    worker.holdout.extend(decisions(60))
+    model = worker.learner.model
+    model.load_state_dict(preferring(model, "good", 0.003).state_dict())
+    worker.live = worker.agent.candidate()
+    model.load_state_dict(preferring(model, "good", 0.0).state_dict())
+    ok, metrics = worker._gate(worker.agent.candidate())
+    assert ok and metrics["dr_diff_high"] > -0.02 * metrics["dr_live"], metrics
 
 
 def test_the_gate_publishes_while_there_are_too_few_held_out_decisions(worker):
     worker.holdout.extend(decisions(10))
     worker.live = preferring(worker.learner.model, "good", 5.0)
     worker.learner.model.load_state_dict(preferring(worker.learner.model, "good", -5.0).state_dict())
-    ok, metrics = worker._gate()
+    ok, metrics = worker._gate(worker.agent.candidate())
     assert ok and metrics == {"gate_decisions": 10.0}
+
+
+def test_a_context_of_the_wrong_width_is_refused_and_counted_never_cut(worker):
+    from stream.learner.worker import REFUSED
+
+    before = REFUSED.labels("width")._value.get()
+    wide = decisions(3, features=[0.5] * 20)
+    assert not any(worker._accept(e, 0, i) for i, e in enumerate(wide))
+    assert REFUSED.labels("width")._value.get() == before + 3
+    assert not worker.fresh and not worker.holdout
+    fitting = decisions(2, seed=1, features=[0.5] * worker.learner.model.config.user_features)
+    assert all(worker._accept(e, 0, i) for i, e in enumerate(fitting))
+    with pytest.raises(ValueError, match="20 user features"):
+        worker.batcher.batch(wide)
 
 
 def live_version(model: TwoTowerPolicy, version: int, rollback_of: int) -> LivePolicy:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models import evaluation
+from models.exploration import Exploration
 from models.learner import Learner, LearnerConfig
 from models.objectives import ObjectiveConfig
 from models.policy import PolicyConfig
@@ -52,11 +53,12 @@ def test_dr_estimate_of_the_learned_policy_covers_the_truth(trained):
     sim, learners = trained
     model = learners["dr"].model
     held_out, users = sim.uniform_logs(8000, K)
-    inputs = evaluation.target_inputs(model, held_out, temperature=0.5, epsilon=0.05)
+    rule = Exploration("softmax", temperature=0.5, epsilon=0.05)
+    inputs = evaluation.target_inputs(model, held_out, rule)
     # Ground truth: the target policy's exact expected reward on these very contexts.
     truth_items = sim.world.expected_item_reward(users, held_out.candidates.numpy())
     truth = float((inputs.probs * truth_items).sum(axis=1).mean())
-    estimates = evaluation.estimate(model, held_out, temperature=0.5, epsilon=0.05)
+    estimates = evaluation.estimate(model, held_out, rule)
     dr = estimates["dr"]
     assert dr.low <= truth <= dr.high, (dr, truth)
     # The estimate also says what matters: better than the policy that logged the data.

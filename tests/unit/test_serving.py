@@ -8,8 +8,7 @@ import torch
 
 from models.meta import adapt_user
 from models.policy import PolicyConfig, TwoTowerPolicy
-from models.policy import exploration_probs as torch_probs
-from models.serving import ServingPolicy, TextProjections, exploration_probs, sample_slate, uniform_slate
+from models.serving import ServingPolicy, TextProjections, sample_slate, uniform_slate
 
 
 @pytest.fixture()
@@ -42,8 +41,10 @@ def test_scores_and_adaptation_match_the_torch_policy(trained_looking_model):
         want = model.personal_scores(t_user[None], t_vec[None], t_bias[None], t_delta)[0]
     np.testing.assert_allclose(delta, t_delta.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(exploration_probs(got, 0.5, 0.1),
-                               torch_probs(want[None], 0.5, 0.1)[0].numpy(), rtol=1e-4, atol=1e-6)
+    estimates = serving.estimates(user, vectors, bias, None)
+    with torch.no_grad():
+        prior = model.personal_scores(t_user[None], t_vec[None], t_bias[None], model.delta0)[0]
+    np.testing.assert_allclose(estimates, prior.numpy() + float(model.position_bias.weight[0, 0].detach()), rtol=1e-4, atol=1e-5)
 
 
 def test_slates_are_distinct_and_propensities_are_sequential_plackett_luce():

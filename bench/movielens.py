@@ -1,0 +1,525 @@
+"""Real data, period by period: MovieLens ratings as a stream, each period judged before it is learned.
+
+    recsys-stream bench movielens --data DIR [--periods 8] [--json OUT.json] [--policies ...]
+
+The protocol of the incremental-update papers (ASMG, RecSys 2021; SML, SIGIR 2020):
+ratings in time order, rating >= 4 a positive (a click), anything lower shown but not
+clicked; the stream is cut into periods of equal size (derived from the file, so the
+same command runs on any ``ratings.csv`` of this format). Period 0 only trains. For
+every later period each policy first predicts the period (AUC, log loss, per-user
+GAUC; AUC on new users' first ratings and on items first rated in the period), then
+trains on it. 10% of each period's ratings are held out of training: at the end every
+policy re-predicts the earlier periods' held-out ratings, and backward transfer (BWT,
+as continual-learning papers report it) is the mean change of that AUC since the
+period was learned (negative: forgotten).
+
+Item text is title + genres through the packaged MiniLM, so a movie first rated later
+is scored from its words. The rows:
+
+- ``ours``: the production agent (``models/agent.py``) with its defaults, trained on
+  each period as the learner worker trains on a stream (updates of ``update_size``
+  fresh ratings, each with as many replayed ones from a uniform reservoir and fresh
+  ratings as meta tasks), consolidated at the end of each period (a published
+  version), and served through ``ServingPolicy.estimates`` with each user's last
+  ratings before the one predicted (the scorer's memory, which follows outcomes in
+  real time, not per period).
+- ``ours_no_meta``, ``ours_no_anti_forgetting``: the agent's ablations.
+- ``fine_tune``: the same model trained on each period alone (no replay, no meta, no
+  regularisers): plain incremental fine-tuning.
+- ``full_retrain``: a new model each period, trained from scratch on all ratings so far
+  (two epochs).
+- ``vw``: Vowpal Wabbit logistic regression on the same features (user id, item id,
+  the item's text embedding, user x item crossed), online: it predicts each rating,
+  then learns it.
+- ``popularity``: each item's smoothed share of positive ratings so far.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.machine import result
+from models.agent import OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
+from models.batch import Batch, TaskBatch, hash_ids
+from models.policy import PolicyConfig
+from models.serving import Recent, ServingPolicy
+
+POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "fine_tune", "full_retrain", "vw", "popularity")
+#: A new user's first ratings, the ones "AUC on new users" is measured on.
+NEW_USER_RATINGS = 10
+HOLDOUT_SHARE = 0.1
+
+
+@dataclass
+class Ratings:
+    user: np.ndarray            # (N,) user index, in time order
+    item: np.ndarray            # (N,) item index
+    label: np.ndarray           # (N,) 1.0 for rating >= 4
+    ts: np.ndarray              # (N,) epoch seconds
+    user_ids: list[str]
+    item_ids: list[str]
+    item_texts: list[str]
+    previous: np.ndarray        # (N, H) the user's previous ratings (row indices, -1 padding), oldest first
+    nth: np.ndarray             # (N,) how many ratings the user made before this one
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def load(data: Path, history: int = 20, limit: int | None = None) -> Ratings:
+    """``ratings.csv`` and ``movies.csv`` from a MovieLens folder, ratings in time order."""
+    ratings_path, movies_path = data / "ratings.csv", data / "movies.csv"
+    for path in (ratings_path, movies_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: --data must be a MovieLens folder with ratings.csv "
+                                    "and movies.csv (userId,movieId,rating,timestamp / movieId,title,genres)")
+    titles: dict[str, tuple[str, str]] = {}
+    with movies_path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"movieId", "title", "genres"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{movies_path}: expected columns movieId,title,genres, found {reader.fieldnames}")
+        for row in reader:
+            titles[row["movieId"]] = (row["title"], row["genres"])
+    rows = []
+    with ratings_path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"userId", "movieId", "rating", "timestamp"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{ratings_path}: expected columns userId,movieId,rating,timestamp, "
+                             f"found {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append((int(row["timestamp"]), row["userId"], row["movieId"], float(row["rating"])))
+            except (TypeError, ValueError):
+                raise ValueError(f"{ratings_path}:{line}: not a rating: {row}") from None
+    if not rows:
+        raise ValueError(f"{ratings_path} holds no ratings")
+    rows.sort()
+    if limit is not None:
+        rows = rows[:limit]
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    n = len(rows)
+    user, item = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    label, ts = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int64)
+    previous = np.full((n, history), -1, dtype=np.int64)
+    nth = np.zeros(n, dtype=np.int64)
+    past: dict[int, deque[int]] = {}
+    for i, (t, u, m, r) in enumerate(rows):
+        user[i], item[i] = users.setdefault(u, len(users)), items.setdefault(m, len(items))
+        label[i], ts[i] = float(r >= 4.0), t
+        seen = past.setdefault(int(user[i]), deque(maxlen=history))
+        previous[i, history - len(seen):] = list(seen)
+        nth[i] = nth[seen[-1]] + 1 if seen else 0
+        seen.append(i)
+    texts = []
+    for movie in items:
+        title, genres = titles.get(movie, (f"movie {movie}", ""))
+        genres = "" if genres == "(no genres listed)" else genres.replace("|", ", ")
+        texts.append(f"{title}. Genres: {genres}." if genres else title)
+    return Ratings(user, item, label, ts, list(users), list(items), texts, previous, nth)
+
+
+def encode(texts: list[str], say: Callable[[str], None]) -> np.ndarray:
+    from models.encoders import TextEncoder
+
+    say(f"encoding {len(texts):,} movie texts with the packaged MiniLM")
+    return TextEncoder().encode(texts)
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); nan when one class is missing."""
+    positives = labels > 0.5
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]       # average rank of ties, 1-based
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    p = np.clip(probs, 1e-4, 1 - 1e-4)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Per-user AUC weighted by the user's ratings, over users with both classes."""
+    total, weight = 0.0, 0
+    order = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for rows in np.split(order, bounds):
+        value = auc(labels[rows], scores[rows])
+        if not math.isnan(value):
+            total += value * len(rows)
+            weight += len(rows)
+    return total / weight if weight else float("nan")
+
+
+# -- policies ------------------------------------------------------------------------------------
+class OursPolicy:
+    """The agent on ratings: one-candidate decisions (the rated movie was shown, the label is its click)."""
+
+    def __init__(self, name: str, data: Ratings, text: np.ndarray, variant: Variant, seed: int,
+                 config: AgentConfig | None = None, replay: bool = True, replay_size: int = 50_000) -> None:
+        torch.manual_seed(seed)
+        self.name, self.data = name, data
+        config = config or AgentConfig()
+        if not replay:
+            config = replace(config, replay_share=0.0)
+        self.model_config = PolicyConfig(user_features=0, text_dim=text.shape[1])
+        self.agent = Agent(self.model_config, config, variant)
+        self.text = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
+        self.text_np = self.text.numpy()
+        self.item_bucket = hash_ids(data.item_ids, self.model_config.item_buckets)
+        self.user_bucket = hash_ids(data.user_ids, self.model_config.user_buckets)
+        self.rng = np.random.default_rng(seed)
+        self.replay_size = replay_size
+        self.reservoir: list[int] = []
+        self.seen = 0
+        self.served: ServingPolicy | None = None
+        self.recent: deque[Batch] = deque(maxlen=4)
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        items, index = np.unique(self.data.item[rows], return_inverse=True)
+        n = len(rows)
+        return Batch(
+            features=torch.zeros(n, 0), user_bucket=torch.from_numpy(self.user_bucket[self.data.user[rows]]),
+            history=torch.zeros(n, self.model_config.text_dim),
+            item_bucket=torch.from_numpy(self.item_bucket[items]), item_text=self.text[items],
+            candidates=torch.from_numpy(index.reshape(n, 1)), candidate_mask=torch.ones(n, 1, dtype=torch.bool),
+            action=torch.zeros(n, dtype=torch.long), position=torch.zeros(n, dtype=torch.long),
+            propensity=torch.ones(n), reward=torch.from_numpy(self.data.label[rows]))
+
+    def tasks(self, rows: np.ndarray) -> TaskBatch | None:
+        """Fresh ratings as meta tasks: the user's previous ratings adapt, the fresh one is predicted."""
+        if not self.agent.variant.meta or len(rows) == 0:
+            return None
+        picked = self.rng.choice(rows, size=min(self.agent.config.tasks_per_update, len(rows)), replace=False)
+        previous = self.data.previous[picked]
+        mask = previous >= 0
+        support = np.where(mask, previous, picked[:, None])
+        every = np.concatenate([support.ravel(), picked])
+        items, index = np.unique(self.data.item[every], return_inverse=True)
+        n, width = previous.shape
+        support_index, query_index = index[:n * width].reshape(n, width), index[n * width:].reshape(n, 1)
+        return TaskBatch(
+            features=torch.zeros(n, 0), user_bucket=torch.from_numpy(self.user_bucket[self.data.user[picked]]),
+            history=torch.zeros(n, self.model_config.text_dim),
+            item_bucket=torch.from_numpy(self.item_bucket[items]), item_text=self.text[items],
+            support_item=torch.from_numpy(support_index), support_position=torch.zeros(n, width, dtype=torch.long),
+            support_reward=torch.from_numpy(np.where(mask, self.data.label[support], 0.0).astype(np.float32)),
+            support_mask=torch.from_numpy(mask),
+            query_item=torch.from_numpy(query_index), query_position=torch.zeros(n, 1, dtype=torch.long),
+            query_reward=torch.from_numpy(self.data.label[picked][:, None]), query_mask=torch.ones(n, 1, dtype=torch.bool))
+
+    def train(self, rows: np.ndarray) -> None:
+        agent = self.agent
+        size = agent.config.update_size
+        for start in range(0, len(rows), size):       # the period arrives as a stream, a turn at a time
+            turn = rows[start:start + size]
+            for chunk in np.split(turn, np.cumsum(agent.plan(len(turn)))[:-1]):
+                replayed = self._replayed(agent.replay_count(len(chunk)))
+                both = np.concatenate([chunk, replayed]) if len(replayed) else chunk
+                batch = self.batch(both)
+                agent.update(batch, self.batch(replayed) if len(replayed) else None, self.tasks(chunk))
+                self.recent.append(batch)
+            self._remember(rows[start:start + size])
+        candidate = agent.candidate()           # the end of a period is a published version
+        agent.consolidate(list(self.recent))
+        self.served = ServingPolicy(candidate)
+
+    def _replayed(self, n: int) -> np.ndarray:
+        if n <= 0 or not self.reservoir:
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(self.reservoir)[self.rng.integers(0, len(self.reservoir), size=n)]
+
+    def _remember(self, rows: np.ndarray) -> None:
+        for row in rows:
+            self.seen += 1
+            if len(self.reservoir) < self.replay_size:
+                self.reservoir.append(int(row))
+            else:
+                j = int(self.rng.integers(0, self.seen))
+                if j < self.replay_size:
+                    self.reservoir[j] = int(row)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Each rating's estimated click probability from the served version and the user's ratings before
+        it (the scorer's memory)."""
+        policy, data = self.served, self.data
+        vectors, bias = policy.item_vectors(self.item_bucket, self.text_np)
+        no_features, no_history = np.zeros(0, dtype=np.float32), np.zeros(self.model_config.text_dim, dtype=np.float32)
+        out = np.zeros(len(rows))
+        for i, row in enumerate(rows):
+            user = policy.user_vector(no_features, int(self.user_bucket[data.user[row]]), no_history)
+            previous = data.previous[row][data.previous[row] >= 0]
+            recent = None
+            if len(previous) and self.agent.adapts:
+                seen = data.item[previous]
+                recent = Recent(vectors[seen], bias[seen], np.zeros(len(seen), dtype=np.int64), data.label[previous])
+            item = data.item[row]
+            out[i] = policy.estimates(user, vectors[item:item + 1], bias[item:item + 1], recent)[0]
+        return np.clip(out, 0.0, 1.0)
+
+
+class FullRetrain:
+    """A new model every period, trained from scratch on every rating so far."""
+
+    def __init__(self, data: Ratings, text: np.ndarray, seed: int, epochs: int = 2, batch_size: int = 256) -> None:
+        self.name, self.data, self.text, self.seed = "full_retrain", data, text, seed
+        self.epochs, self.batch_size = epochs, batch_size
+        self.trained: list[np.ndarray] = []
+        self.inner: OursPolicy | None = None
+
+    def train(self, rows: np.ndarray) -> None:
+        self.trained.append(rows)
+        every = np.concatenate(self.trained)
+        inner = OursPolicy(self.name, self.data, self.text, Variant("full_retrain", meta=False, anti_forgetting=False),
+                           self.seed, replay=False)
+        rng = np.random.default_rng(self.seed)
+        learner = inner.agent.learner
+        for _ in range(self.epochs):
+            order = rng.permutation(every)
+            for start in range(0, len(order), self.batch_size):
+                learner.update(inner.batch(order[start:start + self.batch_size]))
+        inner.served = ServingPolicy(inner.agent.candidate())
+        self.inner = inner
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return self.inner.predict(rows)
+
+
+class VowpalPolicy:
+    """Vowpal Wabbit logistic regression, online (predict a rating, then learn it)."""
+
+    def __init__(self, data: Ratings, text: np.ndarray, seed: int) -> None:
+        from vowpalwabbit import Workspace
+
+        self.name, self.data = "vw", data
+        self.args = f"--loss_function logistic --link logistic -q ui --quiet -b 22 --random_seed {seed}"
+        self.vw = Workspace(self.args, enable_logging=False)
+        self.items = [f"|i iid_{m} " + " ".join(f"t{j}:{v:.4f}" for j, v in enumerate(row))
+                      for m, row in zip(data.item_ids, text)]
+        self.learn_seconds = 0.0
+
+    def _line(self, row: int, label: float | None = None) -> str:
+        head = "" if label is None else ("1 " if label > 0.5 else "-1 ")
+        return f"{head}|u uid_{self.data.user_ids[self.data.user[row]]} {self.items[self.data.item[row]]}"
+
+    def train(self, rows: np.ndarray) -> None:
+        """Period 0 (nothing to predict yet): learn it."""
+        started = time.perf_counter()
+        for row in rows:
+            self.vw.learn(self._line(row, float(self.data.label[row])))
+        self.learn_seconds += time.perf_counter() - started
+
+    def predict_then_learn(self, rows: np.ndarray, learn: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(rows))
+        for i, (row, taught) in enumerate(zip(rows, learn)):
+            out[i] = self.vw.predict(self._line(row))
+            if taught:
+                started = time.perf_counter()
+                self.vw.learn(self._line(row, float(self.data.label[row])))
+                self.learn_seconds += time.perf_counter() - started
+        return out
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.array([self.vw.predict(self._line(row)) for row in rows])
+
+
+class PopularityPolicy:
+    def __init__(self, data: Ratings, prior_weight: float = 5.0) -> None:
+        self.name, self.data, self.prior_weight = "popularity", data, prior_weight
+        n = len(data.item_ids)
+        self.shown, self.liked = np.zeros(n), np.zeros(n)
+
+    def train(self, rows: np.ndarray) -> None:
+        np.add.at(self.shown, self.data.item[rows], 1.0)
+        np.add.at(self.liked, self.data.item[rows], self.data.label[rows])
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        prior = self.liked.sum() / max(1.0, self.shown.sum())
+        items = self.data.item[rows]
+        return (self.liked[items] + prior * self.prior_weight) / (self.shown[items] + self.prior_weight)
+
+
+def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
+    if name == "ours":
+        return OursPolicy(name, data, text, OURS, seed)
+    if name == "ours_no_meta":
+        return OursPolicy(name, data, text, OURS_NO_META, seed)
+    if name == "ours_no_anti_forgetting":
+        return OursPolicy(name, data, text, OURS_NO_ANTI_FORGETTING, seed)
+    if name == "fine_tune":
+        return OursPolicy(name, data, text, Variant("fine_tune", meta=False, anti_forgetting=False), seed, replay=False)
+    if name == "full_retrain":
+        return FullRetrain(data, text, seed)
+    if name == "vw":
+        try:
+            import vowpalwabbit  # noqa: F401
+        except ImportError:
+            raise ImportError("Vowpal Wabbit is not installed: pip install 'recsys-stream[bench]', or leave vw out "
+                              "with --policies") from None
+        return VowpalPolicy(data, text, seed)
+    if name == "popularity":
+        return PopularityPolicy(data)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+
+
+# -- the protocol --------------------------------------------------------------------------------
+def split(data: Ratings, periods: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training rows, held-out rows) of each period: equal-count periods in time order; a rating is held
+    out by a hash of (user, item), so the choice does not depend on the seed or the policy."""
+    if periods < 3:
+        raise ValueError("--periods must be at least 3 (one to start from, two to judge)")
+    if len(data) < periods * 50:
+        raise ValueError(f"{len(data)} ratings are too few for {periods} periods")
+    bounds = np.linspace(0, len(data), periods + 1).astype(int)
+    held = np.fromiter((zlib.crc32(f"{data.user_ids[u]}:{data.item_ids[m]}".encode()) % 1000 < HOLDOUT_SHARE * 1000
+                        for u, m in zip(data.user, data.item)), dtype=bool, count=len(data))
+    train, holdout = [], []
+    for p in range(periods):
+        rows = np.arange(bounds[p], bounds[p + 1])
+        train.append(rows[~held[rows]])
+        holdout.append(rows[held[rows]])
+    return train, holdout
+
+
+def period_metrics(data: Ratings, rows: np.ndarray, scores: np.ndarray, new_users: np.ndarray,
+                   new_items: np.ndarray) -> dict[str, float]:
+    labels = data.label[rows]
+    return {
+        "auc": auc(labels, scores), "log_loss": log_loss(labels, scores),
+        "gauc": gauc(data.user[rows], labels, scores),
+        "auc_new_users": auc(labels[new_users], scores[new_users]) if new_users.any() else float("nan"),
+        "auc_new_items": auc(labels[new_items], scores[new_items]) if new_items.any() else float("nan"),
+        "ratings": float(len(rows)), "new_user_ratings": float(new_users.sum()), "new_item_ratings": float(new_items.sum()),
+    }
+
+
+def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarray], holdout: list[np.ndarray],
+               seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+    policy = make_policy(name, data, text, seed)
+    first_period = np.zeros(len(data.item_ids), dtype=np.int64) - 1
+    first_user = np.zeros(len(data.user_ids), dtype=np.int64) - 1
+    per_period: list[dict[str, float]] = []
+    seconds: list[float] = []
+    after_training: list[float] = []       # AUC on each period's held-out ratings right after learning it
+    for p, (rows, held) in enumerate(zip(train, holdout)):
+        everything = np.sort(np.concatenate([rows, held]))
+        for r in everything:
+            if first_period[data.item[r]] < 0:
+                first_period[data.item[r]] = p
+            if first_user[data.user[r]] < 0:
+                first_user[data.user[r]] = p
+        if p > 0:
+            new_users = (first_user[data.user[everything]] == p) & (data.nth[everything] < NEW_USER_RATINGS)
+            new_items = first_period[data.item[everything]] == p
+            started = time.perf_counter()
+            if isinstance(policy, VowpalPolicy):
+                scores = policy.predict_then_learn(everything, np.isin(everything, rows))
+            else:
+                scores = policy.predict(everything)
+            predict_seconds = time.perf_counter() - started
+            metrics = period_metrics(data, everything, scores, new_users, new_items)
+            metrics["predict_seconds"] = predict_seconds
+            per_period.append(metrics)
+        started = time.perf_counter()
+        if isinstance(policy, VowpalPolicy):
+            before = policy.learn_seconds
+            if p == 0:
+                policy.train(rows)
+            seconds.append(policy.learn_seconds - before)
+        else:
+            policy.train(rows)
+            seconds.append(time.perf_counter() - started)
+        after_training.append(auc(data.label[held], policy.predict(held)) if len(held) else float("nan"))
+        if p > 0:
+            m = per_period[-1]
+            say(f"  {name:<24} period {p}/{len(train) - 1}: AUC {m['auc']:.4f}  GAUC {m['gauc']:.4f}  "
+                f"new users {m['auc_new_users']:.4f}  new items {m['auc_new_items']:.4f}  "
+                f"trained in {seconds[-1]:.1f}s")
+    final = [auc(data.label[held], policy.predict(held)) if len(held) else float("nan") for held in holdout]
+    bwt = [f - a for f, a in zip(final[:-1], after_training[:-1])]
+    if hasattr(policy, "vw"):
+        policy.vw.finish()
+    return {"per_period": per_period, "train_seconds": seconds, "heldout_auc_after_training": after_training,
+            "heldout_auc_final": final, "bwt_per_period": bwt}
+
+
+def summarise(run: dict[str, Any]) -> dict[str, float]:
+    periods = run["per_period"]
+
+    def mean(key: str) -> float:
+        values = [p[key] for p in periods if not math.isnan(p[key])]
+        return float(np.mean(values)) if values else float("nan")
+
+    bwt = [b for b in run["bwt_per_period"] if not math.isnan(b)]
+    return {"mean_auc": mean("auc"), "mean_gauc": mean("gauc"), "mean_log_loss": mean("log_loss"),
+            "mean_auc_new_users": mean("auc_new_users"), "mean_auc_new_items": mean("auc_new_items"),
+            "bwt": float(np.mean(bwt)) if bwt else float("nan"),
+            "train_seconds_per_period": float(np.mean(run["train_seconds"][1:])),
+            "train_seconds_last_period": float(run["train_seconds"][-1])}
+
+
+def run_movielens(data_dir: Path, periods: int = 8, policies: tuple[str, ...] = POLICIES, seed: int = 1,
+                  limit: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = progress or (lambda line: None)
+    unknown = set(policies) - set(POLICIES)
+    if unknown:
+        raise ValueError(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
+    history = AgentConfig().history
+    data = load(data_dir, history, limit)
+    say(f"{len(data):,} ratings by {len(data.user_ids):,} users of {len(data.item_ids):,} movies, "
+        f"{int(data.label.sum()):,} positive (rating >= 4); {periods} periods")
+    text = encode(data.item_texts, say)
+    train, holdout = split(data, periods, seed)
+    runs, summary = {}, {}
+    for name in policies:
+        say(f"{name}:")
+        started = time.perf_counter()
+        runs[name] = run_policy(name, data, text, train, holdout, seed, say)
+        summary[name] = summarise(runs[name])
+        s = summary[name]
+        say(f"  {name:<24} mean AUC {s['mean_auc']:.4f}  new users {s['mean_auc_new_users']:.4f}  "
+            f"new items {s['mean_auc_new_items']:.4f}  BWT {s['bwt']:+.4f}  "
+            f"{s['train_seconds_per_period']:.1f}s/period ({time.perf_counter() - started:.0f}s in all)")
+    params = {"data": str(data_dir), "ratings": len(data), "users": len(data.user_ids), "movies": len(data.item_ids),
+              "periods": periods, "holdout_share": HOLDOUT_SHARE, "seed": seed, "policies": list(policies),
+              "positive": "rating >= 4", "new_user_ratings": NEW_USER_RATINGS,
+              "first_ts": int(data.ts[0]), "last_ts": int(data.ts[-1])}
+    return result("movielens", {"by_policy": summary, "runs": runs}, params)
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    keys = [("mean_auc", "AUC", ".4f"), ("mean_gauc", "GAUC", ".4f"), ("mean_log_loss", "log loss", ".4f"),
+            ("mean_auc_new_users", "new users", ".4f"), ("mean_auc_new_items", "new items", ".4f"),
+            ("bwt", "BWT", "+.4f"), ("train_seconds_per_period", "s/period", ".1f")]
+    lines = [f"{'policy':<26}" + "".join(f"{label:>12}" for _, label, _ in keys)]
+    for name, m in report["metrics"]["by_policy"].items():
+        lines.append(f"{name:<26}" + "".join(f"{format(m[k], fmt):>12}" for k, _, fmt in keys))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.cli import movielens_command
+
+    return movielens_command.main(args=argv, prog_name="python -m bench.movielens", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The benchmarks' own logic: seed lists, paired differences, ranking metrics, period splits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.movielens import auc, gauc, log_loss
+from bench.quality import paired_differences, parse_drift, parse_seeds
+
+
+def test_seeds_are_a_count_a_list_or_a_range():
+    assert parse_seeds("3") == (1, 2, 3)
+    assert parse_seeds("41,42,43") == (41, 42, 43)
+    assert parse_seeds("41-45") == (41, 42, 43, 44, 45)
+    assert parse_seeds("7,") == (7,)
+    for bad in ("0", "a", "5-3", "4,4", "-2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+    assert parse_drift("0.2,0.7") == (0.2, 0.7)
+    with pytest.raises(ValueError, match="--drift"):
+        parse_drift("0.2")
+
+
+def test_paired_differences_are_per_seed_with_their_standard_error():
+    rows = lambda values: [{"cumulative_reward": v, "cold_start_reward_first_5": 0.5, "cold_start_reward_first_10": 0.5,  # noqa: E731
+                            "returning_segment_relative": 1.0, "returning_segment_share_of_oracle_after": 0.5}
+                           for v in values]
+    out = paired_differences({"ours": rows([10, 12, 14]), "vw_squarecb": rows([9, 10, 11])})
+    pair = out["ours - vw_squarecb"]["cumulative_reward"]
+    diffs = np.array([1, 2, 3])
+    assert pair["mean"] == pytest.approx(2.0) and pair["wins"] == 3 and pair["seeds"] == 3
+    assert pair["se"] == pytest.approx(diffs.std(ddof=1) / math.sqrt(3))
+    assert pair["z"] == pytest.approx(2.0 / pair["se"])
+    assert "ours - ours_no_meta" not in out
+
+
+def test_auc_counts_ties_half_and_needs_both_classes():
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.1, 0.2])) == 0.5
+    assert math.isnan(auc(np.array([1, 1]), np.array([0.2, 0.3])))
+    users = np.array([0, 0, 1, 1, 2])
+    labels = np.array([0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.5])
+    assert gauc(users, labels, scores) == pytest.approx(0.5)       # user 0 perfect, user 1 reversed, user 2 skipped
+    assert log_loss(np.array([1.0]), np.array([1.0])) < 1e-3
