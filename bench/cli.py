@@ -43,16 +43,21 @@ def bench() -> None:
               help="Requests answered per policy version before it learns from them [default: 100].")
 @click.option("--policies", default=None, help="Comma-separated subset (the oracle always runs): random, "
               "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting.")
+@click.option("--merge", "merge", default=None, help="Comma-separated JSON reports of runs on disjoint seeds (e.g. "
+              "run in parallel): merge them into one instead of running.")
 def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, drift: str | None,
-                    requests: int | None, round_size: int | None, policies: str | None) -> None:
+                    requests: int | None, round_size: int | None, policies: str | None, merge: str | None) -> None:
     """Closed-loop learning quality on the simulator: every policy on the identical stream, with drift, new
     users and new items; cumulative reward, CTR per phase, regret, cold start, forgetting, throughput."""
-    from bench.quality import config_from, paired_table, plot, run_quality, summary_table
+    from bench.quality import config_from, merge_reports, paired_table, plot, run_quality, summary_table
 
     try:
-        config = config_from(requests, seeds, policies, round_size, drift)
-        report = run_quality(config, _say)
-    except (ValueError, ImportError) as exc:
+        if merge:
+            report = merge_reports([json.loads(Path(p.strip()).read_text()) for p in merge.split(",")])
+        else:
+            config = config_from(requests, seeds, policies, round_size, drift)
+            report = run_quality(config, _say)
+    except (ValueError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     if plot_path is not None:
         plot(report, plot_path)

@@ -254,6 +254,25 @@ def paired_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from runs on disjoint seeds with the same stream and policies (seeds run in parallel
+    processes): per-seed rows are joined and every summary recomputed from them."""
+    first = reports[0]
+    for other in reports[1:]:
+        if other["params"]["stream"] != first["params"]["stream"] or other["params"]["policies"] != first["params"]["policies"]:
+            raise ValueError("only reports of the same stream settings and policies can be merged")
+    seeds = [s for r in reports for s in r["params"]["seeds_used"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the reports share seeds: {sorted(seeds)}")
+    per_seed = {p: [row for r in reports for row in r["metrics"]["per_seed"][p]] for p in first["metrics"]["per_seed"]}
+    weights = np.array([len(r["params"]["seeds_used"]) for r in reports], dtype=np.float64)
+    curves = {p: np.average([r["metrics"]["curves"][p] for r in reports], axis=0, weights=weights).round(4).tolist()
+              for p in first["metrics"]["curves"]}
+    params = {**first["params"], "seeds": len(seeds), "seeds_used": seeds}
+    return result("quality", {"by_policy": {p: summarise(rows) for p, rows in per_seed.items()},
+                              "paired": paired_differences(per_seed), "curves": curves, "per_seed": per_seed}, params)
+
+
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return {key: {"mean": float(np.nanmean([r[key] for r in rows])),
                   "std": float(np.nanstd([r[key] for r in rows])) if len(rows) > 1 else 0.0}

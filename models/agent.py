@@ -40,9 +40,11 @@ class AgentConfig:
     learner: LearnerConfig = field(default_factory=default_learner)
     #: How versions are served; squarecb's gamma is resolved per version from the decisions trained on.
     exploration: Exploration = field(default_factory=Exploration)
-    #: Fresh decisions per optimiser step (a backlog is taken in at most ``max_updates_per_turn`` steps).
+    #: Fresh decisions per optimiser step (a backlog is taken in at most ``max_updates_per_turn`` steps
+    #: of at most ``max_turn`` decisions in all; the rest waits for the next turn).
     update_size: int = 32
     max_updates_per_turn: int = 8
+    max_turn: int = 2048
     #: Share of each update's rows drawn from the replay store once it holds data.
     replay_share: float = 0.5
     #: Fresh outcomes per update that are also meta tasks (support: the user's outcomes before it).
@@ -55,8 +57,8 @@ class AgentConfig:
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
-        if (self.update_size < 1 or self.max_updates_per_turn < 1 or not 0 <= self.replay_share < 1
-                or self.consolidate_every < 1):
+        if (self.update_size < 1 or self.max_updates_per_turn < 1 or self.max_turn < self.update_size
+                or not 0 <= self.replay_share < 1 or self.consolidate_every < 1):
             raise ValueError(f"invalid agent config {self}")
 
 
@@ -100,11 +102,12 @@ class Agent:
 
     # -- training -----------------------------------------------------------------------------------
     def plan(self, waiting: int) -> list[int]:
-        """Sizes of the updates that take ``waiting`` fresh decisions in this turn (all of them): steps of
-        ``update_size``, or bigger ones when a backlog would need more than ``max_updates_per_turn``."""
+        """Sizes of the updates that take fresh decisions in this turn (up to ``max_turn`` of the ``waiting``):
+        steps of ``update_size``, or bigger ones when a backlog would need more than ``max_updates_per_turn``."""
+        cfg = self.config
+        waiting = min(waiting, cfg.max_turn)
         if waiting <= 0:
             return []
-        cfg = self.config
         steps = min(cfg.max_updates_per_turn, max(1, round(waiting / cfg.update_size)))
         size = math.ceil(waiting / steps)
         return [min(size, waiting - i * size) for i in range(steps) if waiting - i * size > 0]

@@ -338,12 +338,12 @@ class LearnerWorker:
         return True
 
     def _update(self) -> None:
-        """Everything waiting, in the updates the agent plans (a backlog in bigger steps, so the learner
-        keeps up with the stream instead of falling further behind it)."""
-        taken = list(self.fresh)
-        self.fresh.clear()
+        """What waits, in the updates the agent plans (a backlog in bigger steps, so the learner keeps up
+        with the stream instead of falling further behind it)."""
+        plan = self.agent.plan(len(self.fresh))
+        taken = [self.fresh.popleft() for _ in range(sum(plan))]
         start = 0
-        for size in self.agent.plan(len(taken)):
+        for size in plan:
             self._update_once(taken[start:start + size])
             start += size
 

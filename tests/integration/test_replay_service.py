@@ -7,6 +7,8 @@ import signal
 import sqlite3
 import subprocess
 
+import msgspec
+
 from stream import schemas
 from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
@@ -39,6 +41,10 @@ def test_kill_9_mid_stream_then_restart_stores_every_experience_once(settings, t
         producer.send("experiences", experience(i))
     assert producer.send_raw("experiences", b'{"event_id": "broken"') == "malformed_json"
     producer._produce(topic_name(settings, "experiences"), b"u", b"not json")   # bypasses validation
+    # A context wider than the policy's (RECSYS_USER_FEATURES, 16): dead-lettered, never cut to fit.
+    wide = msgspec.structs.replace(experience(0), event_id="wide:item-1:click",
+                                   context=schemas.Context(features=[0.5] * 20))
+    producer.send("experiences", wide)
     producer.flush()
 
     path = default_store_path(settings)
@@ -66,5 +72,6 @@ def test_kill_9_mid_stream_then_restart_stores_every_experience_once(settings, t
     assert set(ids) == {experience(i).event_id for i in range(total)}
     letters = [schemas.decode("dlq", m.value()) for m in read_topic(settings, topic_name(settings, "dlq"))]
     consumer_side = [d for d in letters if d.component == "replay"]
-    assert [d.reason for d in consumer_side] == ["malformed_json"]
+    assert [d.reason for d in consumer_side] == ["malformed_json", "width"]
     assert consumer_side[0].original == b"not json" and consumer_side[0].offset is not None
+    assert "20 values; the policy takes 16" in consumer_side[1].error

@@ -47,3 +47,35 @@ def test_auc_counts_ties_half_and_needs_both_classes():
     scores = np.array([0.1, 0.9, 0.2, 0.8, 0.5])
     assert gauc(users, labels, scores) == pytest.approx(0.5)       # user 0 perfect, user 1 reversed, user 2 skipped
     assert log_loss(np.array([1.0]), np.array([1.0])) < 1e-3
+
+
+def test_reports_of_disjoint_seeds_merge_into_one():
+    from bench.quality import merge_reports
+
+    def report(seeds, rewards):
+        per_seed = {"ours": [{"cumulative_reward": r, "cold_start_reward_first_5": 0.5, "cold_start_reward_first_10": 0.5,
+                              "returning_segment_relative": 1.0, "returning_segment_share_of_oracle_after": 0.5}
+                             for r in rewards]}
+        return {"name": "quality", "params": {"stream": {"requests": 10}, "policies": ["ours"], "seeds": len(seeds),
+                                             "seeds_used": list(seeds)},
+                "metrics": {"per_seed": per_seed, "curves": {"ours": [float(rewards[0])] * 3}}}
+
+    merged = merge_reports([report([1, 2], [10.0, 20.0]), report([3], [60.0])])
+    assert merged["params"]["seeds_used"] == [1, 2, 3] and merged["params"]["seeds"] == 3
+    assert merged["metrics"]["by_policy"]["ours"]["cumulative_reward"]["mean"] == pytest.approx(30.0)
+    assert merged["metrics"]["curves"]["ours"] == pytest.approx([(2 * 10.0 + 60.0) / 3] * 3, abs=1e-3)
+    with pytest.raises(ValueError, match="share seeds"):
+        merge_reports([report([1], [1.0]), report([1], [2.0])])
+
+
+def test_the_agent_plans_a_turn_in_steps_and_caps_a_backlog():
+    from models.agent import Agent, AgentConfig
+    from models.policy import PolicyConfig
+
+    agent = Agent(PolicyConfig(text_dim=8, dim=4, hidden=4, item_buckets=16, user_buckets=16, fast_dim=4),
+                  AgentConfig(update_size=32, max_updates_per_turn=8, max_turn=2048))
+    assert agent.plan(0) == [] and agent.plan(10) == [10]
+    assert agent.plan(100) == [34, 34, 32]
+    big = agent.plan(100_000)
+    assert len(big) == 8 and sum(big) == 2048
+    assert agent.replay_count(32) == 32
