@@ -17,9 +17,10 @@ Item text is title + genres through the packaged MiniLM, so a movie first rated 
 is scored from its words. The rows:
 
 - ``ours``: the production agent (``models/agent.py``) with its defaults, trained on
-  each period as the learner worker trains on a stream (updates of ``update_size``
-  fresh ratings, each with as many replayed ones from a uniform reservoir and fresh
-  ratings as meta tasks), consolidated at the end of each period (a published
+  each period as the learner worker trains on a backlog (turns of ``max_turn`` fresh
+  ratings, each split by ``Agent.plan`` into 8 updates, each update with as many
+  replayed ratings from a uniform reservoir and fresh ratings as meta tasks),
+  consolidated at the end of each period (a published
   version), and served through ``ServingPolicy.estimates`` with each user's last
   ratings before the one predicted (the scorer's memory, which follows outcomes in
   real time, not per period).
@@ -228,8 +229,8 @@ class OursPolicy:
 
     def train(self, rows: np.ndarray) -> None:
         agent = self.agent
-        size = agent.config.update_size
-        for start in range(0, len(rows), size):       # the period arrives as a stream, a turn at a time
+        size = agent.config.max_turn
+        for start in range(0, len(rows), size):       # a period arrives as a backlog: the worker's turns
             turn = rows[start:start + size]
             for chunk in np.split(turn, np.cumsum(agent.plan(len(turn)))[:-1]):
                 replayed = self._replayed(agent.replay_count(len(chunk)))
@@ -426,6 +427,7 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
                 first_period[data.item[r]] = p
             if first_user[data.user[r]] < 0:
                 first_user[data.user[r]] = p
+        learned_before = getattr(policy, "learn_seconds", 0.0)
         if p > 0:
             new_users = (first_user[data.user[everything]] == p) & (data.nth[everything] < NEW_USER_RATINGS)
             new_items = first_period[data.item[everything]] == p
@@ -440,10 +442,9 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
             per_period.append(metrics)
         started = time.perf_counter()
         if isinstance(policy, VowpalPolicy):
-            before = policy.learn_seconds
             if p == 0:
                 policy.train(rows)
-            seconds.append(policy.learn_seconds - before)
+            seconds.append(policy.learn_seconds - learned_before)     # it learned the period while predicting it
         else:
             policy.train(rows)
             seconds.append(time.perf_counter() - started)
