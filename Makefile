@@ -72,7 +72,7 @@ bench-quality: install
 
 # The reported learning-quality run (BENCHMARKS.md): 10 seeds the defaults were not tuned on, long drift.
 bench-quality-report: install
-	$(BIN)/recsys-stream bench quality --seeds 1-10 --drift 0.2,0.7 --policies vw_squarecb,ours,ours_no_meta,ours_no_anti_forgetting,popularity --json bench-results/quality-report.json --plot bench-results/quality-report.png
+	$(BIN)/recsys-stream bench quality --seeds 1-10 --drift 0.2,0.7 --policies random,popularity,vw_squarecb,ours,ours_no_meta,ours_no_anti_forgetting --json bench-results/quality-report.json --plot bench-results/quality-report.png
 
 MOVIELENS ?= ../shared/data/movielens-small
 bench-movielens: install

@@ -79,11 +79,7 @@ class Exploration:
 
     @classmethod
     def from_dict(cls, data: dict) -> Exploration:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown exploration keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**only_known_fields(cls, data, "exploration keys"))
 
     def describe(self) -> str:
         if self.kind == "softmax":
@@ -94,6 +90,15 @@ class Exploration:
         else:
             rule = f"thompson {self.draws} draws"
         return f"{rule}, epsilon {self.epsilon:g}"
+
+
+def only_known_fields(cls, data: dict, what: str) -> dict:
+    """``data`` if every key is a field of the dataclass ``cls``; a config from a newer or foreign writer
+    is refused by name rather than half-read."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what}: {sorted(unknown)}")
+    return data
 
 
 def probabilities(scores: np.ndarray, rule: Exploration, samples: np.ndarray | None = None) -> np.ndarray:

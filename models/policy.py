@@ -15,12 +15,12 @@ above it, which is exact and what off-policy learning needs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from models.exploration import Exploration
+from models.exploration import Exploration, only_known_fields
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicyConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown policy config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**only_known_fields(cls, data, "policy config keys"))
 
 
 class TwoTowerPolicy(nn.Module):
