@@ -44,6 +44,8 @@ class RewardWorker:
 
     def _build_app(self) -> faust.App:
         settings = self.settings
+        state_dir = settings.data_dir / "faust"
+        state_dir.mkdir(parents=True, exist_ok=True)       # faust creates only the last level
         app = faust.App(
             f"{settings.topic_prefix}rewards",
             broker=f"kafka://{settings.require_bootstrap('process')}",
@@ -54,6 +56,8 @@ class RewardWorker:
             broker_session_timeout=6.0,
             web_enabled=False,
             topic_allow_declare=False,
+            # Under the data directory, not the working directory (faust's default litters the cwd).
+            datadir=str(state_dir / f"{settings.topic_prefix}rewards-data"),
         )
         source = app.topic(*self.names, value_serializer="raw", key_serializer="raw")
 
