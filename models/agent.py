@@ -24,6 +24,8 @@ import copy
 import math
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from models.batch import Batch, TaskBatch
 from models.exploration import Exploration
 from models.gate import GateConfig, Verdict, judge
@@ -144,7 +146,5 @@ class Agent:
 
 def with_tight_prior(model: TwoTowerPolicy, scale: float = 1e-4) -> None:
     """Pin the fast weights to their prior mean (serve-time adaptation off) without a second serving path."""
-    import torch
-
     with torch.no_grad():
         model.prior_tril.copy_(torch.diag(torch.full_like(model.delta0, math.log(scale))))

@@ -64,6 +64,12 @@ def judge(candidate: TwoTowerPolicy, live: TwoTowerPolicy | None, batch: Batch |
     batch = batch.to("cpu")
     ours = dr_terms(reward, behaviour, target_inputs(candidate, batch, seed=seed), config.clip)
     theirs = dr_terms(reward, behaviour, target_inputs(live, batch, seed=seed, reward_model=candidate), config.clip)
+    return compare(ours, theirs, config, seed)
+
+
+def compare(ours: np.ndarray, theirs: np.ndarray, config: GateConfig, seed: int = 0) -> Verdict:
+    """The decision on per-decision DR terms of candidate and live version (the same decisions, in order)."""
+    n = len(ours)
     diff = ours - theirs
     rng = np.random.default_rng(seed)
     boot = diff[rng.integers(0, n, size=(config.n_boot, n))].mean(axis=1)

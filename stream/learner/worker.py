@@ -200,7 +200,9 @@ class LearnerWorker:
         if not self.checkpoint_path.exists():
             return False
         state = checkpoint.load(self.checkpoint_path, self.learner.device)   # CheckpointError: foreign or damaged
-        if state["model_config"] != self.learner.model.config.to_dict():
+        # The exploration is how versions are served, not the model's shape: changing it keeps the checkpoint.
+        saved = {k: v for k, v in state["model_config"].items() if k != "exploration"}
+        if saved != {k: v for k, v in self.learner.model.config.to_dict().items() if k != "exploration"}:
             raise checkpoint.CheckpointError(f"checkpoint {self.checkpoint_path} holds a model of another shape; move it away "
                              "to start from scratch")
         self.learner.load_state_dict(state["learner"])

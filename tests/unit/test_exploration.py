@@ -98,3 +98,4 @@ def test_bad_settings_are_refused_with_their_name():
     with pytest.raises(ValueError, match="unknown exploration keys"):
         Exploration.from_dict({"kind": "softmax", "tau": 1})
     assert Exploration("softmax").with_overrides(temperature=0.5, epsilon=None) == Exploration("softmax", temperature=0.5)
+
