@@ -23,6 +23,13 @@ def _write_json(payload: Any, path: Path | None) -> None:
     _say(f"wrote {path}")
 
 
+def _set_threads(threads: int) -> None:
+    """Per-decision work is small: more torch threads than free cores only adds contention."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @click.group()
 def bench() -> None:
     """Benchmarks: learning quality against Vowpal Wabbit and baselines, learner speed, all of them."""
@@ -45,12 +52,16 @@ def bench() -> None:
               "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting.")
 @click.option("--merge", "merge", default=None, help="Comma-separated JSON reports of runs on disjoint seeds (e.g. "
               "run in parallel): merge them into one instead of running.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch CPU threads (two multi-threaded runs sharing cores ran 9x slower here).")
 def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, drift: str | None,
-                    requests: int | None, round_size: int | None, policies: str | None, merge: str | None) -> None:
+                    requests: int | None, round_size: int | None, policies: str | None, merge: str | None,
+                    threads: int) -> None:
     """Closed-loop learning quality on the simulator: every policy on the identical stream, with drift, new
     users and new items; cumulative reward, CTR per phase, regret, cold start, forgetting, throughput."""
     from bench.quality import config_from, merge_reports, paired_table, plot, run_quality, summary_table
 
+    _set_threads(threads)
     try:
         if merge:
             report = merge_reports([json.loads(Path(p.strip()).read_text()) for p in merge.split(",")])
@@ -78,12 +89,14 @@ def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, 
               "fine_tune, full_retrain, vw, popularity [default: all].")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of model initialisation and sampling.")
 @click.option("--limit", type=click.IntRange(500), default=None, help="Use only the first N ratings (a quick look).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch CPU threads.")
 def movielens_command(data_dir: Path, json_path: Path | None, periods: int, policies: str | None, seed: int,
-                      limit: int | None) -> None:
+                      limit: int | None, threads: int) -> None:
     """Real data period by period: each policy predicts a period of MovieLens ratings before it learns it
     (AUC, GAUC, log loss, new users, new items), then backward transfer and training time."""
     from bench.movielens import POLICIES, run_movielens, summary_table
 
+    _set_threads(threads)
     chosen = tuple(p.strip() for p in policies.split(",")) if policies else POLICIES
     try:
         report = run_movielens(data_dir, periods, chosen, seed, limit, _say)
