@@ -40,7 +40,7 @@ def default_learner() -> LearnerConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     learner: LearnerConfig = field(default_factory=default_learner)
-    #: How versions are served; squarecb's gamma is resolved per version from the decisions trained on.
+    #: How versions are served; squarecb's gamma is resolved per version from the rows trained on (replay included).
     exploration: Exploration = field(default_factory=Exploration)
     #: Fresh decisions per optimiser step (a backlog is taken in at most ``max_updates_per_turn`` steps
     #: of at most ``max_turn`` decisions in all; the rest waits for the next turn).
