@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bench.quality_stream import Stream
+from bench.reservoir import Reservoir
 from models.agent import OURS, Agent, AgentConfig, Variant
 from models.batch import TaskBatch
 from models.policy import PolicyConfig, TwoTowerPolicy
@@ -109,9 +110,9 @@ class OursAgent:
         self.hist_item = np.zeros((n_users, history), dtype=np.int64)
         self.hist_reward = np.zeros((n_users, history), dtype=np.float32)
         self.hist_len = np.zeros(n_users, dtype=np.int64)
-        self.replay_size, self.holdout_share = replay_size, holdout_share
-        self.replay: list[np.ndarray] = []       # columns: user, choice, propensity, reward, then candidates
-        self.replay_rows = 0
+        self.holdout_share = holdout_share
+        # Rows: user, choice, propensity, reward, then candidates.
+        self.replay: Reservoir[np.ndarray] = Reservoir(replay_size, self.rng)
         self.holdout: deque[np.ndarray] = deque(maxlen=2000)
         self.recent: deque = deque(maxlen=4)
         self.live: TwoTowerPolicy | None = None
@@ -162,7 +163,7 @@ class OursAgent:
             batch = self._batch(chunk if replayed is None else np.concatenate([chunk, replayed]))
             agent.update(batch, self._batch(replayed) if replayed is not None else None, tasks if i == 0 else None)
             self.recent.append(batch)
-        self._remember_replay(fresh)
+        self.replay.add(fresh)
         self._publish()
 
     def _publish(self) -> None:
@@ -193,22 +194,9 @@ class OursAgent:
             self.hist_item[user, slot], self.hist_reward[user, slot] = item, r
             self.hist_len[user] += 1
 
-    def _remember_replay(self, fresh: np.ndarray) -> None:
-        """A uniform reservoir over everything seen, as the replay store's reservoir tier keeps it."""
-        for row in fresh:
-            self.replay_rows += 1
-            if len(self.replay) < self.replay_size:
-                self.replay.append(row)
-            else:
-                j = int(self.rng.integers(0, self.replay_rows))
-                if j < self.replay_size:
-                    self.replay[j] = row
-
     def _sample_replay(self, n: int) -> np.ndarray | None:
-        if not self.replay or n <= 0:
-            return None
-        index = self.rng.integers(0, len(self.replay), size=min(n, len(self.replay)))
-        return np.stack([self.replay[i] for i in index])
+        picked = self.replay.sample(n)
+        return np.stack(picked) if picked else None
 
     def _tasks(self, users: np.ndarray, shown: np.ndarray, reward: np.ndarray) -> TaskBatch | None:
         """Fresh requests as meta-learning tasks (``ExperienceBatcher.tasks`` in the worker): each user's recent

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from bench.machine import result
+from bench.reservoir import Reservoir
 from models.agent import OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
 from models.batch import Batch, TaskBatch, hash_ids
 from models.policy import PolicyConfig
@@ -188,9 +189,7 @@ class OursPolicy:
         self.item_bucket = hash_ids(data.item_ids, self.model_config.item_buckets)
         self.user_bucket = hash_ids(data.user_ids, self.model_config.user_buckets)
         self.rng = np.random.default_rng(seed)
-        self.replay_size = replay_size
-        self.reservoir: list[int] = []
-        self.seen = 0
+        self.reservoir: Reservoir[int] = Reservoir(replay_size, self.rng)
         self.served: ServingPolicy | None = None
         self.recent: deque[Batch] = deque(maxlen=4)
 
@@ -238,25 +237,13 @@ class OursPolicy:
                 batch = self.batch(both)
                 agent.update(batch, self.batch(replayed) if len(replayed) else None, self.tasks(chunk))
                 self.recent.append(batch)
-            self._remember(rows[start:start + size])
+            self.reservoir.add(int(row) for row in turn)
         candidate = agent.candidate()           # the end of a period is a published version
         agent.consolidate(list(self.recent))
         self.served = ServingPolicy(candidate)
 
     def _replayed(self, n: int) -> np.ndarray:
-        if n <= 0 or not self.reservoir:
-            return np.zeros(0, dtype=np.int64)
-        return np.asarray(self.reservoir)[self.rng.integers(0, len(self.reservoir), size=n)]
-
-    def _remember(self, rows: np.ndarray) -> None:
-        for row in rows:
-            self.seen += 1
-            if len(self.reservoir) < self.replay_size:
-                self.reservoir.append(int(row))
-            else:
-                j = int(self.rng.integers(0, self.seen))
-                if j < self.replay_size:
-                    self.reservoir[j] = int(row)
+        return np.asarray(self.reservoir.sample(n), dtype=np.int64)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Each rating's estimated click probability from the served version and the user's ratings before

@@ -38,7 +38,7 @@ from bench.agents import (
 )
 from bench.machine import result
 from bench.quality_stream import Stream, StreamConfig, record_stream
-from models.agent import VARIANTS
+from models.agent import VARIANTS, AgentConfig
 
 POLICIES = ("random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta", "ours_no_anti_forgetting",
             "oracle")
@@ -192,23 +192,23 @@ def run_quality(config: QualityConfig, progress: Callable[[str], None] | None = 
                 f"{m['mean_expected_reward'] / oracle.mean():.3f}  cold start (first 5) "
                 f"{m['cold_start_reward_first_5']:.3f}  returning {m['returning_segment_relative']:.3f}  "
                 f"{m['decisions_per_second']:,.0f} decisions/s")
-    by_policy = {name: summarise(rows) for name, rows in per_seed.items()}
-    from models.agent import AgentConfig
-
     params = {"stream": asdict(config.stream), "seeds": len(config.seeds), "policies": list(config.policies),
               "slots_per_request": 1, "seeds_used": list(config.seeds), "tuning_seeds": list(TUNING_SEEDS),
-              "ours": {"agent": _jsonable(asdict(AgentConfig())),
+              "ours": {"agent": asdict(AgentConfig()),
                        "served": "ServingPolicy.decide; a version per round through the gate"},
               "vw": {"vw_squarecb": "--cb_explore_adf --squarecb -q UA", "vw_epsilon": "--cb_explore_adf "
                      "--epsilon 0.05 -q UA", "features": "shared: user features + user id; action: item id + "
                      "MiniLM text embedding (384 floats)"},
               "learning": "per round: choose for every request, then learn from the round's feedback"}
-    return result("quality", {
-        "by_policy": by_policy,
-        "paired": paired_differences(per_seed),
-        "curves": {name: np.mean(c, axis=0).round(4).tolist() for name, c in curves.items()},
-        "per_seed": per_seed,
-    }, params)
+    return quality_report(per_seed, {name: np.mean(c, axis=0).round(4).tolist() for name, c in curves.items()},
+                          params)
+
+
+def quality_report(per_seed: dict[str, list[dict[str, float]]], curves: dict[str, list[float]],
+                   params: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run (or of merged runs): every summary is computed from the per-seed rows."""
+    return result("quality", {"by_policy": {name: summarise(rows) for name, rows in per_seed.items()},
+                              "paired": paired_differences(per_seed), "curves": curves, "per_seed": per_seed}, params)
 
 
 #: Pairs whose difference the acceptance criteria read (first minus second), and the metrics compared.
@@ -236,14 +236,6 @@ def paired_differences(per_seed: dict[str, list[dict[str, float]]]) -> dict[str,
     return out
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def paired_table(report: dict[str, Any]) -> str:
     def cell(m: dict[str, float]) -> str:
         return f"{m['mean']:.4g} ±{m['se']:.2g} z{m['z']:.1f} {m['wins']}/{m['seeds']}"
@@ -268,9 +260,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     weights = np.array([len(r["params"]["seeds_used"]) for r in reports], dtype=np.float64)
     curves = {p: np.average([r["metrics"]["curves"][p] for r in reports], axis=0, weights=weights).round(4).tolist()
               for p in first["metrics"]["curves"]}
-    params = {**first["params"], "seeds": len(seeds), "seeds_used": seeds}
-    return result("quality", {"by_policy": {p: summarise(rows) for p, rows in per_seed.items()},
-                              "paired": paired_differences(per_seed), "curves": curves, "per_seed": per_seed}, params)
+    return quality_report(per_seed, curves, {**first["params"], "seeds": len(seeds), "seeds_used": seeds})
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -1,7 +1,7 @@
 """Meta-learning over users as tasks: a learned prior for each user's own linear head.
 
 A user's score of an item is the shared model's plus ``phi(item) . delta``, where
-``phi`` is a learned low-dimensional view of the item (``TwoTowerPolicy.fast_features``)
+``phi`` is a learned view of the item vector plus a constant (``TwoTowerPolicy.fast_features``)
 and ``delta`` the user's fast weights. ``delta`` has a Gaussian prior N(delta0, L L^T)
 and rewards are Gaussian around the score (std ``noise``), so the posterior after a
 user's outcomes is closed form (Bayesian linear regression):
@@ -10,9 +10,9 @@ user's outcomes is closed form (Bayesian linear regression):
     mean      = precision^-1 ((L L^T)^-1 delta0 + Phi^T (r - base) / noise^2)
 
 The prior (delta0, L) and the view ``phi`` are meta-learned (as in ALPaCA, Harrison
-et al. 2018): users' first outcomes are split into support and query, the posterior
-from the support predicts the query, and that error is minimised through the closed
-form. A strong prior leaves a new user near the population; a weak one follows a
+et al. 2018): a task is a fresh outcome (the query) and the user's outcomes before it
+(the support); the posterior from the support predicts the query, and that error is
+minimised through the closed form. A strong prior leaves a new user near the population; a weak one follows a
 few clicks; the data decide. The same posterior serves a request (its mean adapts
 the scores, its covariance drives Thompson sampling) in a few microseconds, in
 numpy (``ServeAdapter``), so serving and training use one definition.
@@ -138,7 +138,3 @@ class ServeAdapter:
             return self.prior_mean, self.prior_tril
         mean = np.linalg.solve(precision, target)
         return mean, np.linalg.inv(chol).T
-
-    def adapt(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
-              positions: np.ndarray, rewards: np.ndarray) -> np.ndarray:
-        return self.posterior(user, item_vectors, item_bias, positions, rewards, with_scale=False)[0]

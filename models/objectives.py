@@ -23,7 +23,8 @@ from typing import Literal
 import torch
 
 from models.batch import Batch
-from models.policy import TwoTowerPolicy, exploration_probs
+from models.exploration import Exploration, target_probabilities
+from models.policy import TwoTowerPolicy
 
 Objective = Literal["reward_model", "dr", "snips"]
 
@@ -54,7 +55,8 @@ def off_policy_loss(
     if config.kind == "reward_model":
         return rm_loss, stats
 
-    probs = exploration_probs(q, config.temperature, config.epsilon, batch.candidate_mask)
+    rule = Exploration("softmax", epsilon=config.epsilon, temperature=config.temperature)
+    probs = target_probabilities(q, rule, batch.candidate_mask)
     pi_logged = probs.gather(1, batch.action[:, None]).squeeze(1)
     weight = (pi_logged / batch.propensity).detach().clamp(max=config.clip)
     if config.kind == "snips":

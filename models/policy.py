@@ -6,8 +6,8 @@ features, a hashed user-id embedding and the mean text of the user's recent clic
 The score of an item is an estimate of its reward if shown at the top; per-user
 fast weights (``delta``, see ``models/meta.py``) shift the user vector at serve time.
 
-Slates are drawn by Plackett-Luce over an exploration distribution (softmax with a
-temperature, mixed with an epsilon floor). The propensity logged for each shown
+Slates are drawn by Plackett-Luce over an exploration distribution
+(``models/exploration.py``, carried in ``PolicyConfig.exploration``). The propensity logged for each shown
 item is sequential: the probability of picking it at its position given the items
 above it, which is exact and what off-policy learning needs.
 """
@@ -70,8 +70,8 @@ class TwoTowerPolicy(nn.Module):
             nn.Linear(cfg.user_features + 2 * cfg.dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim))
         self.position_bias = nn.Embedding(cfg.max_positions, 1)
         self.global_bias = nn.Parameter(torch.zeros(()))
-        # Per-user fast weights act on a learned low-dimensional view of the item
-        # (fast_proj), plus one per-user score offset that absorbs how much a user
+        # Per-user fast weights act on a learned view of the item vector (fast_proj),
+        # plus one per-user score offset that absorbs how much a user
         # clicks overall so the rest learns what they like. They have a Gaussian prior,
         # meta-learned: mean delta0 and covariance L L^T with L = prior_tril's lower
         # triangle and exp of its diagonal (see models/meta.py).
@@ -85,12 +85,9 @@ class TwoTowerPolicy(nn.Module):
         nn.init.normal_(self.user_id.weight, std=0.01)
         nn.init.zeros_(self.position_bias.weight)
 
-    def user_vectors(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor,
-                     cold: bool = False) -> torch.Tensor:
-        """(B, dim). ``cold`` leaves out the user-id embedding: the view of a user never trained on."""
-        ids = torch.zeros(len(user_bucket), self.config.dim, device=features.device, dtype=features.dtype) \
-            if cold else self.user_id(user_bucket)
-        x = torch.cat([features, ids, self.history_proj(history)], dim=-1)
+    def user_vectors(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """(B, dim)."""
+        x = torch.cat([features, self.user_id(user_bucket), self.history_proj(history)], dim=-1)
         return self.user_mlp(x)
 
     def item_vectors(self, item_bucket: torch.Tensor, item_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,24 +133,6 @@ class TwoTowerPolicy(nn.Module):
             return scores
         delta = delta if delta.dim() == 2 else delta.expand(items.shape[0], -1)
         return scores + torch.einsum("bkf,bf->bk", self.fast_features(items), delta)
-
-
-def exploration_probs(
-    scores: torch.Tensor, temperature: float, epsilon: float, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(1 - epsilon) * softmax(scores / temperature) + epsilon / K over valid candidates."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (use greedy_slates for deterministic ranking)")
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError("epsilon must be in [0, 1]")
-    logits = scores / temperature
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-        valid = mask.sum(dim=-1, keepdim=True).clamp(min=1).to(scores.dtype)
-        floor = mask.to(scores.dtype) / valid
-    else:
-        floor = torch.full_like(scores, 1.0 / scores.shape[-1])
-    return (1.0 - epsilon) * torch.softmax(logits, dim=-1) + epsilon * floor
 
 
 def sample_slates(

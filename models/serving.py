@@ -78,20 +78,14 @@ class ServingPolicy:
     def project_text(self, item_text: np.ndarray) -> np.ndarray:
         return item_text @ self.text_w.T + self.text_b
 
-    def adapt(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
-              positions: np.ndarray, rewards: np.ndarray) -> np.ndarray:
-        """Per-user fast weights (posterior mean) from the user's recent (item, position, reward) history."""
-        return self.adapter.adapt(user, item_vectors, item_bias, positions, rewards)
-
     def _personal(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None,
                   with_scale: bool = False):
         feats = self.adapter.fast_features(vectors)
         base = vectors @ user + bias
-        if recent is not None and len(recent.rewards):
-            mean, scale = self.adapter.posterior(user, recent.vectors, recent.bias, recent.positions, recent.rewards,
-                                                 with_scale)
-        else:
-            mean, scale = self.adapter.prior_mean, self.adapter.prior_tril
+        if recent is None:
+            return feats, base, self.adapter.prior_mean, self.adapter.prior_tril
+        mean, scale = self.adapter.posterior(user, recent.vectors, recent.bias, recent.positions, recent.rewards,
+                                             with_scale)
         return feats, base, mean, scale
 
     def estimates(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None) -> np.ndarray:
@@ -113,14 +107,6 @@ class ServingPolicy:
         probs = probabilities(scores, rule, samples)
         slate, propensities = sample_slate(probs, k, rng)
         return Decision(slate, propensities, scores, probs)
-
-    def scores(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray,
-               delta: np.ndarray | None = None) -> np.ndarray:
-        """Estimated reward of each candidate at the top position."""
-        scores = vectors @ user + bias
-        if delta is not None:
-            scores = scores + self.adapter.fast_features(vectors) @ delta
-        return scores
 
 
 class TextProjections:

@@ -79,6 +79,11 @@ class Context(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
         if any(not math.isfinite(x) for x in self.features):
             raise ValueError("context.features must be finite numbers")
 
+    def fits(self, width: int) -> bool:
+        """Whether the features suit a policy of this width: exactly ``width`` values, or none at all
+        (unknown: served as zeros). Anything else is refused, never cut or padded to fit."""
+        return not self.features or len(self.features) == width
+
 
 class ShownItem(msgspec.Struct, frozen=True):
     item_id: Id

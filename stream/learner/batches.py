@@ -35,9 +35,8 @@ class ExperienceBatcher:
         self.catalogue = catalogue
 
     def fits(self, e: schemas.Experience) -> bool:
-        """Whether the experience's user features have the policy's width (none at all means unknown: zeros,
-        as the scorer serves it). Anything else is refused, never cut or padded."""
-        return not e.context.features or len(e.context.features) == self.config.user_features
+        """Whether the experience's user features have the policy's width (``Context.fits``)."""
+        return e.context.fits(self.config.user_features)
 
     def _features(self, experiences: Sequence[schemas.Experience]) -> torch.Tensor:
         width = self.config.user_features

@@ -387,7 +387,7 @@ class LearnerWorker:
 
     def _gate(self, candidate: TwoTowerPolicy) -> tuple[bool, dict[str, float]]:
         """(publish?, metrics): the agent's verdict on the newest held-out top-of-slate decisions."""
-        decisions = [e for e in self.holdout if is_full_decision(e) and self.batcher.fits(e)]
+        decisions = [e for e in self.holdout if is_full_decision(e)]     # widths were checked at _accept
         decisions = decisions[-self.config.gate_decisions:]
         verdict = self.agent.judge(candidate, self.live, self.batcher.batch(decisions) if decisions else None)
         GATE.labels(verdict.reason).inc()
@@ -436,8 +436,5 @@ class LearnerWorker:
 
     def _probe_value(self, decisions: list[schemas.Experience]) -> float:
         """The live version's DR reward per decision on a probe set (point estimate, as served)."""
-        decisions = [e for e in decisions if self.batcher.fits(e)]
-        if not decisions:
-            return float("nan")
         return estimate(self.live, self.batcher.batch(decisions), clip=10.0, n_boot=0)["dr"].value
 

@@ -95,10 +95,9 @@ class ReplayService:
             event = dead_letters.decode_or_dead_letter("experiences", msg)
             if event is None:
                 continue
-            width = len(event.context.features)
-            if width and width != self.settings.user_features:
+            if not event.context.fits(self.settings.user_features):
                 dead_letters.send(msg.topic(), msg.value() or b"", "width",
-                                  f"context.features has {width} values; the policy takes "
+                                  f"context.features has {len(event.context.features)} values; the policy takes "
                                   f"{self.settings.user_features} (RECSYS_USER_FEATURES)",
                                   partition=msg.partition(), offset=msg.offset(), key=msg.key())
                 continue

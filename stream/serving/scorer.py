@@ -183,7 +183,7 @@ class Scorer:
             features = np.asarray(request.context.features, dtype=np.float32)
             if len(features) == 0:
                 features = np.zeros(cfg.user_features, dtype=np.float32)
-            elif len(features) != cfg.user_features:
+            elif not request.context.fits(cfg.user_features):
                 raise BadRequest(f"context.features has {len(features)} values; policy v{served.version} "
                                  f"expects {cfg.user_features}", 422)
             recent = self.memory.recent(request.user_id, now)

@@ -57,7 +57,8 @@ def test_numpy_serve_adapter_matches_torch():
     bias, positions, rewards = torch.randn(20), torch.randint(0, 5, (20,)), torch.rand(20)
     expected = adapt_user(model, user, items, bias, positions, rewards).numpy()
     adapter = ServeAdapter(model)
-    got = adapter.adapt(user.numpy(), items.numpy(), bias.numpy(), positions.numpy(), rewards.numpy())
+    got, _ = adapter.posterior(user.numpy(), items.numpy(), bias.numpy(), positions.numpy(), rewards.numpy(),
+                               with_scale=False)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     mean, scale = adapter.posterior(user.numpy(), items.numpy(), bias.numpy(), positions.numpy(), rewards.numpy())
     _, precision = posterior(model.delta0.detach(), model.prior_scale_tril().detach(), model.config.noise,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.exploration import Exploration, target_probabilities
 from models.policy import (
     PolicyConfig,
     TwoTowerPolicy,
-    exploration_probs,
     greedy_slates,
     sample_slates,
     sequential_propensities,
@@ -18,13 +18,14 @@ from models.policy import (
 
 def test_exploration_mixes_softmax_and_floor():
     scores = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    p = exploration_probs(scores, temperature=0.5, epsilon=0.2)
+    rule = Exploration("softmax", temperature=0.5, epsilon=0.2)
+    p = target_probabilities(scores, rule)
     assert torch.allclose(p.sum(), torch.tensor(1.0))
     assert (p >= 0.2 / 4 - 1e-7).all()
-    masked = exploration_probs(scores, 0.5, 0.2, mask=torch.tensor([[True, True, False, True]]))
+    masked = target_probabilities(scores, rule, mask=torch.tensor([[True, True, False, True]]))
     assert masked[0, 2] == 0 and torch.allclose(masked.sum(), torch.tensor(1.0))
     with pytest.raises(ValueError):
-        exploration_probs(scores, 0.0, 0.1)
+        Exploration("softmax", temperature=0.0, epsilon=0.1)
 
 
 def test_plackett_luce_propensities_match_empirical_frequencies():
