@@ -4,8 +4,11 @@ Offsets live in the store, written in the same transaction as the experiences th
 cover, and on (re)assignment each partition is sought to that position. So a crash
 at any point, kill -9 included, neither loses an acknowledged experience nor stores
 one twice; the offsets committed to Kafka are only advisory (for lag monitoring).
-Invalid messages go to the dead-letter topic, flushed before the batch that
-skipped them is made durable.
+Invalid messages go to the dead-letter topic through an outbox in the store: they
+are written in the batch's transaction and sent (and deleted) once it commits, so a
+crash neither loses a dead letter nor re-sends it, except in the instant between
+the broker's acknowledgement and the outbox delete (each carries its topic,
+partition and offset, which identify a duplicate).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import make_consumer
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import topic_name
+from stream.ops.dead_letters import decode_consumed, envelope
 from stream.ops.metrics import REPLAY_BATCH_SECONDS, REPLAY_INSERTS, REPLAY_ROWS, LagReporter
 from stream.replay.store import ReplayStore, StoreConfig
 
@@ -64,6 +69,7 @@ class ReplayService:
         out = EventProducer(self.settings, "replay")
         consumer.subscribe([self.topic], on_assign=self._on_assign)
         self._update_gauges()
+        self._send_outbox(out)   # left by a crash after its batch committed
         last_message = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -82,9 +88,9 @@ class ReplayService:
 
     def _process(self, messages: list[Message], consumer: Consumer, out: EventProducer) -> None:
         started = time.perf_counter()
-        experiences, offsets = [], {}
-        dead_letters = out.dead_letters
-        letters_before = dead_letters.sent
+        experiences: list[schemas.Experience] = []
+        letters: list[schemas.DeadLetter] = []
+        offsets = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -92,25 +98,36 @@ class ReplayService:
                     log.warning("consume error: %s", err.str())
                 continue
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-            event = dead_letters.decode_or_dead_letter("experiences", msg)
-            if event is None:
-                continue
-            if not event.context.fits(self.settings.user_features):
-                dead_letters.send(msg.topic(), msg.value() or b"", "width",
-                                  f"context.features has {len(event.context.features)} values; the policy takes "
-                                  f"{self.settings.user_features} (RECSYS_USER_FEATURES)",
-                                  partition=msg.partition(), offset=msg.offset(), key=msg.key())
-                continue
-            experiences.append(event)
-        if dead_letters.sent != letters_before:
-            out.flush(30)   # raises DeliveryError: offsets never pass an unacknowledged dead letter
-        added = self.store.add(experiences, offsets)
+            event, letter = decode_consumed("experiences", msg.value() or b"", "replay", msg.topic(),
+                                            msg.partition(), msg.offset(), msg.key())
+            if letter is not None:
+                letters.append(letter)
+            elif not event.context.fits(self.settings.user_features):
+                letters.append(envelope(
+                    msg.topic(), msg.value() or b"", "width",
+                    f"context.features has {len(event.context.features)} values; the policy takes "
+                    f"{self.settings.user_features} (RECSYS_USER_FEATURES)", "replay",
+                    partition=msg.partition(), offset=msg.offset(), key=msg.key()))
+            else:
+                experiences.append(event)
+        added = self.store.add(experiences, offsets, letters)
+        if letters:
+            self._send_outbox(out)
         REPLAY_INSERTS.labels(status="added").inc(added)
         REPLAY_INSERTS.labels(status="duplicate").inc(len(experiences) - added)
         self.consumed += len(messages)
         self._update_gauges()
         consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=True)
         REPLAY_BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _send_outbox(self, out: EventProducer) -> None:
+        pending = self.store.outbox()
+        if not pending:
+            return
+        for _, letter in pending:
+            out.dead_letters.publish(letter)
+        out.flush(30)   # raises DeliveryError: the outbox keeps what the broker did not acknowledge
+        self.store.clear_outbox(row_id for row_id, _ in pending)
 
     def stop(self) -> None:
         self.stop_event.set()

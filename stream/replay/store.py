@@ -71,6 +71,7 @@ class ReplayStore:
             CREATE TABLE IF NOT EXISTS offsets (topic TEXT, partition INTEGER, next_offset INTEGER,
                                                 PRIMARY KEY (topic, partition));
             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS dead_letter_outbox (id INTEGER PRIMARY KEY, letter BLOB NOT NULL);
             """
         )
         self.rng = np.random.default_rng(self.config.seed + self._counter("past_seen"))
@@ -98,8 +99,14 @@ class ReplayStore:
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, experiences: Iterable[schemas.Experience],
-            offsets: dict[tuple[str, int], int] | None = None) -> int:
-        """Insert a batch and the offsets it covers in one durable transaction; returns rows added."""
+            offsets: dict[tuple[str, int], int] | None = None,
+            dead_letters: Iterable[schemas.DeadLetter] = ()) -> int:
+        """Insert a batch, the offsets it covers and its dead letters in one durable transaction.
+
+        The dead letters wait in an outbox until the caller has them acknowledged by the
+        broker (``outbox``/``clear_outbox``): a crash between the two re-sends them from
+        the outbox instead of re-reading (and re-refusing) the messages. Returns rows added.
+        """
         rows = [(e.event_id, e.user_id, e.ts, RECENT, schemas.encode(e)) for e in experiences]
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
@@ -114,6 +121,8 @@ class ReplayStore:
             for (topic, partition), next_offset in (offsets or {}).items():
                 cur.execute("INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, partition) "
                             "DO UPDATE SET next_offset = excluded.next_offset", (topic, partition, next_offset))
+            cur.executemany("INSERT INTO dead_letter_outbox (letter) VALUES (?)",
+                            [(schemas.encode(letter),) for letter in dead_letters])
             fresh = np.fromiter((r[0] for r in cur.execute(
                 "SELECT seq FROM experiences WHERE seq > ? ORDER BY seq", (last,))), dtype=np.int64)
             cur.execute("COMMIT")
@@ -130,6 +139,14 @@ class ReplayStore:
             self._evicted.clear()
         self._seqs = held
         return added
+
+    def outbox(self) -> list[tuple[int, schemas.DeadLetter]]:
+        """Dead letters stored with their batch and not yet acknowledged by the broker."""
+        return [(row_id, schemas.decode("dlq", letter))
+                for row_id, letter in self.db.execute("SELECT id, letter FROM dead_letter_outbox ORDER BY id")]
+
+    def clear_outbox(self, ids: Iterable[int]) -> None:
+        self.db.executemany("DELETE FROM dead_letter_outbox WHERE id = ?", [(i,) for i in ids])
 
     def _age_out(self, cur: sqlite3.Cursor) -> None:
         """Move what no longer fits the window into the reservoir (algorithm R), evicting as needed."""

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from stream import schemas
+from stream.ops.dead_letters import envelope
 from stream.replay.store import ReplayStore, StoreConfig
 
 T0 = 1_763_900_000.0
@@ -30,6 +31,21 @@ def test_batches_are_idempotent_and_offsets_travel_with_the_data(tmp_path):
     store.close()
     reopened = ReplayStore(tmp_path / "replay.db")
     assert len(reopened) == 15 and reopened.offsets() == {("experiences", 0): 15}
+
+
+def test_dead_letters_commit_with_their_batch_and_wait_in_the_outbox_until_cleared(tmp_path):
+    store = ReplayStore(tmp_path / "replay.db")
+    letter = envelope("experiences", b"not json", "malformed_json", "bad", "replay", partition=0, offset=10)
+    store.add([exp(i) for i in range(10)], {("experiences", 0): 11}, [letter])
+    store.close()
+    reopened = ReplayStore(tmp_path / "replay.db")   # as after a kill -9 before the letter was sent
+    [(row_id, pending)] = reopened.outbox()
+    assert pending == letter and reopened.offsets() == {("experiences", 0): 11}
+    reopened.clear_outbox([row_id])
+    assert reopened.outbox() == []
+    with pytest.raises(TypeError):   # a failed batch leaves neither rows, offsets nor letters behind
+        reopened.add([exp(20)], {("experiences", 0): 30}, [object()])
+    assert len(reopened) == 10 and reopened.outbox() == [] and reopened.offsets() == {("experiences", 0): 11}
 
 
 def test_window_and_reservoir_stay_bounded(tmp_path):
