@@ -80,10 +80,14 @@ def broker(port: int | None, host: str) -> None:
               help="Messages per consumed batch (batch engine).")
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds without input (batch engine; for finite runs).")
+@click.option("--until-caught-up", is_flag=True,
+              help="Backfill: read every input to its end, then close every click and purchase window by event "
+              "time (as if time had run on past the last deadline), emit everything, commit and exit 0. Run it "
+              "alone in its group. Events older than the backfill's last deadline that arrive later are late.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def process(click_window: float, purchase_window: float, grace: float, max_future: float, engine: str,
-            batch_size: int, idle_exit: float | None, metrics_port: int | None) -> None:
+            batch_size: int, idle_exit: float | None, until_caught_up: bool, metrics_port: int | None) -> None:
     """Run the reward-join stream processor: impressions + clicks + purchases -> experiences.
 
     Run several with the same RECSYS_TOPIC_PREFIX to split the partitions between them.
@@ -91,6 +95,8 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
     from stream.join.reward_join import JoinConfig
 
     join = JoinConfig(click_window=click_window, purchase_window=purchase_window, grace=grace, max_future=max_future)
+    if engine == "faust" and (until_caught_up or idle_exit is not None):
+        fail("--until-caught-up and --idle-exit need the batch engine (--engine batch)", 2)
     if engine == "faust":
         from stream.join.faust_engine import RewardWorker
 
@@ -100,9 +106,10 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
         return
     from stream.join.worker import JoinWorker
 
-    worker = run_role_or_exit("process", lambda settings: JoinWorker(settings, join, batch=batch_size,
-                                                                     idle_exit=idle_exit), metrics_port)
-    log.info("reward join stopped after %d messages", worker.consumed)
+    worker = run_role_or_exit("process", lambda settings: JoinWorker(
+        settings, join, batch=batch_size, idle_exit=idle_exit, until_caught_up=until_caught_up), metrics_port)
+    log.info("reward join %s after %d messages", "finished the backfill" if worker.finished else "stopped",
+             worker.consumed)
 
 
 @click.command()

@@ -134,6 +134,15 @@ class RewardProcessor:
         marks.reached_end(logical)
         return self._collect(join.advance(marks.value()))
 
+    def finish(self, partition: int) -> Outcome:
+        """Every input of ``partition`` has ended (``process --until-caught-up``): close all its windows."""
+        join, marks = self._partition(partition)
+        for logical in SOURCES:
+            marks.reached_end(logical)
+        out = self._collect(join.advance(marks.value()))
+        out.extend(self._collect(join.finish()))
+        return out
+
     def caught_up_inputs(self, partition: int) -> list[str]:
         """The inputs of ``partition`` that hold no event time back at the moment."""
         marks = self.watermarks.get(partition)

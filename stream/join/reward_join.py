@@ -293,6 +293,12 @@ class RewardJoin:
             self._seen.pop(event_id, None)
         return out
 
+    def finish(self) -> JoinOutput:
+        """The input has ended for good (a backfill): move event time to the last pending deadline, so
+        every click and purchase window closes and every parked event is judged, as if time had run on."""
+        ends = [when for when, *_ in self._deadlines] + [when for when, _ in self._parked_deadlines]
+        return self.advance(max(ends)) if ends else JoinOutput()
+
     def _reject_orphan(self, event: Click | Purchase, kind: Literal["click", "purchase"], out: JoinOutput) -> None:
         out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
         self._rejected[event.event_id] = event.ts

@@ -43,9 +43,13 @@ log = logging.getLogger(__name__)
 
 class JoinWorker:
     def __init__(self, settings: Settings, join: JoinConfig | None = None, *, batch: int = 5000,
-                 idle_after: float = 2.0, checkpoint_every: float = 0.2, idle_exit: float | None = None) -> None:
+                 idle_after: float = 2.0, checkpoint_every: float = 0.2, idle_exit: float | None = None,
+                 until_caught_up: bool = False) -> None:
         self.settings = settings
         self.idle_exit = idle_exit
+        #: A backfill: stop once every owned input partition is read to its end, after closing every window.
+        self.until_caught_up = until_caught_up
+        self.finished = False
         self.processor = RewardProcessor(join or JoinConfig(), component="process")
         self.output = EventProducer(settings, component="process")
         self.names = {topic_name(settings, s): s for s in SOURCES}
@@ -134,7 +138,7 @@ class JoinWorker:
         })
         consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        last_input = last_checkpoint = last_tick = last_report = time.monotonic()
+        last_input = last_checkpoint = last_tick = last_report = last_end_check = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 messages = consumer.consume(self.batch, 0.1)
@@ -142,6 +146,10 @@ class JoinWorker:
                 self.drained = len(messages) < self.batch
                 if self._handle(messages, now):
                     last_input = now
+                if self.until_caught_up and self.drained and self.assigned_at and now - last_end_check >= 0.25:
+                    last_end_check = now
+                    if self._finish_if_read_to_end(consumer):
+                        break
                 if now - last_tick >= 0.5:
                     self._tick(consumer, now, now - last_tick)
                     last_tick = now
@@ -208,6 +216,18 @@ class JoinWorker:
                 self._emit(self.processor.reached_end(logical, p))
             if len(quiet) == len(SOURCES):
                 self._emit(self.processor.idle(p, elapsed))
+
+    def _finish_if_read_to_end(self, consumer: Consumer) -> bool:
+        """Backfill: once every input partition this worker owns is read to the broker's end, close
+        every window by event time (``RewardProcessor.finish``); the caller checkpoints and exits."""
+        if not all(self._caught_up(consumer, s, p) for p in self.owned for s in SOURCES):
+            return False
+        for p in sorted(self.owned):
+            self._emit(self.processor.finish(p))
+        self._dirty = self.finished = True
+        log.info("backfill read to the end of partitions %s after %d messages; every window closed",
+                 sorted(self.owned), self.consumed)
+        return True
 
     def _unread_on_broker(self, consumer: Consumer, logical: str, partition: int) -> bool:
         topic = self.topics[logical]

@@ -74,3 +74,28 @@ def test_scripted_sequence_over_the_wire(settings, topics, cli_env, engine):
     assert sorted((d.reason, d.component) for d in letters) == [("malformed_json", "process"), ("orphan", "process")]
     orphan = next(d for d in letters if d.reason == "orphan")
     assert json.loads(orphan.original)["event_id"] == "clk-9" and orphan.offset is not None
+
+
+def test_backfill_until_caught_up_closes_every_window_and_exits(settings, topics, cli_env):
+    """``process --until-caught-up``: no idle timer to guess; the last windows close by event time."""
+    producer = EventProducer(settings, component="test")
+    for logical, raw in scripted():
+        producer._produce(topic_name(settings, logical), b"u1", raw)
+    # Other users land on other partitions; their last requests' windows are still open at the end.
+    for n in range(8):
+        producer.send("impressions", schemas.Impression(
+            event_id=f"imp-late-{n}", request_id=f"late-{n}", user_id=f"user-{n}", ts=T0 + 50 + n, policy_version=7,
+            shown=[schemas.ShownItem(item_id="x", position=0, propensity=0.5)]))
+    producer.close()
+    done = subprocess.run(cli_command("process", "--until-caught-up", "--metrics-port", "0"), env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "finished the backfill" in done.stderr
+    experiences = sorted((e.event_id, e.reward) for e in (
+        schemas.decode("experiences", m.value()) for m in read_topic(settings, topic_name(settings, "experiences"))))
+    assert experiences == sorted([
+        ("req-1:a:click", 1.0), ("req-1:a:purchase", 2.0), ("req-1:b:click", 1.0), ("req-1:c:no_click", 0.0),
+        *((f"late-{n}:x:no_click", 0.0) for n in range(8))])
+    for logical in ("impressions", "clicks", "purchases"):   # committed to the end: a rerun reads nothing new
+        wait_until_consumed(settings, f"{settings.topic_prefix}rewards", topic_name(settings, logical), 10,
+                            f"the backfill's commit past every {logical} record")

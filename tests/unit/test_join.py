@@ -157,3 +157,15 @@ def test_reward_weights_are_configurable(weights, expected):
     assert click_out.experiences[0].reward == click_w
     out = join.purchase(purchase("p", "u8", "x", T0 + 2, 20.0, "r"))
     assert out.experiences[0].reward == pytest.approx(expected)
+
+
+def test_finish_closes_every_window_and_judges_parked_events():
+    join = RewardJoin(JoinConfig(click_window=30, purchase_window=3600, grace=5))
+    join.impression(impression("req-1", "u1", ["a", "b"], T0))
+    join.click(click("clk-1", "u1", "a", T0 + 2, "req-1"))
+    join.advance(T0 + 10)
+    assert join.click(click("clk-9", "u1", "z", T0 + 11, "req-404")).experiences == []   # parked, grace open
+    out = join.finish()
+    assert summary(out) == [("req-1:b:no_click", 0.0)]
+    assert [(r.event.event_id, r.reason) for r in out.rejected] == [("clk-9", "orphan")]
+    assert join.open_requests == 0 and join.finish().experiences == []
