@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from stream.cli import admin, demo, dlq, policy, roles
+from stream.cli import admin, demo, dlq, logs, policy, roles
 
 
 class _Commands(click.Group):
@@ -32,7 +32,8 @@ def cli() -> None:
 
 
 for command in (roles.broker, roles.process, roles.learn, roles.score, roles.replay,
-                admin.show_config, admin.keygen, admin.topics, admin.ingest, policy.policy, dlq.dlq, demo.demo):
+                admin.show_config, admin.keygen, admin.topics, admin.ingest, logs.import_logs, logs.evaluate,
+                logs.experiences, policy.policy, dlq.dlq, demo.demo):
     cli.add_command(command)
 
 

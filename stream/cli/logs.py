@@ -1,0 +1,314 @@
+"""Real logs in and out: ``import``, ``evaluate`` and ``experiences dump``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stream.cli.common import admin_or_exit, emit_json, fail, load_settings, setup_logging, stderr_console
+
+
+def _since(value: str | None) -> float | None:
+    """--since as epoch seconds or an ISO 8601 time (UTC when it has no offset)."""
+    if value is None:
+        return None
+    from stream.ingest.mapping import RowError, parse_time
+
+    try:
+        return parse_time(value, "epoch" if value.replace(".", "", 1).isdigit() else "iso")
+    except RowError as exc:
+        fail(f"--since: {exc}", 2)
+
+
+@click.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--preset", type=click.Choice(["obd", "movielens"]), default=None,
+              help="A public dataset's layout (README, 'Bring your own logs'); --map overrides its columns.")
+@click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN",
+              help="Which column holds a field: user, item, time, request (rows sharing it form one slate), "
+              "position, propensity, click, purchase (a value), candidates ('|'-separated). Repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), default=None,
+              help="File format (default: from the file name).")
+@click.option("--time-column", default=None, help="Same as --map time=COLUMN.")
+@click.option("--time-format", default=None,
+              help="epoch (seconds), epoch_ms, iso (ISO 8601, UTC without an offset) or a strptime pattern.")
+@click.option("--position-base", type=click.Choice(["0", "1"]), default=None,
+              help="What the top position is called in the file.")
+@click.option("--click-at-least", type=float, default=None,
+              help="A click is a click-column value of at least this (default 1; the movielens preset uses 4).")
+@click.option("--all-items-candidates/--no-all-items-candidates", default=None,
+              help="Every item of the files is a candidate of every slate (the obd preset does this).")
+@click.option("--items", "items_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Catalogue file (item_id,title[,description,category,price] or MovieLens movies.csv); "
+              "the movielens preset takes movies.csv beside the ratings by default.")
+@click.option("--id-prefix", default=None, help="Prefix of the request ids (default: the file name's stem).")
+@click.option("--policy-version", type=click.IntRange(0), default=None,
+              help="Policy version the impressions are logged under (default 0: not one of ours).")
+@click.option("--dry-run", is_flag=True, help="Map and validate every row; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
+def import_logs(files: tuple[Path, ...], preset: str | None, maps: tuple[str, ...], fmt: str | None,
+                time_column: str | None, time_format: str | None, position_base: str | None,
+                click_at_least: float | None, all_items_candidates: bool | None, items_file: Path | None,
+                id_prefix: str | None, policy_version: int | None, dry_run: bool, as_json: bool) -> None:
+    """Import logged impressions, clicks and purchases from FILES (CSV, JSON lines, Parquet).
+
+    Every row is one shown item; rows that share a request form one slate. Events are
+    keyed and partitioned as the scorer would log them, with deterministic ids (importing
+    twice is harmless). Rows that cannot be mapped go to the dead-letter topic with their
+    row number. Then run `recsys-stream process --until-caught-up` to join them.
+    Exits 1 if the broker did not acknowledge every event.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from stream.ingest.importer import import_logs as run_import
+    from stream.ingest.mapping import PRESETS, Mapping, parse_map
+    from stream.ingest.tables import TableError, columns
+
+    settings = load_settings()
+    setup_logging("WARNING" if as_json else settings.log_level)
+    try:
+        fields = parse_map(maps)
+        if time_column:
+            fields["time"] = time_column
+        changes: dict[str, Any] = {
+            **fields, "time_format": time_format, "click_at_least": click_at_least,
+            "all_items_as_candidates": all_items_candidates, "policy_version": policy_version,
+            "position_base": int(position_base) if position_base is not None else None}
+        if preset is not None:
+            mapping = PRESETS[preset].with_overrides(**changes)
+        else:
+            missing = [f for f in ("item", "time") if f not in fields]
+            if missing:
+                fail(f"without --preset, map at least {', '.join(missing)} (--map FIELD=COLUMN)", 2)
+            mapping = Mapping(**{k: v for k, v in changes.items() if v is not None})
+    except ValueError as exc:
+        fail(str(exc), 2)
+    for path in files:
+        if not path.is_file():
+            fail(f"no such file: {path}", 2)
+        try:
+            present = set(columns(path, fmt))
+        except TableError as exc:
+            fail(str(exc), 2)
+        absent = [c for c in mapping.required_columns() if c not in present]
+        if absent:
+            fail(f"{path.name} has no column {', '.join(map(repr, absent))}; it has {', '.join(sorted(present))}", 2)
+    if items_file is None and preset == "movielens" and (files[0].parent / "movies.csv").is_file():
+        items_file = files[0].parent / "movies.csv"
+    if not dry_run:
+        from stream.kafka.topics import ensure_topics
+
+        ensure_topics(admin_or_exit(settings, "import"), settings)
+    progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), transient=as_json, console=stderr_console())
+    with progress:
+        task = progress.add_task(f"{'check' if dry_run else 'import'} {', '.join(p.name for p in files)}", total=None)
+        try:
+            report = run_import(settings, list(files), mapping, fmt=fmt, items_file=items_file, prefix=id_prefix,
+                                dry_run=dry_run, progress=lambda done, total: progress.update(
+                                    task, completed=done, total=total))
+        except (ValueError, FileNotFoundError, TableError) as exc:
+            fail(str(exc), 2)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.reasons.items()))
+        click.echo(f"{'checked' if dry_run else 'imported'} {report.rows} rows -> {report.impressions} impressions, "
+                   f"{report.clicks} clicks, {report.purchases} purchases, {report.items} items; dead-lettered "
+                   f"{report.dead_lettered}{f' ({reasons})' if reasons else ''}; {report.split_slates} rows "
+                   f"could not form their slate; in {report.seconds:.1f}s", err=False)
+        click.echo(f"propensities: {report.propensities}; candidates: {report.candidates}", err=True)
+        if not dry_run:
+            click.echo("next: recsys-stream process --until-caught-up", err=True)
+    if report.delivery_failures:
+        click.echo(f"error: {len(report.delivery_failures)} events were not acknowledged, first: "
+                   f"{report.delivery_failures[0]}", err=True)
+        sys.exit(1)
+
+
+def _read_experiences(settings, from_file: Path | None, fmt: str | None) -> tuple[list, int]:
+    """(valid experiences, invalid records skipped) from the topic or a dumped file."""
+    from stream import schemas
+    from stream.ingest.experience_files import read_experiences
+    from stream.kafka.snapshot import read_topic
+    from stream.kafka.topics import topic_name
+
+    if from_file is not None:
+        return read_experiences(from_file, fmt)
+    good, bad = [], 0
+    for msg in read_topic(settings, topic_name(settings, "experiences"), "evaluate", timeout=600):
+        try:
+            good.append(schemas.decode("experiences", msg.value()))
+        except schemas.InvalidMessage:
+            bad += 1
+    return good, bad
+
+
+def _load_version(settings, which: str):
+    """(version number, verified model) for N or latest, or exit with why not."""
+    from models.serialization import PolicyIntegrityError
+    from stream.policy.bus import PolicyNotFound, find_version, newest_verified, read_versions
+    from stream.policy.trust import trust_of
+
+    trust = trust_of(settings)
+    if which == "latest":
+        found = newest_verified(read_versions(settings), trust, component="evaluate")
+        if found is None:
+            fail(f"policy {settings.policy_name!r} has no verified version on the topic")
+    else:
+        if not which.isdigit():
+            fail(f"--policy takes a version number or latest, not {which!r}", 2)
+        try:
+            found = find_version(settings, int(which))
+        except PolicyNotFound as exc:
+            fail(str(exc))
+    try:
+        return found.version, found.load(trust)
+    except PolicyIntegrityError as exc:
+        fail(f"v{found.version} does not verify: {exc}")
+
+
+def _catalogue(settings):
+    """The item texts the versions score from, as the learner and scorers read them."""
+    from models.encoders import EncoderLoadError, TextEncoder
+    from stream import schemas
+    from stream.items.embeddings import Catalogue
+    from stream.kafka.snapshot import read_topic
+    from stream.kafka.topics import topic_name
+
+    try:
+        catalogue = Catalogue(TextEncoder(), "evaluate")
+    except EncoderLoadError as exc:
+        fail(str(exc))
+    items = {}
+    for msg in read_topic(settings, topic_name(settings, "items"), "evaluate", timeout=600):
+        try:
+            item = schemas.decode("items", msg.value())
+        except schemas.InvalidMessage:
+            continue
+        items[item.item_id] = item
+    catalogue.add(list(items.values()))
+    return catalogue
+
+
+@click.command()
+@click.option("--policy", "which", default="latest", show_default=True,
+              help="Version to evaluate: a number or latest. 'logged' evaluates only the logging policy.")
+@click.option("--baseline", default="logged", show_default=True,
+              help="What to compare against: logged (the logging policy) or a version number.")
+@click.option("--since", default=None, help="Only experiences at or after this time (epoch seconds or ISO 8601).")
+@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Experiences from a file (`experiences dump` output) instead of the experiences topic.")
+@click.option("--per-item", is_flag=True, help="Also IPS/SNIPS of 'always show item a' for every item.")
+@click.option("--clip", type=click.FloatRange(min=1.0), default=None, help="Clip importance weights at this.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(0), default=1000, show_default=True,
+              help="Bootstrap resamples of the 95% intervals.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def evaluate(which: str, baseline: str, since: str | None, from_file: Path | None, per_item: bool,
+             clip: float | None, n_boot: int, as_json: bool) -> None:
+    """Off-policy evaluation of a policy version on logged experiences: IPS, SNIPS, DM, DR, 95% intervals.
+
+    The estimators are the learner's gate's; the decisions are top-of-slate experiences that
+    name their candidates. Exits 1, saying why, when the logs lack candidates or propensities.
+    """
+    from stream.learner.log_evaluation import (
+        decisions,
+        evaluate_policy,
+        logged_value,
+        shown_items,
+        unevaluable,
+    )
+    from stream.learner.log_evaluation import per_item as item_estimates
+
+    settings = load_settings()
+    setup_logging("WARNING" if as_json else settings.log_level)
+    cutoff = _since(since)
+    if from_file is None:
+        admin_or_exit(settings, "evaluate")
+    elif not from_file.is_file():
+        fail(f"no such file: {from_file}", 2)
+    started = time.monotonic()
+    experiences, invalid = _read_experiences(settings, from_file, None)
+    shown = shown_items(experiences, cutoff)
+    rows = decisions(shown)
+    result: dict[str, Any] = {"experiences": len(experiences), "invalid_skipped": invalid, "shown_items": len(shown),
+                              "decisions": len(rows), "since": cutoff}
+    if per_item:
+        result["per_item"] = item_estimates(shown, n_boot)
+    problem = unevaluable(shown, rows)
+    if problem is None:
+        result["logged"] = {k: v.as_dict() for k, v in logged_value(rows, n_boot).items()}
+        versions = [] if which == "logged" else [which]
+        if baseline != "logged":
+            versions.append(baseline)
+        catalogue = _catalogue(settings) if versions else None
+        for role, spec in zip(("policy", "baseline"), versions):
+            number, model = _load_version(settings, spec)
+            try:
+                ev = evaluate_policy(model, catalogue, rows, n_boot, clip)
+            except ValueError as exc:
+                fail(str(exc))
+            result[role] = {"version": number, "decisions": ev.decisions, "skipped_width": ev.skipped_width,
+                            **{k: v.as_dict() for k, v in ev.estimates.items()}}
+    else:
+        result["refused"] = problem
+    result["seconds"] = round(time.monotonic() - started, 2)
+    if as_json:
+        emit_json(result)
+    else:
+        _print_evaluation(result)
+    if problem is not None:
+        click.echo(f"error: cannot evaluate off-policy: {problem}", err=True)
+        sys.exit(1)
+
+
+def _print_evaluation(result: dict[str, Any]) -> None:
+    click.echo(f"{result['experiences']} experiences, {result['shown_items']} shown items, "
+               f"{result['decisions']} decisions with candidates")
+
+    def line(name: str, est: dict) -> str:
+        return f"  {name:<6} {est['value']:.5f}  [{est['low']:.5f}, {est['high']:.5f}]"
+
+    for role in ("logged", "policy", "baseline"):
+        if role in result:
+            block = result[role]
+            title = role if role == "logged" else f"{role} v{block['version']}"
+            click.echo(title)
+            for name in ("ips", "snips", "dm", "dr"):
+                if name in block:
+                    click.echo(line(name, block[name]))
+    for row in result.get("per_item", []):
+        click.echo(f"  item {row['item']:<12} shown {row['shown']:>6}  ips {row['ips']['value']:.5f}  "
+                   f"snips {row['snips']['value']:.5f}")
+
+
+@click.group()
+def experiences() -> None:
+    """Read the joined experiences back out."""
+
+
+@experiences.command("dump")
+@click.option("--since", default=None, help="Only experiences at or after this time (epoch seconds or ISO 8601).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file (default: stdout, jsonl only).")
+def experiences_dump(since: str | None, fmt: str, out: Path | None) -> None:
+    """Every experience on the topic (as stored: repeats of the at-least-once topic included), oldest first per
+    partition. A count goes to stderr."""
+    from stream.ingest.experience_files import write_experiences
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    cutoff = _since(since)
+    if fmt == "parquet" and out is None:
+        fail("--format parquet needs --out FILE", 2)
+    admin_or_exit(settings, "experiences")
+    found, invalid = _read_experiences(settings, None, None)
+    chosen = [e for e in found if cutoff is None or e.ts >= cutoff]
+    written = write_experiences(chosen, out, fmt)
+    click.echo(f"wrote {written} experiences{f' to {out}' if out else ''}"
+               f"{f'; skipped {invalid} invalid records' if invalid else ''}", err=True)
