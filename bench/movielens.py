@@ -56,6 +56,7 @@ from bench.reservoir import Reservoir
 from models.agent import OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
 from models.batch import Batch, TaskBatch, hash_ids
 from models.policy import PolicyConfig
+from models.ranking import auc, gauc
 from models.serving import Recent, ServingPolicy
 
 POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "fine_tune", "full_retrain", "vw", "popularity")
@@ -141,34 +142,9 @@ def encode(texts: list[str], say: Callable[[str], None]) -> np.ndarray:
 
 
 # -- metrics -------------------------------------------------------------------------------------
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half); nan when one class is missing."""
-    positives = labels > 0.5
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[inverse]       # average rank of ties, 1-based
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     p = np.clip(probs, 1e-4, 1 - 1e-4)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-
-
-def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
-    """Per-user AUC weighted by the user's ratings, over users with both classes."""
-    total, weight = 0.0, 0
-    order = np.argsort(users, kind="stable")
-    bounds = np.flatnonzero(np.diff(users[order])) + 1
-    for rows in np.split(order, bounds):
-        value = auc(labels[rows], scores[rows])
-        if not math.isnan(value):
-            total += value * len(rows)
-            weight += len(rows)
-    return total / weight if weight else float("nan")
 
 
 # -- policies ------------------------------------------------------------------------------------

@@ -200,25 +200,32 @@ def _catalogue(settings):
               help="Version to evaluate: a number or latest. 'logged' evaluates only the logging policy.")
 @click.option("--baseline", default="logged", show_default=True,
               help="What to compare against: logged (the logging policy) or a version number.")
-@click.option("--since", default=None, help="Only experiences at or after this time (epoch seconds or ISO 8601).")
+@click.option("--since", default=None, help="Judge experiences at or after this time (epoch seconds or ISO 8601).")
+@click.option("--until", default=None, help="Judge experiences before this time (epoch seconds or ISO 8601).")
 @click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Experiences from a file (`experiences dump` output) instead of the experiences topic.")
 @click.option("--per-item", is_flag=True, help="Also IPS/SNIPS of 'always show item a' for every item.")
+@click.option("--ranking-only", is_flag=True,
+              help="Only the ranking AUC (for logs without candidates or propensities, e.g. MovieLens).")
 @click.option("--clip", type=click.FloatRange(min=1.0), default=None, help="Clip importance weights at this.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(0), default=1000, show_default=True,
               help="Bootstrap resamples of the 95% intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def evaluate(which: str, baseline: str, since: str | None, from_file: Path | None, per_item: bool,
-             clip: float | None, n_boot: int, as_json: bool) -> None:
+def evaluate(which: str, baseline: str, since: str | None, until: str | None, from_file: Path | None,
+             per_item: bool, ranking_only: bool, clip: float | None, n_boot: int, as_json: bool) -> None:
     """Off-policy evaluation of a policy version on logged experiences: IPS, SNIPS, DM, DR, 95% intervals.
 
     The estimators are the learner's gate's; the decisions are top-of-slate experiences that
-    name their candidates. Exits 1, saying why, when the logs lack candidates or propensities.
+    name their candidates. Each version also gets a ranking AUC: its estimate of every shown
+    item, adapted to the user's earlier outcomes as the scorer adapts, against what the user
+    did. Exits 1, saying why, when the logs lack candidates or propensities (unless
+    --ranking-only).
     """
     from stream.learner.log_evaluation import (
         decisions,
         evaluate_policy,
         logged_value,
+        ranking,
         shown_items,
         unevaluable,
     )
@@ -226,35 +233,41 @@ def evaluate(which: str, baseline: str, since: str | None, from_file: Path | Non
 
     settings = load_settings()
     setup_logging("WARNING" if as_json else settings.log_level)
-    cutoff = _since(since)
+    start, end = _since(since), _since(until)
     if from_file is None:
         admin_or_exit(settings, "evaluate")
     elif not from_file.is_file():
         fail(f"no such file: {from_file}", 2)
     started = time.monotonic()
     experiences, invalid = _read_experiences(settings, from_file, None)
-    shown = shown_items(experiences, cutoff)
-    rows = decisions(shown)
-    result: dict[str, Any] = {"experiences": len(experiences), "invalid_skipped": invalid, "shown_items": len(shown),
-                              "decisions": len(rows), "since": cutoff}
+    shown = shown_items(experiences)      # all of them: earlier outcomes fill the scorer's memory
+    window = [e for e in shown if (start is None or e.ts >= start) and (end is None or e.ts < end)]
+    rows = decisions(window)
+    result: dict[str, Any] = {"experiences": len(experiences), "invalid_skipped": invalid, "shown_items": len(window),
+                              "decisions": len(rows), "since": start, "until": end}
     if per_item:
-        result["per_item"] = item_estimates(shown, n_boot)
-    problem = unevaluable(shown, rows)
-    if problem is None:
+        result["per_item"] = item_estimates(window, n_boot)
+    problem = None if ranking_only else unevaluable(window, rows)
+    if problem is None and not ranking_only:
         result["logged"] = {k: v.as_dict() for k, v in logged_value(rows, n_boot).items()}
-        versions = [] if which == "logged" else [which]
-        if baseline != "logged":
-            versions.append(baseline)
-        catalogue = _catalogue(settings) if versions else None
-        for role, spec in zip(("policy", "baseline"), versions):
-            number, model = _load_version(settings, spec)
+    versions = [] if which == "logged" or problem is not None else [which]
+    if baseline != "logged" and problem is None:
+        versions.append(baseline)
+    catalogue = _catalogue(settings) if versions and window else None
+    for role, spec in zip(("policy", "baseline"), versions):
+        if catalogue is None:
+            break
+        number, model = _load_version(settings, spec)
+        block: dict[str, Any] = {"version": number, "ranking": ranking(model, catalogue, shown, start, end)}
+        if not ranking_only:
             try:
                 ev = evaluate_policy(model, catalogue, rows, n_boot, clip)
             except ValueError as exc:
                 fail(str(exc))
-            result[role] = {"version": number, "decisions": ev.decisions, "skipped_width": ev.skipped_width,
-                            **{k: v.as_dict() for k, v in ev.estimates.items()}}
-    else:
+            block.update({"decisions": ev.decisions, "skipped_width": ev.skipped_width,
+                          **{k: v.as_dict() for k, v in ev.estimates.items()}})
+        result[role] = block
+    if problem is not None:
         result["refused"] = problem
     result["seconds"] = round(time.monotonic() - started, 2)
     if as_json:
@@ -262,7 +275,8 @@ def evaluate(which: str, baseline: str, since: str | None, from_file: Path | Non
     else:
         _print_evaluation(result)
     if problem is not None:
-        click.echo(f"error: cannot evaluate off-policy: {problem}", err=True)
+        click.echo(f"error: cannot evaluate off-policy: {problem}; --ranking-only judges the version's ranking "
+                   "(AUC) instead", err=True)
         sys.exit(1)
 
 
@@ -277,7 +291,8 @@ def _print_evaluation(result: dict[str, Any]) -> None:
         if role in result:
             block = result[role]
             title = role if role == "logged" else f"{role} v{block['version']}"
-            click.echo(title)
+            click.echo(title + (f"  (ranking AUC {block['ranking']['auc']:.4f} on {block['ranking']['scored']} "
+                                "shown items)" if "ranking" in block else ""))
             for name in ("ips", "snips", "dm", "dr"):
                 if name in block:
                     click.echo(line(name, block[name]))

@@ -135,11 +135,14 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
+@click.option("--until-caught-up", is_flag=True,
+              help="Backfill: train on every experience on the topic, publish (gated) what was learned, exit 0. "
+              "Meta tasks read users' histories from the replay store: let `replay` store the backlog first.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: str,
           retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
-          checkpoint: Path | None, metrics_port: int | None) -> None:
+          checkpoint: Path | None, until_caught_up: bool, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
@@ -151,7 +154,8 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 
         torch.set_num_threads(threads)
     config = LearnerWorkerConfig(publish_every_seconds=publish_seconds, retain_versions=retain,
-                                 probe_period_seconds=probe_period, probe_sets=probe_sets)
+                                 probe_period_seconds=probe_period, probe_sets=probe_sets,
+                                 until_caught_up=until_caught_up)
     defaults = AgentConfig()
     agent = replace(defaults, learner=replace(defaults.learner, device=device), update_size=update_size,
                     publish_every_updates=publish_every, gate=replace(defaults.gate, alpha=gate_alpha),

@@ -105,6 +105,8 @@ class LearnerWorkerConfig:
     probe_sets: int = 4
     #: Experience ids remembered to skip repeats (the experiences topic is at-least-once).
     dedupe_window: int = 500_000
+    #: A backfill (``learn --until-caught-up``): stop once everything on the topic is trained on.
+    until_caught_up: bool = False
 
 
 class RecentIds:
@@ -229,6 +231,10 @@ class LearnerWorker:
         consumer.assign(partitions)
 
     def run(self, max_seconds: float | None = None) -> None:
+        """Learn until ``stop()`` (or ``max_seconds``). With ``config.until_caught_up`` (a backfill): once
+        every experience on the topic has been read and trained on, publish what was learned since the last
+        version (the gate still judges it), checkpoint, commit and return."""
+        until_caught_up = self.config.until_caught_up
         self.items.start()
         self.items.caught_up.wait(120)
         self.resume()
@@ -244,7 +250,7 @@ class LearnerWorker:
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50})
         consumer.subscribe([self.topic], on_assign=self._on_assign)
-        started = last_publish = time.monotonic()
+        started = last_publish = last_end_check = time.monotonic()
         last_update = 0.0
         try:
             while not self.stop_event.is_set():
@@ -253,8 +259,17 @@ class LearnerWorker:
                 rollback, self._rollback = self._rollback, None
                 if rollback is not None:
                     self._adopt_rollback(rollback)
-                self._take(consumer.consume(1000, 0.05))
+                messages = consumer.consume(1000, 0.05)
+                self._take(messages)
                 now = time.monotonic()
+                if (until_caught_up and not self.fresh and len(messages) < 1000 and now - last_end_check >= 0.25):
+                    last_end_check = now
+                    if self._read_to_end(consumer):
+                        if self.updates_since_publish > 0:
+                            self._publish_or_reject()
+                        log.info("backfill trained on everything on the topic: v%d live after %d updates",
+                                 self.version, self.learner.step)
+                        break
                 self.lag.maybe_report(consumer, now)
                 ready = len(self.fresh) >= self.config.min_fresh or (self.fresh and now - last_update > 1.0)
                 if ready and (self.learner.step > 0 or len(self.fresh) >= self.config.min_fresh):
@@ -275,6 +290,21 @@ class LearnerWorker:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _read_to_end(self, consumer: Consumer) -> bool:
+        """Every assigned partition read to the broker's end (a drained queue and a position at the high
+        watermark, as the join worker judges its inputs); False before the group assigned anything."""
+        assigned = consumer.assignment()
+        if not assigned:
+            return False
+        for tp in assigned:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+            except Exception:  # noqa: BLE001 - the broker did not answer: not provably at the end
+                return False
+            if high > low and self.positions.get(tp.partition, low) < high:
+                return False
+        return True
 
     def _on_policy(self, live: LivePolicy) -> None:
         if live.version > self.version:

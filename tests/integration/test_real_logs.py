@@ -19,8 +19,7 @@ from stream import schemas
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
 from stream.policy.bus import read_versions
-from tests.conftest import cli_command, stop_processes
-from tests.waiting import wait_for
+from tests.conftest import cli_command
 
 pytestmark = pytest.mark.slow
 
@@ -106,13 +105,12 @@ def test_obd_logs_imported_backfilled_and_evaluated(settings, topics, cli_env, t
         top = [float(r["click"]) for r in csv.DictReader(fh) if r["position"] == "1"]
     assert result["logged"]["ips"]["value"] == pytest.approx(sum(top) / len(top))
 
-    # A version learned from these logs, judged on them with the gate's estimators.
-    learner = subprocess.Popen(cli_command("learn", "--publish-seconds", "1", "--threads", "1", "--metrics-port", "0"),
-                               env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: read_versions(settings, timeout=10), 120, "the learner's first version")
-    finally:
-        stop_processes(learner)
+    # A version learned from these logs (a backfill: it exits once everything is trained on), judged on them
+    # with the gate's estimators.
+    learned = run_cli(cli_env, "learn", "--until-caught-up", "--threads", "1", "--metrics-port", "0", timeout=240)
+    assert learned.returncode == 0, learned.stderr
+    assert "backfill trained on everything" in learned.stderr
+    assert read_versions(settings)
     judged = run_cli(cli_env, "evaluate", "--policy", "latest", "--bootstrap", "200", "--json")
     assert judged.returncode == 0, judged.stderr
     policy = json.loads(judged.stdout)["policy"]
@@ -176,6 +174,14 @@ def test_movielens_logs_imported_backfilled_and_refused_for_ope(settings, topics
     refused = run_cli(cli_env, "evaluate", "--json")
     assert refused.returncode == 1
     assert "lack candidates" in json.loads(refused.stdout)["refused"] and "lack candidates" in refused.stderr
+
+    learned = run_cli(cli_env, "learn", "--until-caught-up", "--threads", "1", "--metrics-port", "0", timeout=240)
+    assert learned.returncode == 0, learned.stderr
+    ranked = run_cli(cli_env, "evaluate", "--ranking-only", "--json")
+    assert ranked.returncode == 0, ranked.stderr
+    result = json.loads(ranked.stdout)["policy"]["ranking"]
+    assert result["scored"] == len(good) and 0.0 <= result["auc"] <= 1.0
+    assert result["positive_share"] == pytest.approx(positives / len(good))
 
     dumped = run_cli(cli_env, "experiences", "dump", "--since", "964982703")
     assert dumped.returncode == 0, dumped.stderr

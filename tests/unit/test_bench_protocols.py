@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from bench.movielens import auc, gauc, log_loss
+from bench.movielens import log_loss
 from bench.quality import paired_differences, parse_drift, parse_seeds
+from models.ranking import auc, gauc
 
 
 def test_seeds_are_a_count_a_list_or_a_range():
