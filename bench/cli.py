@@ -106,6 +106,29 @@ def movielens_command(data_dir: Path, json_path: Path | None, periods: int, poli
     click.echo(summary_table(report))
 
 
+@bench.command("movielens-loop")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="A MovieLens folder (ratings.csv, movies.csv), e.g. ../shared/data/movielens-small.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result here ({name, metrics, params, machine}).")
+@click.option("--periods", type=click.IntRange(3, 100), default=8, show_default=True,
+              help="Equal-count periods, as in `bench movielens` (the first only trains).")
+@click.option("--limit", type=click.IntRange(500), default=None, help="Use only the first N ratings (a quick look).")
+def movielens_loop_command(data_dir: Path, json_path: Path | None, periods: int, limit: int | None) -> None:
+    """MovieLens through the product: import, process --until-caught-up, replay, learn --until-caught-up and
+    evaluate --ranking-only, period by period on the embedded broker (the loop's AUC next to the offline row)."""
+    from bench.movielens_loop import measure
+
+    try:
+        report = measure(data_dir, periods, limit, _say)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_json(report, json_path)
+    m = report["metrics"]
+    click.echo(f"AUC {m['auc_mean']} ± {m['auc_se']} over {len(m['per_period']) - 1} judged periods; "
+               f"dead letters {m['dead_letters'] or 'none'}; seconds {m['seconds']}")
+
+
 @bench.command("learner")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result here.")
