@@ -50,10 +50,13 @@ def _since(value: str | None) -> float | None:
               help="Policy version the impressions are logged under (default 0: not one of ours).")
 @click.option("--dry-run", is_flag=True, help="Map and validate every row; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics on this port while importing.")
 def import_logs(files: tuple[Path, ...], preset: str | None, maps: tuple[str, ...], fmt: str | None,
                 time_column: str | None, time_format: str | None, position_base: str | None,
                 click_at_least: float | None, all_items_candidates: bool | None, items_file: Path | None,
-                id_prefix: str | None, policy_version: int | None, dry_run: bool, as_json: bool) -> None:
+                id_prefix: str | None, policy_version: int | None, dry_run: bool, as_json: bool,
+                metrics_port: int | None) -> None:
     """Import logged impressions, clicks and purchases from FILES (CSV, JSON lines, Parquet).
 
     Every row is one shown item; rows that share a request form one slate. Events are
@@ -103,6 +106,11 @@ def import_logs(files: tuple[Path, ...], preset: str | None, maps: tuple[str, ..
         from stream.kafka.topics import ensure_topics
 
         ensure_topics(admin_or_exit(settings, "import"), settings)
+    port = metrics_port if metrics_port is not None else settings.metrics_port or None
+    if port is not None:
+        from stream.ops.metrics import serve_metrics
+
+        serve_metrics(port)
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), transient=as_json, console=stderr_console())
     with progress:

@@ -77,10 +77,12 @@ class _Sink:
         self.out = out
         self.report = report
 
-    def refuse(self, source: str, raw: bytes, reason: str, error: str, line: int) -> None:
+    def refuse(self, source: str, raw: bytes, reason: str, error: str, line: int,
+               logical: str = "impressions") -> None:
+        """A row that cannot be mapped counts against ``impressions`` (a row is a shown item)."""
         self.report.dead_lettered += 1
         self.report.reasons[reason] = self.report.reasons.get(reason, 0) + 1
-        INGEST_LINES.labels(topic="import", status="dead_lettered").inc()
+        INGEST_LINES.labels(topic=logical, status="dead_lettered").inc()
         if self.out is not None:
             self.out.dead_letters.send(source, raw, reason, error, line=line)
 
@@ -89,7 +91,7 @@ class _Sink:
         try:
             schemas.decode(logical, raw)
         except schemas.InvalidMessage as exc:
-            self.refuse(source, raw, exc.reason, f"{logical}: {exc.detail}", line)
+            self.refuse(source, raw, exc.reason, f"{logical}: {exc.detail}", line, logical)
             return False
         if self.out is not None:
             self.out.send_raw(logical, raw, line=line)
