@@ -193,6 +193,11 @@ class PolicyHeader(msgspec.Struct, frozen=True):
     metrics: dict[str, float] = {}
     parent: Annotated[int, Meta(ge=1, le=MAX_VERSION)] | None = None
     signature: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
+    #: full: every weight; delta: the rows that moved since ``parent`` (``models/delta.py``).
+    kind: Literal["full", "delta"] = "full"
+    #: SHA-256 of the whole state this version stands for, and (a delta) of the state it applies onto.
+    state: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
+    parent_state: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
 
 
 class ScoreRequest(msgspec.Struct, frozen=True):

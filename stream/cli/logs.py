@@ -159,23 +159,23 @@ def _read_experiences(settings, from_file: Path | None, fmt: str | None) -> tupl
 def _load_version(settings, which: str):
     """(version number, verified model) for N or latest, or exit with why not."""
     from models.serialization import PolicyIntegrityError
-    from stream.policy.bus import PolicyNotFound, find_version, newest_verified, read_versions
+    from stream.policy.bus import load_version, newest_verified, read_versions
     from stream.policy.trust import trust_of
 
     trust = trust_of(settings)
+    versions = read_versions(settings)
     if which == "latest":
-        found = newest_verified(read_versions(settings), trust, component="evaluate")
+        found = newest_verified(versions, trust, component="evaluate")
         if found is None:
             fail(f"policy {settings.policy_name!r} has no verified version on the topic")
     else:
         if not which.isdigit():
             fail(f"--policy takes a version number or latest, not {which!r}", 2)
-        try:
-            found = find_version(settings, int(which))
-        except PolicyNotFound as exc:
-            fail(str(exc))
+        found = next((v for v in versions if v.version == int(which)), None)
+        if found is None:
+            fail(f"policy {settings.policy_name!r} has no complete version {which}")
     try:
-        return found.version, found.load(trust)
+        return found.version, load_version(versions, found.version, trust)
     except PolicyIntegrityError as exc:
         fail(f"v{found.version} does not verify: {exc}")
 

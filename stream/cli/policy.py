@@ -17,7 +17,7 @@ def policy() -> None:
 
 
 def _header_row(header) -> dict[str, Any]:
-    return {"version": header.version, "parent": header.parent, "created_at": header.created_at,
+    return {"version": header.version, "parent": header.parent, "kind": header.kind, "created_at": header.created_at,
             "bytes": header.total_bytes, "chunks": header.n_chunks, "signed": header.signature is not None,
             "checksum": header.checksum, "metrics": header.metrics}
 
@@ -39,11 +39,11 @@ def policy_list(name: str | None, as_json: bool) -> None:
     if not rows:
         click.echo(f"no versions of policy {name or settings.policy_name!r} yet", err=True)
         return
-    click.echo(f"{'version':>7} {'parent':>6}  {'created (UTC)':<19} {'bytes':>9} {'signed':<6} metrics")
+    click.echo(f"{'version':>7} {'parent':>6} {'kind':<5}  {'created (UTC)':<19} {'bytes':>9} {'signed':<6} metrics")
     for r in rows:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created_at"]))
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()))
-        click.echo(f"{r['version']:>7} {r['parent'] or '-':>6}  {created:<19} {r['bytes']:>9} "
+        click.echo(f"{r['version']:>7} {r['parent'] or '-':>6} {r['kind']:<5}  {created:<19} {r['bytes']:>9} "
                    f"{'yes' if r['signed'] else 'no':<6} {metrics}")
 
 
@@ -54,18 +54,18 @@ def policy_list(name: str | None, as_json: bool) -> None:
 def policy_show(version: int, name: str | None, as_json: bool) -> None:
     """One version's header, verified (checksum, signature when a key is set, shapes)."""
     from models.serialization import PolicyIntegrityError
-    from stream.policy.bus import PolicyNotFound, find_version
+    from stream.policy.bus import load_version, read_versions
     from stream.policy.trust import trust_of
 
     settings = load_settings()
     admin_or_exit(settings, "policy")
-    try:
-        found = find_version(settings, version, name)
-    except PolicyNotFound as exc:
-        fail(str(exc))
+    versions = read_versions(settings, name)
+    found = next((v for v in versions if v.version == version), None)
+    if found is None:
+        fail(f"policy {name or settings.policy_name!r} has no complete version {version}")
     row = _header_row(found.header) | {"model_config": found.header.model_config}
     try:
-        found.load(trust_of(settings))
+        load_version(versions, version, trust_of(settings))   # a delta: rebuilt from its snapshot, all verified
         row["verified"], row["problem"] = True, None
     except PolicyIntegrityError as exc:
         row["verified"], row["problem"] = False, str(exc)

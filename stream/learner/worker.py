@@ -32,6 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from models import checkpoint
 from models.agent import Agent, AgentConfig
+from models.delta import cpu_state, make_delta
 from models.encoders import TextEncoder
 from models.evaluation import estimate
 from models.policy import PolicyConfig, TwoTowerPolicy
@@ -107,6 +108,10 @@ class LearnerWorkerConfig:
     dedupe_window: int = 500_000
     #: A backfill (``learn --until-caught-up``): stop once everything on the topic is trained on.
     until_caught_up: bool = False
+    #: Versions are deltas of their parent (``models/delta.py``) but for a full snapshot every this many
+    #: versions or seconds (and the first after a start): what a late reader catches up from.
+    full_every: int = 30
+    full_every_seconds: float = 300.0
 
 
 class RecentIds:
@@ -165,6 +170,8 @@ class LearnerWorker:
         self.trained_through = 0.0
         self.updates_since_publish = 0
         self.retained: deque[schemas.PolicyHeader] = deque()
+        self.deltas_since_full = 0
+        self.last_full_at = float("-inf")    # the first version after a start is always full
         self.stop_event = threading.Event()
         # Follows the policies topic for operator rollbacks (set from the subscriber's thread); its own
         # versions are passed over unloaded.
@@ -428,9 +435,17 @@ class LearnerWorker:
             return verdict.publish, verdict.metrics()
         return True, {"gate_decisions": float(verdict.decisions)}
 
+    def _delta_due(self) -> bool:
+        return (self.live is not None and self.deltas_since_full < self.config.full_every - 1
+                and time.monotonic() - self.last_full_at < self.config.full_every_seconds)
+
     def _publish_or_reject(self) -> None:
         t0 = time.perf_counter()
         snapshot = self.agent.candidate()
+        delta = self._delta_due()
+        if delta:   # what readers will hold: the live state plus the rows that moved (models/delta.py)
+            _, published = make_delta(cpu_state(self.live), cpu_state(snapshot))
+            snapshot.load_state_dict(published)
         ok, metrics = self._gate(snapshot)
         t_gate = time.perf_counter() - t0
         self.updates_since_publish = 0
@@ -443,15 +458,21 @@ class LearnerWorker:
                        samples=float(self.learner.samples))
         version = self.version + 1
         try:
-            header = self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
+            if delta:
+                header = self.publisher.publish_delta(snapshot, cpu_state(self.live), version, self.version, metrics)
+            else:
+                header = self.publisher.publish(snapshot, version, parent=self.version or None, metrics=metrics)
         except Exception as exc:  # noqa: BLE001 - the broker may be away: keep learning, try again next time
             PUBLISH_FAILURES.inc()
             log.error("publishing v%d failed (%s); keeping v%d live and learning on", version, exc, self.version)
             return
         t_publish = time.perf_counter() - t0 - t_gate
+        if delta:
+            self.deltas_since_full += 1
+        else:
+            self.deltas_since_full, self.last_full_at = 0, time.monotonic()
         self.retained.append(header)
-        while len(self.retained) > self.config.retain_versions:
-            self.publisher.retire(self.retained.popleft())
+        self._retire_beyond_retention()
         self.version = version
         self.live = snapshot
         self._export_live_version()
@@ -463,6 +484,16 @@ class LearnerWorker:
                  version, t_gate, t_publish, t_consolidate, len(self.fresh), time.time() - self.trained_through,
                  "; forgetting by probe age " + ", ".join(f"{age}: {lost:.1%}" for age, lost in forgetting.items())
                  if forgetting else "")
+
+    def _retire_beyond_retention(self) -> None:
+        """Keep the last ``retain_versions``, and never a delta without the snapshot it builds on: the oldest
+        version kept is always a full snapshot (so there may be more, until the next snapshot)."""
+        excess = len(self.retained) - self.config.retain_versions
+        if excess <= 0:
+            return
+        cut = max((i for i, h in enumerate(self.retained) if i <= excess and h.kind == "full"), default=0)
+        for _ in range(cut):
+            self.publisher.retire(self.retained.popleft())
 
     def _probe_value(self, decisions: list[schemas.Experience]) -> float:
         """The live version's DR reward per decision on a probe set (point estimate, as served)."""

@@ -10,6 +10,12 @@ a version tombstones its header first, so a half-deleted version is never seen.
 Readers verify checksum, signature and tensor shapes (``models.serialization``)
 before a version goes anywhere near a live model; a version that fails is counted
 by reason and skipped, and the reader keeps the one it had.
+
+Most versions are deltas of their parent (``models/delta.py``); a full snapshot comes
+every ``full_every`` versions or seconds and with every rollback. A reader applies a
+delta only onto the exact state it names; one whose parent it does not hold waits
+(``recsys_policy_deltas_waiting``) until a full snapshot lets it catch up, and it
+never guesses.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from prometheus_client import Counter, Gauge
 
+from models.delta import State
 from models.policy import TwoTowerPolicy
-from models.serialization import PolicyIntegrityError, pack, unpack
+from models.serialization import PolicyIntegrityError, pack, pack_delta, unpack
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import consumer_config
@@ -53,6 +60,11 @@ POLICY_VERSION = Gauge(
     "recsys_policy_version", "Policy version live in this process (0: none yet).", ["component"])
 POLICY_LOADED_AT = Gauge(
     "recsys_policy_loaded_timestamp_seconds", "When this process swapped to its live policy version.", ["component"])
+POLICY_BYTES = Counter(
+    "recsys_policy_bytes_published_total", "Bytes of policy weights written, by kind (full or delta).", ["kind"])
+DELTAS_WAITING = Gauge(
+    "recsys_policy_deltas_waiting", "Delta versions newer than the live one whose parent this reader does not hold "
+    "(they wait for a full snapshot).", ["component"])
 
 
 class PolicyNotFound(LookupError):
@@ -98,13 +110,37 @@ class PolicyVersion:
     def version(self) -> int:
         return self.header.version
 
-    def load(self, trust: Trust | bytes | None) -> TwoTowerPolicy:
+    @property
+    def is_delta(self) -> bool:
+        return self.header.kind == "delta"
+
+    def load(self, trust: Trust | bytes | None, base: TwoTowerPolicy | None = None) -> TwoTowerPolicy:
         """The verified model, or ``PolicyIntegrityError`` naming what did not match (``unsigned``
-        when ``trust`` has no key and does not allow unsigned versions)."""
+        when ``trust`` has no key and does not allow unsigned versions). A delta needs ``base``,
+        its parent's model (``load_version`` finds the chain)."""
         header = msgspec.structs.asdict(self.header)
         if isinstance(trust, Trust):
-            return unpack(header, self.blob, trust.verification_keys(), require_signature=not trust.allow_unsigned)
-        return unpack(header, self.blob, trust)
+            return unpack(header, self.blob, trust.verification_keys(), require_signature=not trust.allow_unsigned,
+                          base=base)
+        return unpack(header, self.blob, trust, base=base)
+
+
+def load_version(versions: list[PolicyVersion], version: int, trust: Trust | bytes | None) -> TwoTowerPolicy:
+    """Version ``version`` of ``versions`` verified: a full snapshot as it is, a delta rebuilt from the
+    nearest full snapshot before it and every delta in between (each verified onto the one before)."""
+    by_number = {v.version: v for v in versions}
+    chain = []
+    current = by_number.get(version)
+    while current is not None and current.is_delta:
+        chain.append(current)
+        current = by_number.get(current.header.parent or 0)
+    if current is None:
+        missing = chain[-1].header.parent if chain else version
+        raise PolicyIntegrityError("parent", f"v{version} needs v{missing}, which is not on the topic")
+    model = current.load(trust)
+    for delta in reversed(chain):
+        model = delta.load(trust, base=model)
+    return model
 
 
 class VersionAssembler:
@@ -176,6 +212,15 @@ class PolicyPublisher:
         header, blob = pack(model, self.name, version, parent, metrics, trust.signing_key)
         return self.publish_packed(header, blob)
 
+    def publish_delta(self, model: TwoTowerPolicy, base: State, version: int, parent: int,
+                      metrics: dict[str, float] | None = None) -> schemas.PolicyHeader:
+        """Publish ``model`` (the published state: parent + what moved) as a delta of ``base``, the parent's
+        state; readers holding that exact state apply it."""
+        trust = trust_of(self.settings)
+        trust.require_key()
+        header, blob, _ = pack_delta(model, base, self.name, version, parent, metrics, trust.signing_key)
+        return self.publish_packed(header, blob)
+
     def publish_packed(self, header: dict, blob: bytes) -> schemas.PolicyHeader:
         if not header.get("signature") and not trust_of(self.settings).allow_unsigned:
             raise UnsignedRefused(f"refusing to publish {self.name} v{header.get('version')} unsigned: " + NO_KEY)
@@ -191,7 +236,9 @@ class PolicyPublisher:
         self._send(record_key(self.name, wire.version, HEADER_PART), encoded)
         self._flush(f"header of {self.name} v{wire.version}")
         POLICIES_PUBLISHED.labels(self.component).inc()
-        log.info("published %s v%d (%d bytes in %d chunks)", self.name, wire.version, len(blob), len(chunks))
+        POLICY_BYTES.labels(wire.kind).inc(len(blob))
+        log.info("published %s v%d (%s, %d bytes in %d chunks)", self.name, wire.version, wire.kind, len(blob),
+                 len(chunks))
         return wire
 
     def retire(self, header: schemas.PolicyHeader) -> None:
@@ -242,20 +289,13 @@ def newest_verified(versions: list[PolicyVersion], key: Trust | bytes | None,
     """
     for candidate in reversed(versions):
         try:
-            candidate.load(key)
+            load_version(versions, candidate.version, key)
         except PolicyIntegrityError as exc:
             POLICY_REJECTIONS.labels(component, exc.reason).inc()
             log.warning("v%d on the topic does not verify (%s); not counting it", candidate.version, exc)
             continue
         return candidate
     return None
-
-
-def find_version(settings: Settings, version: int, name: str | None = None) -> PolicyVersion:
-    for found in read_versions(settings, name):
-        if found.version == version:
-            return found
-    raise PolicyNotFound(f"policy {name or settings.policy_name!r} has no complete version {version}")
 
 
 def rollback(settings: Settings, version: int, name: str | None = None,
@@ -272,7 +312,7 @@ def rollback(settings: Settings, version: int, name: str | None = None,
         raise PolicyNotFound(f"policy {name!r} has no complete version {version} "
                              f"(retained: {[v.version for v in versions] or 'none'})")
     key = trust_of(settings)
-    model = target.load(key)   # refuse to republish what does not verify
+    model = load_version(versions, version, key)   # refuse to republish what does not verify
     newest = newest_verified(versions, key, component)
     latest = newest.version if newest is not None else target.version
     # A number taken by a version still being written counts (the learner writes latest + 1); a
@@ -326,6 +366,8 @@ class PolicySubscriber:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._caught_up = threading.Event()
+        #: Complete versions newer than the live one, not yet adopted (deltas waiting for their parent).
+        self._pending: dict[int, PolicyVersion] = {}
         POLICY_VERSION.labels(component).set(0)
 
     def start(self, wait: float = 60.0) -> PolicySubscriber:
@@ -366,7 +408,7 @@ class PolicySubscriber:
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         if not self._caught_up.is_set():
-                            self._adopt_newest(backlog)   # only the latest that verifies is loaded
+                            self._adopt(backlog)   # from the newest snapshot that verifies, its deltas on top
                             backlog.clear()
                             self._caught_up.set()
                         continue
@@ -384,7 +426,7 @@ class PolicySubscriber:
                 if done is None:
                     continue
                 if self._caught_up.is_set():
-                    self._adopt_newest([done])
+                    self._adopt([done])
                 else:
                     backlog.append(done)
         except Exception:  # noqa: BLE001 - a follower must not die silently
@@ -394,26 +436,50 @@ class PolicySubscriber:
         finally:
             consumer.close()
 
-    def _adopt_newest(self, candidates: list[PolicyVersion]) -> None:
-        current = self.live.version if self.live else 0
-        for candidate in sorted(candidates, key=lambda c: c.version, reverse=True):
-            if candidate.version <= current:
-                return
-            if self.accept is not None and not self.accept(candidate.header):
-                continue
+    def _adopt(self, arrived: list[PolicyVersion]) -> None:
+        """Move to the newest version these make reachable: the newest full snapshot newer than the live
+        one that verifies, then, one by one, each delta whose parent is the live version. A delta whose
+        parent is not held waits in ``_pending`` for a snapshot; one that fails verification is dropped."""
+        for version in arrived:
+            self._pending[version.version] = version
+        before = self.live
+        while True:
+            current = self.live.version if self.live else 0
+            self._pending = {n: v for n, v in self._pending.items() if n > current}
+            usable = {n: v for n, v in self._pending.items() if self.accept is None or self.accept(v.header)}
+            fulls = sorted((v for v in usable.values() if not v.is_delta), key=lambda v: v.version, reverse=True)
+            children = sorted((v for v in usable.values() if v.is_delta and self.live is not None
+                               and v.header.parent == current), key=lambda v: v.version)
+            step = self._first_that_loads(fulls) if fulls else None
+            if step is None and children:
+                step = self._first_that_loads(children[:1])
+            if step is None:
+                if fulls or children:
+                    continue            # the refused ones were dropped: look again
+                break
+            self.live = step
+        waiting = sum(1 for v in self._pending.values() if v.is_delta)
+        DELTAS_WAITING.labels(self.component).set(waiting)
+        if waiting and self.live is not before:
+            log.info("%d delta versions wait for a snapshot (their parent is not v%s)", waiting,
+                     self.live.version if self.live else "none")
+        if self.live is not before and self.live is not None:
+            POLICY_VERSION.labels(self.component).set(self.live.version)
+            POLICY_LOADED_AT.labels(self.component).set(self.live.loaded_at)
+            log.info("policy %s v%d is live in %s", self.name, self.live.version, self.component)
+            if self.on_swap is not None:
+                self.on_swap(self.live)
+
+    def _first_that_loads(self, candidates: list[PolicyVersion]) -> LivePolicy | None:
+        for candidate in candidates:
             try:
-                model = candidate.load(self._key)
+                model = candidate.load(self._key, base=self.live.model if candidate.is_delta and self.live else None)
             except PolicyIntegrityError as exc:
+                self._pending.pop(candidate.version, None)
                 self._reject(candidate.version, exc.reason, str(exc))
                 continue
-            live = LivePolicy(candidate.version, model, candidate.header, time.time())
-            self.live = live
-            POLICY_VERSION.labels(self.component).set(live.version)
-            POLICY_LOADED_AT.labels(self.component).set(live.loaded_at)
-            log.info("policy %s v%d is live in %s", self.name, live.version, self.component)
-            if self.on_swap is not None:
-                self.on_swap(live)
-            return
+            return LivePolicy(candidate.version, model, candidate.header, time.time())
+        return None
 
     def _reject(self, version: int, reason: str, detail: str) -> None:
         self.rejections.append((version, reason))

@@ -1,0 +1,75 @@
+"""Delta versions: the rows that moved plus the dense tensors, applied only onto the exact parent state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.delta import DeltaError, apply_delta, cpu_state, make_delta, state_checksum
+from models.policy import PolicyConfig, TwoTowerPolicy
+from models.serialization import PolicyIntegrityError, pack, pack_delta, unpack
+
+CFG = PolicyConfig(user_features=4, text_dim=8, dim=8, item_buckets=64, user_buckets=64)
+
+
+def moved(model: TwoTowerPolicy, rows: list[int], by: float = 0.1) -> TwoTowerPolicy:
+    child = TwoTowerPolicy(CFG)
+    child.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        child.item_id.weight[rows] += by
+        child.user_id.weight[3] += 1e-9          # below the tolerance: stays behind
+        child.text_proj.bias += 0.5
+    return child
+
+
+def test_delta_ships_moved_rows_and_dense_tensors_and_rebuilds_the_published_state():
+    torch.manual_seed(0)
+    parent = TwoTowerPolicy(CFG)
+    child = moved(parent, [2, 7])
+    delta, published = make_delta(cpu_state(parent), cpu_state(child))
+    assert delta["item_id.weight.rows"].tolist() == [2, 7] and delta["user_id.weight.rows"].tolist() == []
+    assert torch.equal(published["user_id.weight"], parent.user_id.weight.detach())    # the tiny move waits
+    assert torch.equal(apply_delta(cpu_state(parent), delta)["item_id.weight"], child.item_id.weight.detach())
+    again, _ = make_delta(published, cpu_state(child), tolerance=0.0)   # left-behind change ships when it counts
+    assert again["user_id.weight.rows"].tolist() == [3]
+
+
+def test_delta_version_round_trip_and_refusals():
+    torch.manual_seed(0)
+    parent = TwoTowerPolicy(CFG)
+    header, blob, published = pack_delta(moved(parent, [5]), cpu_state(parent), "default", 2, parent=1, key=b"k")
+    full_header, full_blob = pack(parent, "default", 1, key=b"k")
+    assert header["kind"] == "delta" and header["parent_state"] == full_header["state"]
+    assert len(blob) < len(full_blob) - 2 * 63 * CFG.dim * 4   # two tables minus the moved row
+    loaded = unpack(header, blob, key=b"k", base=parent)
+    assert state_checksum(cpu_state(loaded)) == header["state"] == state_checksum(cpu_state(published))
+
+    with pytest.raises(PolicyIntegrityError) as missing:
+        unpack(header, blob, key=b"k")
+    assert missing.value.reason == "parent"
+    with pytest.raises(PolicyIntegrityError) as other:
+        unpack(header, blob, key=b"k", base=moved(parent, [1]))
+    assert other.value.reason == "parent"
+    forged = dict(header, parent_state=state_checksum(cpu_state(moved(parent, [1]))))
+    with pytest.raises(PolicyIntegrityError) as unsigned_change:
+        unpack(forged, blob, key=b"k", base=moved(parent, [1]))
+    assert unsigned_change.value.reason == "signature"
+    tampered = bytearray(blob)
+    tampered[-3] ^= 0x01
+    with pytest.raises(PolicyIntegrityError) as bits:
+        unpack(header, bytes(tampered), key=b"k", base=parent)
+    assert bits.value.reason == "checksum"
+
+
+def test_malformed_deltas_are_refused():
+    parent = cpu_state(TwoTowerPolicy(CFG))
+    delta, _ = make_delta(parent, parent)
+    for name, bad in (("item_id.weight.rows", torch.tensor([64])), ("item_id.weight.rows", torch.tensor([1, 1])),
+                      ("text_proj.bias", torch.zeros(3))):
+        broken = dict(delta, **{name: bad})
+        if name.endswith("rows"):
+            broken["item_id.weight.values"] = torch.zeros(len(bad), CFG.dim)
+        with pytest.raises(DeltaError):
+            apply_delta(parent, broken)
+    with pytest.raises(DeltaError):
+        apply_delta(parent, {k: v for k, v in delta.items() if k != "delta0"})
