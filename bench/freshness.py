@@ -1,6 +1,6 @@
 """Freshness: from a click to a scorer serving a policy version trained on it, on the full loop.
 
-    python -m bench.freshness [--duration S] [--rate R] [--publish-seconds P] [--json]
+    python -m bench.freshness [--duration S] [--rate R] [--publish-seconds P] [--full-every N] [--json]
 
 Runs the demo's closed loop (embedded broker; reward join, replay, learner and scorer
 as separate processes; simulated users scoring over HTTP and clicking) and reports, per
@@ -16,9 +16,9 @@ from stream.config import Settings
 from stream.demo.closed_loop import LoopOptions, run_closed_loop
 
 
-def measure(duration: float, rate: float, publish_seconds: float, progress=None) -> dict:
-    report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, publish_seconds=publish_seconds),
-                             progress or (lambda line: None))
+def measure(duration: float, rate: float, publish_seconds: float, progress=None, full_every: int = 30) -> dict:
+    report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, publish_seconds=publish_seconds,
+                                                     full_every=full_every), progress or (lambda line: None))
     clicks, versions = report["click_to_live_seconds"], report["freshness_seconds"]
     return result("freshness", {
         "click_to_live_p50_s": clicks["p50"], "click_to_live_p99_s": clicks["p99"], "clicks": clicks["clicks"],
@@ -30,7 +30,8 @@ def measure(duration: float, rate: float, publish_seconds: float, progress=None)
         "experience_to_update_p99_s_at_most": report["experience_to_update_seconds"].get("p99_at_most"),
         "event_to_update_p50_s_at_most": report["event_to_update_seconds"].get("p50_at_most"),
         "event_to_update_p99_s_at_most": report["event_to_update_seconds"].get("p99_at_most"),
-    }, {"duration_s": duration, "rate_rps": rate, "publish_seconds": publish_seconds})
+        **report["policy_traffic"], "memory_mb": report.get("memory_mb", {}),
+    }, {"duration_s": duration, "rate_rps": rate, "publish_seconds": publish_seconds, "full_every": full_every})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--duration", type=float, default=60.0)
         parser.add_argument("--rate", type=float, default=80.0)
         parser.add_argument("--publish-seconds", type=float, default=2.0)
+        parser.add_argument("--full-every", type=int, default=30,
+                            help="a full policy snapshot every N versions (1: all full, as before deltas)")
 
     def run(args, say):
-        return measure(args.duration, args.rate, args.publish_seconds, say)
+        return measure(args.duration, args.rate, args.publish_seconds, say, args.full_every)
 
     def summary(out):
         m = out["metrics"]
@@ -48,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m['clicks']} clicks; {m['versions_published']} versions in {out['params']['duration_s']:.0f}s "
                 f"(publish every {out['params']['publish_seconds']}s); read by the learner -> first update p50 <= "
                 f"{m['experience_to_update_p50_s_at_most']}s, p99 <= {m['experience_to_update_p99_s_at_most']}s; "
-                f"{m['failed_requests']} failed requests")
+                f"{m['failed_requests']} failed requests; policy traffic {m['policy_bytes_per_s'] / 1e3:.1f} kB/s "
+                f"(full snapshot {m['full_snapshot_bytes']} B, deltas p50 {m['delta_bytes_p50']} B, "
+                f"p99 {m['delta_bytes_p99']} B)")
 
     return run_benchmark(__doc__, configure, run, summary, argv)
 

@@ -68,6 +68,10 @@ def broker(port: int | None, host: str) -> None:
               help="Seconds after an impression in which a purchase counts.")
 @click.option("--grace", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
               help="Seconds an out-of-order event may arrive late and still be joined.")
+@click.option("--dedupe-horizon", type=click.FloatRange(min=0.0), default=None,
+              help="Event-time seconds event ids are remembered to drop repeats, after their request is "
+              "forgotten [default: purchase window + grace + 60]. Memory and join-state grow with traffic over "
+              "this horizon, then level off.")
 @click.option("--max-future", type=click.FloatRange(min=0.0), default=300.0, show_default=True,
               help="Seconds an event may be dated ahead of this worker's clock; a later one is dead-lettered "
                    "as `future` (it would move event time ahead and close every window early).")
@@ -86,7 +90,8 @@ def broker(port: int | None, host: str) -> None:
               "alone in its group. Events older than the backfill's last deadline that arrive later are late.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
-def process(click_window: float, purchase_window: float, grace: float, max_future: float, engine: str,
+def process(click_window: float, purchase_window: float, grace: float, dedupe_horizon: float | None,
+            max_future: float, engine: str,
             batch_size: int, idle_exit: float | None, until_caught_up: bool, metrics_port: int | None) -> None:
     """Run the reward-join stream processor: impressions + clicks + purchases -> experiences.
 
@@ -94,7 +99,11 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
     """
     from stream.join.reward_join import JoinConfig
 
-    join = JoinConfig(click_window=click_window, purchase_window=purchase_window, grace=grace, max_future=max_future)
+    try:
+        join = JoinConfig(click_window=click_window, purchase_window=purchase_window, grace=grace,
+                          dedupe_horizon=dedupe_horizon, max_future=max_future)
+    except ValueError as exc:
+        fail(str(exc), 2)
     if engine == "faust" and (until_caught_up or idle_exit is not None):
         fail("--until-caught-up and --idle-exit need the batch engine (--engine batch)", 2)
     if engine == "faust":
@@ -124,6 +133,11 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
               "(the paired difference's whole confidence interval below zero).")
 @click.option("--exploration", type=click.Choice(["squarecb", "thompson", "softmax"]), default="squarecb",
               show_default=True, help="How versions are served (each version carries it, so scorers follow).")
+@click.option("--full-every", type=click.IntRange(1), default=30, show_default=True,
+              help="A full snapshot every N versions (the others are deltas: the embedding rows that moved since "
+              "the parent, and the dense layers); 1 publishes every version in full.")
+@click.option("--full-seconds", type=click.FloatRange(min=1.0), default=300.0, show_default=True,
+              help="A full snapshot at least this often (late scorers catch up from the last one).")
 @click.option("--retain", type=click.IntRange(1), default=20, show_default=True,
               help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
 @click.option("--probe-period", type=click.FloatRange(min=1.0), default=900.0, show_default=True,
@@ -141,7 +155,7 @@ def process(click_window: float, purchase_window: float, grace: float, max_futur
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: str,
-          retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
+          full_every: int, full_seconds: float, retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
           checkpoint: Path | None, until_caught_up: bool, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
@@ -155,7 +169,8 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
         torch.set_num_threads(threads)
     config = LearnerWorkerConfig(publish_every_seconds=publish_seconds, retain_versions=retain,
                                  probe_period_seconds=probe_period, probe_sets=probe_sets,
-                                 until_caught_up=until_caught_up)
+                                 until_caught_up=until_caught_up, full_every=full_every,
+                                 full_every_seconds=full_seconds)
     defaults = AgentConfig()
     agent = replace(defaults, learner=replace(defaults.learner, device=device), update_size=update_size,
                     publish_every_updates=publish_every, gate=replace(defaults.gate, alpha=gate_alpha),

@@ -37,12 +37,13 @@ from sim.world import Drift, World, WorldConfig
 from stream import schemas
 from stream.config import Settings
 from stream.demo.prometheus_server import LocalPrometheus
-from stream.demo.walkthrough import broker_for
+from stream.demo.walkthrough import broker_process_for
 from stream.kafka.broker import free_port
 from stream.kafka.clients import make_admin
 from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import ensure_topics, topic_name
+from stream.ops.memory import rss_bytes
 from stream.policy.bus import read_versions
 from stream.policy.trust import new_key
 
@@ -66,6 +67,8 @@ class LoopOptions:
     #: Drift of one segment's tastes, as a share of the run: (start, end).
     drift: tuple[float, float] = (0.5, 0.8)
     publish_seconds: float = 2.0
+    #: A full policy snapshot every this many versions (the rest are deltas); 1: every version full.
+    full_every: int = 30
     #: Start a real Prometheus server on this port scraping every role (None: no server).
     prometheus_port: int | None = None
     #: Called about once a second with (seconds of traffic, roles, settings): tests use it to
@@ -89,7 +92,7 @@ class Window:
 class Roles:
     """The worker processes of the loop, each with its log and /metrics port, stopped together."""
 
-    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 30) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
         self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
                         RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
@@ -100,6 +103,7 @@ class Roles:
             self.env["RECSYS_ALLOW_UNSIGNED"] = "1"
         self.log_dir = log_dir
         self.publish_seconds = publish_seconds
+        self.full_every = full_every
         self.procs: dict[str, subprocess.Popen] = {}
         self.metrics: dict[str, int] = {}
         self.score_port = free_port()
@@ -119,7 +123,7 @@ class Roles:
                 "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
                 "replay": [],
                 "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
-                          "--threads", "1", "--probe-period", str(PROBE_PERIOD_SECONDS)],
+                          "--full-every", str(self.full_every), "--threads", "1", "--probe-period", str(PROBE_PERIOD_SECONDS)],
             }[role] + ["--metrics-port", str(port)]
         self.metrics[role] = port
         with (self.log_dir / f"{role}.log").open("ab") as log:
@@ -178,6 +182,27 @@ def health_of(port: int) -> dict | None:
         return None
 
 
+def _mb(value: int | None) -> float | None:
+    return round(value / 2**20, 1) if value is not None else None
+
+
+def policy_traffic(learner_metrics: str, versions: list, seconds: float) -> dict[str, Any]:
+    """Bytes of policy weights the learner wrote (its counters, every version) per second, and the sizes of
+    the versions still on the topic (the last full snapshot and the deltas since)."""
+    written = {kind: float(value) for kind, value in re.findall(
+        r'^recsys_policy_bytes_published_total\{kind="(\w+)"\} (\S+)$', learner_metrics, flags=re.M)}
+    deltas = [v.header.total_bytes for v in versions if v.header.kind == "delta"]
+    fulls = [v.header.total_bytes for v in versions if v.header.kind == "full"]
+    return {
+        "policy_bytes_per_s": round(sum(written.values()) / max(seconds, 1e-9), 1),
+        "bytes_written": {k: int(v) for k, v in written.items()},
+        "full_snapshot_bytes": fulls[-1] if fulls else None,
+        "delta_bytes_p50": int(np.percentile(deltas, 50)) if deltas else None,
+        "delta_bytes_p99": int(np.percentile(deltas, 99)) if deltas else None,
+        "deltas_on_topic": len(deltas),
+    }
+
+
 def wait_healthy(port: int, roles: Roles, timeout: float = 180.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -207,7 +232,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             settings = settings.model_copy(update={"data_dir": tmp / "data"})
         log_dir = options.log_dir or tmp / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        live = stack.enter_context(broker_for(settings))
+        live, broker_pid = stack.enter_context(broker_process_for(settings))
         say(f"broker {live.bootstrap_servers}; topics prefix {live.topic_prefix!r}; logs in {log_dir}")
         ensure_topics(make_admin(live, "demo"), live)
         expected = int(options.requests or options.duration * options.rate)
@@ -218,10 +243,12 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))
         producer.flush()
         say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(ROLES)}")
-        roles = Roles(live, log_dir, options.publish_seconds)
+        roles = Roles(live, log_dir, options.publish_seconds, options.full_every)
         roles.start()
         stack.callback(roles.stop)
         health = wait_healthy(roles.score_port, roles)
+        pids = {**{role: proc.pid for role, proc in roles.procs.items()}, "broker": broker_pid}
+        memory_start = {role: rss_bytes(pid) for role, pid in pids.items()}
         say(f"scorer up at http://127.0.0.1:{roles.score_port} (policy v{health['policy_version']}); "
             + ", ".join(f"{r} /metrics :{p}" for r, p in roles.metrics.items()))
         prometheus = None
@@ -233,6 +260,9 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             say(f"Prometheus at {prometheus.url} scraping {', '.join(JOBS.values())} with the alert rules loaded; "
                 f"try {prometheus.url}/graph?g0.expr=recsys_policy_version or {prometheus.url}/alerts")
         report = _drive(live, options, world, roles, producer, say, expected)
+        memory_end = {role: rss_bytes(pid) for role, pid in pids.items()}
+        report["memory_mb"] = {role: {"start": _mb(memory_start[role]), "end": _mb(memory_end[role])}
+                               for role in pids if memory_start[role] is not None}
         if prometheus is not None:
             report["prometheus"] = prometheus_summary(prometheus)
         report["seconds"] = round(time.monotonic() - started, 1)
@@ -256,6 +286,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         report["dead_letters"] = dict(Counter(letter.reason for letter in letters))
         versions = read_versions(live)
         report["versions_published"] = [v.version for v in versions]
+        report["policy_traffic"] = policy_traffic(learner_metrics, versions, report["traffic_seconds"])
     if options.plot is not None:
         plot(report, options.plot)
         report["plot"] = str(options.plot)

@@ -64,11 +64,18 @@ def demo_events(start: float) -> dict[str, list[str]]:
 @contextlib.contextmanager
 def broker_for(settings: Settings) -> Iterator[Settings]:
     """Use the configured cluster, or start an embedded broker for the duration."""
+    with broker_process_for(settings) as (live, _pid):
+        yield live
+
+
+@contextlib.contextmanager
+def broker_process_for(settings: Settings) -> Iterator[tuple[Settings, int | None]]:
+    """``broker_for``, with the embedded broker's pid (None for a configured cluster), to watch its memory."""
     if settings.bootstrap_servers:
-        yield settings
+        yield settings, None
         return
     with EmbeddedBroker() as broker:
-        yield settings.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        yield settings.model_copy(update={"bootstrap_servers": broker.bootstrap_servers}), broker.pid
 
 
 def run_demo(settings: Settings, say: Callable[[str], None]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class RewardWorker:
     def __init__(self, settings: Settings, join: JoinConfig | None = None, idle_after: float = 2.0) -> None:
         self.settings = settings
-        self.processor = RewardProcessor(join or JoinConfig(), component="process")
+        self.processor = RewardProcessor(join or JoinConfig(), component="process", checkpointed=False)
         self.producer = EventProducer(settings, component="process")
         self.idle_after = idle_after
         self.names = {topic_name(settings, s): s for s in SOURCES}

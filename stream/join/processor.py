@@ -77,8 +77,10 @@ class Outcome:
 
 class RewardProcessor:
     def __init__(self, config: JoinConfig | None = None, component: str = "process",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, checkpointed: bool = True) -> None:
         self.config = config or JoinConfig()
+        #: State written through ``changes()`` (the batch worker): dedupe ids expire by checkpointed event time.
+        self.checkpointed = checkpointed
         self.component = component
         self.clock = clock
         self.joins: dict[int, RewardJoin] = {}
@@ -91,7 +93,7 @@ class RewardProcessor:
     def _partition(self, partition: int) -> tuple[RewardJoin, InputWatermarks]:
         join = self.joins.get(partition)
         if join is None:
-            join = self.joins[partition] = RewardJoin(self.config)
+            join = self.joins[partition] = RewardJoin(self.config, self.checkpointed)
             marks = self.watermarks[partition] = InputWatermarks()
             for source in SOURCES:
                 marks.register(source)

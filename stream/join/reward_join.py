@@ -27,6 +27,9 @@ from typing import Literal
 
 from stream.schemas import Click, Context, Experience, Impression, Purchase, RewardParts
 
+#: Seconds past the purchase window and grace that event ids stay remembered by default.
+DEDUPE_MARGIN = 60.0
+
 
 @dataclass(frozen=True)
 class JoinConfig:
@@ -38,8 +41,13 @@ class JoinConfig:
     click_weight: float = 1.0
     purchase_weight: float = 2.0
     value_weight: float = 0.0
-    #: How long an event_id is remembered for de-duplication.
-    dedupe_horizon: float = 7200.0
+    #: Event-time seconds an event id is remembered for de-duplication after its request is forgotten
+    #: (and an orphan's id after it was refused): what the join holds in memory and in ``join-state``
+    #: grows with traffic over this horizon, then levels off. None: the purchase window + grace +
+    #: ``DEDUPE_MARGIN``. A repeat older than that is not paid again either: its request is gone, so
+    #: it is dead-lettered as an orphan (an impression repeated that late re-emits experiences with
+    #: the same ids, which the replay store and the learner drop).
+    dedupe_horizon: float | None = None
     #: How far ahead of the worker's clock an event may be dated: one dated further would move
     #: the partition's event time ahead and close every window early (dead-lettered as ``future``).
     max_future: float = 300.0
@@ -47,9 +55,19 @@ class JoinConfig:
     def __post_init__(self) -> None:
         # Rewards are gains: a negative weight would make a click worth less than being ignored.
         for name in ("click_window", "purchase_window", "grace", "click_weight", "purchase_weight", "value_weight",
-                     "dedupe_horizon", "max_future"):
+                     "max_future"):
             if getattr(self, name) < 0:
                 raise ValueError(f"JoinConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.dedupe_horizon is not None and self.dedupe_horizon < self.purchase_window + self.grace:
+            raise ValueError(f"the dedupe horizon ({self.dedupe_horizon:g}s) must cover the purchase window plus "
+                             f"grace ({self.purchase_window + self.grace:g}s)")
+
+    @property
+    def horizon(self) -> float:
+        """The dedupe horizon in effect (see ``dedupe_horizon``)."""
+        if self.dedupe_horizon is not None:
+            return self.dedupe_horizon
+        return self.purchase_window + self.grace + DEDUPE_MARGIN
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ class JoinOutput:
 
 
 class RewardJoin:
-    def __init__(self, config: JoinConfig | None = None) -> None:
+    def __init__(self, config: JoinConfig | None = None, checkpointed: bool = False) -> None:
         self.config = config or JoinConfig()
         self.watermark = float("-inf")
         self._open: dict[str, OpenRequest] = {}                       # request_id -> state
@@ -127,6 +145,11 @@ class RewardJoin:
         self._rejected: dict[str, float | None] = {}
         self._rejected_expiry: list[tuple[float, str]] = []
         self._changed_parked: dict[str, Click | Purchase | None] = {}
+        # Event time as of the last ``take_changes()`` (a checkpoint) when the state is checkpointed (None:
+        # it is not; ids expire by the current event time). A crash re-reads everything since the last
+        # commit, which can span much event time (a backlog batch): ids expire only below this, so a
+        # re-read input is still recognised as a repeat.
+        self._checkpointed: float | None = float("-inf") if checkpointed else None
 
     # -- bookkeeping -----------------------------------------------------------------
     @property
@@ -281,7 +304,8 @@ class RewardJoin:
                         out.experiences.append(self._experience(state, item, "no_click", close_ts))
             elif what == "forget":
                 self._forget(state)
-        horizon = watermark - self.config.dedupe_horizon
+        settled = watermark if self._checkpointed is None else min(watermark, self._checkpointed)
+        horizon = settled - self.config.horizon
         while self._rejected_expiry and self._rejected_expiry[0][0] < horizon:
             _, event_id = heapq.heappop(self._rejected_expiry)
             self._rejected[event_id] = None
@@ -329,6 +353,8 @@ class RewardJoin:
         rejected, self._rejected = self._rejected, {}
         parked, self._changed_parked = self._changed_parked, {}
         self._changed_requests = set()
+        if self._checkpointed is not None:
+            self._checkpointed = self.watermark
         return requests, forgotten, parked, rejected
 
     def restore(self, requests: list[OpenRequest], forgotten: list[Forgotten], parked: list[Click | Purchase],
@@ -339,6 +365,8 @@ class RewardJoin:
         already forgotten must be recognised as a duplicate, not dead-lettered as an orphan.
         """
         self.watermark = watermark
+        if self._checkpointed is not None:
+            self._checkpointed = watermark
         for state in sorted(requests, key=lambda s: s.impression.ts):
             imp = state.impression
             self._open[imp.request_id] = state

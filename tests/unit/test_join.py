@@ -169,3 +169,47 @@ def test_finish_closes_every_window_and_judges_parked_events():
     assert summary(out) == [("req-1:b:no_click", 0.0)]
     assert [(r.event.event_id, r.reason) for r in out.rejected] == [("clk-9", "orphan")]
     assert join.open_requests == 0 and join.finish().experiences == []
+
+
+def test_memory_and_changelog_level_off_after_the_dedupe_horizon():
+    """Traffic for many horizons: what the join remembers, in memory and in its compacted changelog, stops
+    growing once ids older than the horizon expire (tombstones), while repeats inside it are still dropped."""
+    import json
+
+    from stream.join.processor import Coordinates, RewardProcessor
+
+    config = JoinConfig(click_window=5, purchase_window=30, grace=1)     # horizon 30 + 1 + 60 = 91 s
+    assert config.horizon == 91
+    processor = RewardProcessor(config, clock=lambda: T0 + 1e6)
+    processor.reached_end("purchases", 0)          # no purchases: that input holds event time back no more
+    changelog: dict[bytes, bytes] = {}
+    sizes = []
+    n = 0
+    for second in range(1200):                                           # ~13 horizons
+        for _ in range(4):
+            n += 1
+            body = {"event_id": f"i{n}", "request_id": f"r{n}", "user_id": f"u{n % 300}", "ts": T0 + second,
+                    "policy_version": 1, "shown": [{"item_id": "a", "position": 0, "propensity": 0.5}]}
+            processor.handle("impressions", json.dumps(body).encode(), Coordinates("imp", 0, n, b"u"))
+            if n % 3 == 0:
+                click_body = {"event_id": f"c{n}", "request_id": f"r{n}", "user_id": f"u{n % 300}", "item_id": "a",
+                              "ts": T0 + second + 1}
+                processor.handle("clicks", json.dumps(click_body).encode(), Coordinates("clk", 0, n, b"u"))
+            if n % 7 == 0:   # an orphan: remembered as refused until the horizon
+                orphan = {"event_id": f"o{n}", "request_id": f"none{n}", "user_id": "x", "item_id": "a",
+                          "ts": T0 + second}
+                processor.handle("clicks", json.dumps(orphan).encode(), Coordinates("clk", 0, n, b"u"))
+        if second % 10 == 0:
+            for key, value in processor.changes(0):
+                if value is None:
+                    changelog.pop(key, None)
+                else:
+                    changelog[key] = value
+        if second % 200 == 199:
+            join = processor.joins[0]
+            sizes.append((len(join._seen), len(changelog)))
+    # Level after the first horizon: later samples are no bigger than the second one (+1% for the batch edge).
+    assert all(seen <= sizes[1][0] * 1.01 and log <= sizes[1][1] * 1.01 for seen, log in sizes[2:]), sizes
+    repeat = {"event_id": f"c{n - n % 3}", "request_id": f"r{n - n % 3}", "user_id": "u", "item_id": "a",
+              "ts": T0 + 1200}
+    assert processor.handle("clicks", json.dumps(repeat).encode(), Coordinates("clk", 0, n + 1, b"u")).experiences == []
