@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint test test-fast test-unit test-integration test-e2e demo broker bench-quality bench-quality-report bench-movielens bench-movielens-loop bench-learner bench-all clean
+.PHONY: install system-deps lint test test-fast test-unit test-integration test-e2e demo broker bench-quality bench-quality-report bench-movielens bench-movielens-loop bench-soak bench-learner bench-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,9 @@ bench-movielens: install
 
 bench-movielens-loop: install
 	$(BIN)/recsys-stream bench movielens-loop --data $(MOVIELENS) --json bench-results/movielens-loop.json
+
+bench-soak: install
+	$(BIN)/python -m bench.soak --duration 600 --rate 160 --json > bench-results/soak.json
 
 bench-learner: install
 	$(BIN)/recsys-stream bench learner --json bench-results/learner.json

@@ -107,6 +107,7 @@ class Roles:
         self.procs: dict[str, subprocess.Popen] = {}
         self.metrics: dict[str, int] = {}
         self.score_port = free_port()
+        self.broker_pid: int | None = None      # the embedded broker's, to watch its memory
 
     def start(self) -> None:
         for role in ROLES:
@@ -244,6 +245,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         producer.flush()
         say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(ROLES)}")
         roles = Roles(live, log_dir, options.publish_seconds, options.full_every)
+        roles.broker_pid = broker_pid
         roles.start()
         stack.callback(roles.stop)
         health = wait_healthy(roles.score_port, roles)

@@ -1,0 +1,94 @@
+"""Soak: the closed loop for a long run, every role's resident memory sampled, its slope fitted.
+
+    python -m bench.soak [--duration S] [--rate R] [--sample-every S] [--warmup S] [--json]
+
+Runs the demo's loop (embedded broker, reward join, replay, learner, scorer as processes;
+simulated users at ``--rate`` requests per second) and samples each process's resident
+memory every ``--sample-every`` seconds of traffic. After ``--warmup`` seconds (caches,
+the dedupe horizon, the replay window filling) a role that holds bounded state should
+level off: the fitted slope (MB per minute, least squares) and its standard error say
+whether it does. The embedded broker keeps every record it is sent (its memory storage
+applies no retention), so its slope is the bytes the loop writes to Kafka.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bench.machine import result
+from bench.runner import run_benchmark
+from stream.config import Settings
+from stream.demo.closed_loop import LoopOptions, run_closed_loop
+from stream.ops.memory import rss_bytes
+
+
+def slope(times: list[float], values: list[float]) -> dict[str, float | None]:
+    """Least-squares slope of MB against minutes, with its standard error."""
+    t, y = np.asarray(times) / 60.0, np.asarray(values) / 2**20
+    if len(t) < 3:
+        return {"mb_per_min": None, "se": None, "samples": len(t)}
+    a = np.vstack([t, np.ones_like(t)]).T
+    coef, residuals, *_ = np.linalg.lstsq(a, y, rcond=None)
+    dof = len(t) - 2
+    sigma2 = float(residuals[0]) / dof if len(residuals) and dof > 0 else 0.0
+    se = float(np.sqrt(sigma2 / np.sum((t - t.mean()) ** 2)))
+    return {"mb_per_min": round(float(coef[0]), 3), "se": round(se, 3), "samples": len(t),
+            "start_mb": round(float(y[0]), 1), "end_mb": round(float(y[-1]), 1)}
+
+
+def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,
+            progress=None) -> dict:
+    samples: dict[str, list[tuple[float, int]]] = {}
+    last = [-sample_every]
+
+    def sample(seconds: float, roles, _settings) -> None:
+        if seconds - last[0] < sample_every:
+            return
+        last[0] = seconds
+        pids = {**{role: proc.pid for role, proc in roles.procs.items()}, "broker": roles.broker_pid}
+        for role, pid in pids.items():
+            rss = rss_bytes(pid)
+            if rss is not None:
+                samples.setdefault(role, []).append((seconds, rss))
+
+    started = time.monotonic()
+    report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, on_second=sample),
+                             progress or (lambda line: None))
+    slopes = {}
+    for role, points in samples.items():
+        kept = [(t, v) for t, v in points if t >= warmup]
+        slopes[role] = slope([t for t, _ in kept], [v for _, v in kept])
+    return result("soak", {
+        "slopes_after_warmup": slopes,
+        "samples": {role: [(round(t, 1), round(v / 2**20, 1)) for t, v in points] for role, points in samples.items()},
+        "requests": report["requests"], "failed_requests": report["failed_requests"],
+        "events_per_second": report["events_per_second"], "exit_codes": report["exit_codes"],
+        "click_to_live_p99_s": report["click_to_live_seconds"]["p99"], **report["policy_traffic"],
+        "seconds": round(time.monotonic() - started, 1),
+    }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup})
+
+
+def main(argv: list[str] | None = None) -> int:
+    def configure(parser):
+        parser.add_argument("--duration", type=float, default=600.0)
+        parser.add_argument("--rate", type=float, default=160.0, help="requests/s (the demo's default is 80)")
+        parser.add_argument("--sample-every", type=float, default=10.0)
+        parser.add_argument("--warmup", type=float, default=120.0)
+
+    def summary(out):
+        m = out["metrics"]
+        rows = "; ".join(f"{role} {s['mb_per_min']} ± {s['se']} MB/min ({s.get('start_mb')} -> {s.get('end_mb')} MB)"
+                         for role, s in sorted(m["slopes_after_warmup"].items()))
+        return (f"memory slopes after {out['params']['warmup_s']:.0f}s warm-up: {rows}; "
+                f"{m['requests']} requests, {m['failed_requests']} failed; policy traffic "
+                f"{m['policy_bytes_per_s'] / 1e3:.1f} kB/s")
+
+    return run_benchmark(__doc__, configure,
+                         lambda args, say: measure(args.duration, args.rate, args.sample_every, args.warmup, say),
+                         summary, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
