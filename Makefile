@@ -82,7 +82,7 @@ bench-movielens-loop: install
 	$(BIN)/recsys-stream bench movielens-loop --data $(MOVIELENS) --json bench-results/movielens-loop.json
 
 bench-soak: install
-	$(BIN)/python -m bench.soak --duration 600 --rate 160 --json > bench-results/soak.json
+	mkdir -p bench-results && $(BIN)/python -m bench.soak --duration 600 --rate 160 --json > bench-results/soak.json
 
 bench-learner: install
 	$(BIN)/recsys-stream bench learner --json bench-results/learner.json
