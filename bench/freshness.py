@@ -16,7 +16,7 @@ from stream.config import Settings
 from stream.demo.closed_loop import LoopOptions, run_closed_loop
 
 
-def measure(duration: float, rate: float, publish_seconds: float, progress=None, full_every: int = 30) -> dict:
+def measure(duration: float, rate: float, publish_seconds: float, progress=None, full_every: int = 100) -> dict:
     report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, publish_seconds=publish_seconds,
                                                      full_every=full_every), progress or (lambda line: None))
     clicks, versions = report["click_to_live_seconds"], report["freshness_seconds"]
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--duration", type=float, default=60.0)
         parser.add_argument("--rate", type=float, default=80.0)
         parser.add_argument("--publish-seconds", type=float, default=2.0)
-        parser.add_argument("--full-every", type=int, default=30,
+        parser.add_argument("--full-every", type=int, default=100,
                             help="a full policy snapshot every N versions (1: all full, as before deltas)")
 
     def run(args, say):

@@ -2,8 +2,9 @@
 
 Full weights are ~4.4 MB, of which the hashed user and item tables are almost all; a
 learner publishing every few seconds moves a few hundred of their 16k rows. A delta
-ships those rows (``<table>.rows`` indices and ``<table>.values``) and every dense
-tensor whole (~140 KB). Adam keeps moving a row for hundreds of steps after its last
+ships those rows (``<table>.rows`` indices and ``<table>.values``) and each dense tensor
+that changed at all, whole (at most ~140 KB; the history projection, which training
+never moves, stays behind). Adam keeps moving a row for hundreds of steps after its last
 gradient by ever smaller amounts, so a row ships only when some value moved by more
 than ``tolerance`` since the *published* parent. What is published is then exactly
 parent + delta (``published``), the learner judges and remembers that, and a change
@@ -55,6 +56,8 @@ def make_delta(parent: State, state: State, tolerance: float = DEFAULT_TOLERANCE
             table = parent[name].clone()
             table[rows] = value[rows]
             published[name] = table
+        elif torch.equal(value, parent[name]):
+            published[name] = parent[name].clone()
         else:
             delta[name] = value.contiguous()
             published[name] = value.clone()
@@ -63,9 +66,10 @@ def make_delta(parent: State, state: State, tolerance: float = DEFAULT_TOLERANCE
 
 def apply_delta(parent: State, delta: State) -> State:
     """The state a delta describes on top of ``parent``; DeltaError when they do not fit."""
-    expected = {f"{t}.{part}" for t in TABLES for part in ("rows", "values")} | (set(parent) - set(TABLES))
-    if set(delta) != expected:
-        raise DeltaError(f"delta tensors {sorted(set(delta) ^ expected)} do not match the parent's")
+    tables = {f"{t}.{part}" for t in TABLES for part in ("rows", "values")}
+    dense = set(parent) - set(TABLES)
+    if not tables <= set(delta) or not set(delta) <= tables | dense:
+        raise DeltaError(f"delta tensors {sorted(set(delta) ^ tables - dense)} do not match the parent's")
     out: State = {}
     for name, value in parent.items():
         if name in TABLES:
@@ -81,9 +85,11 @@ def apply_delta(parent: State, delta: State) -> State:
             table = value.clone()
             table[rows] = values
             out[name] = table
+        elif name in delta:
+            changed = delta[name]
+            if changed.shape != value.shape or changed.dtype != value.dtype:
+                raise DeltaError(f"{name} is {tuple(changed.shape)}, expected {tuple(value.shape)}")
+            out[name] = changed.clone()
         else:
-            dense = delta[name]
-            if dense.shape != value.shape or dense.dtype != value.dtype:
-                raise DeltaError(f"{name} is {tuple(dense.shape)}, expected {tuple(value.shape)}")
-            out[name] = dense.clone()
+            out[name] = value.clone()      # unchanged since the parent
     return out

@@ -133,7 +133,7 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               "(the paired difference's whole confidence interval below zero).")
 @click.option("--exploration", type=click.Choice(["squarecb", "thompson", "softmax"]), default="squarecb",
               show_default=True, help="How versions are served (each version carries it, so scorers follow).")
-@click.option("--full-every", type=click.IntRange(1), default=30, show_default=True,
+@click.option("--full-every", type=click.IntRange(1), default=100, show_default=True,
               help="A full snapshot every N versions (the others are deltas: the embedding rows that moved since "
               "the parent, and the dense layers); 1 publishes every version in full.")
 @click.option("--full-seconds", type=click.FloatRange(min=1.0), default=300.0, show_default=True,

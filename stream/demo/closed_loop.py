@@ -68,7 +68,7 @@ class LoopOptions:
     drift: tuple[float, float] = (0.5, 0.8)
     publish_seconds: float = 2.0
     #: A full policy snapshot every this many versions (the rest are deltas); 1: every version full.
-    full_every: int = 30
+    full_every: int = 100
     #: Start a real Prometheus server on this port scraping every role (None: no server).
     prometheus_port: int | None = None
     #: Called about once a second with (seconds of traffic, roles, settings): tests use it to
@@ -92,7 +92,7 @@ class Window:
 class Roles:
     """The worker processes of the loop, each with its log and /metrics port, stopped together."""
 
-    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 30) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 100) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
         self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
                         RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),

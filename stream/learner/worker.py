@@ -110,7 +110,7 @@ class LearnerWorkerConfig:
     until_caught_up: bool = False
     #: Versions are deltas of their parent (``models/delta.py``) but for a full snapshot every this many
     #: versions or seconds (and the first after a start): what a late reader catches up from.
-    full_every: int = 30
+    full_every: int = 100
     full_every_seconds: float = 300.0
 
 

@@ -28,6 +28,7 @@ def test_delta_ships_moved_rows_and_dense_tensors_and_rebuilds_the_published_sta
     child = moved(parent, [2, 7])
     delta, published = make_delta(cpu_state(parent), cpu_state(child))
     assert delta["item_id.weight.rows"].tolist() == [2, 7] and delta["user_id.weight.rows"].tolist() == []
+    assert "text_proj.bias" in delta and "history_proj.weight" not in delta      # unchanged dense stays behind
     assert torch.equal(published["user_id.weight"], parent.user_id.weight.detach())    # the tiny move waits
     assert torch.equal(apply_delta(cpu_state(parent), delta)["item_id.weight"], child.item_id.weight.detach())
     again, _ = make_delta(published, cpu_state(child), tolerance=0.0)   # left-behind change ships when it counts
@@ -63,7 +64,7 @@ def test_delta_version_round_trip_and_refusals():
 
 def test_malformed_deltas_are_refused():
     parent = cpu_state(TwoTowerPolicy(CFG))
-    delta, _ = make_delta(parent, parent)
+    delta, _ = make_delta(parent, {k: v + 1 for k, v in parent.items()})
     for name, bad in (("item_id.weight.rows", torch.tensor([64])), ("item_id.weight.rows", torch.tensor([1, 1])),
                       ("text_proj.bias", torch.zeros(3))):
         broken = dict(delta, **{name: bad})
@@ -72,4 +73,6 @@ def test_malformed_deltas_are_refused():
         with pytest.raises(DeltaError):
             apply_delta(parent, broken)
     with pytest.raises(DeltaError):
-        apply_delta(parent, {k: v for k, v in delta.items() if k != "delta0"})
+        apply_delta(parent, {k: v for k, v in delta.items() if k != "user_id.weight.rows"})
+    with pytest.raises(DeltaError):
+        apply_delta(parent, {**delta, "not_a_tensor_of_ours": torch.zeros(1)})
