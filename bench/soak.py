@@ -14,6 +14,7 @@ applies no retention), so its slope is the bytes the loop writes to Kafka.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def slope(times: list[float], values: list[float]) -> dict[str, float | None]:
 
 
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,
-            progress=None) -> dict:
+            progress=None, log_dir: Path | None = None) -> dict:
     samples: dict[str, list[tuple[float, int]]] = {}
     last = [-sample_every]
 
@@ -54,7 +55,8 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
                 samples.setdefault(role, []).append((seconds, rss))
 
     started = time.monotonic()
-    report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, on_second=sample),
+    report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, on_second=sample,
+                                                              log_dir=log_dir),
                              progress or (lambda line: None))
     slopes = {}
     for role, points in samples.items():
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--rate", type=float, default=160.0, help="requests/s (the demo's default is 80)")
         parser.add_argument("--sample-every", type=float, default=10.0)
         parser.add_argument("--warmup", type=float, default=120.0)
+        parser.add_argument("--log-dir", type=Path, default=None, help="keep each role's log here")
 
     def summary(out):
         m = out["metrics"]
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m['policy_bytes_per_s'] / 1e3:.1f} kB/s")
 
     return run_benchmark(__doc__, configure,
-                         lambda args, say: measure(args.duration, args.rate, args.sample_every, args.warmup, say),
+                         lambda args, say: measure(args.duration, args.rate, args.sample_every, args.warmup, say,
+                                                   args.log_dir),
                          summary, argv)
 
 

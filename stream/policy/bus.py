@@ -49,6 +49,8 @@ CHUNK_HEADROOM = 16 * 1024
 HEADER_PART = "h"
 #: Unverified numbers above the newest verified version that a rollback still steps over.
 MAX_VERSIONS_IN_FLIGHT = 16
+#: Versions a reader keeps waiting for a parent or a snapshot (the oldest go first).
+MAX_PENDING_VERSIONS = 256
 
 POLICIES_PUBLISHED = Counter(
     "recsys_policy_versions_published_total", "Policy versions written to the policies topic.", ["component"])
@@ -440,15 +442,18 @@ class PolicySubscriber:
         """Move to the newest version these make reachable: the newest full snapshot newer than the live
         one that verifies, then, one by one, each delta whose parent is the live version. A delta whose
         parent is not held waits in ``_pending`` for a snapshot; one that fails verification is dropped."""
-        for version in arrived:
-            self._pending[version.version] = version
+        for version in arrived:     # what this reader never adopts is not kept (the learner: rollbacks only)
+            if self.accept is None or self.accept(version.header):
+                self._pending[version.version] = version
+        while len(self._pending) > MAX_PENDING_VERSIONS:   # a reader cut off from snapshots stays bounded
+            self._pending.pop(min(self._pending))
         before = self.live
         while True:
             current = self.live.version if self.live else 0
             self._pending = {n: v for n, v in self._pending.items() if n > current}
-            usable = {n: v for n, v in self._pending.items() if self.accept is None or self.accept(v.header)}
-            fulls = sorted((v for v in usable.values() if not v.is_delta), key=lambda v: v.version, reverse=True)
-            children = sorted((v for v in usable.values() if v.is_delta and self.live is not None
+            fulls = sorted((v for v in self._pending.values() if not v.is_delta), key=lambda v: v.version,
+                           reverse=True)
+            children = sorted((v for v in self._pending.values() if v.is_delta and self.live is not None
                                and v.header.parent == current), key=lambda v: v.version)
             step = self._first_that_loads(fulls) if fulls else None
             if step is None and children:
