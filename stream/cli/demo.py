@@ -69,8 +69,17 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
     click.echo("")
     click.echo(f"requests {report['requests']} ({report['failed_requests']} failed), events {report['events']} "
                f"({report['events_per_second']}/s), {report['seconds']}s in all")
-    click.echo(f"policy versions on the topic (the last 20 are retained) {report['versions_published']}; "
-               f"served {report['versions_served']}")
+    versions = report["versions_published"]
+    click.echo(f"policy versions on the topic (the last 20, and all since the newest full snapshot): "
+               f"{_span(versions)}; served {_span(report['versions_served'])}")
+    traffic = report["policy_traffic"]
+    click.echo(f"policy traffic {traffic['policy_bytes_per_s'] / 1e3:.0f} kB/s (full snapshot "
+               f"{traffic['full_snapshot_bytes']} B; deltas p50 {traffic['delta_bytes_p50']} B, "
+               f"p99 {traffic['delta_bytes_p99']} B)")
+    memory = report.get("memory_mb", {})
+    if memory:
+        click.echo("resident memory, start -> end: " + ", ".join(
+            f"{role} {m['start']:.0f} -> {m['end']:.0f} MB" for role, m in memory.items() if m["end"] is not None))
     click.echo(f"{'phase':<8} {'requests':>8} {'learned':>8} {'random':>8} {'oracle':>8}   (expected reward per slate)")
     for name, row in report["phases"].items():
         if row["requests"]:
@@ -97,6 +106,12 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
                    f"p99 {'n/a' if p99 is None else f'{p99 * 1000:.1f} ms'}; versions {prom['policy_version']}; "
                    f"alerts firing {prom['alerts_firing'] or 'none'}")
     click.echo(f"dead letters: {report['dead_letters'] or 'none'}; plot: {report.get('plot')}")
+
+
+def _span(numbers: list[int]) -> str:
+    """A long list of version numbers as its first and last few."""
+    return str(numbers) if len(numbers) <= 8 else f"[{numbers[0]}, {numbers[1]}, ..., {numbers[-2]}, {numbers[-1]}] " \
+        f"({len(numbers)})"
 
 
 def _walkthrough(settings: Settings, say, as_json: bool) -> None:
