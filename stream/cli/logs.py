@@ -207,7 +207,8 @@ def _catalogue(settings):
 @click.option("--policy", "which", default="latest", show_default=True,
               help="Version to evaluate: a number or latest. 'logged' evaluates only the logging policy.")
 @click.option("--baseline", default="logged", show_default=True,
-              help="What to compare against: logged (the logging policy) or a version number.")
+              help="What to compare against: logged (the logging policy) or a version number (then also the "
+              "paired DR difference with its interval, as the learner's gate computes it).")
 @click.option("--since", default=None, help="Judge experiences at or after this time (epoch seconds or ISO 8601).")
 @click.option("--until", default=None, help="Judge experiences before this time (epoch seconds or ISO 8601).")
 @click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -230,6 +231,7 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
     --ranking-only).
     """
     from stream.learner.log_evaluation import (
+        compare_versions,
         decisions,
         evaluate_policy,
         logged_value,
@@ -262,10 +264,12 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
     if baseline != "logged" and problem is None:
         versions.append(baseline)
     catalogue = _catalogue(settings) if versions and window else None
+    models = {}
     for role, spec in zip(("policy", "baseline"), versions):
         if catalogue is None:
             break
         number, model = _load_version(settings, spec)
+        models[role] = model
         block: dict[str, Any] = {"version": number, "ranking": ranking(model, catalogue, shown, start, end)}
         if not ranking_only:
             try:
@@ -275,6 +279,10 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
             block.update({"decisions": ev.decisions, "skipped_width": ev.skipped_width,
                           **{k: v.as_dict() for k, v in ev.estimates.items()}})
         result[role] = block
+    if len(models) == 2 and not ranking_only and problem is None:
+        verdict = compare_versions(models["policy"], models["baseline"], catalogue, rows, n_boot, clip)
+        result["difference"] = {"dr": verdict.difference, "low": verdict.low, "high": verdict.high,
+                                "decisions": verdict.decisions}
     if problem is not None:
         result["refused"] = problem
     result["seconds"] = round(time.monotonic() - started, 2)
@@ -304,6 +312,9 @@ def _print_evaluation(result: dict[str, Any]) -> None:
             for name in ("ips", "snips", "dm", "dr"):
                 if name in block:
                     click.echo(line(name, block[name]))
+    if "difference" in result:
+        diff = result["difference"]
+        click.echo(f"policy - baseline, DR paired  {diff['dr']:+.5f}  [{diff['low']:+.5f}, {diff['high']:+.5f}]")
     for row in result.get("per_item", []):
         click.echo(f"  item {row['item']:<12} shown {row['shown']:>6}  ips {row['ips']['value']:.5f}  "
                    f"snips {row['snips']['value']:.5f}")

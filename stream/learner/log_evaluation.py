@@ -21,6 +21,7 @@ import numpy as np
 from models import ope
 from models.batch import hash_ids
 from models.evaluation import estimate
+from models.gate import GateConfig, Verdict, judge
 from models.policy import TwoTowerPolicy
 from models.ranking import auc
 from models.serving import Recent, ServingPolicy
@@ -95,6 +96,16 @@ def evaluate_policy(model: TwoTowerPolicy, catalogue: Catalogue, rows: list[sche
     model.eval()
     return Evaluation(estimate(model, batch, clip=clip, n_boot=n_boot, seed=seed), len(usable),
                       len(rows) - len(usable))
+
+
+def compare_versions(policy: TwoTowerPolicy, baseline: TwoTowerPolicy, catalogue: Catalogue,
+                     rows: list[schemas.Experience], n_boot: int, clip: float | None = None) -> Verdict:
+    """The gate's paired comparison: DR of ``policy`` minus ``baseline`` on the same decisions and resamples,
+    one reward model (the policy's) for both, with its confidence interval."""
+    batcher = ExperienceBatcher(policy.config, catalogue)
+    usable = [e for e in rows if batcher.fits(e)]
+    config = GateConfig(min_decisions=1, n_boot=max(n_boot, 1), clip=clip if clip is not None else float("inf"))
+    return judge(policy.eval(), baseline.eval(), batcher.batch(usable), config)
 
 
 def per_item(shown: list[schemas.Experience], n_boot: int, seed: int = 0) -> list[dict]:

@@ -111,9 +111,11 @@ def test_obd_logs_imported_backfilled_and_evaluated(settings, topics, cli_env, t
     assert learned.returncode == 0, learned.stderr
     assert "backfill trained on everything" in learned.stderr
     assert read_versions(settings)
-    judged = run_cli(cli_env, "evaluate", "--policy", "latest", "--bootstrap", "200", "--json")
+    judged = run_cli(cli_env, "evaluate", "--policy", "latest", "--baseline", "1", "--bootstrap", "200", "--json")
     assert judged.returncode == 0, judged.stderr
     policy = json.loads(judged.stdout)["policy"]
+    paired = json.loads(judged.stdout)["difference"]          # the gate's paired comparison against v1
+    assert paired["low"] <= paired["dr"] <= paired["high"] and paired["decisions"] == 150
     assert policy["decisions"] == 150 and policy["version"] >= 1
     for name in ("ips", "snips", "dm", "dr"):
         assert policy[name]["low"] <= policy[name]["value"] <= policy[name]["high"]
