@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.machine import result
-from bench.runner import run_benchmark
+from bench.runner import run_benchmark, stop_processes
 
 JOIN_FLAGS = ("--click-window", "2", "--purchase-window", "2", "--grace", "1")
 
@@ -130,11 +130,7 @@ def measure(data: Path, periods: int = 8, limit: int | None = None, progress=Non
                                                                if "auc" in row else " (trains only)"))
             dead = [json.loads(m.value()) for m in read_topic(settings, topic_name(settings, "dlq"), timeout=120)]
         finally:
-            replay.terminate()
-            try:
-                replay.wait(30)
-            except subprocess.TimeoutExpired:
-                replay.kill()
+            stop_processes(replay)
     aucs = [r["auc"] for r in per_period if "auc" in r]
     reasons: dict[str, int] = {}
     for d in dead:

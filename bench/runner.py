@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -26,3 +27,14 @@ def run_benchmark(
     out = measure(args, say)
     print(json.dumps(out, indent=2) if args.json else summary(out))
     return 0
+
+
+def stop_processes(*procs: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM every role a benchmark started, then wait; one that does not stop in time is killed."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()

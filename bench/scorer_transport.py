@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import result
-from bench.runner import run_benchmark
+from bench.runner import run_benchmark, stop_processes
 from models.policy import PolicyConfig, TwoTowerPolicy
 from sim.world import World, WorldConfig
 from stream import schemas
@@ -218,11 +218,7 @@ def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0
             else:
                 latencies, errors, answered_rate = _over_http(port, bodies, rate, clients, say)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_processes(proc)
     return result("scorer_transport", {
         "offered_requests_per_s": rate, "answered_requests_per_s": round(answered_rate, 1),
         "requests": len(bodies), "answered": len(latencies), "errors": errors,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import result
-from bench.runner import run_benchmark
+from bench.runner import run_benchmark, stop_processes
 
 T0 = 1_763_900_000.0
 
@@ -98,13 +98,7 @@ def measure(requests: int = 20_000, progress=None) -> dict:
             elapsed = time.perf_counter() - started
             stored = count_stored(store) - before
         finally:
-            for proc in roles:
-                proc.terminate()
-            for proc in roles:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_processes(*roles)
         clicks = {}
         for msg in read_topic(settings, topic_name(settings, "clicks"), timeout=120):
             record = json.loads(msg.value())
