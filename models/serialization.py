@@ -94,16 +94,14 @@ def pack_delta(
     key: bytes | None = None,
     created_at: float | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
-) -> tuple[dict[str, Any], bytes, TwoTowerPolicy]:
-    """(header, delta bytes, the published model = base + delta) of ``model`` as a delta of ``base``,
-    the parent's published state."""
+) -> tuple[dict[str, Any], bytes]:
+    """(header, delta bytes) of ``model`` as a delta of ``base``, the parent's published state; what
+    readers rebuild is ``make_delta(base, model)[1]``."""
     delta, published = make_delta(base, cpu_state(model), tolerance)
     blob = save_tensors(delta)
     header = _header(model.config, blob, name, version, parent, metrics, key, created_at, "delta",
                      state_checksum(published), state_checksum(base))
-    out = TwoTowerPolicy(model.config)
-    out.load_state_dict(published)
-    return header, blob, out.eval()
+    return header, blob
 
 
 def unpack(header: dict[str, Any], blob: bytes, key: bytes | Sequence[bytes] | None = None,

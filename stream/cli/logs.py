@@ -12,8 +12,8 @@ import click
 from stream.cli.common import admin_or_exit, emit_json, fail, load_settings, setup_logging, stderr_console
 
 
-def _since(value: str | None) -> float | None:
-    """--since as epoch seconds or an ISO 8601 time (UTC when it has no offset)."""
+def _time_option(value: str | None) -> float | None:
+    """--since/--until as epoch seconds or an ISO 8601 time (UTC when it has no offset)."""
     if value is None:
         return None
     from stream.ingest.mapping import RowError, parse_time
@@ -138,22 +138,28 @@ def import_logs(files: tuple[Path, ...], preset: str | None, maps: tuple[str, ..
         sys.exit(1)
 
 
-def _read_experiences(settings, from_file: Path | None, fmt: str | None) -> tuple[list, int]:
-    """(valid experiences, invalid records skipped) from the topic or a dumped file."""
+def _decoded(settings, logical: str) -> tuple[list, int]:
+    """(valid records, invalid ones skipped) of a topic as it stands now."""
     from stream import schemas
-    from stream.ingest.experience_files import read_experiences
     from stream.kafka.snapshot import read_topic
     from stream.kafka.topics import topic_name
 
-    if from_file is not None:
-        return read_experiences(from_file, fmt)
     good, bad = [], 0
-    for msg in read_topic(settings, topic_name(settings, "experiences"), "evaluate", timeout=600):
+    for msg in read_topic(settings, topic_name(settings, logical), "evaluate", timeout=600):
         try:
-            good.append(schemas.decode("experiences", msg.value()))
+            good.append(schemas.decode(logical, msg.value()))
         except schemas.InvalidMessage:
             bad += 1
     return good, bad
+
+
+def _read_experiences(settings, from_file: Path | None, fmt: str | None) -> tuple[list, int]:
+    """(valid experiences, invalid records skipped) from the topic or a dumped file."""
+    from stream.ingest.experience_files import read_experiences
+
+    if from_file is not None:
+        return read_experiences(from_file, fmt)
+    return _decoded(settings, "experiences")
 
 
 def _load_version(settings, which: str):
@@ -183,23 +189,14 @@ def _load_version(settings, which: str):
 def _catalogue(settings):
     """The item texts the versions score from, as the learner and scorers read them."""
     from models.encoders import EncoderLoadError, TextEncoder
-    from stream import schemas
     from stream.items.embeddings import Catalogue
-    from stream.kafka.snapshot import read_topic
-    from stream.kafka.topics import topic_name
 
     try:
         catalogue = Catalogue(TextEncoder(), "evaluate")
     except EncoderLoadError as exc:
         fail(str(exc))
-    items = {}
-    for msg in read_topic(settings, topic_name(settings, "items"), "evaluate", timeout=600):
-        try:
-            item = schemas.decode("items", msg.value())
-        except schemas.InvalidMessage:
-            continue
-        items[item.item_id] = item
-    catalogue.add(list(items.values()))
+    items, _invalid = _decoded(settings, "items")
+    catalogue.add(list({item.item_id: item for item in items}.values()))    # the newest record of each item
     return catalogue
 
 
@@ -243,7 +240,7 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
 
     settings = load_settings()
     setup_logging("WARNING" if as_json else settings.log_level)
-    start, end = _since(since), _since(until)
+    start, end = _time_option(since), _time_option(until)
     if from_file is None:
         admin_or_exit(settings, "evaluate")
     elif not from_file.is_file():
@@ -337,7 +334,7 @@ def experiences_dump(since: str | None, fmt: str, out: Path | None) -> None:
 
     settings = load_settings()
     setup_logging(settings.log_level)
-    cutoff = _since(since)
+    cutoff = _time_option(since)
     if fmt == "parquet" and out is None:
         fail("--format parquet needs --out FILE", 2)
     admin_or_exit(settings, "experiences")

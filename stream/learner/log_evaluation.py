@@ -88,24 +88,27 @@ def logged_value(rows: list[schemas.Experience], n_boot: int, seed: int = 0) -> 
 def evaluate_policy(model: TwoTowerPolicy, catalogue: Catalogue, rows: list[schemas.Experience],
                     n_boot: int, clip: float | None = None, seed: int = 0) -> Evaluation:
     """IPS, SNIPS, DM and DR of the version as it is served (its exploration rule), with bootstrap intervals."""
+    batch = _decision_batch(model, catalogue, rows)
+    model.eval()
+    return Evaluation(estimate(model, batch, clip=clip, n_boot=n_boot, seed=seed), len(batch),
+                      len(rows) - len(batch))
+
+
+def _decision_batch(model: TwoTowerPolicy, catalogue: Catalogue, rows: list[schemas.Experience]):
+    """The decisions of the version's context width, as tensors (ValueError when there are none)."""
     batcher = ExperienceBatcher(model.config, catalogue)
     usable = [e for e in rows if batcher.fits(e)]
     if not usable:
         raise ValueError(f"no decision has the policy's context width ({model.config.user_features} features)")
-    batch = batcher.batch(usable)
-    model.eval()
-    return Evaluation(estimate(model, batch, clip=clip, n_boot=n_boot, seed=seed), len(usable),
-                      len(rows) - len(usable))
+    return batcher.batch(usable)
 
 
 def compare_versions(policy: TwoTowerPolicy, baseline: TwoTowerPolicy, catalogue: Catalogue,
                      rows: list[schemas.Experience], n_boot: int, clip: float | None = None) -> Verdict:
     """The gate's paired comparison: DR of ``policy`` minus ``baseline`` on the same decisions and resamples,
     one reward model (the policy's) for both, with its confidence interval."""
-    batcher = ExperienceBatcher(policy.config, catalogue)
-    usable = [e for e in rows if batcher.fits(e)]
     config = GateConfig(min_decisions=1, n_boot=max(n_boot, 1), clip=clip if clip is not None else float("inf"))
-    return judge(policy.eval(), baseline.eval(), batcher.batch(usable), config)
+    return judge(policy.eval(), baseline.eval(), _decision_batch(policy, catalogue, rows), config)
 
 
 def per_item(shown: list[schemas.Experience], n_boot: int, seed: int = 0) -> list[dict]:

@@ -220,7 +220,7 @@ class PolicyPublisher:
         state; readers holding that exact state apply it."""
         trust = trust_of(self.settings)
         trust.require_key()
-        header, blob, _ = pack_delta(model, base, self.name, version, parent, metrics, trust.signing_key)
+        header, blob = pack_delta(model, base, self.name, version, parent, metrics, trust.signing_key)
         return self.publish_packed(header, blob)
 
     def publish_packed(self, header: dict, blob: bytes) -> schemas.PolicyHeader:

@@ -69,7 +69,7 @@ def test_a_delta_whose_parent_is_missing_waits_for_a_snapshot(settings, chain):
         v4 = trained(v3, [20], 4)
         v5 = trained(v4, [21], 5)
         key = settings.hmac_key.get_secret_value().encode()
-        header, blob, _ = pack_delta(v5, cpu_state(v4), settings.policy_name, 5, 4, key=key)
+        header, blob = pack_delta(v5, cpu_state(v4), settings.policy_name, 5, 4, key=key)
         publisher.publish_packed(header, blob)
         assert not subscriber.wait_for_version(5, 3)
         assert subscriber.live.version == 3 and DELTAS_WAITING.labels("scorer")._value.get() == 1
@@ -88,7 +88,7 @@ def test_a_tampered_delta_is_refused_and_the_old_version_keeps_serving(settings,
     try:
         key = settings.hmac_key.get_secret_value().encode()
         v4 = trained(v3, [30], 7)
-        header, blob, _ = pack_delta(v4, cpu_state(v3), settings.policy_name, 4, 3, key=key)
+        header, blob = pack_delta(v4, cpu_state(v3), settings.policy_name, 4, 3, key=key)
         tampered = bytearray(blob)
         tampered[-10] ^= 0x40
         publisher.publish_packed(header, bytes(tampered))

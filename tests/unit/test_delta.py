@@ -38,12 +38,14 @@ def test_delta_ships_moved_rows_and_dense_tensors_and_rebuilds_the_published_sta
 def test_delta_version_round_trip_and_refusals():
     torch.manual_seed(0)
     parent = TwoTowerPolicy(CFG)
-    header, blob, published = pack_delta(moved(parent, [5]), cpu_state(parent), "default", 2, parent=1, key=b"k")
+    child = moved(parent, [5])
+    header, blob = pack_delta(child, cpu_state(parent), "default", 2, parent=1, key=b"k")
+    _, published = make_delta(cpu_state(parent), cpu_state(child))
     full_header, full_blob = pack(parent, "default", 1, key=b"k")
     assert header["kind"] == "delta" and header["parent_state"] == full_header["state"]
     assert len(blob) < len(full_blob) - 2 * 63 * CFG.dim * 4   # two tables minus the moved row
     loaded = unpack(header, blob, key=b"k", base=parent)
-    assert state_checksum(cpu_state(loaded)) == header["state"] == state_checksum(cpu_state(published))
+    assert state_checksum(cpu_state(loaded)) == header["state"] == state_checksum(published)
 
     with pytest.raises(PolicyIntegrityError) as missing:
         unpack(header, blob, key=b"k")
