@@ -84,14 +84,13 @@ class RewardWorker:
                 if all((partition, logical) in self.idle for logical in SOURCES):
                     # A silent partition: event time runs on with the wall clock so windows close.
                     self._emit(self.processor.idle(partition, elapsed))
-            self.processor.update_gauges()
+            self.processor.publish_metrics()
             self.producer.flush(10)
 
         return app
 
     def _emit(self, out: Outcome) -> None:
-        for experience in out.experiences:
-            self.producer.send("experiences", experience)
+        self.producer.send_many("experiences", out.experiences)
         for letter in out.dead_letters:
             self.producer.dead_letters.publish(letter)
 

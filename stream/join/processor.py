@@ -21,6 +21,7 @@ from stream.join import state as join_state
 from stream.join.reward_join import Forgotten, JoinConfig, JoinOutput, OpenRequest, RewardJoin
 from stream.join.watermark import InputWatermarks
 from stream.ops.dead_letters import decode_consumed, envelope
+from stream.ops.metrics import Tally
 
 SOURCES = ("impressions", "clicks", "purchases")
 
@@ -89,6 +90,8 @@ class RewardProcessor:
         # later orphan rejection can dead-letter them as they arrived.
         self._held: dict[str, tuple[bytes, Coordinates]] = {}
         self._written_progress: dict[int, bytes] = {}
+        #: Counters of this batch, published with the gauges (``publish_metrics``) by the driving loop.
+        self.tally = Tally()
 
     def _partition(self, partition: int) -> tuple[RewardJoin, InputWatermarks]:
         join = self.joins.get(partition)
@@ -106,7 +109,7 @@ class RewardProcessor:
         started = time.perf_counter()
         out = Outcome()
         event, letter = decode_consumed(logical, raw, self.component, where.topic, where.partition,
-                                        where.offset, where.key)
+                                        where.offset, where.key, self.tally)
         if letter is not None:
             out.dead_letters.append(letter)
             return out
@@ -124,8 +127,8 @@ class RewardProcessor:
         else:
             result = join.click(event) if logical == "clicks" else join.purchase(event)
         marks.observe(logical, event.ts)
-        out.extend(self._collect(result, (event.event_id, raw, where)))
-        out.extend(self._collect(join.advance(marks.value())))
+        self._collect(result, (event.event_id, raw, where), out)
+        self._collect(join.advance(marks.value()), None, out)
         if logical != "impressions" and out.experiences:
             JOIN_LATENCY.observe(time.perf_counter() - started)
         return out
@@ -142,8 +145,7 @@ class RewardProcessor:
         for logical in SOURCES:
             marks.reached_end(logical)
         out = self._collect(join.advance(marks.value()))
-        out.extend(self._collect(join.finish()))
-        return out
+        return self._collect(join.finish(), None, out)
 
     def caught_up_inputs(self, partition: int) -> list[str]:
         """The inputs of ``partition`` that hold no event time back at the moment."""
@@ -161,14 +163,20 @@ class RewardProcessor:
         join, marks = self._partition(partition)
         return self._collect(join.advance(marks.advance_by(seconds)))
 
-    def _collect(self, result: JoinOutput, current: tuple[str, bytes, Coordinates] | None = None) -> Outcome:
-        """Experiences and dead letters from a join result; ``current`` is (event_id, raw, origin) just handled."""
-        out = Outcome(experiences=list(result.experiences))
+    def _collect(self, result: JoinOutput, current: tuple[str, bytes, Coordinates] | None = None,
+                 out: Outcome | None = None) -> Outcome:
+        """Experiences and dead letters from a join result, added to ``out`` (a new Outcome if None);
+        ``current`` is (event_id, raw, origin) of the message just handled."""
+        if out is None:
+            out = Outcome()
+        out.experiences.extend(result.experiences)
+        tally = self.tally
         for experience in result.experiences:
-            _EXPERIENCE_KINDS[experience.kind].inc()
-            _REWARD_KINDS[experience.kind].inc(experience.reward)
+            tally.add(_EXPERIENCE_KINDS[experience.kind])
+            if experience.reward:
+                tally.add(_REWARD_KINDS[experience.kind], experience.reward)
         if result.duplicates:
-            JOIN_DUPLICATES.inc(result.duplicates)
+            tally.add(JOIN_DUPLICATES, result.duplicates)
         for event_id in result.parked:
             if current is not None and current[0] == event_id:
                 self._held[event_id] = (bytes(current[1]), current[2])
@@ -260,7 +268,7 @@ class RewardProcessor:
                 watermark = record.watermark
                 self._written_progress[partition] = value
         join.restore(requests, forgotten, parked, rejected, watermark)
-        self.update_gauges()
+        self.publish_metrics()
 
     def drop(self, partition: int) -> None:
         """Forget a partition this worker no longer owns (its state lives on in the changelog)."""
@@ -270,10 +278,11 @@ class RewardProcessor:
         if join is not None:
             for event_id in join.parked_event_ids():
                 self._held.pop(event_id, None)
-        self.update_gauges()
+        self.publish_metrics()
 
-    def update_gauges(self) -> None:
-        """Open requests and parked events (callers refresh this per batch, not per message)."""
+    def publish_metrics(self) -> None:
+        """The batch's counts, open requests and parked events (callers publish per batch, not per message)."""
+        self.tally.publish()
         OPEN_REQUESTS.set(sum(j.open_requests for j in self.joins.values()))
         PARKED.set(sum(j.parked for j in self.joins.values()))
 

@@ -263,8 +263,7 @@ class JoinWorker:
         return high is not None and position >= high
 
     def _emit(self, out: Outcome) -> None:
-        for experience in out.experiences:
-            self.output.send("experiences", experience)
+        self.output.send_many("experiences", out.experiences)
         for letter in out.dead_letters:
             self.output.dead_letters.publish(letter)
         if out.experiences or out.dead_letters:
@@ -285,7 +284,7 @@ class JoinWorker:
                 wrote = True
         if wrote:
             self.output.flush()
-        self.processor.update_gauges()
+        self.processor.publish_metrics()
         if self.positions:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self.positions.items()],
                             asynchronous=False)

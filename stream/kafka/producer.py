@@ -3,7 +3,8 @@
 ``EventProducer`` keys each event by its contract's key (user_id for behaviour events,
 so a user's events share a partition), produces with an idempotent acks=all producer,
 and dead-letters what it refuses. Delivery failures are counted and raised by
-``flush`` instead of vanishing in a callback.
+``flush`` instead of vanishing in a callback; successes are counted in bulk once
+nothing is outstanding (librdkafka reports only failures: ``delivery.report.only.error``).
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ class EventProducer:
         self.settings = settings
         self.component = component
         self._producer = producer or make_producer(settings, component, **overrides)
-        self.dead_letters = DeadLetters(settings, component, self._producer, self._delivered)
+        self.dead_letters = DeadLetters(settings, component, self._producer, self._delivered, self._count_sent)
+        #: Messages acknowledged by the broker, counted when a flush (or a poll) finds none outstanding.
         self.delivered = 0
         self.failures: list[str] = []
         self._names: dict[str, str] = {}
-        self._produced_counters: dict[str, object] = {}
+        self._sent: dict[str, int] = {}     # per topic, produced since everything was last settled
+        self._failed: dict[str, int] = {}   # per topic, failures reported since then
         self._unpolled = 0
 
     def _topic(self, logical: str) -> str:
@@ -65,28 +68,39 @@ class EventProducer:
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
-            self.delivered += 1
-            topic = msg.topic()
-            counter = self._produced_counters.get(topic)
-            if counter is None:
-                counter = self._produced_counters[topic] = EVENTS_PRODUCED.labels(
-                    topic=self._logical(topic), component=self.component)
-            counter.inc()
-        else:
-            PRODUCE_ERRORS.labels(topic=self._logical(msg.topic()), component=self.component).inc()
-            if len(self.failures) < 100:
-                self.failures.append(f"{msg.topic()}: {err.str()}")
-            log.error("delivery to %s failed: %s", msg.topic(), err.str())
+            return   # a client built without delivery.report.only.error: successes are settled in bulk
+        topic = msg.topic()
+        self._failed[topic] = self._failed.get(topic, 0) + 1
+        PRODUCE_ERRORS.labels(topic=self._logical(topic), component=self.component).inc()
+        if len(self.failures) < 100:
+            self.failures.append(f"{topic}: {err.str()}")
+        log.error("delivery to %s failed: %s", topic, err.str())
+
+    def _count_sent(self, topic: str) -> None:
+        self._sent[topic] = self._sent.get(topic, 0) + 1
+
+    def _settle(self) -> None:
+        """Nothing is outstanding: every message sent since the last settlement was acknowledged,
+        except those a failure report named."""
+        for topic, sent in self._sent.items():
+            acknowledged = sent - self._failed.get(topic, 0)
+            if acknowledged > 0:
+                self.delivered += acknowledged
+                EVENTS_PRODUCED.labels(topic=self._logical(topic), component=self.component).inc(acknowledged)
+        self._sent, self._failed = {}, {}
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         extra = {} if partition is None else {"partition": partition}
         while True:
             try:
                 self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered, **extra)
+                self._sent[topic] = self._sent.get(topic, 0) + 1
                 self._unpolled += 1
-                if self._unpolled >= 500:   # serve delivery reports now and then, not per message
+                if self._unpolled >= 500:   # serve failure reports now and then, not per message
                     self._unpolled = 0
                     self._producer.poll(0)
+                    if not len(self._producer):
+                        self._settle()
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
@@ -94,6 +108,15 @@ class EventProducer:
     def send(self, logical: str, event: msgspec.Struct) -> None:
         """Produce an event built in code (already typed); keyed by its contract's key."""
         self._produce(self._topic(logical), schemas.key_of(logical, event), schemas.encode(event))
+
+    def send_many(self, logical: str, events: list[msgspec.Struct]) -> None:
+        """``send`` for a batch: the topic, key field and encoder are looked up once, not per event."""
+        if not events:
+            return
+        topic, field, encode = self._topic(logical), schemas.CONTRACTS[logical].key_field, schemas.encode
+        for event in events:
+            key = getattr(event, field) if field is not None else None
+            self._produce(topic, key.encode() if isinstance(key, str) else None, encode(event))
 
     def send_record(self, logical: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
         """Produce an internal record (a changelog entry, a policy chunk; None is a tombstone), bytes as given."""
@@ -116,6 +139,8 @@ class EventProducer:
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every acknowledgement; raise DeliveryError if any message was not delivered."""
         remaining = self._producer.flush(timeout)
+        if not remaining:
+            self._settle()
         failures, self.failures = self.failures, []
         if remaining:
             raise DeliveryError(f"{remaining} messages still unacknowledged after {timeout:.0f}s", failures)

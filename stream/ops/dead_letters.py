@@ -17,7 +17,7 @@ from confluent_kafka import Message, Producer
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.topics import logical_name, topic_name
-from stream.ops.metrics import DEAD_LETTERS, EVENTS_CONSUMED
+from stream.ops.metrics import DEAD_LETTERS, EVENTS_CONSUMED, Tally
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,14 @@ class DeadLetters:
         component: str,
         producer: Producer,
         on_delivery: Callable[[Any, Message], None] | None = None,
+        on_sent: Callable[[str], None] | None = None,
     ) -> None:
         self.topic = topic_name(settings, "dlq")
         self.settings = settings
         self.component = component
         self._producer = producer
         self._on_delivery = on_delivery
+        self._on_sent = on_sent   # the owner's count of what awaits acknowledgement
         self.sent = 0
 
     def send(
@@ -90,6 +92,8 @@ class DeadLetters:
             except BufferError:
                 self._producer.poll(0.1)
         self.sent += 1
+        if self._on_sent is not None:
+            self._on_sent(self.topic)
         # The label is the logical topic: a prefix per tenant must not multiply the series.
         DEAD_LETTERS.labels(topic=logical_name(self.settings, letter.source_topic), component=letter.component,
                             reason=letter.reason).inc()
@@ -107,11 +111,13 @@ class DeadLetters:
 
 def decode_consumed(
     logical: str, raw: bytes, component: str, topic: str, partition: int, offset: int, key: bytes | None,
+    tally: Tally | None = None,
 ) -> tuple[Any | None, schemas.DeadLetter | None]:
     """(event, None) for a valid consumed message, (None, dead letter with its origin) otherwise.
 
     One place where consumers validate and count what they read, whether they send
-    the dead letter at once or hand it back to a caller that batches its output.
+    the dead letter at once or hand it back to a caller that batches its output
+    (which passes a ``tally`` and publishes the counts once per batch).
     """
     try:
         event = schemas.decode(logical, raw)
@@ -123,7 +129,10 @@ def decode_consumed(
     if counter is None:
         counter = _consumed_ok[(logical, component)] = EVENTS_CONSUMED.labels(
             topic=logical, component=component, status="ok")
-    counter.inc()
+    if tally is None:
+        counter.inc()
+    else:
+        tally.add(counter)
     return event, None
 
 

@@ -10,6 +10,7 @@ gives every app the same shape.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -63,6 +64,19 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+#: Allocations between young-generation collections (CPython's default is 700). A role allocates a few
+#: objects per message and holds many long-lived ones (join state, the replay index): at the default,
+#: collections that find nothing to free took about a third of the join worker's time.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Collect less often, and never rescan what start-up built (modules, models, clients)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+
+
 def run_role(name: str, settings: Settings, build: Callable[[Settings], Role], *,
              metrics_port: int | None = None, serve_own_metrics: bool = True,
              handle_signals: bool = True) -> Role:
@@ -84,6 +98,7 @@ def run_role(name: str, settings: Settings, build: Callable[[Settings], Role], *
     role = build(settings)
     if handle_signals:
         stop_on_signals(role.stop)
+    tune_garbage_collector()
     log.info("%s: running", name)
     role.run()
     log.info("%s: stopped", name)

@@ -1,7 +1,8 @@
-"""Resident memory of a process, from /proc (Linux): what the demo, the soak and the benchmarks report."""
+"""Resident memory and CPU time of a process, from /proc (Linux): what the demo, the soak and the benchmarks report."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -16,3 +17,14 @@ def rss_bytes(pid: int | None) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds ``pid`` has used (all its threads); None where /proc is not there."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -7,6 +7,7 @@ low-cardinality: topic, component, status, reason; never user or item ids.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -67,6 +68,25 @@ CONSUMER_LAG = Gauge(
     "and logical topic (high watermark from the latest fetch responses).",
     ["component", "topic"],
 )
+
+
+class Tally:
+    """Counts kept as plain numbers on a hot path and added to their Prometheus children once per batch.
+
+    A labelled child's ``inc`` takes a lock and checks its type on every call: per message
+    and per experience that cost more than the join itself. Scrapes see batch boundaries.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[Any, float] = {}
+
+    def add(self, child: Any, amount: float = 1.0) -> None:
+        self._counts[child] = self._counts.get(child, 0.0) + amount
+
+    def publish(self) -> None:
+        counts, self._counts = self._counts, {}
+        for child, amount in counts.items():
+            child.inc(amount)
 
 
 class LagReporter:

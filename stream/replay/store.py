@@ -100,14 +100,20 @@ class ReplayStore:
     # -- writing ---------------------------------------------------------------------------
     def add(self, experiences: Iterable[schemas.Experience],
             offsets: dict[tuple[str, int], int] | None = None,
-            dead_letters: Iterable[schemas.DeadLetter] = ()) -> int:
+            dead_letters: Iterable[schemas.DeadLetter] = (),
+            payloads: Iterable[bytes] | None = None) -> int:
         """Insert a batch, the offsets it covers and its dead letters in one durable transaction.
 
         The dead letters wait in an outbox until the caller has them acknowledged by the
         broker (``outbox``/``clear_outbox``): a crash between the two re-sends them from
-        the outbox instead of re-reading (and re-refusing) the messages. Returns rows added.
+        the outbox instead of re-reading (and re-refusing) the messages. ``payloads``, when
+        given, are the experiences' bytes as they were decoded (stored as they are, not
+        encoded again). Returns rows added.
         """
-        rows = [(e.event_id, e.user_id, e.ts, RECENT, schemas.encode(e)) for e in experiences]
+        if payloads is None:
+            rows = [(e.event_id, e.user_id, e.ts, RECENT, schemas.encode(e)) for e in experiences]
+        else:
+            rows = [(e.event_id, e.user_id, e.ts, RECENT, p) for e, p in zip(experiences, payloads, strict=True)]
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -117,7 +123,7 @@ class ReplayStore:
                 "INSERT OR IGNORE INTO experiences (event_id, user_id, ts, tier, payload) VALUES (?, ?, ?, ?, ?)",
                 rows)
             added = self.db.total_changes - before
-            self._age_out(cur)
+            self._age_out(cur, added)
             for (topic, partition), next_offset in (offsets or {}).items():
                 cur.execute("INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, partition) "
                             "DO UPDATE SET next_offset = excluded.next_offset", (topic, partition, next_offset))
@@ -148,10 +154,9 @@ class ReplayStore:
     def clear_outbox(self, ids: Iterable[int]) -> None:
         self.db.executemany("DELETE FROM dead_letter_outbox WHERE id = ?", [(i,) for i in ids])
 
-    def _age_out(self, cur: sqlite3.Cursor) -> None:
+    def _age_out(self, cur: sqlite3.Cursor, added: int) -> None:
         """Move what no longer fits the window into the reservoir (algorithm R), evicting as needed."""
-        recent = cur.execute("SELECT COUNT(*) FROM experiences WHERE tier = ?", (RECENT,)).fetchone()[0]
-        overflow = recent - self.config.window
+        overflow = len(self._seqs) - len(self._reservoir) + added - self.config.window
         if overflow <= 0:
             return
         leaving = [r[0] for r in cur.execute(
@@ -189,8 +194,9 @@ class ReplayStore:
         return self.db.execute("SELECT COUNT(*) FROM experiences").fetchone()[0]
 
     def sizes(self) -> dict[str, int]:
-        rows = dict(self.db.execute("SELECT tier, COUNT(*) FROM experiences GROUP BY tier").fetchall())
-        return {"recent": rows.get(RECENT, 0), "reservoir": rows.get(PAST, 0)}
+        """Rows per tier from the in-memory index (exact for this writer: counting the table took a
+        scan per batch)."""
+        return {"recent": len(self._seqs) - len(self._reservoir), "reservoir": len(self._reservoir)}
 
     def event_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT event_id FROM experiences")}
