@@ -120,3 +120,21 @@ def test_connections_over_the_cap_get_a_json_503(service):
     time.sleep(1.5)                             # the held ones time out and free their slots
     status, _, _, _ = exchange(service, post(json.dumps({"user_id": "u1", "candidates": ["a"]}).encode()))
     assert status == 200
+
+
+def test_the_request_parser_refuses_smuggling_shapes_versions_and_header_floods(service):
+    body = json.dumps({"user_id": "u1", "candidates": ["a"]}).encode()
+    status, reply, _, closed = exchange(service, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert status == 400 and "conflicting content-length" in reply["error"] and closed
+    status, reply, _, closed = exchange(service, b"GET /healthz HTTP/2.0\r\n\r\n")
+    assert status == 505 and closed
+    flood = b"".join(b"X-%d: y\r\n" % i for i in range(101))
+    status, reply, _, closed = exchange(service, b"GET /healthz HTTP/1.1\r\n" + flood + b"\r\n")
+    assert status == 431 and closed
+    status, reply, _, closed = exchange(service, b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n")
+    assert status == 400 and closed
+    # Header names are case-insensitive, and HTTP/1.0 closes unless asked to keep alive.
+    status, reply, _, closed = exchange(service, b"POST /score HTTP/1.0\r\ncontent-LENGTH: " + str(len(body)).encode()
+                                                 + b"\r\n\r\n" + body)
+    assert status == 200 and closed
