@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint test test-fast test-unit test-integration test-e2e demo broker bench-quality bench-quality-report bench-movielens bench-movielens-loop bench-soak bench-learner bench-all clean
+.PHONY: install system-deps lint test test-fast test-unit test-integration test-e2e demo broker bench-quality bench-quality-report bench-movielens bench-movielens-loop bench-soak bench-stream bench-learner bench-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,9 @@ bench-quality-report: install
 MOVIELENS ?= ../shared/data/movielens-small
 bench-movielens: install
 	$(BIN)/recsys-stream bench movielens --data $(MOVIELENS) --json bench-results/movielens.json
+
+bench-stream: install
+	$(BIN)/recsys-stream bench stream --json bench-results/stream.json
 
 bench-movielens-loop: install
 	$(BIN)/recsys-stream bench movielens-loop --data $(MOVIELENS) --json bench-results/movielens-loop.json

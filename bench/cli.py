@@ -151,6 +151,26 @@ def learner_command(json_path: Path | None, examples: int, device: str) -> None:
         for k, v in m.items() if k.startswith("ours_") and k.endswith("_samples_per_second")))
 
 
+@bench.command("stream")
+@click.option("--requests", type=click.IntRange(200), default=40_000, show_default=True,
+              help="Simulated requests of the backlog and of the end-to-end run (about 1.6 events each).")
+@click.option("--paced-seconds", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="How long traffic is paced at half the measured end-to-end rate.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result here.")
+def stream_command(requests: int, paced_seconds: float, json_path: Path | None) -> None:
+    """The stream hot path: the join alone from a backlog, producer -> process -> replay end to end, and
+    click -> experience / click -> stored delays at half that rate (`recsys-stream process` and `replay`)."""
+    from bench.stream import measure, summary
+
+    try:
+        out = measure(requests, paced_seconds, progress=_say)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_json(out, json_path)
+    click.echo(summary(out))
+
+
 @bench.command("scorer")
 @click.option("--transport", type=click.Choice(["http", "kafka"]), default="kafka", show_default=True)
 @click.option("--rate", type=click.FloatRange(min=1), default=500.0, show_default=True, help="Offered requests/s.")
@@ -183,7 +203,7 @@ SUITE = {
     "learner_throughput": ("bench.learner_throughput", {"seconds": 5.0}, {"seconds": 0.3, "batch_size": 64}),
     "sim_throughput": ("bench.sim_throughput", {}, {"requests": 5000, "batch": 1000}),
     "replay_sampling": ("bench.replay_sampling", {}, {"rows": 3000, "window": 1000, "reservoir": 1000}),
-    "stream_throughput": ("bench.stream_throughput", {"requests": 20_000}, {"requests": 1000}),
+    "stream": ("bench.stream", {"requests": 40_000, "paced_seconds": 20.0}, {"requests": 1000, "paced_seconds": 3.0}),
     "scorer_latency": ("bench.scorer_latency", {}, {"calls": 100, "items": 200}),
     "scorer_http": ("bench.scorer_transport", {"transport": "http", "rate": 500.0, "seconds": 20.0},
                     {"transport": "http", "rate": 50.0, "seconds": 2.0, "items": 200}),

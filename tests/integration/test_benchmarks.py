@@ -53,13 +53,19 @@ def test_join_consumers_benchmark_prints_json():
     assert 0 < m["batch_experiences"] < m["events"]
 
 
-def test_stream_throughput_benchmark_prints_json():
-    done = subprocess.run([sys.executable, "-m", "bench.stream_throughput", "--requests", "200", "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    m = json.loads(done.stdout)["metrics"]
-    assert m["complete"] and m["experiences_stored"] == m["experiences_expected"] > 0
-    assert m["events_per_second"] > 0 and m["click_to_experience_p99_seconds"] >= m["click_to_experience_p50_seconds"]
+def test_stream_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / "stream.json"
+    done = subprocess.run([sys.executable, "-m", "stream", "bench", "stream", "--requests", "4000", "--paced-seconds",
+                           "2", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads(out.read_text())["metrics"]
+    assert m["join_experiences"] == m["experiences_stored"] == m["experiences_expected"] > 0
+    assert m["join_events_per_s"] > 0 and m["end_to_end_events_per_s"] > 0 and m["experiences_per_s"] > 0
+    assert set(m["end_to_end_cpu_us_per_event"]) >= {"process", "replay", "broker", "producer"}
+    assert m["paced_clicks_stored"] == m["paced_click_experiences"] > 0
+    assert 0 < m["paced_click_to_experience_p50_s"] <= m["paced_click_to_experience_p99_s"]
+    assert 0 < m["paced_click_to_stored_p50_s"] <= m["paced_click_to_stored_p99_s"]
+    assert "join alone" in done.stdout
 
 
 def test_scorer_latency_benchmark_prints_json():
@@ -145,7 +151,7 @@ def test_bench_all_collects_results_in_one_stable_layout(tmp_path):
     for r in results:
         assert set(r) == {"name", "metrics", "params", "machine"} and r["metrics"], r["name"]
     assert set(SUITE) == {"quality", "learner_vs_vw", "learner_throughput", "sim_throughput", "replay_sampling",
-                          "stream_throughput", "scorer_latency", "scorer_http", "scorer_kafka", "freshness"}
+                          "stream", "scorer_latency", "scorer_http", "scorer_kafka", "freshness"}
     refused = subprocess.run([sys.executable, "-m", "stream", "bench", "all", "--only", "nope", "--json",
                               str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "unknown benchmarks ['nope']" in refused.stderr
