@@ -295,7 +295,6 @@ def paced(stage: Stage, rate: float, seconds: float, say: Say) -> dict:
                 for logical, raw in events[sent:due]:
                     producer.send_raw(logical, raw)
                 sent = due
-                producer._producer.poll(0)
                 time.sleep(0.005)
             offered = len(events) / (time.perf_counter() - started)
         clicks_sent = sum(1 for logical, _ in events if logical == "clicks")

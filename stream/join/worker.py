@@ -207,12 +207,11 @@ class JoinWorker:
         being judged caught up would otherwise see its clicks arrive after their windows closed).
         """
         idle = now - self.last_message_at > self.idle_after
-        judged = {(self.topics[s], p) for p in self.owned for s in self.processor.caught_up_inputs(p)}
-        if idle and self.drained:
-            judged |= {(self.topics[s], p) for p in self.owned for s in SOURCES}
-        ends = self._broker_ends(judged)
-        for p in self.owned:
-            for logical in self.processor.caught_up_inputs(p):
+        judged = {p: self.processor.caught_up_inputs(p) for p in self.owned}
+        asked = SOURCES if idle and self.drained else None     # idle: every input's end is needed below
+        ends = self._broker_ends({(self.topics[s], p) for p, caught in judged.items() for s in (asked or caught)})
+        for p, caught in judged.items():
+            for logical in caught:
                 if self._unread_on_broker(ends, logical, p):
                     self.processor.fell_behind(logical, p)
         if not idle:
