@@ -44,8 +44,8 @@ from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import ensure_topics, topic_name
 from stream.ops.memory import rss_bytes
-from stream.policy.bus import read_versions
-from stream.policy.trust import new_key
+from stream.policy.bus import one_per_number, read_versions
+from stream.policy.trust import new_key, trust_of
 
 ROLES = ("process", "replay", "learn", "score")
 #: The learner's forgetting probe period in the demo (minutes in production; a demo lasts minutes).
@@ -286,7 +286,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         report["logs"] = str(log_dir)
         letters = [schemas.decode("dlq", m.value()) for m in read_topic(live, topic_name(live, "dlq"), "demo")]
         report["dead_letters"] = dict(Counter(letter.reason for letter in letters))
-        versions = read_versions(live)
+        versions = one_per_number(read_versions(live), trust_of(live))   # a forged claimant may share a number
         report["versions_published"] = [v.version for v in versions]
         report["policy_traffic"] = policy_traffic(learner_metrics, versions, report["traffic_seconds"])
     if options.plot is not None:

@@ -53,6 +53,7 @@ from stream.policy.bus import (
     PolicyPublisher,
     PolicySubscriber,
     newest_verified,
+    one_per_number,
     read_versions,
 )
 from stream.policy.trust import trust_of
@@ -248,7 +249,9 @@ class LearnerWorker:
         self.policies.start()       # a rollback published while the learner was down is adopted below
         on_topic = read_versions(self.settings)
         newest = newest_verified(on_topic, trust_of(self.settings))
-        self.retained.extend(v.header for v in on_topic if newest is not None and v.version <= newest.version)
+        if newest is not None:
+            self.retained.extend(v.header for v in one_per_number(on_topic, trust_of(self.settings))
+                                 if v.version <= newest.version)
         if newest is not None and newest.version > self.version:
             log.info("topic holds verified version %d beyond the checkpoint's %d: continuing after it",
                      newest.version, self.version)

@@ -130,19 +130,79 @@ class PolicyVersion:
 def load_version(versions: list[PolicyVersion], version: int, trust: Trust | bytes | None) -> TwoTowerPolicy:
     """Version ``version`` of ``versions`` verified: a full snapshot as it is, a delta rebuilt from the
     nearest full snapshot before it and every delta in between (each verified onto the one before)."""
-    by_number = {v.version: v for v in versions}
-    chain = []
-    current = by_number.get(version)
-    while current is not None and current.is_delta:
-        chain.append(current)
-        current = by_number.get(current.header.parent or 0)
-    if current is None:
-        missing = chain[-1].header.parent if chain else version
-        raise PolicyIntegrityError("parent", f"v{version} needs v{missing}, which is not on the topic")
-    model = current.load(trust)
-    for delta in reversed(chain):
-        model = delta.load(trust, base=model)
-    return model
+    return _Chain(versions, trust).load(version)
+
+
+def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None) -> list[PolicyVersion]:
+    """``versions`` with each number once: the claimant that verifies, else the first written."""
+    chain = _Chain(versions, trust)
+    chosen: dict[int, PolicyVersion] = {}
+    for number, claims in chain.claims.items():
+        chosen[number] = claims[0]
+        for claim in reversed(claims):
+            try:
+                chain.load_claim(claim)
+            except PolicyIntegrityError:
+                continue
+            chosen[number] = claim
+            break
+    return [chosen[n] for n in sorted(chosen)]
+
+
+class _Chain:
+    """Rebuilds versions from a scan in which one number may be claimed by more than one version.
+
+    Anyone who can write to the topic can write a version under a number the learner also uses. Who
+    wrote last must not decide which one counts (a forged snapshot at v2 written after the genuine v2
+    would otherwise break every delta built on it), so each claimant is tried, newest first, and a
+    delta's parent is the claimant whose state the delta names. Rebuilt models are kept for the chain.
+    """
+
+    def __init__(self, versions: list[PolicyVersion], trust: Trust | bytes | None) -> None:
+        self.trust = trust
+        self.claims: dict[int, list[PolicyVersion]] = {}
+        for v in versions:
+            self.claims.setdefault(v.version, []).append(v)
+        self._built: dict[int, TwoTowerPolicy | PolicyIntegrityError] = {}
+
+    def load(self, version: int) -> TwoTowerPolicy:
+        claims = self.claims.get(version)
+        if not claims:
+            raise PolicyIntegrityError("parent", f"v{version} is not on the topic")
+        return self._first_that_verifies(reversed(claims))
+
+    def load_claim(self, claim: PolicyVersion) -> TwoTowerPolicy:
+        """This one claimant of its number, verified (with its parents)."""
+        built = self._built.get(id(claim))
+        if built is None:
+            try:
+                built = self._rebuild(claim)
+            except PolicyIntegrityError as exc:
+                built = exc
+            self._built[id(claim)] = built
+        if isinstance(built, PolicyIntegrityError):
+            raise built
+        return built
+
+    def _rebuild(self, claim: PolicyVersion) -> TwoTowerPolicy:
+        if not claim.is_delta:
+            return claim.load(self.trust)
+        parent = claim.header.parent or 0
+        bases = [p for p in reversed(self.claims.get(parent, [])) if p.header.state == claim.header.parent_state]
+        if not bases:
+            raise PolicyIntegrityError("parent", f"v{claim.version} needs v{parent} in the state it names, which "
+                                                 "is not on the topic")
+        return claim.load(self.trust, base=self._first_that_verifies(bases))
+
+    def _first_that_verifies(self, claims) -> TwoTowerPolicy:
+        problem: PolicyIntegrityError | None = None
+        for claim in claims:
+            try:
+                return self.load_claim(claim)
+            except PolicyIntegrityError as exc:
+                problem = problem or exc
+        assert problem is not None
+        raise problem
 
 
 class VersionAssembler:
@@ -259,15 +319,18 @@ class PolicyPublisher:
 
 # -- reading ------------------------------------------------------------------------------------
 def read_versions(settings: Settings, name: str | None = None, timeout: float = 60.0) -> list[PolicyVersion]:
-    """Every complete version of ``name`` now on the topic, oldest first (not yet verified)."""
+    """Every complete version of ``name`` now on the topic, oldest first (not yet verified); a number
+    claimed by two versions (one of them forged) appears twice."""
     return _scan(settings, name or settings.policy_name, timeout)[0]
 
 
 def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVersion], int]:
-    """(complete versions oldest first, the highest version number any record of ``name`` carries): a
-    version still being written has chunks but no header yet, and its number is taken."""
+    """(complete versions by number, then in log order; the highest version number any record of
+    ``name`` carries): a version still being written has chunks but no header yet, and its number is
+    taken. A number may appear more than once (a forgery beside the genuine version); the readers
+    that verify (``load_version``, ``newest_verified``) pick the claimant that verifies."""
     assembler = VersionAssembler(name)
-    complete: dict[int, PolicyVersion] = {}
+    complete: dict[int, list[PolicyVersion]] = {}
     highest = 0
     for msg in read_topic(settings, topic_name(settings, "policies"), "policy-read", timeout):
         parsed = parse_key(msg.key())
@@ -275,10 +338,10 @@ def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVer
             highest = max(highest, parsed[1])
         done = assembler.feed(msg.key(), msg.value())
         if done is not None:
-            complete[done.version] = done
+            complete.setdefault(done.version, []).append(done)
         elif msg.value() is None and parsed and parsed[2] == HEADER_PART:
             complete.pop(parsed[1], None)
-    return [complete[v] for v in sorted(complete)], highest
+    return [v for number in sorted(complete) for v in complete[number]], highest
 
 
 def newest_verified(versions: list[PolicyVersion], key: Trust | bytes | None,
@@ -289,9 +352,10 @@ def newest_verified(versions: list[PolicyVersion], key: Trust | bytes | None,
     at a huge number must not steer anyone's numbering, adoption or rollback. Refused ones
     are counted like any other rejection.
     """
+    chain = _Chain(versions, key)
     for candidate in reversed(versions):
         try:
-            load_version(versions, candidate.version, key)
+            chain.load_claim(candidate)
         except PolicyIntegrityError as exc:
             POLICY_REJECTIONS.labels(component, exc.reason).inc()
             log.warning("v%d on the topic does not verify (%s); not counting it", candidate.version, exc)
@@ -309,11 +373,11 @@ def rollback(settings: Settings, version: int, name: str | None = None,
     (the learner adopts it and continues from it)."""
     name = name or settings.policy_name
     versions, highest = _scan(settings, name, 60.0)
-    target = next((v for v in versions if v.version == version), None)
+    key = trust_of(settings)
+    target = next((v for v in one_per_number(versions, key) if v.version == version), None)
     if target is None:
         raise PolicyNotFound(f"policy {name!r} has no complete version {version} "
-                             f"(retained: {[v.version for v in versions] or 'none'})")
-    key = trust_of(settings)
+                             f"(retained: {sorted({v.version for v in versions}) or 'none'})")
     model = load_version(versions, version, key)   # refuse to republish what does not verify
     newest = newest_verified(versions, key, component)
     latest = newest.version if newest is not None else target.version

@@ -73,3 +73,40 @@ def test_a_forged_number_never_steers_numbering_only_a_verified_version_counts()
     assert newest_verified([*genuine, unsigned, forged], key).version == 2
     assert newest_verified([forged], key) is None
     assert newest_verified(genuine, key).version == 2
+
+
+def test_a_forged_claimant_of_a_number_does_not_shadow_the_genuine_chain():
+    """A forged snapshot written under v2 after the genuine v2 once made every delta built on v2 unverifiable,
+    and a restarted learner reused numbers already on the topic."""
+    import msgspec
+    import torch
+
+    from models.delta import cpu_state
+    from models.policy import PolicyConfig, TwoTowerPolicy
+    from models.serialization import pack, pack_delta
+    from stream.policy.bus import PolicyVersion, load_version, newest_verified, one_per_number
+
+    torch.manual_seed(0)
+    config = PolicyConfig(text_dim=8, dim=4, hidden=8, item_buckets=16, user_buckets=16, fast_dim=2)
+    key = b"the real key"
+    models = [TwoTowerPolicy(config) for _ in range(3)]
+
+    def claim(head: dict, blob: bytes) -> PolicyVersion:
+        return PolicyVersion(msgspec.convert(head | {"n_chunks": 1}, schemas.PolicyHeader), blob)
+
+    v1 = claim(*pack(models[0], "p", 1, None, {}, key))
+    v2 = claim(*pack_delta(models[1], cpu_state(models[0]), "p", 2, 1, {}, key))
+    v3 = claim(*pack_delta(models[2], cpu_state(models[1]), "p", 3, 2, {}, key))
+    head, blob = pack(TwoTowerPolicy(config), "p", 2, 1, {}, key)
+    forged = claim(head, blob[:-1] + bytes([blob[-1] ^ 1]))       # the same number, weights altered
+    log_order = [v1, v2, forged, v3]                               # as _scan lists them: by number, then written
+    assert newest_verified(log_order, key).version == 3
+    rebuilt = load_version(log_order, 3, key)
+    assert all(torch.equal(a, b) for a, b in zip(cpu_state(rebuilt).values(), cpu_state(models[2]).values()))
+    assert [v.header.checksum for v in one_per_number(log_order, key)] == \
+        [v.header.checksum for v in (v1, v2, v3)]
+    # The forgery also copies the state v3 names: it still fails, and the genuine parent is found.
+    copied = claim(dict(head, state=v2.header.state), blob[:-1] + bytes([blob[-1] ^ 1]))
+    assert newest_verified([v1, v2, copied, v3], key).version == 3
+    # With the genuine v2 gone, nothing after v1 verifies.
+    assert newest_verified([v1, forged, v3], key).version == 1
