@@ -44,18 +44,23 @@ def bench() -> None:
               help="Streams to play: a count (3 = seeds 1..3), a list (41,42,43) or a range (41-50). "
               "Seeds 0, 100, 200 and 300 tuned the defaults: do not report them.")
 @click.option("--drift", default=None, help="START,END: the shares of the stream during which segment 0's "
-              "tastes are shifted [default: 0.35,0.65].")
+              "tastes are shifted (or it is away) [default: 0.35,0.65].")
+@click.option("--scenario", type=click.Choice(["drift", "away"]), default="drift", show_default=True,
+              help="drift: segment 0's tastes rotate during the span, then return. away: segment 0 makes no "
+              "requests during the span while the other segments' tastes rotate for good, then comes back "
+              "unchanged (what a learner kept of it is what it did not forget).")
 @click.option("--requests", type=click.IntRange(200), default=None, help="Requests per stream [default: 20000].")
 @click.option("--round-size", type=click.IntRange(1), default=None,
               help="Requests answered per policy version before it learns from them [default: 100].")
 @click.option("--policies", default=None, help="Comma-separated subset (the oracle always runs): random, "
-              "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting.")
+              "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting; also ours_online_only "
+              "(no replay, no EWC, no distillation).")
 @click.option("--merge", "merge", default=None, help="Comma-separated JSON reports of runs on disjoint seeds (e.g. "
               "run in parallel): merge them into one instead of running.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="torch CPU threads (two multi-threaded runs sharing cores ran 9x slower here).")
 def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, drift: str | None,
-                    requests: int | None, round_size: int | None, policies: str | None, merge: str | None,
+                    scenario: str, requests: int | None, round_size: int | None, policies: str | None, merge: str | None,
                     threads: int) -> None:
     """Closed-loop learning quality on the simulator: every policy on the identical stream, with drift, new
     users and new items; cumulative reward, CTR per phase, regret, cold start, forgetting, throughput."""
@@ -66,7 +71,7 @@ def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, 
         if merge:
             report = merge_reports([json.loads(Path(p.strip()).read_text()) for p in merge.split(",")])
         else:
-            config = config_from(requests, seeds, policies, round_size, drift)
+            config = config_from(requests, seeds, policies, round_size, drift, scenario)
             report = run_quality(config, _say)
     except (ValueError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from None

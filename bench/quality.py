@@ -1,13 +1,14 @@
 """Learning quality side by side: random, popularity, Vowpal Wabbit, ours and its ablations, the oracle.
 
-    recsys-stream bench quality [--json OUT.json] [--plot OUT.png] [--seeds 3] [--requests N]
+    recsys-stream bench quality [--json OUT.json] [--plot OUT.png] [--seeds 3] [--requests N] [--scenario away]
     python -m bench.quality ...   (the same)
 
 A closed loop on ``sim/`` (no broker): per seed one stream is recorded (users,
 candidates, the dice; ``bench/quality_stream.py``) and every policy plays it, each
 learning online from only its own feedback, one round of requests at a time. The
-stream has a drift (segment 0's tastes shift, then return), new users arriving
-throughout, and new items released throughout. One item is shown per request
+stream has a drift (``--scenario drift``: segment 0's tastes shift, then return;
+``--scenario away``: segment 0 is away while everyone else's tastes move, then it
+comes back unchanged), new users arriving throughout, and new items released throughout. One item is shown per request
 (the top slot), which is the decision ``--cb_explore_adf`` makes.
 
 Reported per policy, mean and standard deviation over seeds: cumulative reward,
@@ -42,6 +43,8 @@ from models.agent import VARIANTS, AgentConfig
 
 POLICIES = ("random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta", "ours_no_anti_forgetting",
             "oracle")
+#: Also playable by name (``--policies``), not run by default.
+OPTIONAL_POLICIES = ("ours_online_only",)
 PHASES = ("before", "drift", "after")
 COLD_START = (5, 10, 20)
 
@@ -172,9 +175,9 @@ def reward_curve(stream: Stream, run: dict, oracle: np.ndarray, points: int = 10
 
 def run_quality(config: QualityConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     say = progress or (lambda line: None)
-    unknown = set(config.policies) - set(POLICIES)
+    unknown = set(config.policies) - set(POLICIES + OPTIONAL_POLICIES)
     if unknown:
-        raise ValueError(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES + OPTIONAL_POLICIES)}")
     per_seed: dict[str, list[dict[str, float]]] = {p: [] for p in config.policies}
     curves: dict[str, list[list[float]]] = {p: [] for p in config.policies}
     for i, seed in enumerate(config.seeds, 1):
@@ -213,7 +216,7 @@ def quality_report(per_seed: dict[str, list[dict[str, float]]], curves: dict[str
 
 #: Pairs whose difference the acceptance criteria read (first minus second), and the metrics compared.
 PAIRS = (("ours", "vw_squarecb"), ("ours", "ours_no_meta"), ("ours", "ours_no_anti_forgetting"),
-         ("ours_no_meta", "vw_squarecb"))
+         ("ours", "ours_online_only"), ("ours_no_meta", "vw_squarecb"))
 PAIRED_METRICS = ("cumulative_reward", "cold_start_reward_first_5", "cold_start_reward_first_10",
                   "returning_segment_relative", "returning_segment_share_of_oracle_after")
 
@@ -284,7 +287,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         x = np.linspace(0, stream["requests"], len(curve))
         left.plot(x, curve, label=name, lw=2.2 if name == "ours" else 1.2)
     left.axvspan(stream["drift"][0] * stream["requests"], stream["drift"][1] * stream["requests"], color="grey",
-                 alpha=0.15, label="segment 0 drifted")
+                 alpha=0.15, label="segment 0 away" if stream.get("scenario") == "away" else "segment 0 drifted")
     left.set_xlabel("requests")
     left.set_ylabel("expected reward / oracle's")
     left.set_title(f"Learning on one stream (mean of {report['params']['seeds']} seeds)")
@@ -319,8 +322,9 @@ def summary_table(report: dict[str, Any]) -> str:
 
 
 def config_from(requests: int | None, seeds: int | str | tuple[int, ...], policies: str | None,
-                round_size: int | None, drift: str | tuple[float, float] | None = None) -> QualityConfig:
-    stream = StreamConfig()
+                round_size: int | None, drift: str | tuple[float, float] | None = None,
+                scenario: str = "drift") -> QualityConfig:
+    stream = StreamConfig(scenario=scenario)
     if requests is not None:
         stream = replace(stream, requests=requests)
     if drift is not None:

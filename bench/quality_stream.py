@@ -31,10 +31,16 @@ class StreamConfig:
     drift: tuple[float, float] = (0.35, 0.65)
     drift_segment: int = 0
     drift_shift: int = 3
+    #: ``drift``: segment 0's tastes rotate during the span and return. ``away``: segment 0 makes no requests
+    #: during the span while every other segment's tastes rotate for good; it comes back with its tastes
+    #: unchanged, so what a learner kept of it is what it did not forget.
+    scenario: str = "drift"
 
     def __post_init__(self) -> None:
         if self.requests < self.round_size or self.round_size < 1 or self.candidates < 2:
             raise ValueError(f"invalid stream configuration {self}")
+        if self.scenario not in ("drift", "away"):
+            raise ValueError(f"scenario must be drift or away, not {self.scenario!r}")
         if not 0 < self.drift[0] < self.drift[1] < 1:
             raise ValueError("drift must be (start, end) shares of the stream with 0 < start < end < 1")
 
@@ -77,12 +83,19 @@ class Stream:
         return np.digitize(self.step, [start, end])
 
 
+def drifts_of(config: StreamConfig, start: int, end: int) -> tuple[Drift, ...]:
+    if config.scenario == "drift":
+        return (Drift(config.drift_segment, start, end, config.drift_shift),)
+    others = tuple(Drift(s, start, config.requests, config.drift_shift)
+                   for s in range(WorldConfig().n_segments) if s != config.drift_segment)
+    return (Drift(config.drift_segment, start, end, kind="away"), *others)
+
+
 def record_stream(config: StreamConfig, seed: int) -> Stream:
     n = config.requests
     start, end = (int(n * f) for f in config.drift)
     world = World(WorldConfig(seed=seed, n_users=config.n_users, n_items=config.n_items, new_users=config.new_users,
-                              new_items=config.new_items, horizon=n,
-                              drifts=(Drift(config.drift_segment, start, end, config.drift_shift),)))
+                              new_items=config.new_items, horizon=n, drifts=drifts_of(config, start, end)))
     k = config.candidates
     users, candidates = np.zeros(n, dtype=np.int64), np.zeros((n, k), dtype=np.int64)
     p_click, p_buy, expected = (np.zeros((n, k), dtype=np.float32) for _ in range(3))

@@ -66,11 +66,13 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class Variant:
-    """An ablation of the agent: the benchmarks' ``ours_no_meta`` and ``ours_no_anti_forgetting``."""
+    """An ablation of the agent: the benchmarks' ``ours_no_meta``, ``ours_no_anti_forgetting`` (no EWC or
+    distillation; replay stays) and ``ours_online_only`` (fresh data alone: no replay either)."""
 
     name: str = "ours"
     meta: bool = True
     anti_forgetting: bool = True
+    replay: bool = True
 
     def apply(self, config: AgentConfig) -> AgentConfig:
         learner = config.learner
@@ -78,13 +80,14 @@ class Variant:
             learner = replace(learner, meta_weight=0.0)
         if not self.anti_forgetting:
             learner = replace(learner, ewc_strength=0.0, distill_strength=0.0, l2_strength=0.0)
-        return replace(config, learner=learner)
+        return replace(config, learner=learner, replay_share=config.replay_share if self.replay else 0.0)
 
 
 OURS = Variant()
 OURS_NO_META = Variant("ours_no_meta", meta=False)
 OURS_NO_ANTI_FORGETTING = Variant("ours_no_anti_forgetting", anti_forgetting=False)
-VARIANTS = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING)}
+OURS_ONLINE_ONLY = Variant("ours_online_only", anti_forgetting=False, replay=False)
+VARIANTS = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING, OURS_ONLINE_ONLY)}
 
 
 class Agent:

@@ -1,8 +1,11 @@
 """Regularisation against forgetting, and a measure of forgetting itself.
 
-Each regulariser is a plugin with one small protocol: ``penalty(model, replay)``
+Each regulariser is a plugin with one small protocol: ``penalty(model, replay, rows)``
 adds to the loss of every update, ``consolidate(model, ...)`` marks the end of a
-period (a published version), taking a snapshot of what must not be lost:
+period (a published version), taking a snapshot of what must not be lost. ``rows``
+names, per embedding table, the rows the update touches: the parameter penalties
+hold only those rows of a table (and every dense weight), so a row moves only when
+its user or item is in an update and a published delta carries recent rows only:
 
 - ``OnlineEWC``: a decayed diagonal Fisher estimate weighs how far each parameter
   may move from its consolidated value (Schwarz et al., online EWC).
@@ -27,8 +30,12 @@ from models.batch import Batch
 from models.policy import TwoTowerPolicy
 
 
+#: Rows touched by an update, per embedding table (parameter name -> row indices).
+Rows = dict[str, torch.Tensor]
+
+
 class Regularizer(Protocol):
-    def penalty(self, model: TwoTowerPolicy, replay: Batch | None) -> torch.Tensor: ...
+    def penalty(self, model: TwoTowerPolicy, replay: Batch | None, rows: Rows | None = None) -> torch.Tensor: ...
 
     def consolidate(self, model: TwoTowerPolicy, batches: Iterable[Batch],
                     loss_fn: Callable[[TwoTowerPolicy, Batch], torch.Tensor]) -> None: ...
@@ -38,16 +45,29 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _anchored(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], weight: dict[str, torch.Tensor] | None,
+              rows: Rows | None) -> torch.Tensor:
+    """sum weight * (p - anchor)^2 over every dense parameter and the ``rows`` of each table named there."""
+    terms = []
+    for n, p in params.items():
+        a, w = anchor[n], weight[n] if weight is not None else None
+        if rows is not None and n in rows:
+            idx = rows[n]
+            p, a, w = p[idx], a[idx], w[idx] if w is not None else None
+        diff = (p - a) ** 2
+        terms.append((diff * w).sum() if w is not None else diff.sum())
+    return torch.stack(terms).sum()
+
+
 class L2Anchor:
     def __init__(self, strength: float = 1.0) -> None:
         self.strength = strength
         self.anchor: dict[str, torch.Tensor] = {}
 
-    def penalty(self, model: TwoTowerPolicy, replay: Batch | None = None) -> torch.Tensor:
+    def penalty(self, model: TwoTowerPolicy, replay: Batch | None = None, rows: Rows | None = None) -> torch.Tensor:
         if not self.anchor:
             return torch.zeros((), device=model.global_bias.device)
-        total = torch.stack([((p - self.anchor[n]) ** 2).sum() for n, p in _params(model).items()]).sum()
-        return 0.5 * self.strength * total
+        return 0.5 * self.strength * _anchored(_params(model), self.anchor, None, rows)
 
     def consolidate(self, model: TwoTowerPolicy, batches: Iterable[Batch] = (), loss_fn=None) -> None:
         self.anchor = {n: p.detach().clone() for n, p in _params(model).items()}
@@ -69,11 +89,10 @@ class OnlineEWC:
         self.anchor: dict[str, torch.Tensor] = {}
         self.periods = 0
 
-    def penalty(self, model: TwoTowerPolicy, replay: Batch | None = None) -> torch.Tensor:
+    def penalty(self, model: TwoTowerPolicy, replay: Batch | None = None, rows: Rows | None = None) -> torch.Tensor:
         if not self.fisher:
             return torch.zeros((), device=model.global_bias.device)
-        total = torch.stack([(self.fisher[n] * (p - self.anchor[n]) ** 2).sum() for n, p in _params(model).items()]).sum()
-        return 0.5 * self.strength * total
+        return 0.5 * self.strength * _anchored(_params(model), self.anchor, self.fisher, rows)
 
     def consolidate(self, model: TwoTowerPolicy, batches: Iterable[Batch],
                     loss_fn: Callable[[TwoTowerPolicy, Batch], torch.Tensor]) -> None:
@@ -111,7 +130,7 @@ class Distillation:
         self.strength = strength
         self.teacher: TwoTowerPolicy | None = None
 
-    def penalty(self, model: TwoTowerPolicy, replay: Batch | None) -> torch.Tensor:
+    def penalty(self, model: TwoTowerPolicy, replay: Batch | None, rows: Rows | None = None) -> torch.Tensor:
         if self.teacher is None or replay is None:
             return torch.zeros((), device=model.global_bias.device)
         args = (replay.features, replay.user_bucket, replay.history, replay.item_bucket,

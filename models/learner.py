@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from models.batch import Batch, TaskBatch
-from models.continual import Distillation, L2Anchor, OnlineEWC
+from models.continual import Distillation, L2Anchor, OnlineEWC, Rows
 from models.meta import meta_loss
 from models.objectives import ObjectiveConfig, off_policy_loss
+from models.optim import LazyRowAdam
 from models.policy import PolicyConfig, TwoTowerPolicy
 
 
@@ -46,6 +47,18 @@ class LearnerConfig:
         return asdict(self)
 
 
+def touched_rows(batch: Batch, tasks: TaskBatch | None = None) -> Rows:
+    """The rows of each embedding table an update reads (its decisions, replayed ones included, and the
+    meta tasks when they train the towers): the only rows the regularisers hold."""
+    users, items = [batch.user_bucket], [batch.item_bucket]
+    if tasks is not None:
+        users.append(tasks.user_bucket)
+        items.append(tasks.item_bucket)
+    item_rows = torch.unique(torch.cat(items))
+    return {"user_id.weight": torch.unique(torch.cat(users)), "item_id.weight": item_rows,
+            "item_bias.weight": item_rows}
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,9 +75,11 @@ class Learner:
         embeddings = [self.model.item_id.weight, self.model.user_id.weight, self.model.item_bias.weight]
         taken = {id(p) for p in meta + embeddings}
         dense = [p for p in self.model.parameters() if id(p) not in taken]
-        self.optimizer = torch.optim.Adam([
+        # The tables' rows step only when an update touches them (LazyRowAdam): with Adam's momentum, and the
+        # regularisers' pull on every row, each delta version carried thousands of idle users' rows.
+        self.optimizer = LazyRowAdam([
             {"params": dense, "lr": cfg.lr},
-            {"params": embeddings, "lr": cfg.lr},
+            {"params": embeddings, "lr": cfg.lr, "lazy": True},
             {"params": meta, "lr": cfg.meta_lr},
         ])
         self.ewc = OnlineEWC(cfg.ewc_strength, cfg.ewc_decay) if cfg.ewc_strength > 0 else None
@@ -91,9 +106,10 @@ class Learner:
                 used_users = self.model.user_id(batch.user_bucket)
                 decay = (used_items ** 2).sum(-1).mean() + (used_users ** 2).sum(-1).mean()
                 total = total + cfg.embedding_decay * decay
+            rows = touched_rows(batch, tasks if cfg.meta_trains_towers else None)
             for name, reg in (("ewc", self.ewc), ("distill", self.distill), ("l2", self.l2)):
                 if reg is not None:
-                    penalty = reg.penalty(self.model, replay)
+                    penalty = reg.penalty(self.model, replay, rows)
                     total = total + penalty
                     stats[f"{name}_penalty"] = float(penalty.detach())
         stats["loss"] = float(total.detach())

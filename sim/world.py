@@ -2,7 +2,8 @@
 
 The clock counts requests (one request = one slate shown and reacted to). On a
 schedule a segment's tastes shift (its topic preferences rotate) and later return,
-so forgetting can be measured; new users arrive (cold start) and new items are
+or a segment goes away while the others' tastes move and comes back unchanged, so
+forgetting can be measured; new users arrive (cold start) and new items are
 released (item cold start). All randomness comes from one seeded generator, and
 every operation works on whole batches of requests at once.
 """
@@ -20,12 +21,18 @@ from sim.users import Population, make_population
 
 @dataclass(frozen=True)
 class Drift:
-    """Between ``start`` and ``end`` (request steps) the segment's preferences are rotated."""
+    """Between ``start`` and ``end`` (request steps) the segment's preferences are rotated (``rotate``),
+    or its users make no requests at all (``away``)."""
 
     segment: int
     start: int
     end: int
     shift: int = 3
+    kind: str = "rotate"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("rotate", "away"):
+            raise ValueError(f"drift kind must be rotate or away, not {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class World:
         self._active_drifts = active
         preference = self._base_preference.copy()
         for drift in active:
+            if drift.kind != "rotate":
+                continue
             rows = self.users.segment == drift.segment
             preference[rows] = np.roll(preference[rows], drift.shift, axis=1)
         self.users.preference[:] = preference
@@ -107,6 +116,9 @@ class World:
     def sample_users(self, n: int) -> np.ndarray:
         """Users making the next ``n`` requests; new users are boosted through their first requests."""
         arrived = self.users.arrived(self.step)
+        away = [d.segment for d in self._active_drifts if d.kind == "away"]
+        if away:
+            arrived = arrived[~np.isin(self.users.segment[arrived], away)]
         new = (self.users.arrival_step[arrived] > 0) & (
             self.interactions[arrived] < self.config.cold_start_window)
         if not new.any():

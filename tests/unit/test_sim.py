@@ -85,6 +85,26 @@ def test_drift_shifts_one_segment_and_returns_exactly():
     assert np.array_equal(world.users.preference, before)
 
 
+def test_an_away_segment_makes_no_requests_and_comes_back_unchanged():
+    from bench.quality_stream import StreamConfig, drifts_of
+
+    config = StreamConfig(requests=4000, drift=(0.25, 0.5), scenario="away")
+    world = World(WorldConfig(seed=4, drifts=drifts_of(config, 1000, 2000)))
+    before = world.users.preference.copy()
+    away = world.users.segment == 0
+    assert (world.users.segment[world.sample_users(500)] == 0).any()
+    world.advance(1000)
+    assert not (world.users.segment[world.sample_users(2000)] == 0).any()
+    assert np.array_equal(world.users.preference[away], before[away])     # its tastes stay as they were
+    assert not np.allclose(world.users.preference[~away], before[~away])  # everyone else's move
+    world.advance(1000)
+    assert (world.users.segment[world.sample_users(500)] == 0).any()
+    assert np.array_equal(world.users.preference[away], before[away])
+    assert not np.allclose(world.users.preference[~away], before[~away])  # for good
+    with pytest.raises(ValueError):
+        Drift(segment=0, start=1, end=2, kind="vanish")
+
+
 def test_new_users_arrive_and_get_their_first_requests_soon():
     world = World(WorldConfig(seed=5, n_users=500, new_users=100, horizon=10_000))
     assert len(world.users.arrived(0)) == 500
