@@ -42,7 +42,7 @@ def bench() -> None:
               help="Write reward over time and cold-start bars here (PNG).")
 @click.option("--seeds", default="3", show_default=True,
               help="Streams to play: a count (3 = seeds 1..3), a list (41,42,43) or a range (41-50). "
-              "Seeds 0, 100, 200 and 300 tuned the defaults: do not report them.")
+              "Seeds 0, 100, ..., 700 tuned the defaults: do not report them.")
 @click.option("--drift", default=None, help="START,END: the shares of the stream during which segment 0's "
               "tastes are shifted (or it is away) [default: 0.35,0.65].")
 @click.option("--scenario", type=click.Choice(["drift", "away"]), default="drift", show_default=True,
