@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -155,15 +156,19 @@ class _Chain:
     Anyone who can write to the topic can write a version under a number the learner also uses. Who
     wrote last must not decide which one counts (a forged snapshot at v2 written after the genuine v2
     would otherwise break every delta built on it), so each claimant is tried, newest first, and a
-    delta's parent is the claimant whose state the delta names. Rebuilt models are kept for the chain.
+    delta's parent is the claimant whose state the delta names. Refusals are remembered; of the rebuilt
+    models only the last few (a full model is megabytes, and a chain holds up to ``full_every`` deltas).
     """
+
+    KEEP_MODELS = 4
 
     def __init__(self, versions: list[PolicyVersion], trust: Trust | bytes | None) -> None:
         self.trust = trust
         self.claims: dict[int, list[PolicyVersion]] = {}
         for v in versions:
             self.claims.setdefault(v.version, []).append(v)
-        self._built: dict[int, TwoTowerPolicy | PolicyIntegrityError] = {}
+        self._models: OrderedDict[int, TwoTowerPolicy] = OrderedDict()
+        self._refused: dict[int, PolicyIntegrityError] = {}
 
     def load(self, version: int) -> TwoTowerPolicy:
         claims = self.claims.get(version)
@@ -173,16 +178,22 @@ class _Chain:
 
     def load_claim(self, claim: PolicyVersion) -> TwoTowerPolicy:
         """This one claimant of its number, verified (with its parents)."""
-        built = self._built.get(id(claim))
-        if built is None:
-            try:
-                built = self._rebuild(claim)
-            except PolicyIntegrityError as exc:
-                built = exc
-            self._built[id(claim)] = built
-        if isinstance(built, PolicyIntegrityError):
-            raise built
-        return built
+        key = id(claim)
+        if key in self._refused:
+            raise self._refused[key]
+        model = self._models.get(key)
+        if model is not None:
+            self._models.move_to_end(key)
+            return model
+        try:
+            model = self._rebuild(claim)
+        except PolicyIntegrityError as exc:
+            self._refused[key] = exc
+            raise
+        self._models[key] = model
+        if len(self._models) > self.KEEP_MODELS:
+            self._models.popitem(last=False)
+        return model
 
     def _rebuild(self, claim: PolicyVersion) -> TwoTowerPolicy:
         if not claim.is_delta:
