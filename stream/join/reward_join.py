@@ -29,6 +29,9 @@ from stream.schemas import Click, Context, Experience, Impression, Purchase, Rew
 
 #: Seconds past the purchase window and grace that event ids stay remembered by default.
 DEDUPE_MARGIN = 60.0
+#: The reward parts of a click and of no click, shared (frozen) by every experience that carries them.
+CLICKED = RewardParts(click=1.0)
+NOTHING = RewardParts()
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,8 @@ class RewardJoin:
             self._by_user_item.setdefault((imp.user_id, item), []).append(imp.request_id)
         self._schedule(imp.ts + self.config.click_window + self.config.grace, "close", imp.request_id)
         self._schedule(imp.ts + self.config.purchase_window + self.config.grace, "forget", imp.request_id)
+        if not self._parked:     # the usual case: nothing overtook any impression
+            return out
         # Clicks or purchases that overtook this impression can be matched now.
         waiting = set(self._parked_by_request.pop(imp.request_id, ()))
         for item in state.slots:
@@ -404,13 +409,13 @@ class RewardJoin:
         imp = state.impression
         position, propensity = state.slots[item]
         if kind == "click":
-            parts = RewardParts(click=1.0)
+            parts = CLICKED
             reward = cfg.click_weight
         elif kind == "purchase":
             parts = RewardParts(purchase=1.0, value=value)
             reward = cfg.purchase_weight + cfg.value_weight * value
         else:
-            parts = RewardParts()
+            parts = NOTHING
             reward = 0.0
         return Experience(
             event_id=f"{imp.request_id}:{item}:{kind}",

@@ -297,11 +297,9 @@ class JoinWorker:
         if self.failed is not None:
             raise RuntimeError("the join worker failed earlier; refusing to commit") from self.failed
         self.output.flush()
-        wrote = False
+        wrote = 0
         for p in sorted(self.owned):
-            for key, value in self.processor.changes(p):
-                self.output.send_record("join-state", key, value, p)
-                wrote = True
+            wrote += self.output.send_records("join-state", self.processor.changes(p), p)
         if wrote:
             self.output.flush()
         self.processor.publish_metrics()

@@ -46,7 +46,10 @@ class EventProducer:
                  **overrides: Any):
         self.settings = settings
         self.component = component
-        self._producer = producer or make_producer(settings, component, **overrides)
+        # A producer of our own reports failures through one callback set in its config; a shared one gets it
+        # per message (its owner may have set another).
+        self._own = producer is None
+        self._producer = producer or make_producer(settings, component, on_delivery=self._delivered, **overrides)
         self.dead_letters = DeadLetters(settings, component, self._producer, self._delivered, self._count_sent)
         #: Messages acknowledged by the broker, counted when a flush (or a poll) finds none outstanding.
         self.delivered = 0
@@ -91,19 +94,25 @@ class EventProducer:
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         extra = {} if partition is None else {"partition": partition}
+        if not self._own:
+            extra["on_delivery"] = self._delivered
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered, **extra)
-                self._sent[topic] = self._sent.get(topic, 0) + 1
-                self._unpolled += 1
-                if self._unpolled >= 500:   # serve failure reports now and then, not per message
-                    self._unpolled = 0
-                    self._producer.poll(0)
-                    if not len(self._producer):
-                        self._settle()
-                return
+                self._producer.produce(topic, key=key, value=value, **extra)
+                break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
+        self._sent[topic] = self._sent.get(topic, 0) + 1
+        self._unpolled += 1
+        self._poll_now_and_then()
+
+    def _poll_now_and_then(self) -> None:
+        """Serve failure reports every 500 messages, not per message."""
+        if self._unpolled >= 500:
+            self._unpolled = 0
+            self._producer.poll(0)
+            if not len(self._producer):
+                self._settle()
 
     def send(self, logical: str, event: msgspec.Struct) -> None:
         """Produce an event built in code (already typed); keyed by its contract's key."""
@@ -114,9 +123,44 @@ class EventProducer:
         if not events:
             return
         topic, field, encode = self._topic(logical), schemas.CONTRACTS[logical].key_field, schemas.encode
-        for event in events:
+        if not self._own:
+            for event in events:
+                key = getattr(event, field) if field is not None else None
+                self._produce(topic, key.encode() if isinstance(key, str) else None, encode(event))
+            return
+        produce, sent = self._producer.produce, 0
+        for event in events:    # the join's hot path: a few produce calls per input event
             key = getattr(event, field) if field is not None else None
-            self._produce(topic, key.encode() if isinstance(key, str) else None, encode(event))
+            key = key.encode() if isinstance(key, str) else None
+            value = encode(event)
+            try:
+                produce(topic, key=key, value=value)
+                sent += 1
+            except BufferError:
+                self._producer.poll(0.1)
+                self._produce(topic, key, value)     # waits for room, and counts itself
+        self._sent[topic] = self._sent.get(topic, 0) + sent
+        self._unpolled += sent
+        self._poll_now_and_then()
+
+    def send_records(self, logical: str, records: list[tuple[bytes, bytes | None]], partition: int) -> int:
+        """``send_record`` for a batch on one partition (the join's changelog at each checkpoint)."""
+        if not self._own:
+            for key, value in records:
+                self._produce(self._topic(logical), key, value, partition)
+            return len(records)
+        topic, produce, sent = self._topic(logical), self._producer.produce, 0
+        for key, value in records:
+            try:
+                produce(topic, key=key, value=value, partition=partition)
+                sent += 1
+            except BufferError:
+                self._producer.poll(0.1)
+                self._produce(topic, key, value, partition)
+        self._sent[topic] = self._sent.get(topic, 0) + sent
+        self._unpolled += sent
+        self._poll_now_and_then()
+        return len(records)
 
     def send_record(self, logical: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
         """Produce an internal record (a changelog entry, a policy chunk; None is a tombstone), bytes as given."""
