@@ -29,7 +29,6 @@ import torch
 from models.batch import Batch
 from models.policy import TwoTowerPolicy
 
-
 #: Rows touched by an update, per embedding table (parameter name -> row indices).
 Rows = dict[str, torch.Tensor]
 
