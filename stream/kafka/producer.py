@@ -10,6 +10,7 @@ nothing is outstanding (librdkafka reports only failures: ``delivery.report.only
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -48,7 +49,7 @@ class EventProducer:
         self.component = component
         # A producer of our own reports failures through one callback set in its config; a shared one gets it
         # per message (its owner may have set another).
-        self._own = producer is None
+        self._per_message: dict[str, Any] = {} if producer is None else {"on_delivery": self._delivered}
         self._producer = producer or make_producer(settings, component, on_delivery=self._delivered, **overrides)
         self.dead_letters = DeadLetters(settings, component, self._producer, self._delivered, self._count_sent)
         #: Messages acknowledged by the broker, counted when a flush (or a poll) finds none outstanding.
@@ -93,22 +94,25 @@ class EventProducer:
         self._sent, self._failed = {}, {}
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
-        extra = {} if partition is None else {"partition": partition}
-        if not self._own:
-            extra["on_delivery"] = self._delivered
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, **extra)
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                self._producer.poll(0.1)
-        self._sent[topic] = self._sent.get(topic, 0) + 1
-        self._unpolled += 1
-        self._poll_now_and_then()
+        self._produce_all(topic, ((key, value),), partition)
 
-    def _poll_now_and_then(self) -> None:
-        """Serve failure reports every 500 messages, not per message."""
-        if self._unpolled >= 500:
+    def _produce_all(self, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
+                     partition: int | None = None) -> None:
+        """Produce (key, value) pairs in one loop, not a call per message (the join's hot path); a full
+        local queue waits for deliveries instead of failing."""
+        extra = self._per_message if partition is None else {**self._per_message, "partition": partition}
+        produce, sent = self._producer.produce, 0
+        for key, value in records:
+            while True:
+                try:
+                    produce(topic, key=key, value=value, **extra)
+                    break
+                except BufferError:  # local queue full: let deliveries drain, then retry
+                    self._producer.poll(0.1)
+            sent += 1
+        self._sent[topic] = self._sent.get(topic, 0) + sent
+        self._unpolled += sent
+        if self._unpolled >= 500:   # serve failure reports now and then, not per message
             self._unpolled = 0
             self._producer.poll(0)
             if not len(self._producer):
@@ -122,44 +126,17 @@ class EventProducer:
         """``send`` for a batch: the topic, key field and encoder are looked up once, not per event."""
         if not events:
             return
-        topic, field, encode = self._topic(logical), schemas.CONTRACTS[logical].key_field, schemas.encode
-        if not self._own:
+        field, encode = schemas.CONTRACTS[logical].key_field, schemas.encode
+
+        def records():
             for event in events:
                 key = getattr(event, field) if field is not None else None
-                self._produce(topic, key.encode() if isinstance(key, str) else None, encode(event))
-            return
-        produce, sent = self._producer.produce, 0
-        for event in events:    # the join's hot path: a few produce calls per input event
-            key = getattr(event, field) if field is not None else None
-            key = key.encode() if isinstance(key, str) else None
-            value = encode(event)
-            try:
-                produce(topic, key=key, value=value)
-                sent += 1
-            except BufferError:
-                self._producer.poll(0.1)
-                self._produce(topic, key, value)     # waits for room, and counts itself
-        self._sent[topic] = self._sent.get(topic, 0) + sent
-        self._unpolled += sent
-        self._poll_now_and_then()
+                yield (key.encode() if isinstance(key, str) else None), encode(event)
+        self._produce_all(self._topic(logical), records())
 
     def send_records(self, logical: str, records: list[tuple[bytes, bytes | None]], partition: int) -> int:
         """``send_record`` for a batch on one partition (the join's changelog at each checkpoint)."""
-        if not self._own:
-            for key, value in records:
-                self._produce(self._topic(logical), key, value, partition)
-            return len(records)
-        topic, produce, sent = self._topic(logical), self._producer.produce, 0
-        for key, value in records:
-            try:
-                produce(topic, key=key, value=value, partition=partition)
-                sent += 1
-            except BufferError:
-                self._producer.poll(0.1)
-                self._produce(topic, key, value, partition)
-        self._sent[topic] = self._sent.get(topic, 0) + sent
-        self._unpolled += sent
-        self._poll_now_and_then()
+        self._produce_all(self._topic(logical), records, partition)
         return len(records)
 
     def send_record(self, logical: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
