@@ -75,15 +75,28 @@ class ReplayStore:
             """
         )
         self.rng = np.random.default_rng(self.config.seed + self._counter("past_seen"))
-        # In-memory index of the rows held, kept in step with every write (uniform sampling
-        # then costs a numpy draw, not a table scan).
-        self._seqs = np.fromiter((r[0] for r in self.db.execute("SELECT seq FROM experiences ORDER BY seq")),
-                                 dtype=np.int64)
+        # In-memory index of the rows held, kept in step with every write (uniform sampling then
+        # costs a numpy draw, not a table scan). Both arrays are allocated and touched here, at their
+        # bound: a filling store does not grow the process.
+        held = np.fromiter((r[0] for r in self.db.execute("SELECT seq FROM experiences ORDER BY seq")),
+                           dtype=np.int64)
+        self._held = np.full(max(self.config.window + self.config.reservoir, len(held)), 0, dtype=np.int64)
+        self._held[:len(held)] = held
+        self._count = len(held)
         self._evicted: list[int] = []
         # Reservoir slots in algorithm R's order: slot k holds this seq.
-        self._reservoir = [r[0] for r in self.db.execute(
-            "SELECT seq FROM experiences WHERE tier = ? ORDER BY seq", (PAST,))]
-        self._pending_reservoir: list[int] | None = None
+        past = np.fromiter((r[0] for r in self.db.execute(
+            "SELECT seq FROM experiences WHERE tier = ? ORDER BY seq", (PAST,))), dtype=np.int64)
+        self._slots = np.full(max(self.config.reservoir, len(past)), 0, dtype=np.int64)
+        self._slots[:len(past)] = past
+        self._filled = len(past)
+        #: Slot changes of the open transaction, applied once it commits.
+        self._pending_slots: dict[int, int] = {}
+        self._pending_filled = self._filled
+
+    @property
+    def _seqs(self) -> np.ndarray:
+        return self._held[:self._count]
 
     def close(self) -> None:
         self.db.close()
@@ -135,16 +148,30 @@ class ReplayStore:
         except BaseException:
             cur.execute("ROLLBACK")
             self._evicted.clear()
-            self._pending_reservoir = None
+            self._pending_slots.clear()
+            self._pending_filled = self._filled
             raise
-        if self._pending_reservoir is not None:
-            self._reservoir, self._pending_reservoir = self._pending_reservoir, None
-        held = np.concatenate([self._seqs, fresh])
-        if self._evicted:
-            held = held[~np.isin(held, np.array(self._evicted, dtype=np.int64))]
-            self._evicted.clear()
-        self._seqs = held
+        for slot, seq in self._pending_slots.items():
+            self._slots[slot] = seq
+        self._pending_slots.clear()
+        self._filled = self._pending_filled
+        self._hold(fresh)
         return added
+
+    def _hold(self, fresh: np.ndarray) -> None:
+        """Drop the evicted seqs from the index and append the fresh ones, in place."""
+        count = self._count
+        if self._evicted:
+            held = self._held[:count]
+            kept = held[~np.isin(held, np.array(self._evicted, dtype=np.int64))]
+            count = len(kept)
+            self._held[:count] = kept
+            self._evicted.clear()
+        if count + len(fresh) > len(self._held):    # only a store opened with more rows than its bounds
+            self._held = np.concatenate([self._held[:count], fresh])
+        else:
+            self._held[count:count + len(fresh)] = fresh
+        self._count = count + len(fresh)
 
     def outbox(self) -> list[tuple[int, schemas.DeadLetter]]:
         """Dead letters stored with their batch and not yet acknowledged by the broker."""
@@ -156,22 +183,24 @@ class ReplayStore:
 
     def _age_out(self, cur: sqlite3.Cursor, added: int) -> None:
         """Move what no longer fits the window into the reservoir (algorithm R), evicting as needed."""
-        overflow = len(self._seqs) - len(self._reservoir) + added - self.config.window
+        overflow = self._count - self._filled + added - self.config.window
         if overflow <= 0:
             return
         leaving = [r[0] for r in cur.execute(
             "SELECT seq FROM experiences WHERE tier = ? ORDER BY seq LIMIT ?", (RECENT, overflow))]
         seen = self._counter("past_seen")
-        reservoir = list(self._reservoir)   # applied only once the transaction commits
+        pending, filled = self._pending_slots, self._filled   # applied only once the transaction commits
         for seq in leaving:
             seen += 1
-            if len(reservoir) < self.config.reservoir:
+            if filled < self.config.reservoir:
                 cur.execute("UPDATE experiences SET tier = ? WHERE seq = ?", (PAST, seq))
-                reservoir.append(seq)
+                pending[filled] = seq
+                filled += 1
                 continue
             slot = int(self.rng.integers(0, seen))
             if slot < self.config.reservoir:
-                victim, reservoir[slot] = reservoir[slot], seq
+                victim = pending.get(slot, int(self._slots[slot]))
+                pending[slot] = seq
                 cur.execute("DELETE FROM experiences WHERE seq = ?", (victim,))
                 cur.execute("UPDATE experiences SET tier = ? WHERE seq = ?", (PAST, seq))
                 self._evicted.append(victim)
@@ -180,7 +209,7 @@ class ReplayStore:
                 self._evicted.append(seq)
         cur.execute("INSERT INTO counters VALUES ('past_seen', ?) ON CONFLICT(name) DO UPDATE SET value = ?",
                     (seen, seen))
-        self._pending_reservoir = reservoir
+        self._pending_filled = filled
 
     def set_priorities(self, event_ids: list[str], priorities: list[float]) -> None:
         if any(p <= 0 for p in priorities):
@@ -196,7 +225,7 @@ class ReplayStore:
     def sizes(self) -> dict[str, int]:
         """Rows per tier from the in-memory index (exact for this writer: counting the table took a
         scan per batch)."""
-        return {"recent": len(self._seqs) - len(self._reservoir), "reservoir": len(self._reservoir)}
+        return {"recent": self._count - self._filled, "reservoir": self._filled}
 
     def event_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT event_id FROM experiences")}

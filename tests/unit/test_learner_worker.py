@@ -184,12 +184,3 @@ def test_a_repeated_experience_is_trained_on_once_within_the_window(worker):
         assert worker._accept(e, 0, offset)
     taken = [e.event_id for *_, e in worker.fresh] + [e.event_id for e in worker.holdout]
     assert sorted(taken) == sorted(e.event_id for e in [first, *rest])
-
-
-def test_recent_ids_forget_the_oldest_beyond_their_capacity():
-    from stream.learner.worker import RecentIds
-
-    ids = RecentIds(3)
-    assert [ids.seen(x) for x in "abca"] == [False, False, False, True]
-    assert not ids.seen("d") and len(ids) == 3
-    assert not ids.seen("a")                             # "a" was the oldest: forgotten when "d" came
