@@ -50,6 +50,12 @@ class Batch(_Tensors):
     reward: torch.Tensor        # (B,) float
 
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Decisions ``start:stop`` (the items table is shared): what a chunked pass walks through."""
+        shared = ("item_bucket", "item_text")
+        return replace(self, **{f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in shared})
+
+
 @dataclass
 class TaskBatch(_Tensors):
     """T users as meta-learning tasks: a support set to adapt on, a query set to judge the adaptation."""

@@ -10,7 +10,7 @@ at the same (top) position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -30,12 +30,27 @@ class TargetInputs:
     scores: np.ndarray            # q(x, .) at the top position
 
 
+#: Decisions per pass: a pass holds (decisions x candidates x dim) item vectors (and, for Thompson
+#: sampling, draws x candidates scores), so the gate's peak memory stays this size however many
+#: held-out decisions it judges.
+CHUNK = 512
+
+
 @torch.no_grad()
 def target_inputs(model: TwoTowerPolicy, batch: Batch, rule: Exploration | None = None, seed: int = 0,
                   reward_model: TwoTowerPolicy | None = None) -> TargetInputs:
     """``model``'s exploration policy on ``batch``; the reward estimates come from ``reward_model``
     (default: the model itself). Comparing two policies, give both the same reward model, or the
     difference measures their calibration instead of their choices."""
+    if len(batch) <= CHUNK:
+        return _target_inputs(model, batch, rule, seed, reward_model)
+    parts = [_target_inputs(model, batch.rows(start, start + CHUNK), rule, seed + start, reward_model)
+             for start in range(0, len(batch), CHUNK)]
+    return TargetInputs(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(TargetInputs)))
+
+
+def _target_inputs(model: TwoTowerPolicy, batch: Batch, rule: Exploration | None, seed: int,
+                   reward_model: TwoTowerPolicy | None) -> TargetInputs:
     rule = rule or model.config.exploration
     if reward_model is not None and reward_model is not model:
         own = target_inputs(model, batch, rule, seed)
