@@ -301,8 +301,8 @@ class RewardJoin:
             if state is None:
                 continue
             if what == "close" and not state.closed:
+                # Not a change to write: a restore derives it from the checkpointed watermark (``restore``).
                 state.closed = True
-                self._changed_requests.add(request_id)
                 close_ts = state.impression.ts + self.config.click_window
                 for item in sorted(state.slots, key=lambda i: state.slots[i][0]):
                     if item not in state.clicked:
@@ -374,6 +374,9 @@ class RewardJoin:
             self._checkpointed = watermark
         for state in sorted(requests, key=lambda s: s.impression.ts):
             imp = state.impression
+            # Closing a click window is not written to the changelog: it happened exactly when event
+            # time passed the window's deadline, and the watermark restored here is the checkpoint's.
+            state.closed = state.closed or imp.ts + self.config.click_window + self.config.grace <= watermark
             self._open[imp.request_id] = state
             for item in state.slots:
                 self._by_user_item.setdefault((imp.user_id, item), []).append(imp.request_id)

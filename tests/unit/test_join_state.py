@@ -184,3 +184,21 @@ def test_only_records_closed_by_a_progress_record_are_committed():
     assert read_back.live == {r1: b"1", join_state.PROGRESS: b"w1"}
     assert read_back.rollback == [(r1, b"1"), (r2, None)]
     assert join_state.latest(log + [(join_state.PROGRESS, b"w2")]) == {r2: b"x", join_state.PROGRESS: b"w2"}
+
+
+def test_closing_a_click_window_writes_no_request_record_and_survives_a_restore():
+    """The close is derived from the checkpoint's watermark: no rewrite of the request, and a restored
+    join still refuses a click that comes after the window (its no_click is already out)."""
+    proc = RewardProcessor(CONFIG)
+    proc.handle("impressions", imp("r1", "u1", ["a", "b"], T0), Coordinates("p.impressions", 0, 0))
+    changelog = proc.changes(0)
+    proc.handle("impressions", imp("r2", "u2", ["a"], T0 + 60), Coordinates("p.impressions", 0, 1))
+    closed = [proc.reached_end(logical, 0) for logical in SOURCES] + [proc.idle(0, 1.0)]
+    assert {e.event_id for o in closed for e in o.experiences} >= {"r1:a:no_click", "r1:b:no_click"}
+    later = proc.changes(0)
+    assert join_state.request_key("r1") not in dict(later)
+    changelog += later
+    restored = RewardProcessor(CONFIG)
+    restored.restore(0, join_state.latest(changelog))
+    late = restored.handle("clicks", clk("c1", "u1", "a", T0 + 20, "r1"), Coordinates("p.clicks", 0, 0))
+    assert late.experiences == [] and [d.reason for d in late.dead_letters] == ["late"]
