@@ -201,15 +201,14 @@ class RewardProcessor:
         join = self.joins.get(partition)
         if join is None:
             return []
-        requests, forgotten, parked, rejected = join.take_changes()
+        requests, legacy_forgotten, parked, rejected = join.take_changes()
         out: list[tuple[bytes, bytes | None]] = []
-        # Order matters if a crash cuts this list short (the changelog then holds a prefix of
-        # it): what keeps an input recognisable as a repeat (forgotten requests, rejected ids)
-        # goes before the tombstones that drop it from the open state, and event-time
+        # Order matters only if a crash cuts this list short, and then nothing after the last progress
+        # record counts (``join_state.committed``); still, what keeps an input recognisable as a
+        # repeat (rejected ids, requests) goes before what only lets state go, and event-time
         # progress goes last, so a prefix never holds time ahead of the state it moved.
-        for request_id, gone in forgotten.items():
-            value = None if gone is None else join_state.encode(join_state.ForgottenRecord(gone.ts, gone.events))
-            out.append((join_state.forgotten_key(request_id), value))
+        for request_id in legacy_forgotten:
+            out.append((join_state.forgotten_key(request_id), None))
         for event_id, ts in rejected.items():
             value = None if ts is None else join_state.encode(join_state.RejectedRecord(ts))
             out.append((join_state.rejected_key(event_id), value))

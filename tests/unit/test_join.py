@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from stream.join.reward_join import JoinConfig, JoinOutput, RewardJoin
@@ -94,6 +95,10 @@ def test_click_without_request_id_joins_the_latest_matching_impression_in_window
     join.impression(impression("old", "u4", ["x"], T0))
     join.impression(impression("new", "u4", ["x", "y"], T0 + 10))
     assert summary(join.click(click("c1", "u4", "x", T0 + 12))) == [("new:x:click", 1.0)]
+    # The user's newest impression did not show z: the click belongs to the older one that did.
+    join.impression(impression("z-shown", "u4", ["z"], T0 + 11))
+    join.impression(impression("newest", "u4", ["x"], T0 + 13))
+    assert summary(join.click(click("c3", "u4", "z", T0 + 14))) == [("z-shown:z:click", 1.0)]
     # Outside every window: an orphan once grace has passed.
     join.click(click("c2", "u4", "y", T0 + 200))
     assert [r.reason for r in join.advance(T0 + 300).rejected] == ["orphan"]
@@ -145,8 +150,21 @@ def test_duplicate_impression_is_ignored_and_state_is_bounded():
     assert join.impression(impression("r5", "u7", ["x"], T0 + 5)).duplicates == 1
     join.advance(T0 + 1000)
     assert join.open_requests == 0 and join.oldest_open_ts() is None
-    assert len(join._seen) == 0 and not join._by_user_item
+    assert len(join._seen) == 0 and not join._by_user
 
+
+def test_a_request_id_cannot_open_again_while_its_forgotten_ids_still_deduplicate():
+    """Forgotten, a request's record keeps its event ids under its request's key until the dedupe horizon:
+    an impression reusing the id (a new event id, a replay or a forgery) in that time is a repeat, not a
+    second request that would be paid again and overwrite what a restore needs."""
+    join = RewardJoin(JoinConfig(click_window=10, purchase_window=60, grace=1, dedupe_horizon=100))
+    join.impression(impression("r1", "u7", ["x"], T0))
+    assert summary(join.click(click("c1", "u7", "x", T0 + 1, "r1"))) == [("r1:x:click", 1.0)]
+    join.advance(T0 + 70)                     # past the purchase window: forgotten, still within the horizon
+    again = msgspec.structs.replace(impression("r1", "u7", ["x"], T0 + 70), event_id="imp-r1-again")
+    assert join.impression(again).duplicates == 1 and join.open_requests == 0
+    join.advance(T0 + 200)                    # past the horizon: the id is free again
+    assert join.impression(msgspec.structs.replace(again, event_id="imp-r1-later", ts=T0 + 200)).duplicates == 0
 
 @pytest.mark.parametrize("weights,expected", [((1.0, 0.0, 0.0), 0.0), ((0.5, 3.0, 0.1), 3.0 + 0.1 * 20)])
 def test_reward_weights_are_configurable(weights, expected):

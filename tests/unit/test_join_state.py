@@ -111,7 +111,13 @@ def test_tombstones_remove_forgotten_requests():
     proc.idle(0, 1.0)
     proc.handle("impressions", imp("r2", "u1", ["a"], T0 + 500), Coordinates("p.impressions", 0, 1))
     live = join_state.latest(list(live.items()) + proc.changes(0))
+    # Forgotten, r1 keeps its one record (its event ids still deduplicate a re-read) until the
+    # checkpointed event time leaves it behind the dedupe horizon; then a tombstone removes it.
+    assert join_state.request_key("r1") in live and join_state.request_key("r2") in live
+    proc.handle("impressions", imp("r3", "u1", ["a"], T0 + 600), Coordinates("p.impressions", 0, 2))
+    live = join_state.latest(list(live.items()) + proc.changes(0))
     assert join_state.request_key("r1") not in live and join_state.request_key("r2") in live
+    assert not any(key.startswith(join_state.FORGOTTEN) for key in live)
 
 
 def test_replaying_inputs_of_forgotten_requests_is_not_an_orphan():
@@ -148,7 +154,9 @@ def test_a_checkpoint_cut_short_by_a_crash_still_recovers():
     running = dict(offsets)
     batch_out = drive(original, steps[150:230], 150, running)
     batch_changes = original.changes(0)
-    assert any(key.startswith(join_state.FORGOTTEN) for key, _ in batch_changes)
+    # The batch lets requests leave the dedupe horizon (their records become tombstones): the part of
+    # the state that only a re-read repeat depends on is cut too.
+    assert any(key.startswith(join_state.REQUEST) and value is None for key, value in batch_changes)
     rest = drive(original, steps[230:], 230, running) + finish(original)
     want_ids = {x for x in batch_out + rest if isinstance(x, str)}
     want_letters = {x for x in batch_out + rest if isinstance(x, tuple)}
@@ -202,3 +210,28 @@ def test_closing_a_click_window_writes_no_request_record_and_survives_a_restore(
     restored.restore(0, join_state.latest(changelog))
     late = restored.handle("clicks", clk("c1", "u1", "a", T0 + 20, "r1"), Coordinates("p.clicks", 0, 0))
     assert late.experiences == [] and [d.reason for d in late.dead_letters] == ["late"]
+
+
+def test_a_changelog_with_forgotten_records_of_the_old_layout_still_restores_and_expires():
+    """Before a forgotten request stayed under its request's key it had a record of its own
+    (``f/``): a worker restoring such a changelog still treats a re-read click of it as a repeat,
+    refuses its request id, and tombstones that record once it leaves the dedupe horizon."""
+    proc = RewardProcessor(CONFIG)
+    proc.handle("impressions", imp("r0", "u1", ["a"], T0 + 200), Coordinates("p.impressions", 0, 0))
+    progress = dict(proc.changes(0))[join_state.PROGRESS]
+    old = {join_state.forgotten_key("r1"): join_state.encode(join_state.ForgottenRecord(T0 + 10, ["imp-r1", "c1"])),
+           join_state.PROGRESS: progress}
+    restored = RewardProcessor(CONFIG)
+    restored.restore(0, old)
+    again = restored.handle("clicks", clk("c1", "u1", "a", T0 + 12, "r1"), Coordinates("p.clicks", 0, 0))
+    assert again.experiences == [] and again.dead_letters == []
+    reopened = restored.handle("impressions", imp("r1", "u1", ["a"], T0 + 210), Coordinates("p.impressions", 0, 1))
+    assert reopened.experiences == [] and join_state.request_key("r1") not in dict(restored.changes(0))
+    later = []
+    for n, ts in enumerate((T0 + 400, T0 + 500), start=2):
+        for logical in SOURCES:
+            restored.reached_end(logical, 0)
+        restored.idle(0, 1.0)
+        restored.handle("impressions", imp(f"r{n}", "u1", ["a"], ts), Coordinates("p.impressions", 0, n))
+        later += restored.changes(0)
+    assert (join_state.forgotten_key("r1"), None) in later
