@@ -3,10 +3,16 @@
 The join holds impressions for their click and purchase windows and parks clicks
 that overtook their impression. Committing input offsets past those events is only
 safe if the state they built survives the worker: so every checkpoint writes what
-changed (an open request, a forgotten request's event ids, a rejected orphan's id,
-a parked event, a partition's event-time progress) to the
-``join-state`` topic, partition p holding the state of input partition p, keyed so
-compaction keeps the latest copy and a tombstone removes what the join let go. A
+changed (a request, a rejected orphan's id, a parked event, a partition's event-time
+progress) to the ``join-state`` topic, partition p holding the state of input
+partition p, keyed so compaction keeps the latest copy and a tombstone removes what
+the join let go. A request has one record for its whole life: written when it opens
+(again only if something joins it after a checkpoint) and tombstoned once it leaves
+the dedupe horizon. Its click window closing and its purchase window ending (it is
+then forgotten, its event ids kept to recognise repeats) are not written: a restore
+derives both from the checkpoint's watermark, since each happened exactly when event
+time passed its deadline. (Changelogs written before kept a forgotten request under
+its own ``f/`` key; they still restore, and those keys are tombstoned on expiry.) A
 worker that is assigned partition p (after a crash or a rebalance) reads partition
 p of the changelog to its end and resumes exactly where the committed offsets say.
 
@@ -43,7 +49,8 @@ class RequestRecord(msgspec.Struct, array_like=True):
 
 
 class ForgottenRecord(msgspec.Struct, array_like=True):
-    """A request past its purchase window: its event ids still deduplicate re-read inputs."""
+    """A request past its purchase window, as older changelogs held it: its event ids still deduplicate
+    re-read inputs. Read on restore, no longer written."""
 
     ts: float
     events: list[str]
