@@ -10,7 +10,7 @@ at the same (top) position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,22 +42,24 @@ def target_inputs(model: TwoTowerPolicy, batch: Batch, rule: Exploration | None 
     """``model``'s exploration policy on ``batch``; the reward estimates come from ``reward_model``
     (default: the model itself). Comparing two policies, give both the same reward model, or the
     difference measures their calibration instead of their choices."""
-    if len(batch) <= CHUNK:
-        return _target_inputs(model, batch, rule, seed, reward_model)
-    parts = [_target_inputs(model, batch.rows(start, start + CHUNK), rule, seed + start, reward_model)
-             for start in range(0, len(batch), CHUNK)]
-    return TargetInputs(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(TargetInputs)))
-
-
-def _target_inputs(model: TwoTowerPolicy, batch: Batch, rule: Exploration | None, seed: int,
-                   reward_model: TwoTowerPolicy | None) -> TargetInputs:
     rule = rule or model.config.exploration
     if reward_model is not None and reward_model is not model:
         own = target_inputs(model, batch, rule, seed)
         common = target_inputs(reward_model, batch, seed=seed)
         return _inputs(batch, torch.from_numpy(own.probs), torch.from_numpy(common.scores))
+    vectors, bias = model.item_vectors(batch.item_bucket, batch.item_text)     # once: the items are shared
+    probs, q = [], []
+    for start in range(0, len(batch), CHUNK):
+        chunk_probs, chunk_q = _policy(model, batch.rows(start, start + CHUNK), vectors, bias, rule, seed + start)
+        probs.append(chunk_probs)
+        q.append(chunk_q)
+    return _inputs(batch, torch.cat(probs), torch.cat(q))
+
+
+def _policy(model: TwoTowerPolicy, batch: Batch, vectors: torch.Tensor, bias: torch.Tensor, rule: Exploration,
+            seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pi(. | x), q(x, .)) on at most ``CHUNK`` decisions."""
     user = model.user_vectors(batch.features, batch.user_bucket, batch.history)
-    vectors, bias = model.item_vectors(batch.item_bucket, batch.item_text)
     items = vectors[batch.candidates]
     q = model.personal_scores(user, items, bias[batch.candidates], model.delta0) + model.position_bias.weight[0, 0]
     samples: torch.Tensor | None = None
@@ -67,7 +69,7 @@ def _target_inputs(model: TwoTowerPolicy, batch: Batch, rule: Exploration | None
         draws = noise @ model.prior_scale_tril().T                                        # (B, M, f)
         samples = q[:, None, :] + torch.einsum("bkf,bmf->bmk", model.fast_features(items), draws)
     probs = target_probabilities(q, rule, batch.candidate_mask, samples)
-    return _inputs(batch, probs.float().cpu(), q.float().cpu())
+    return probs.float().cpu(), q.float().cpu()
 
 
 def _inputs(batch: Batch, probs: torch.Tensor, q: torch.Tensor) -> TargetInputs:
