@@ -166,6 +166,9 @@ class RewardJoin:
         # commit, which can span much event time (a backlog batch): ids expire only below this, so a
         # re-read input is still recognised as a repeat.
         self._checkpointed: float | None = float("-inf") if checkpointed else None
+        # Only a checkpointed join records what changed: nothing takes the changes of one that is not
+        # (the faust engine), and they grew with traffic there.
+        self._durable = checkpointed
 
     # -- bookkeeping -----------------------------------------------------------------
     @property
@@ -198,7 +201,8 @@ class RewardJoin:
             return out
         state = OpenRequest(imp, {s.item_id: (s.position, s.propensity) for s in imp.shown}, events=[imp.event_id])
         self._open[imp.request_id] = state
-        self._changed_requests.add(imp.request_id)
+        if self._durable:
+            self._changed_requests.add(imp.request_id)
         self._index(imp)
         self._schedule(imp.ts + self.config.click_window + self.config.grace, "close", imp.request_id)
         self._schedule(imp.ts + self.config.purchase_window + self.config.grace, "forget", imp.request_id)
@@ -212,7 +216,8 @@ class RewardJoin:
             event = self._parked.pop(order, None)
             if event is not None:
                 out.released.append(event.event_id)
-                self._changed_parked[event.event_id] = None
+                if self._durable:
+                    self._changed_parked[event.event_id] = None
                 out.extend(self._match(event, park=True))
         return out
 
@@ -224,7 +229,8 @@ class RewardJoin:
         else:
             self._parked_by_user_item.setdefault((event.user_id, event.item_id), []).append(self._order)
         heapq.heappush(self._parked_deadlines, (event.ts + self.config.grace, self._order))
-        self._changed_parked[event.event_id] = event
+        if self._durable:
+            self._changed_parked[event.event_id] = event
 
     def click(self, click: Click) -> JoinOutput:
         if self._duplicate(click.event_id, click.ts):
@@ -269,7 +275,8 @@ class RewardJoin:
         # Whatever happens next, the event belongs to this request now: its id is kept with the
         # request so that a re-read after a crash is recognised as a repeat, even once forgotten.
         state.events.append(event.event_id)
-        self._changed_requests.add(state.impression.request_id)
+        if self._durable:
+            self._changed_requests.add(state.impression.request_id)
         if event.item_id not in state.slots:
             out.rejected.append(Rejected(event, kind, "not_shown",
                                          f"item {event.item_id} was not shown in request {state.impression.request_id}"))
@@ -314,7 +321,8 @@ class RewardJoin:
                     del index[key]
             kind = "click" if isinstance(event, Click) else "purchase"
             self._reject_orphan(event, kind, out)
-            self._changed_parked[event.event_id] = None
+            if self._durable:
+                self._changed_parked[event.event_id] = None
         while self._deadlines and self._deadlines[0][0] <= watermark:
             _, _, what, request_id = heapq.heappop(self._deadlines)
             state = self._open.get(request_id)
@@ -333,13 +341,15 @@ class RewardJoin:
         horizon = settled - self.config.horizon
         while self._rejected_expiry and self._rejected_expiry[0][0] < horizon:
             _, event_id = heapq.heappop(self._rejected_expiry)
-            self._rejected[event_id] = None
+            if self._durable:
+                self._rejected[event_id] = None
         while self._forgotten_expiry and self._forgotten_expiry[0][0] < horizon:
             _, request_id = heapq.heappop(self._forgotten_expiry)
             self._gone.discard(request_id)
             self._leaving.pop(request_id, None)
             self._changed_requests.discard(request_id)
-            self._expired.append(request_id)
+            if self._durable:
+                self._expired.append(request_id)
         while self._seen_queue and self._seen_queue[0][0] < horizon:
             _, event_id = heapq.heappop(self._seen_queue)
             self._seen.pop(event_id, None)
@@ -353,13 +363,14 @@ class RewardJoin:
 
     def _reject_orphan(self, event: Click | Purchase, kind: Literal["click", "purchase"], out: JoinOutput) -> None:
         out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
-        self._rejected[event.event_id] = event.ts
+        if self._durable:
+            self._rejected[event.event_id] = event.ts
         heapq.heappush(self._rejected_expiry, (event.ts, event.event_id))
 
     def _forget(self, state: OpenRequest) -> None:
         imp = state.impression
         self._open.pop(imp.request_id, None)
-        if imp.request_id in self._changed_requests:
+        if self._durable and imp.request_id in self._changed_requests:
             self._leaving[imp.request_id] = state
         self._gone.add(imp.request_id)
         heapq.heappush(self._forgotten_expiry, (imp.ts, imp.request_id))

@@ -231,3 +231,18 @@ def test_memory_and_changelog_level_off_after_the_dedupe_horizon():
     repeat = {"event_id": f"c{n - n % 3}", "request_id": f"r{n - n % 3}", "user_id": "u", "item_id": "a",
               "ts": T0 + 1200}
     assert processor.handle("clicks", json.dumps(repeat).encode(), Coordinates("clk", 0, n + 1, b"u")).experiences == []
+
+
+def test_a_join_without_a_changelog_keeps_no_list_of_changes():
+    """The faust engine's join is not checkpointed: nothing ever takes its changes, so recording them
+    grew with traffic (every request id, orphan id and parked event for as long as the worker ran)."""
+    join = RewardJoin(JoinConfig(click_window=10, purchase_window=60, grace=1, dedupe_horizon=100))
+    for i in range(300):
+        ts = T0 + 5 * i
+        join.impression(impression(f"r{i}", f"u{i % 7}", ["x", "y"], ts))
+        join.click(click(f"c{i}", f"u{i % 7}", "x", ts + 1, f"r{i}"))
+        join.click(click(f"early{i}", f"u{i % 7}", "y", ts - 0.5, f"r{i + 1}"))   # overtakes its impression
+        join.click(click(f"orphan{i}", "nobody", "z", ts, "missing"))
+        join.advance(ts)
+    assert join.open_requests < 20
+    assert not (join._changed_requests or join._changed_parked or join._rejected or join._expired or join._leaving)
