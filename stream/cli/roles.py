@@ -160,6 +160,10 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
+    from stream.ops.lifecycle import limit_malloc_arenas
+
+    limit_malloc_arenas()       # before torch and the Kafka clients start their threads
+
     from models.agent import AgentConfig
     from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
 
