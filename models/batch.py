@@ -50,10 +50,10 @@ class Batch(_Tensors):
     reward: torch.Tensor        # (B,) float
 
 
-    def rows(self, start: int, stop: int) -> Batch:
-        """Decisions ``start:stop`` (the items table is shared): what a chunked pass walks through."""
+    def rows(self, index: slice | torch.Tensor) -> Batch:
+        """The decisions ``index`` picks (a slice or row indices); the items table stays whole."""
         shared = ("item_bucket", "item_text")
-        return replace(self, **{f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in shared})
+        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self) if f.name not in shared})
 
 
 @dataclass

@@ -50,7 +50,7 @@ def target_inputs(model: TwoTowerPolicy, batch: Batch, rule: Exploration | None 
     vectors, bias = model.item_vectors(batch.item_bucket, batch.item_text)     # once: the items are shared
     probs, q = [], []
     for start in range(0, len(batch), CHUNK):
-        chunk_probs, chunk_q = _policy(model, batch.rows(start, start + CHUNK), vectors, bias, rule, seed + start)
+        chunk_probs, chunk_q = _policy(model, batch.rows(slice(start, start + CHUNK)), vectors, bias, rule, seed + start)
         probs.append(chunk_probs)
         q.append(chunk_q)
     return _inputs(batch, torch.cat(probs), torch.cat(q))

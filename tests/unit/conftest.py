@@ -26,16 +26,6 @@ def shop_embeddings(text_encoder):
     return config, text_encoder.encode(texts)
 
 
-def sub_batch(batch, index):
-    """Rows ``index`` of a Batch (the item table stays whole)."""
-    from dataclasses import fields
-
-    return type(batch)(**{
-        f.name: getattr(batch, f.name) if f.name in ("item_bucket", "item_text") else getattr(batch, f.name)[index]
-        for f in fields(batch)
-    })
-
-
 def seeded(seed: int = 0):
     import torch
 

@@ -13,7 +13,7 @@ from models.learner import Learner, LearnerConfig
 from models.policy import PolicyConfig
 from sim.logs import SimTensors
 from sim.world import Drift, World
-from tests.unit.conftest import seeded, sub_batch
+from tests.unit.conftest import seeded
 
 K = 20
 SHIFT_AT = 10**6
@@ -49,19 +49,19 @@ def run_periods(shop_embeddings, regularised: bool) -> dict[str, float]:
     for _ in range(3):
         order = torch.randperm(len(period_a))
         for start in range(0, len(period_a), 256):
-            learner.update(sub_batch(period_a, order[start:start + 256]))
+            learner.update(period_a.rows(order[start:start + 256]))
     tracker = ForgettingTracker()
     tracker.record("period_a", value(probe_a, 0))
     b_before = value(probe_b, SHIFT_AT)
-    learner.consolidate([sub_batch(period_a, torch.randperm(len(period_a))[:512]) for _ in range(6)])
+    learner.consolidate([period_a.rows(torch.randperm(len(period_a))[:512]) for _ in range(6)])
 
     # Period B: only the shifted segment's users come, with their new tastes.
     world.set_clock(SHIFT_AT)
     period_b, _ = sim.uniform_logs(12_000, K, users=world.rng.choice(shifted, 12_000))
     for _ in range(500):
-        batch = sub_batch(period_b, torch.randint(0, len(period_b), (256,)))
+        batch = period_b.rows(torch.randint(0, len(period_b), (256,)))
         if regularised:
-            replay = sub_batch(period_a, torch.randint(0, len(period_a), (256,)))
+            replay = period_a.rows(torch.randint(0, len(period_a), (256,)))
             learner.update(mix(batch, period_a, 128), replay=replay)
         else:
             learner.update(batch)

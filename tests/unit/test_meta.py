@@ -15,7 +15,7 @@ from models.meta import ServeAdapter, adapt_user, meta_loss, posterior
 from models.policy import PolicyConfig, TwoTowerPolicy
 from sim.logs import SimTensors
 from sim.world import World
-from tests.unit.conftest import seeded, sub_batch
+from tests.unit.conftest import seeded
 
 K = 20
 
@@ -102,7 +102,7 @@ def trained(shop_embeddings):
         order = torch.randperm(len(logs))
         for start in range(0, len(logs), 256):
             tasks = sim.tasks(task_rng.choice(train_users, 64), int(task_rng.integers(1, 11)), 1, K)
-            learner.update(sub_batch(logs, order[start:start + 256]), tasks)
+            learner.update(logs.rows(order[start:start + 256]), tasks)
     return sim, learner.model.eval()
 
 

@@ -12,7 +12,7 @@ from models.objectives import ObjectiveConfig
 from models.policy import PolicyConfig
 from sim.logs import SimTensors
 from sim.world import World
-from tests.unit.conftest import seeded, sub_batch
+from tests.unit.conftest import seeded
 
 K = 20
 
@@ -23,7 +23,7 @@ def train(sim: SimTensors, kind: str, logs, epochs: int = 4) -> Learner:
     for _ in range(epochs):
         order = torch.randperm(len(logs))
         for start in range(0, len(logs), 256):
-            learner.update(sub_batch(logs, order[start:start + 256]))
+            learner.update(logs.rows(order[start:start + 256]))
     return learner
 
 
