@@ -16,7 +16,7 @@ import numpy as np
 
 from models.batch import Batch
 from models.evaluation import target_inputs
-from models.ope import dr_terms
+from models.ope import bootstrap, dr_terms
 from models.policy import TwoTowerPolicy
 
 
@@ -71,12 +71,7 @@ def compare(ours: np.ndarray, theirs: np.ndarray, config: GateConfig, seed: int 
     """The decision on per-decision DR terms of candidate and live version (the same decisions, in order)."""
     n = len(ours)
     diff = ours - theirs
-    rng = np.random.default_rng(seed)
-    # Resampled in blocks of 50: (n_boot x n) indices at once made the learner's peak memory grow with
-    # the held-out decisions (32 MB at 5,000).
-    boot = np.concatenate([diff[rng.integers(0, n, size=(min(50, config.n_boot - i), n))].mean(axis=1)
-                           for i in range(0, config.n_boot, 50)])
-    low, high = np.quantile(boot, [config.alpha / 2, 1 - config.alpha / 2])
-    publish = bool(high >= -config.min_effect * abs(float(theirs.mean())))
+    interval = bootstrap("dr_difference", lambda idx: diff[idx].mean(axis=-1), n, config.n_boot, config.alpha, seed)
+    publish = bool(interval.high >= -config.min_effect * abs(float(theirs.mean())))
     return Verdict(publish, "passed" if publish else "refused", float(ours.mean()), float(theirs.mean()),
-                   float(diff.mean()), float(low), float(high), n)
+                   interval.value, interval.low, interval.high, n)

@@ -58,7 +58,9 @@ def dr_terms(rewards, behaviour, inputs, clip: float | None = None) -> np.ndarra
     return np.asarray(inputs.target_values, dtype=np.float64) + w * (r - q)
 
 
-def _bootstrap(name: str, stat, n: int, n_boot: int, alpha: float, seed: int) -> Estimate:
+def bootstrap(name: str, stat, n: int, n_boot: int, alpha: float, seed: int) -> Estimate:
+    """``stat`` on all n decisions, and its percentile interval over ``n_boot`` resamples, drawn 200 at a
+    time (all at once, (n_boot x n) indices held the learner's memory up)."""
     if n == 0:
         raise ValueError("no logged decisions to estimate from")
     value = float(stat(np.arange(n)))
@@ -74,25 +76,25 @@ def _bootstrap(name: str, stat, n: int, n_boot: int, alpha: float, seed: int) ->
 def ips(rewards, behaviour, target, clip: float | None = None, n_boot: int = 1000, alpha: float = 0.05,
         seed: int = 0) -> Estimate:
     r, w = np.asarray(rewards, dtype=np.float64), _weights(target, behaviour, clip)
-    return _bootstrap("ips", lambda idx: _ips(r, w, idx), len(r), n_boot, alpha, seed)
+    return bootstrap("ips", lambda idx: _ips(r, w, idx), len(r), n_boot, alpha, seed)
 
 
 def snips(rewards, behaviour, target, clip: float | None = None, n_boot: int = 1000, alpha: float = 0.05,
           seed: int = 0) -> Estimate:
     r, w = np.asarray(rewards, dtype=np.float64), _weights(target, behaviour, clip)
-    return _bootstrap("snips", lambda idx: _snips(r, w, idx), len(r), n_boot, alpha, seed)
+    return bootstrap("snips", lambda idx: _snips(r, w, idx), len(r), n_boot, alpha, seed)
 
 
 def dm(target_values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> Estimate:
     v = np.asarray(target_values, dtype=np.float64)
-    return _bootstrap("dm", lambda idx: _dm(v, idx), len(v), n_boot, alpha, seed)
+    return bootstrap("dm", lambda idx: _dm(v, idx), len(v), n_boot, alpha, seed)
 
 
 def dr(rewards, behaviour, target, logged_estimates, target_values, clip: float | None = None,
        n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> Estimate:
     r, w = np.asarray(rewards, dtype=np.float64), _weights(target, behaviour, clip)
     q, v = np.asarray(logged_estimates, dtype=np.float64), np.asarray(target_values, dtype=np.float64)
-    return _bootstrap("dr", lambda idx: _dr(r, w, q, v, idx), len(r), n_boot, alpha, seed)
+    return bootstrap("dr", lambda idx: _dr(r, w, q, v, idx), len(r), n_boot, alpha, seed)
 
 
 def all_estimates(rewards, behaviour, target, logged_estimates, target_values, clip: float | None = None,
