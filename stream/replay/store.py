@@ -90,9 +90,6 @@ class ReplayStore:
         self._slots = np.full(max(self.config.reservoir, len(past)), 0, dtype=np.int64)
         self._slots[:len(past)] = past
         self._filled = len(past)
-        #: Slot changes of the open transaction, applied once it commits.
-        self._pending_slots: dict[int, int] = {}
-        self._pending_filled = self._filled
 
     @property
     def _seqs(self) -> np.ndarray:
@@ -136,7 +133,7 @@ class ReplayStore:
                 "INSERT OR IGNORE INTO experiences (event_id, user_id, ts, tier, payload) VALUES (?, ?, ?, ?, ?)",
                 rows)
             added = self.db.total_changes - before
-            self._age_out(cur, added)
+            slots, filled = self._age_out(cur, added)    # applied to the index once the transaction commits
             for (topic, partition), next_offset in (offsets or {}).items():
                 cur.execute("INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, partition) "
                             "DO UPDATE SET next_offset = excluded.next_offset", (topic, partition, next_offset))
@@ -148,13 +145,10 @@ class ReplayStore:
         except BaseException:
             cur.execute("ROLLBACK")
             self._evicted.clear()
-            self._pending_slots.clear()
-            self._pending_filled = self._filled
             raise
-        for slot, seq in self._pending_slots.items():
+        for slot, seq in slots.items():
             self._slots[slot] = seq
-        self._pending_slots.clear()
-        self._filled = self._pending_filled
+        self._filled = filled
         self._hold(fresh)
         return added
 
@@ -181,15 +175,17 @@ class ReplayStore:
     def clear_outbox(self, ids: Iterable[int]) -> None:
         self.db.executemany("DELETE FROM dead_letter_outbox WHERE id = ?", [(i,) for i in ids])
 
-    def _age_out(self, cur: sqlite3.Cursor, added: int) -> None:
-        """Move what no longer fits the window into the reservoir (algorithm R), evicting as needed."""
+    def _age_out(self, cur: sqlite3.Cursor, added: int) -> tuple[dict[int, int], int]:
+        """Move what no longer fits the window into the reservoir (algorithm R), evicting as needed; returns
+        the reservoir slots it changed (slot -> seq) and how many slots are filled now."""
         overflow = self._count - self._filled + added - self.config.window
         if overflow <= 0:
-            return
+            return {}, self._filled
         leaving = [r[0] for r in cur.execute(
             "SELECT seq FROM experiences WHERE tier = ? ORDER BY seq LIMIT ?", (RECENT, overflow))]
         seen = self._counter("past_seen")
-        pending, filled = self._pending_slots, self._filled   # applied only once the transaction commits
+        pending: dict[int, int] = {}
+        filled = self._filled
         for seq in leaving:
             seen += 1
             if filled < self.config.reservoir:
@@ -209,7 +205,7 @@ class ReplayStore:
                 self._evicted.append(seq)
         cur.execute("INSERT INTO counters VALUES ('past_seen', ?) ON CONFLICT(name) DO UPDATE SET value = ?",
                     (seen, seen))
-        self._pending_filled = filled
+        return pending, filled
 
     def set_priorities(self, event_ids: list[str], priorities: list[float]) -> None:
         if any(p <= 0 for p in priorities):
