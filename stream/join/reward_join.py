@@ -166,11 +166,14 @@ class RewardJoin:
         # commit, which can span much event time (a backlog batch): ids expire only below this, so a
         # re-read input is still recognised as a repeat.
         self._checkpointed: float | None = float("-inf") if checkpointed else None
-        # Only a checkpointed join records what changed: nothing takes the changes of one that is not
-        # (the faust engine), and they grew with traffic there.
-        self._durable = checkpointed
 
     # -- bookkeeping -----------------------------------------------------------------
+    @property
+    def _durable(self) -> bool:
+        """Only a checkpointed join records what changed: nothing takes the changes of one that is not
+        (the faust engine), and they grew with traffic there."""
+        return self._checkpointed is not None
+
     @property
     def open_requests(self) -> int:
         return len(self._open)
