@@ -444,7 +444,8 @@ class PolicySubscriber:
         self._thread: threading.Thread | None = None
         self._caught_up = threading.Event()
         #: Complete versions newer than the live one, not yet adopted (deltas waiting for their parent).
-        self._pending: dict[int, PolicyVersion] = {}
+        # Every claimant of a number (a forged header may share it with the genuine one: each is tried).
+        self._pending: list[PolicyVersion] = []
         POLICY_VERSION.labels(component).set(0)
 
     def start(self, wait: float = 60.0) -> PolicySubscriber:
@@ -519,16 +520,16 @@ class PolicySubscriber:
         parent is not held waits in ``_pending`` for a snapshot; one that fails verification is dropped."""
         for version in arrived:     # what this reader never adopts is not kept (the learner: rollbacks only)
             if self.accept is None or self.accept(version.header):
-                self._pending[version.version] = version
+                self._pending.append(version)
         while len(self._pending) > MAX_PENDING_VERSIONS:   # a reader cut off from snapshots stays bounded
-            self._pending.pop(min(self._pending))
+            self._pending.remove(min(self._pending, key=lambda v: v.version))
         before = self.live
         while True:
             current = self.live.version if self.live else 0
-            self._pending = {n: v for n, v in self._pending.items() if n > current}
-            fulls = sorted((v for v in self._pending.values() if not v.is_delta), key=lambda v: v.version,
+            self._pending = [v for v in self._pending if v.version > current]
+            fulls = sorted((v for v in self._pending if not v.is_delta), key=lambda v: v.version,
                            reverse=True)
-            children = sorted((v for v in self._pending.values() if v.is_delta and self.live is not None
+            children = sorted((v for v in self._pending if v.is_delta and self.live is not None
                                and v.header.parent == current), key=lambda v: v.version)
             step = self._first_that_loads(fulls) if fulls else None
             if step is None and children:
@@ -538,7 +539,7 @@ class PolicySubscriber:
                     continue            # the refused ones were dropped: look again
                 break
             self.live = step
-        waiting = sum(1 for v in self._pending.values() if v.is_delta)
+        waiting = sum(1 for v in self._pending if v.is_delta)
         DELTAS_WAITING.labels(self.component).set(waiting)
         if waiting and self.live is not before:
             log.info("%d delta versions wait for a snapshot (their parent is not v%s)", waiting,
@@ -555,7 +556,7 @@ class PolicySubscriber:
             try:
                 model = candidate.load(self._key, base=self.live.model if candidate.is_delta and self.live else None)
             except PolicyIntegrityError as exc:
-                self._pending.pop(candidate.version, None)
+                self._pending.remove(candidate)
                 self._reject(candidate.version, exc.reason, str(exc))
                 continue
             return LivePolicy(candidate.version, model, candidate.header, time.time())
