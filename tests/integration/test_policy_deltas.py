@@ -119,3 +119,26 @@ def test_rollback_to_a_delta_publishes_a_full_snapshot_that_readers_and_the_lear
     finally:
         scorer.stop()
         learner.stop()
+
+
+def test_a_forged_claimant_after_the_genuine_version_does_not_displace_it(settings, chain):
+    """A forged header reusing a published number, read after the genuine one (in one catch-up or
+    live), never displaces it: the genuine version and its children still reach every reader."""
+    publisher, (v1, v2, v3) = chain
+    following = PolicySubscriber(settings, "scorer").start()
+    try:
+        key = settings.hmac_key.get_secret_value().encode()
+        v4 = trained(v3, [50], 10)
+        publisher.publish_delta(v4, cpu_state(v3), 4, 3)
+        header, blob = pack_delta(v4, cpu_state(v3), settings.policy_name, 4, 3, key=key)
+        publisher.publish_packed(dict(header, state="0" * 64), blob)     # the same number, altered without the key
+        v5 = trained(v4, [51], 11)
+        publisher.publish_delta(v5, cpu_state(v4), 5, 4)
+        assert following.wait_for_version(5, 20) and same_state(following.live.model, v5)
+        late = PolicySubscriber(settings, "scorer-late").start()         # all of it in one catch-up
+        try:
+            assert late.live.version == 5 and same_state(late.live.model, v5)
+        finally:
+            late.stop()
+    finally:
+        following.stop()
