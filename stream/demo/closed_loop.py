@@ -238,7 +238,8 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         ensure_topics(make_admin(live, "demo"), live)
         expected = int(options.requests or options.duration * options.rate)
         world = make_world(options, expected)
-        producer = stack.enter_context(EventProducer(live, component="demo"))
+        # The simulated apps batch their clicks and purchases as an app's event SDK does.
+        producer = stack.enter_context(EventProducer(live, component="demo", **{"linger.ms": 250}))
         now = time.time()
         for i in range(len(world.catalog)):
             producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))
