@@ -65,6 +65,9 @@ from stream.replay.store import ReplaySampler
 
 log = logging.getLogger(__name__)
 
+#: What the experiences consumer may fetch ahead of training (librdkafka's default is 64 MB).
+PREFETCH_KBYTES = 16384
+
 UPDATES = Counter("recsys_learner_updates_total", "Optimiser steps taken by the learner.")
 SAMPLES = Counter("recsys_learner_samples_total", "Experiences trained on, by source (fresh, replay, task).",
                   ["source"])
@@ -246,7 +249,11 @@ class LearnerWorker:
             self.version = newest.version
         self._export_live_version()
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
-            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50})
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
+            # A learner behind the stream may hold librdkafka's default 64 MB of prefetched experiences (in
+            # soaks where it fell a minute behind, its memory rose with the lag); 16 MB is ~20 s at twice
+            # the demo's load.
+            "queued.max.messages.kbytes": PREFETCH_KBYTES})
         consumer.subscribe([self.topic], on_assign=self._on_assign)
         started = last_publish = last_end_check = time.monotonic()
         last_update = 0.0
