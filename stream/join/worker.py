@@ -52,9 +52,9 @@ class JoinWorker:
         self.until_caught_up = until_caught_up
         self.finished = False
         self.processor = RewardProcessor(join or JoinConfig(), component="process")
-        # Each checkpoint flushes (a flush sends at once, whatever the linger), so lingering up to half a
-        # checkpoint costs no freshness past it and sends experiences in batches that compress ~5x,
-        # instead of one record per batch at a few ms.
+        # Each checkpoint flushes (a flush sends at once, whatever the linger), so lingering up to one
+        # checkpoint interval delays an experience by at most that, and sends experiences in batches of
+        # tens that compress several-fold, instead of one record per batch at a few ms.
         self.output = EventProducer(settings, component="process",
                                     **{"linger.ms": max(5, int(checkpoint_every * 1000))})
         self.names = {topic_name(settings, s): s for s in SOURCES}

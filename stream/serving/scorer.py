@@ -117,6 +117,8 @@ class UserMemory:
     def __len__(self) -> int:
         return len(self._users)
 
+
+#: How long logged impressions wait to be sent in one batch (the broker stores a batch of one badly).
 IMPRESSION_LINGER_MS = 250
 
 
