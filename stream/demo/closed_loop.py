@@ -39,7 +39,7 @@ from stream.config import Settings
 from stream.demo.prometheus_server import LocalPrometheus
 from stream.demo.walkthrough import broker_process_for
 from stream.kafka.broker import free_port
-from stream.kafka.clients import make_admin
+from stream.kafka.clients import LOGGING_LINGER_MS, make_admin
 from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import ensure_topics, topic_name
@@ -239,7 +239,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         expected = int(options.requests or options.duration * options.rate)
         world = make_world(options, expected)
         # The simulated apps batch their clicks and purchases as an app's event SDK does.
-        producer = stack.enter_context(EventProducer(live, component="demo", **{"linger.ms": 250}))
+        producer = stack.enter_context(EventProducer(live, component="demo", **{"linger.ms": LOGGING_LINGER_MS}))
         now = time.time()
         for i in range(len(world.catalog)):
             producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))

@@ -35,6 +35,7 @@ from models.serving import Recent, ServingPolicy, TextProjections, uniform_slate
 from stream import schemas
 from stream.config import Settings
 from stream.items.embeddings import Catalogue
+from stream.kafka.clients import LOGGING_LINGER_MS
 from stream.kafka.follower import TopicFollower
 from stream.kafka.producer import EventProducer
 from stream.policy.bus import LivePolicy, PolicySubscriber
@@ -118,10 +119,6 @@ class UserMemory:
         return len(self._users)
 
 
-#: How long logged impressions wait to be sent in one batch (the broker stores a batch of one badly).
-IMPRESSION_LINGER_MS = 250
-
-
 class Scorer:
     """The scoring core, shared by the HTTP and Kafka transports (thread-safe)."""
 
@@ -131,9 +128,8 @@ class Scorer:
         self.config = config or ScorerConfig()
         self.catalogue = Catalogue(encoder, "scorer")
         self.memory = UserMemory(self.config.history, self.config.max_users, self.config.user_ttl)
-        # Impressions are logged, not answered: lingering 250 ms batches them (a batch of one costs the
-        # broker far more than its bytes) and adds nothing to a response's latency.
-        self.events = producer or EventProducer(settings, "scorer", **{"linger.ms": IMPRESSION_LINGER_MS})
+        # Impressions are logged, not answered: lingering adds nothing to a response's latency.
+        self.events = producer or EventProducer(settings, "scorer", **{"linger.ms": LOGGING_LINGER_MS})
         self._served = _Served(0, None)
         self.live_metrics: dict[str, float] = {}   # the live version's header metrics (gate, freshness)
         self._rngs = threading.local()
