@@ -65,7 +65,9 @@ from stream.replay.store import ReplaySampler
 
 log = logging.getLogger(__name__)
 
-#: What the experiences consumer may fetch ahead of training (librdkafka's default is 64 MB).
+#: What the experiences consumer may fetch ahead of training: librdkafka's default, 64 MB, is what a learner
+#: behind the stream would hold (in soaks where it fell a minute behind, its memory rose with the lag);
+#: 16 MB is ~20 s at twice the demo's load.
 PREFETCH_KBYTES = 16384
 
 UPDATES = Counter("recsys_learner_updates_total", "Optimiser steps taken by the learner.")
@@ -250,9 +252,6 @@ class LearnerWorker:
         self._export_live_version()
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
-            # A learner behind the stream may hold librdkafka's default 64 MB of prefetched experiences (in
-            # soaks where it fell a minute behind, its memory rose with the lag); 16 MB is ~20 s at twice
-            # the demo's load.
             "queued.max.messages.kbytes": PREFETCH_KBYTES})
         consumer.subscribe([self.topic], on_assign=self._on_assign)
         started = last_publish = last_end_check = time.monotonic()
