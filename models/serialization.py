@@ -104,15 +104,11 @@ def pack_delta(
     return header, blob
 
 
-def unpack(header: dict[str, Any], blob: bytes, key: bytes | Sequence[bytes] | None = None,
-           require_signature: bool = False, base: TwoTowerPolicy | None = None) -> TwoTowerPolicy:
-    """A verified model, or PolicyIntegrityError naming what did not match.
-
-    ``key`` may be several keys (a rotation: the new one and the previous one); the signature
-    must match one of them. With no key, ``require_signature`` refuses everything as unsigned:
-    without a key nothing proves who wrote a version. A delta needs ``base``, the model of the
-    exact state it was made from (``parent`` otherwise).
-    """
+def verify_authorship(header: dict[str, Any], blob: bytes, key: bytes | Sequence[bytes] | None = None,
+                      require_signature: bool = False) -> None:
+    """Raise PolicyIntegrityError unless ``blob`` is what ``header`` names and the header is signed by
+    ``key``: proof of who wrote a version, without loading it. Readers use it to decide which of two
+    claimants of one version number counts (the first that passes, in topic order)."""
     keys = [key] if isinstance(key, bytes) else [k for k in (key or []) if k]
     if len(blob) != header.get("total_bytes"):
         raise PolicyIntegrityError("size", f"weights are {len(blob)} bytes, header says {header.get('total_bytes')}")
@@ -129,6 +125,18 @@ def unpack(header: dict[str, Any], blob: bytes, key: bytes | Sequence[bytes] | N
     elif require_signature:
         raise PolicyIntegrityError("unsigned", "no signing key is configured here, so no version can be "
                                                "trusted (set RECSYS_HMAC_KEY, or RECSYS_ALLOW_UNSIGNED=1)")
+
+
+def unpack(header: dict[str, Any], blob: bytes, key: bytes | Sequence[bytes] | None = None,
+           require_signature: bool = False, base: TwoTowerPolicy | None = None) -> TwoTowerPolicy:
+    """A verified model, or PolicyIntegrityError naming what did not match.
+
+    ``key`` may be several keys (a rotation: the new one and the previous one); the signature
+    must match one of them. With no key, ``require_signature`` refuses everything as unsigned:
+    without a key nothing proves who wrote a version. A delta needs ``base``, the model of the
+    exact state it was made from (``parent`` otherwise).
+    """
+    verify_authorship(header, blob, key, require_signature)
     try:
         config = PolicyConfig.from_dict(header["model_config"])
     except (KeyError, TypeError, ValueError) as exc:

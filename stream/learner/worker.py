@@ -149,7 +149,10 @@ class LearnerWorker:
             f"{settings.topic_prefix}{settings.policy_name}.ckpt"
         self.topic = topic_name(settings, "experiences")
         self.lag = LagReporter("learner", {self.topic: "experiences"})
-        self.version = 0
+        self.version = 0                    # the live version: what the next delta applies onto
+        #: The highest number this learner has written, tried to write, or found written by a trusted writer:
+        # the next version takes the one after it, so no number is claimed twice (readers keep the first).
+        self.last_number = 0
         self.live: TwoTowerPolicy | None = None
         self.positions: dict[int, int] = {}
         # (read at, partition, offset, experience): read but not yet trained on.
@@ -249,6 +252,8 @@ class LearnerWorker:
             log.info("topic holds verified version %d beyond the checkpoint's %d: continuing after it",
                      newest.version, self.version)
             self.version = newest.version
+        # Numbers past the newest that verifies (versions on a parent no reader holds) stay taken.
+        self.last_number = max([self.version, *(v.version for v in one_per_number(on_topic, trust_of(self.settings)))])
         self._export_live_version()
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
@@ -311,7 +316,11 @@ class LearnerWorker:
         return True
 
     def _on_policy(self, live: LivePolicy) -> None:
-        if live.version > self.version:
+        """A rollback found while the subscriber catches up may be older than the checkpoint (adopt it only
+        when newer); one that arrives while following was written since this learner started, so it is the
+        operator's word now, whatever number it got (the subscriber passes on only the first claimant of a
+        number, so a rollback that lost its number to this learner never arrives)."""
+        if live.version > self.version or self.policies.caught_up:
             self._rollback = live
 
     def _adopt_rollback(self, live: LivePolicy) -> None:
@@ -320,10 +329,14 @@ class LearnerWorker:
         self.learner.model.load_state_dict(live.model.state_dict())
         self.learner.optimizer.state.clear()        # moments of the abandoned weights mean nothing now
         self.live = live.model
+        self.last_number = max(self.last_number, self.version, live.version)
         self.version = live.version
+        # Versions this learner wrote after the rollback's number chain onto a state no reader holds now:
+        # a full snapshot next, above them, lets every reader move on without waiting out ``full_every``.
+        self.last_full_at = float("-inf")
         self.updates_since_publish = 0
-        if not self.retained or self.retained[-1].version < live.version:
-            self.retained.append(live.header)
+        if all(h.version != live.version for h in self.retained):     # retired in its turn, like our own
+            self.retained = deque(sorted([*self.retained, live.header], key=lambda h: h.version))
         if self.recent_batches:
             self.learner.consolidate(list(self.recent_batches))   # anchor the regularisers on these weights
         self._export_live_version()
@@ -454,7 +467,8 @@ class LearnerWorker:
             return
         metrics.update(trained_through_ts=self.trained_through, step=float(self.learner.step),
                        samples=float(self.learner.samples))
-        version = self.version + 1
+        version = max(self.version, self.last_number) + 1
+        self.last_number = version      # taken even if the publish fails: its chunks may have landed
         try:
             if delta:
                 header = self.publisher.publish_delta(snapshot, cpu_state(self.live), version, self.version, metrics)

@@ -34,7 +34,7 @@ from prometheus_client import Counter, Gauge
 
 from models.delta import State
 from models.policy import TwoTowerPolicy
-from models.serialization import PolicyIntegrityError, pack, pack_delta, unpack
+from models.serialization import PolicyIntegrityError, pack, pack_delta, unpack, verify_authorship
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import consumer_config
@@ -58,7 +58,7 @@ POLICIES_PUBLISHED = Counter(
 POLICY_REJECTIONS = Counter(
     "recsys_policy_rejections_total",
     "Policy versions a reader refused (checksum, signature, unsigned, shape, config, format, size, header, "
-    "incomplete), by component and reason.", ["component", "reason"])
+    "incomplete, parent, taken), by component and reason.", ["component", "reason"])
 POLICY_VERSION = Gauge(
     "recsys_policy_version", "Policy version live in this process (0: none yet).", ["component"])
 POLICY_LOADED_AT = Gauge(
@@ -127,93 +127,86 @@ class PolicyVersion:
                           base=base)
         return unpack(header, self.blob, trust, base=base)
 
+    def verify_authorship(self, trust: Trust | bytes | None) -> None:
+        """``PolicyIntegrityError`` unless a trusted writer wrote this header and these weights."""
+        header = msgspec.structs.asdict(self.header)
+        if isinstance(trust, Trust):
+            verify_authorship(header, self.blob, trust.verification_keys(), require_signature=not trust.allow_unsigned)
+        else:
+            verify_authorship(header, self.blob, trust)
+
+
+def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None,
+                   component: str | None = None) -> list[PolicyVersion]:
+    """``versions`` (by number, then in topic order, as ``read_versions`` lists them) with each number
+    once: its first claimant that a trusted writer wrote.
+
+    Two writers can take one number: a forger, or a rollback racing the learner. Who wrote *last*
+    must not decide (a forged snapshot written after the genuine v2 would break every delta built on
+    it), and a reader following the topic live adopts the first and never looks back, so every reader
+    keeps the first claimant that proves its authorship. Numbers with none are left out; with
+    ``component`` their refusals are counted."""
+    chosen: dict[int, PolicyVersion] = {}
+    for v in versions:
+        if v.version in chosen:
+            continue
+        try:
+            v.verify_authorship(trust)
+        except PolicyIntegrityError as exc:
+            if component is not None:
+                POLICY_REJECTIONS.labels(component, exc.reason).inc()
+                log.warning("v%d on the topic does not verify (%s); not counting it", v.version, exc)
+            continue
+        chosen[v.version] = v
+    return [chosen[n] for n in sorted(chosen)]
+
 
 def load_version(versions: list[PolicyVersion], version: int, trust: Trust | bytes | None) -> TwoTowerPolicy:
     """Version ``version`` of ``versions`` verified: a full snapshot as it is, a delta rebuilt from the
     nearest full snapshot before it and every delta in between (each verified onto the one before)."""
-    return _Chain(versions, trust).load(version)
-
-
-def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None) -> list[PolicyVersion]:
-    """``versions`` with each number once: the claimant that verifies, else the first written."""
-    chain = _Chain(versions, trust)
-    chosen: dict[int, PolicyVersion] = {}
-    for number, claims in chain.claims.items():
-        chosen[number] = claims[0]
-        for claim in reversed(claims):
-            try:
-                chain.load_claim(claim)
-            except PolicyIntegrityError:
-                continue
-            chosen[number] = claim
-            break
-    return [chosen[n] for n in sorted(chosen)]
+    return _Chain(one_per_number(versions, trust), trust).load(version)
 
 
 class _Chain:
-    """Rebuilds versions from a scan in which one number may be claimed by more than one version.
-
-    Anyone who can write to the topic can write a version under a number the learner also uses. Who
-    wrote last must not decide which one counts (a forged snapshot at v2 written after the genuine v2
-    would otherwise break every delta built on it), so each claimant is tried, newest first, and a
-    delta's parent is the claimant whose state the delta names. Refusals are remembered; of the rebuilt
-    models only the last few (a full model is megabytes, and a chain holds up to ``full_every`` deltas).
-    """
+    """Rebuilds versions (one per number) from their snapshot and deltas, remembering refusals and only
+    the last few rebuilt models (a full model is megabytes, and a chain holds up to ``full_every`` deltas)."""
 
     KEEP_MODELS = 4
 
     def __init__(self, versions: list[PolicyVersion], trust: Trust | bytes | None) -> None:
         self.trust = trust
-        self.claims: dict[int, list[PolicyVersion]] = {}
-        for v in versions:
-            self.claims.setdefault(v.version, []).append(v)
+        self.by_number = {v.version: v for v in versions}
         self._models: OrderedDict[int, TwoTowerPolicy] = OrderedDict()
         self._refused: dict[int, PolicyIntegrityError] = {}
 
     def load(self, version: int) -> TwoTowerPolicy:
-        claims = self.claims.get(version)
-        if not claims:
-            raise PolicyIntegrityError("parent", f"v{version} is not on the topic")
-        return self._first_that_verifies(reversed(claims))
-
-    def load_claim(self, claim: PolicyVersion) -> TwoTowerPolicy:
-        """This one claimant of its number, verified (with its parents)."""
-        key = id(claim)
-        if key in self._refused:
-            raise self._refused[key]
-        model = self._models.get(key)
+        if version in self._refused:
+            raise self._refused[version]
+        model = self._models.get(version)
         if model is not None:
-            self._models.move_to_end(key)
+            self._models.move_to_end(version)
             return model
         try:
-            model = self._rebuild(claim)
+            model = self._rebuild(version)
         except PolicyIntegrityError as exc:
-            self._refused[key] = exc
+            self._refused[version] = exc
             raise
-        self._models[key] = model
+        self._models[version] = model
         if len(self._models) > self.KEEP_MODELS:
             self._models.popitem(last=False)
         return model
 
-    def _rebuild(self, claim: PolicyVersion) -> TwoTowerPolicy:
+    def _rebuild(self, version: int) -> TwoTowerPolicy:
+        claim = self.by_number.get(version)
+        if claim is None:
+            raise PolicyIntegrityError("parent", f"v{version} is not on the topic")
         if not claim.is_delta:
             return claim.load(self.trust)
-        parent = claim.header.parent or 0
-        bases = [p for p in reversed(self.claims.get(parent, [])) if p.header.state == claim.header.parent_state]
-        if not bases:
-            raise PolicyIntegrityError("parent", f"v{claim.version} needs v{parent} in the state it names, which "
-                                                 "is not on the topic")
-        return claim.load(self.trust, base=self._first_that_verifies(bases))
-
-    def _first_that_verifies(self, claims) -> TwoTowerPolicy:
-        problem: PolicyIntegrityError | None = None
-        for claim in claims:
-            try:
-                return self.load_claim(claim)
-            except PolicyIntegrityError as exc:
-                problem = problem or exc
-        assert problem is not None
-        raise problem
+        parent = self.by_number.get(claim.header.parent or 0)
+        if parent is None or parent.header.state != claim.header.parent_state:
+            raise PolicyIntegrityError("parent", f"v{version} needs v{claim.header.parent} in the state it names, "
+                                                 "which is not on the topic")
+        return claim.load(self.trust, base=self.load(parent.version))
 
 
 class VersionAssembler:
@@ -338,8 +331,8 @@ def read_versions(settings: Settings, name: str | None = None, timeout: float = 
 def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVersion], int]:
     """(complete versions by number, then in log order; the highest version number any record of
     ``name`` carries): a version still being written has chunks but no header yet, and its number is
-    taken. A number may appear more than once (a forgery beside the genuine version); the readers
-    that verify (``load_version``, ``newest_verified``) pick the claimant that verifies."""
+    taken. A number may appear more than once (a forgery, or a rollback that raced the learner); the
+    readers that verify (``one_per_number``) keep its first claimant that a trusted writer wrote."""
     assembler = VersionAssembler(name)
     complete: dict[int, list[PolicyVersion]] = {}
     highest = 0
@@ -363,10 +356,11 @@ def newest_verified(versions: list[PolicyVersion], key: Trust | bytes | None,
     at a huge number must not steer anyone's numbering, adoption or rollback. Refused ones
     are counted like any other rejection.
     """
-    chain = _Chain(versions, key)
-    for candidate in reversed(versions):
+    claimants = one_per_number(versions, key, component)
+    chain = _Chain(claimants, key)
+    for candidate in reversed(claimants):
         try:
-            chain.load_claim(candidate)
+            chain.load(candidate.version)
         except PolicyIntegrityError as exc:
             POLICY_REJECTIONS.labels(component, exc.reason).inc()
             log.warning("v%d on the topic does not verify (%s); not counting it", candidate.version, exc)
@@ -401,8 +395,9 @@ def rollback(settings: Settings, version: int, name: str | None = None,
         header = publisher.publish(model, max(latest, highest) + 1, parent=latest, metrics=metrics)
     finally:
         publisher.close()
-    # A learner that started writing the same number after the scan above wins or garbles it: say so.
-    landed = next((v for v in _scan(settings, name, 60.0)[0] if v.version == header.version), None)
+    # A learner that wrote the same number first keeps it (every reader keeps the first claimant): say so.
+    landed = next((v for v in one_per_number(_scan(settings, name, 60.0)[0], key) if v.version == header.version),
+                  None)
     if landed is None or landed.header.checksum != header.checksum:
         raise PolicyRaceError(f"another writer published v{header.version} at the same moment; nothing was rolled "
                               "back. Run the rollback again (or stop the learner first).")
@@ -444,8 +439,9 @@ class PolicySubscriber:
         self._thread: threading.Thread | None = None
         self._caught_up = threading.Event()
         #: Complete versions newer than the live one, not yet adopted (deltas waiting for their parent).
-        # Every claimant of a number (a forged header may share it with the genuine one: each is tried).
         self._pending: list[PolicyVersion] = []
+        #: The checksum of the first trusted claimant of each recent number (``one_per_number``'s rule, live).
+        self._claims: OrderedDict[int, str] = OrderedDict()
         POLICY_VERSION.labels(component).set(0)
 
     def start(self, wait: float = 60.0) -> PolicySubscriber:
@@ -460,6 +456,11 @@ class PolicySubscriber:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+
+    @property
+    def caught_up(self) -> bool:
+        """The topic as it stood at ``start`` has been read: what arrives now was written since."""
+        return self._caught_up.is_set()
 
     def wait_for_version(self, version: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -501,7 +502,7 @@ class PolicySubscriber:
                 for version, reason, detail in self._assembler.refused:
                     self._reject(version, reason, detail)
                 self._assembler.refused.clear()
-                if done is None:
+                if done is None or not self._claim(done):
                     continue
                 if self._caught_up.is_set():
                     self._adopt([done])
@@ -513,6 +514,27 @@ class PolicySubscriber:
             self._caught_up.set()
         finally:
             consumer.close()
+
+    def _claim(self, version: PolicyVersion) -> bool:
+        """True when ``version`` is the first claimant of its number that a trusted writer wrote, the one
+        every reader keeps; a later one (a rollback that lost a race with the learner) is refused as
+        ``taken``. Every version is checked, even those this reader does not adopt: the learner must know
+        that its own version took a number before a rollback's claim to it arrives."""
+        held = self._claims.get(version.version)
+        if held is not None:
+            if held != version.header.checksum:
+                self._reject(version.version, "taken", "another writer's version was written under this number "
+                                                       "first, and readers keep the first")
+            return False
+        try:
+            version.verify_authorship(self._key)
+        except PolicyIntegrityError as exc:
+            self._reject(version.version, exc.reason, str(exc))
+            return False
+        self._claims[version.version] = version.header.checksum
+        while len(self._claims) > MAX_PENDING_VERSIONS:     # numbers arrive nearly in order: forget the oldest
+            self._claims.popitem(last=False)
+        return True
 
     def _adopt(self, arrived: list[PolicyVersion]) -> None:
         """Move to the newest version these make reachable: the newest full snapshot newer than the live

@@ -104,9 +104,9 @@ def test_a_reader_with_a_key_refuses_unsigned_or_wrongly_signed_versions(small_m
     PolicyPublisher(wrong, "learner").publish(model(3), 3)
     subscriber = PolicySubscriber(signed, "scorer").start()
     try:
-        # Newest first: v3 (bad signature) and v2 (unsigned) are refused, v1 is served.
+        # v2 (unsigned) and v3 (bad signature) are refused as they arrive; v1 is served.
         assert subscriber.live.version == 1
-        assert subscriber.rejections == [(3, "signature"), (2, "unsigned")]
+        assert subscriber.rejections == [(2, "unsigned"), (3, "signature")]
     finally:
         subscriber.stop()
 

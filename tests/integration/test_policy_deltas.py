@@ -142,3 +142,66 @@ def test_a_forged_claimant_after_the_genuine_version_does_not_displace_it(settin
             late.stop()
     finally:
         following.stop()
+
+
+def test_when_a_rollback_and_the_learner_take_one_number_every_reader_keeps_the_first_written(settings, chain):
+    """The closed-loop test once saw a rollback's v9 land just before the learner's own delta v9: followers
+    held the rollback, the learner went on from its own v9, and every later delta was refused (parent)."""
+    publisher, (v1, v2, v3) = chain
+    following = PolicySubscriber(settings, "scorer").start()
+    learner = PolicySubscriber(settings, "learner", accept=lambda header: "rollback_of" in header.metrics).start()
+    try:
+        # The rollback writes v4 first; the learner's delta v4 of v3 lands after it.
+        publisher.publish(v1, 4, parent=3, metrics={"rollback_of": 1.0})
+        orphan = trained(v3, [60], 12)
+        publisher.publish_delta(orphan, cpu_state(v3), 4, 3)
+        assert learner.wait_for_version(4, 20) and same_state(learner.live.model, v1)   # the learner is told
+        assert following.wait_for_version(4, 20) and same_state(following.live.model, v1)
+        # The learner's next version is a full snapshot above every number it used.
+        v5 = trained(v1, [61], 13)
+        publisher.publish(v5, 5, parent=4)
+        assert following.wait_for_version(5, 20) and same_state(following.live.model, v5)
+        late = PolicySubscriber(settings, "scorer-late").start()
+        try:
+            assert late.live.version == 5 and same_state(late.live.model, v5)
+            assert (4, "taken") in late.rejections                     # the learner's v4 came second
+        finally:
+            late.stop()
+
+        # Now the learner's delta v6 lands first and a rollback's v6 second: the rollback lost.
+        v6 = trained(v5, [62], 14)
+        publisher.publish_delta(v6, cpu_state(v5), 6, 5)
+        publisher.publish(v2, 6, parent=5, metrics={"rollback_of": 2.0})
+        v7 = trained(v6, [63], 15)
+        publisher.publish_delta(v7, cpu_state(v6), 7, 6)
+        assert following.wait_for_version(7, 20) and same_state(following.live.model, v7)
+        assert learner.live.version == 4 and (6, "taken") in learner.rejections   # never offered to the learner
+        late = PolicySubscriber(settings, "scorer-late").start()
+        try:
+            assert late.live.version == 7 and same_state(late.live.model, v7)
+        finally:
+            late.stop()
+    finally:
+        following.stop()
+        learner.stop()
+
+
+def test_a_rollback_that_loses_its_number_to_the_learner_says_so(settings, chain, monkeypatch):
+    """The learner writes v4 between the rollback's scan and its write: readers keep the learner's v4,
+    so the rollback must report that nothing was rolled back."""
+    from stream.policy import bus
+
+    publisher, (v1, v2, v3) = chain
+    scan = bus._scan
+    calls = []
+
+    def scan_then_learner_writes(settings_, name, timeout):
+        found = scan(settings_, name, timeout)
+        if not calls:
+            publisher.publish_delta(trained(v3, [70], 16), cpu_state(v3), 4, 3)
+        calls.append(1)
+        return found
+
+    monkeypatch.setattr(bus, "_scan", scan_then_learner_writes)
+    with pytest.raises(bus.PolicyRaceError, match="v4"):
+        rollback(settings, 1)

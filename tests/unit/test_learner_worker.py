@@ -130,6 +130,25 @@ def test_a_rollback_above_the_learners_version_is_adopted(worker):
         assert torch.equal(worker.learner.model.state_dict()[name], tensor), name
     assert not worker.learner.optimizer.state          # moments of the abandoned weights are gone
     assert worker.retained[-1].version == 7
+    assert not worker._delta_due()                      # a full snapshot comes next
+
+
+def test_a_rollback_written_while_following_is_adopted_even_below_the_learners_number(worker):
+    """The learner may have written its own v9 and v10 on a state the readers dropped for the rollback's v9:
+    it adopts the rollback, and its next version is a full snapshot numbered above all of them."""
+    worker.version = worker.last_number = 10
+    worker.live = copy.deepcopy(worker.learner.model).eval()
+    worker.last_full_at = time.monotonic()
+    assert worker._delta_due()
+    target = preferring(TwoTowerPolicy(worker.learner.model.config), "good", 3.0)
+    worker._on_policy(live_version(target, 9, rollback_of=2))
+    assert worker._rollback is None                     # while catching up: the checkpoint is newer
+    worker.policies._caught_up.set()                    # following: written since this learner started
+    worker._on_policy(live_version(target, 9, rollback_of=2))
+    worker._adopt_rollback(worker._rollback)
+    assert worker.version == 9 and worker.live is target and worker.last_number == 10
+    assert not worker._delta_due()
+    assert [h.version for h in worker.retained] == [9]
 
 
 def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker, text_encoder, tmp_path):
