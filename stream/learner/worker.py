@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 #: behind the stream would hold (in soaks where it fell a minute behind, its memory rose with the lag);
 #: 16 MB is ~20 s at twice the demo's load.
 PREFETCH_KBYTES = 16384
+#: Messages per consume call. A full read means more is waiting: the loop reads on, up to the agent's
+#: ``max_turn``, before training, so a backlog reaches ``Agent.plan`` whole and is trained in its bigger
+#: steps (in a soak the learner fell a minute behind while every turn saw at most one read of 1,000).
+READ_BATCH = 1000
 
 UPDATES = Counter("recsys_learner_updates_total", "Optimiser steps taken by the learner.")
 SAMPLES = Counter("recsys_learner_samples_total", "Experiences trained on, by source (fresh, replay, task).",
@@ -268,10 +272,9 @@ class LearnerWorker:
                 rollback, self._rollback = self._rollback, None
                 if rollback is not None:
                     self._adopt_rollback(rollback)
-                messages = consumer.consume(1000, 0.05)
-                self._take(messages)
+                last_read = self._read(consumer)
                 now = time.monotonic()
-                if (until_caught_up and not self.fresh and len(messages) < 1000 and now - last_end_check >= 0.25):
+                if (until_caught_up and not self.fresh and last_read < READ_BATCH and now - last_end_check >= 0.25):
                     last_end_check = now
                     if self._read_to_end(consumer):
                         if self.updates_since_publish > 0:
@@ -357,6 +360,16 @@ class LearnerWorker:
                                 asynchronous=False)
             except KafkaException as exc:   # the checkpoint holds the positions; the group's copy is for lag
                 log.warning("offset commit failed: %s", exc)
+
+    def _read(self, consumer: Consumer) -> int:
+        """Take what has arrived, reading on while reads come back full (more is waiting) until a whole turn
+        waits; returns the size of the last read."""
+        messages = consumer.consume(READ_BATCH, 0.05)
+        self._take(messages)
+        while len(messages) == READ_BATCH and len(self.fresh) < self.agent.config.max_turn:
+            messages = consumer.consume(READ_BATCH, 0)
+            self._take(messages)
+        return len(messages)
 
     def _take(self, messages) -> None:
         for msg in messages:

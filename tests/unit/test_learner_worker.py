@@ -203,3 +203,55 @@ def test_a_repeated_experience_is_trained_on_once_within_the_window(worker):
         assert worker._accept(e, 0, offset)
     taken = [e.event_id for *_, e in worker.fresh] + [e.event_id for e in worker.holdout]
     assert sorted(taken) == sorted(e.event_id for e in [first, *rest])
+
+
+class _Record:
+    """One consumed experiences message, as confluent-kafka hands it over."""
+
+    def __init__(self, experience: schemas.Experience, offset: int) -> None:
+        self._value, self._key, self._offset = schemas.encode(experience), experience.user_id.encode(), offset
+
+    def error(self):
+        return None
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def topic(self) -> str:
+        return "unit.experiences"
+
+
+class _Queue:
+    """What a consumer has fetched: ``consume(n, timeout)`` hands over up to n of it (pure logic, no broker)."""
+
+    def __init__(self, records: list[_Record]) -> None:
+        self.records = records
+
+    def consume(self, n: int, timeout: float) -> list[_Record]:
+        taken, self.records = self.records[:n], self.records[n:]
+        return taken
+
+
+def test_a_backlog_is_read_on_to_a_whole_turn_before_training(worker):
+    """A learner behind the stream once trained 1,000 read messages per turn however far behind it was, so the
+    agent's bigger steps for a backlog never came; it reads on while reads come back full."""
+    from stream.learner.worker import READ_BATCH
+
+    width = worker.learner.model.config.user_features
+    backlog = _Queue([_Record(e, i) for i, e in enumerate(decisions(5 * READ_BATCH, features=[0.5] * width))])
+    assert worker._read(backlog) == READ_BATCH
+    assert len(worker.fresh) >= worker.agent.config.max_turn
+    assert len(backlog.records) == 2 * READ_BATCH                 # the rest waits for the next turn
+    assert worker.positions == {0: 3 * READ_BATCH}
+    worker.fresh.clear()
+    quiet = _Queue([_Record(e, i) for i, e in enumerate(decisions(300, seed=1, features=[0.5] * width))])
+    assert worker._read(quiet) == 300 and not quiet.records        # a partial read: nothing more is waiting
