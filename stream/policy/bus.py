@@ -4,8 +4,11 @@ A version is larger than a Kafka message, so its safetensors weights travel as
 chunks and its JSON header (``schemas.PolicyHeader``) is written last: the header
 is what makes a version visible, and a reader assembles a version only once the
 header and every chunk it names are there. Every record has its own key
-(``name/version/part``) so compaction keeps all retained versions whole; retiring
-a version tombstones its header first, so a half-deleted version is never seen.
+(``name/version/part.claim``, the claim being the start of the weights' checksum)
+so compaction keeps all retained versions whole, and two writers of one number
+(a rollback racing the learner) never overwrite each other's records: readers keep
+the first claimant, before compaction and after. Retiring a version tombstones its
+header first, so a half-deleted version is never seen.
 
 Readers verify checksum, signature and tensor shapes (``models.serialization``)
 before a version goes anywhere near a live model; a version that fails is counted
@@ -78,12 +81,19 @@ class PolicyRaceError(RuntimeError):
     """A rollback's version number was taken by another writer (the learner) at the same moment."""
 
 
-def record_key(name: str, version: int, part: str) -> bytes:
-    return f"{name}/{version:012d}/{part}".encode()
+def record_key(name: str, version: int, part: str, claim: str = "") -> bytes:
+    return f"{name}/{version:012d}/{part}{'.' + claim if claim else ''}".encode()
+
+
+def claim_of(header: schemas.PolicyHeader | dict) -> str:
+    """What tells one writer's records of a version number from another's: the weights' checksum, shortened."""
+    checksum = header["checksum"] if isinstance(header, dict) else header.checksum
+    return str(checksum)[:16]
 
 
 def parse_key(key: bytes | None) -> tuple[str, int, str] | None:
-    """(name, version, part) of a policies record key, or None for a key this bus did not write."""
+    """(name, version, part) of a policies record key (the part ends in ``.claim`` but in records written
+    before claims were keyed), or None for a key this bus did not write."""
     if not key:
         return None
     try:
@@ -214,7 +224,7 @@ class VersionAssembler:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._chunks: dict[int, dict[int, bytes]] = {}   # version -> chunk index -> bytes
+        self._chunks: dict[tuple[int, str], dict[int, bytes]] = {}   # (version, claim) -> chunk index -> bytes
         self.refused: list[tuple[int, str, str]] = []   # (version, reason, detail) of headers that did not parse
 
     def feed(self, key: bytes | None, value: bytes | None) -> PolicyVersion | None:
@@ -222,20 +232,22 @@ class VersionAssembler:
         parsed = parse_key(key)
         if parsed is None or parsed[0] != self.name:
             return None
-        _, version, part = parsed
+        _, version, keyed = parsed
+        part, _, claim = keyed.partition(".")      # records of before claims were keyed have none
         if value is None:  # tombstone: the version is being retired
-            self._chunks.pop(version, None)
+            self._chunks.pop((version, claim), None)
             return None
         if part == HEADER_PART:
-            chunks = self._chunks.pop(version, {})
+            chunks = self._chunks.pop((version, claim), {})
             try:
                 header = schemas.decode("policies", value)
             except schemas.InvalidMessage as exc:
                 self.refused.append((version, "header", f"{exc.reason}: {exc.detail}"))
                 return None
-            if header.version != version or header.name != self.name:
-                self.refused.append((version, "header", f"header says {header.name} v{header.version}, "
-                                                       f"its key says {self.name} v{version}"))
+            if header.version != version or header.name != self.name or (claim and claim != claim_of(header)):
+                self.refused.append((version, "header", f"header says {header.name} v{header.version} "
+                                                       f"({claim_of(header)}), its key says {self.name} v{version}"
+                                                       f"{' (' + claim + ')' if claim else ''}"))
                 return None
             # Chunks are written (and acknowledged) before their header, on the same partition:
             # a header that finds any missing belongs to a publisher that did not follow that.
@@ -246,7 +258,7 @@ class VersionAssembler:
                 return None
             return PolicyVersion(header, b"".join(chunks[i] for i in range(header.n_chunks)))
         if part.startswith("c") and part[1:].isdigit():
-            self._chunks.setdefault(version, {})[int(part[1:])] = value
+            self._chunks.setdefault((version, claim), {})[int(part[1:])] = value
         return None
 
 
@@ -296,10 +308,11 @@ class PolicyPublisher:
         encoded = schemas.encode(wire)
         if len(encoded) > schemas.MAX_POLICY_HEADER_BYTES:
             raise ValueError(f"policy header is {len(encoded)} bytes, over {schemas.MAX_POLICY_HEADER_BYTES}")
+        claim = claim_of(wire)
         for i, chunk in enumerate(chunks):
-            self._send(record_key(self.name, wire.version, f"c{i:05d}"), chunk)
+            self._send(record_key(self.name, wire.version, f"c{i:05d}", claim), chunk)
         self._flush(f"chunks of {self.name} v{wire.version}")
-        self._send(record_key(self.name, wire.version, HEADER_PART), encoded)
+        self._send(record_key(self.name, wire.version, HEADER_PART, claim), encoded)
         self._flush(f"header of {self.name} v{wire.version}")
         POLICIES_PUBLISHED.labels(self.component).inc()
         POLICY_BYTES.labels(wire.kind).inc(len(blob))
@@ -308,10 +321,13 @@ class PolicyPublisher:
         return wire
 
     def retire(self, header: schemas.PolicyHeader) -> None:
-        """Tombstone a version (header first, so no reader ever sees it half gone)."""
-        self._send(record_key(self.name, header.version, HEADER_PART), None)
-        for i in range(header.n_chunks):
-            self._send(record_key(self.name, header.version, f"c{i:05d}"), None)
+        """Tombstone a version (header first, so no reader ever sees it half gone). Keys of both forms:
+        a version written before claims were keyed has none."""
+        for claim in (claim_of(header), ""):
+            self._send(record_key(self.name, header.version, HEADER_PART, claim), None)
+        for claim in (claim_of(header), ""):
+            for i in range(header.n_chunks):
+                self._send(record_key(self.name, header.version, f"c{i:05d}", claim), None)
         self._flush(f"retiring {self.name} v{header.version}")
 
     def close(self) -> None:
@@ -343,8 +359,11 @@ def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVer
         done = assembler.feed(msg.key(), msg.value())
         if done is not None:
             complete.setdefault(done.version, []).append(done)
-        elif msg.value() is None and parsed and parsed[2] == HEADER_PART:
-            complete.pop(parsed[1], None)
+        elif msg.value() is None and parsed and parsed[2].partition(".")[0] == HEADER_PART:
+            claim = parsed[2].partition(".")[2]
+            kept = [v for v in complete.pop(parsed[1], []) if claim and claim_of(v.header) != claim]
+            if kept:
+                complete[parsed[1]] = kept
     return [v for number in sorted(complete) for v in complete[number]], highest
 
 

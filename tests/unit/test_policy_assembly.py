@@ -110,3 +110,47 @@ def test_a_forged_claimant_of_a_number_does_not_shadow_the_genuine_chain():
     assert newest_verified([v1, v2, copied, v3], key).version == 3
     # With the genuine v2 gone, nothing after v1 verifies.
     assert newest_verified([v1, forged, v3], key).version == 1
+
+
+def test_compaction_keeps_the_first_claimant_of_a_number_whole():
+    """A rollback's full v2 and the learner's delta v2 written at the same moment once shared their record keys,
+    so compaction (the last record of each key survives) left the second writer's header over the first one's
+    chunks: readers that started after compaction saw the claimant that every live reader had refused."""
+    import torch
+
+    from models.delta import cpu_state
+    from models.policy import PolicyConfig, TwoTowerPolicy
+    from stream.config import Settings
+    from stream.policy.bus import PolicyPublisher, one_per_number
+
+    settings = Settings(bootstrap_servers="127.0.0.1:9", hmac_key="k", max_message_bytes=64 * 1024)
+    written: list[tuple[bytes, bytes | None]] = []
+
+    class Recording(PolicyPublisher):
+        def _send(self, key, value):
+            written.append((key, value))
+
+        def _flush(self, what):
+            pass
+
+    torch.manual_seed(0)
+    config = PolicyConfig(text_dim=8, dim=16, hidden=16, item_buckets=2048, user_buckets=2048)
+    v1, rolled_back, learner = (TwoTowerPolicy(config) for _ in range(3))
+    learner.load_state_dict(v1.state_dict())
+    with torch.no_grad():
+        learner.item_id.weight[7] += 1.0                                 # one row moved: a small delta
+    publisher = Recording(settings)
+    try:
+        publisher.publish(v1, 1)
+        first = publisher.publish(rolled_back, 2, parent=1, metrics={"rollback_of": 1.0})   # several chunks
+        second = publisher.publish_delta(learner, cpu_state(v1), 2, 1)                     # one chunk
+    finally:
+        publisher.close()
+    assert first.n_chunks > second.n_chunks == 1
+    survivors = {key: i for i, (key, _) in enumerate(written)}          # compaction: each key's last record
+    compacted = [written[i] for i in sorted(survivors.values())]
+    asm = VersionAssembler(settings.policy_name)
+    versions = [v for v in (asm.feed(k, v) for k, v in compacted) if v is not None]
+    assert sorted(v.version for v in versions) == [1, 2, 2]
+    kept = {v.version: v for v in one_per_number(versions, b"k")}
+    assert kept[2].header.checksum == first.checksum and not asm.refused
