@@ -29,6 +29,13 @@ def same_state(a: TwoTowerPolicy, b: TwoTowerPolicy) -> bool:
     return state_checksum(cpu_state(a)) == state_checksum(cpu_state(b))
 
 
+def catch_up(settings):
+    """(the version, the refusals) of a reader started now, once it has read the whole topic."""
+    late = PolicySubscriber(settings, "scorer-late").start()
+    late.stop()
+    return late.live, late.rejections
+
+
 @pytest.fixture()
 def chain(settings, topics):
     """v1 full, then v2 and v3 as deltas: the published models and the publisher."""
@@ -135,11 +142,8 @@ def test_a_forged_claimant_after_the_genuine_version_does_not_displace_it(settin
         v5 = trained(v4, [51], 11)
         publisher.publish_delta(v5, cpu_state(v4), 5, 4)
         assert following.wait_for_version(5, 20) and same_state(following.live.model, v5)
-        late = PolicySubscriber(settings, "scorer-late").start()         # all of it in one catch-up
-        try:
-            assert late.live.version == 5 and same_state(late.live.model, v5)
-        finally:
-            late.stop()
+        live, _ = catch_up(settings)                                      # all of it in one catch-up
+        assert live.version == 5 and same_state(live.model, v5)
     finally:
         following.stop()
 
@@ -161,12 +165,9 @@ def test_when_a_rollback_and_the_learner_take_one_number_every_reader_keeps_the_
         v5 = trained(v1, [61], 13)
         publisher.publish(v5, 5, parent=4)
         assert following.wait_for_version(5, 20) and same_state(following.live.model, v5)
-        late = PolicySubscriber(settings, "scorer-late").start()
-        try:
-            assert late.live.version == 5 and same_state(late.live.model, v5)
-            assert (4, "taken") in late.rejections                     # the learner's v4 came second
-        finally:
-            late.stop()
+        live, refused = catch_up(settings)
+        assert live.version == 5 and same_state(live.model, v5)
+        assert (4, "taken") in refused                                  # the learner's v4 came second
 
         # Now the learner's delta v6 lands first and a rollback's v6 second: the rollback lost.
         v6 = trained(v5, [62], 14)
@@ -176,11 +177,8 @@ def test_when_a_rollback_and_the_learner_take_one_number_every_reader_keeps_the_
         publisher.publish_delta(v7, cpu_state(v6), 7, 6)
         assert following.wait_for_version(7, 20) and same_state(following.live.model, v7)
         assert learner.live.version == 4 and (6, "taken") in learner.rejections   # never offered to the learner
-        late = PolicySubscriber(settings, "scorer-late").start()
-        try:
-            assert late.live.version == 7 and same_state(late.live.model, v7)
-        finally:
-            late.stop()
+        live, _ = catch_up(settings)
+        assert live.version == 7 and same_state(live.model, v7)
     finally:
         following.stop()
         learner.stop()
