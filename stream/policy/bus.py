@@ -55,6 +55,8 @@ HEADER_PART = "h"
 MAX_VERSIONS_IN_FLIGHT = 16
 #: Versions a reader keeps waiting for a parent or a snapshot (the oldest go first).
 MAX_PENDING_VERSIONS = 256
+#: Refusals a reader remembers for inspection (the newest): a forger can write bad versions without end.
+MAX_REMEMBERED_REJECTIONS = 1000
 
 POLICIES_PUBLISHED = Counter(
     "recsys_policy_versions_published_total", "Policy versions written to the policies topic.", ["component"])
@@ -605,6 +607,8 @@ class PolicySubscriber:
 
     def _reject(self, version: int, reason: str, detail: str) -> None:
         self.rejections.append((version, reason))
+        if len(self.rejections) > MAX_REMEMBERED_REJECTIONS:
+            del self.rejections[:-MAX_REMEMBERED_REJECTIONS]
         POLICY_REJECTIONS.labels(self.component, reason).inc()
         log.warning("policy %s v%d rejected (%s): %s; keeping v%s", self.name, version, reason, detail,
                     self.live.version if self.live else "none")

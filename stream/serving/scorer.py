@@ -69,6 +69,10 @@ FRESHNESS = Histogram(
     buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300))
 
 
+#: Versions swapped to that a scorer remembers for inspection (the newest; a version every second never stops).
+MAX_REMEMBERED_SWAPS = 1000
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
     slate_size: int = 10
@@ -158,6 +162,7 @@ class Scorer:
         self._served = served
         self.live_metrics = dict(live.header.metrics)
         self.swaps.append(live.version)
+        del self.swaps[:-MAX_REMEMBERED_SWAPS]
         SCORER_SWAPS.inc()
         trained_through = live.header.metrics.get("trained_through_ts")
         if trained_through:

@@ -154,3 +154,18 @@ def test_compaction_keeps_the_first_claimant_of_a_number_whole():
     assert sorted(v.version for v in versions) == [1, 2, 2]
     kept = {v.version: v for v in one_per_number(versions, b"k")}
     assert kept[2].header.checksum == first.checksum and not asm.refused
+
+
+def test_a_reader_remembers_only_its_newest_refusals():
+    """Anyone who can write to the topic can write bad versions without end; the list kept for inspection must
+    not grow with them (the counter counts them all)."""
+    from stream.config import Settings
+    from stream.policy.bus import MAX_REMEMBERED_REJECTIONS, POLICY_REJECTIONS, PolicySubscriber
+
+    reader = PolicySubscriber(Settings(bootstrap_servers="127.0.0.1:9", hmac_key="k"), "unit-reader")
+    before = POLICY_REJECTIONS.labels("unit-reader", "signature")._value.get()
+    for version in range(1, 2 * MAX_REMEMBERED_REJECTIONS + 1):
+        reader._reject(version, "signature", "forged")
+    assert len(reader.rejections) == MAX_REMEMBERED_REJECTIONS
+    assert reader.rejections[-1] == (2 * MAX_REMEMBERED_REJECTIONS, "signature")
+    assert POLICY_REJECTIONS.labels("unit-reader", "signature")._value.get() == before + 2 * MAX_REMEMBERED_REJECTIONS
