@@ -249,15 +249,15 @@ class LearnerWorker:
         self.policies.start()       # a rollback published while the learner was down is adopted below
         on_topic = read_versions(self.settings)
         newest = newest_verified(on_topic, trust_of(self.settings))
+        claimants = one_per_number(on_topic, trust_of(self.settings))   # each number's first trusted writer
         if newest is not None:
-            self.retained.extend(v.header for v in one_per_number(on_topic, trust_of(self.settings))
-                                 if v.version <= newest.version)
+            self.retained.extend(v.header for v in claimants if v.version <= newest.version)
         if newest is not None and newest.version > self.version:
             log.info("topic holds verified version %d beyond the checkpoint's %d: continuing after it",
                      newest.version, self.version)
             self.version = newest.version
         # Numbers past the newest that verifies (versions on a parent no reader holds) stay taken.
-        self.last_number = max([self.version, *(v.version for v in one_per_number(on_topic, trust_of(self.settings)))])
+        self.last_number = max([self.version, *(v.version for v in claimants)])
         self._export_live_version()
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,

@@ -133,19 +133,21 @@ class PolicyVersion:
         """The verified model, or ``PolicyIntegrityError`` naming what did not match (``unsigned``
         when ``trust`` has no key and does not allow unsigned versions). A delta needs ``base``,
         its parent's model (``load_version`` finds the chain)."""
-        header = msgspec.structs.asdict(self.header)
-        if isinstance(trust, Trust):
-            return unpack(header, self.blob, trust.verification_keys(), require_signature=not trust.allow_unsigned,
-                          base=base)
-        return unpack(header, self.blob, trust, base=base)
+        keys, required = _verification(trust)
+        return unpack(msgspec.structs.asdict(self.header), self.blob, keys, require_signature=required, base=base)
 
     def verify_authorship(self, trust: Trust | bytes | None) -> None:
         """``PolicyIntegrityError`` unless a trusted writer wrote this header and these weights."""
-        header = msgspec.structs.asdict(self.header)
-        if isinstance(trust, Trust):
-            verify_authorship(header, self.blob, trust.verification_keys(), require_signature=not trust.allow_unsigned)
-        else:
-            verify_authorship(header, self.blob, trust)
+        keys, required = _verification(trust)
+        verify_authorship(msgspec.structs.asdict(self.header), self.blob, keys, require_signature=required)
+
+
+def _verification(trust: Trust | bytes | None) -> tuple[list[bytes] | bytes | None, bool]:
+    """(keys, whether a signature is required) for ``models.serialization``: a ``Trust`` names both; a bare
+    key (or None) is checked when present and requires nothing."""
+    if isinstance(trust, Trust):
+        return trust.verification_keys(), not trust.allow_unsigned
+    return trust, False
 
 
 def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None,
@@ -361,8 +363,8 @@ def _scan(settings: Settings, name: str, timeout: float) -> tuple[list[PolicyVer
         done = assembler.feed(msg.key(), msg.value())
         if done is not None:
             complete.setdefault(done.version, []).append(done)
-        elif msg.value() is None and parsed and parsed[2].partition(".")[0] == HEADER_PART:
-            claim = parsed[2].partition(".")[2]
+        elif msg.value() is None and parsed and (part := parsed[2].partition("."))[0] == HEADER_PART:
+            claim = part[2]
             kept = [v for v in complete.pop(parsed[1], []) if claim and claim_of(v.header) != claim]
             if kept:
                 complete[parsed[1]] = kept
