@@ -22,6 +22,9 @@ from torch import nn
 
 from models.exploration import Exploration, only_known_fields
 
+#: PolicyConfig fields that say how one version is served, not the model's shape: they change per version.
+PER_VERSION = ("exploration",)
+
 
 @dataclass(frozen=True)
 class PolicyConfig:

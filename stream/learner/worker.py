@@ -37,7 +37,7 @@ from models.agent import Agent, AgentConfig
 from models.delta import cpu_state, make_delta
 from models.encoders import TextEncoder
 from models.evaluation import estimate
-from models.policy import PolicyConfig, TwoTowerPolicy
+from models.policy import PER_VERSION, PolicyConfig, TwoTowerPolicy
 from stream import schemas
 from stream.config import Settings
 from stream.items.embeddings import Catalogue
@@ -188,6 +188,7 @@ class LearnerWorker:
             "model_config": self.learner.model.config.to_dict(),
             "version": self.version,
             "live": self.live.state_dict() if self.live is not None else None,
+            "live_config": self.live.config.to_dict() if self.live is not None else None,
             "positions": self._resume_positions(),
             "trained_through": self.trained_through,
             "holdout": [schemas.encode(e) for e in self.holdout],
@@ -210,15 +211,17 @@ class LearnerWorker:
         if not self.checkpoint_path.exists():
             return False
         state = checkpoint.load(self.checkpoint_path, self.learner.device)   # CheckpointError: foreign or damaged
-        # The exploration is how versions are served, not the model's shape: changing it keeps the checkpoint.
-        saved = {k: v for k, v in state["model_config"].items() if k != "exploration"}
-        if saved != {k: v for k, v in self.learner.model.config.to_dict().items() if k != "exploration"}:
+        # How versions are served (exploration, adaptation gains) is not the model's shape: it keeps the checkpoint.
+        saved = {k: v for k, v in state["model_config"].items() if k not in PER_VERSION}
+        if saved != {k: v for k, v in self.learner.model.config.to_dict().items() if k not in PER_VERSION}:
             raise checkpoint.CheckpointError(f"checkpoint {self.checkpoint_path} holds a model of another shape; move it away "
                              "to start from scratch")
         self.learner.load_state_dict(state["learner"])
         self.version = state["version"]
         if state["live"] is not None:
-            self.live = TwoTowerPolicy(self.learner.model.config)
+            # The live version as it is served (older checkpoints keep only its weights).
+            served = state.get("live_config")
+            self.live = TwoTowerPolicy(PolicyConfig.from_dict(served) if served else self.learner.model.config)
             self.live.load_state_dict(state["live"])
         self.positions = {int(p): o for p, o in state["positions"].items()}
         self.trained_through = state["trained_through"]

@@ -156,7 +156,7 @@ def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker
     worker.holdout.extend(held)
     worker.learner.update(worker.batcher.batch(held))
     worker.version = 4
-    worker.live = copy.deepcopy(worker.learner.model).eval()
+    worker.live = worker.agent.candidate()              # as published: its exploration resolved for serving
     worker.positions = {0: 42, 1: 7}
     worker.checkpoint()
 
@@ -175,6 +175,8 @@ def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker
             assert torch.equal(again.live.state_dict()[name], worker.live.state_dict()[name]), name
         assert again.learner.optimizer.state_dict()["state"].keys() == worker.learner.optimizer.state_dict()["state"].keys()
         assert again.agent.candidate().config.exploration.kind == "thompson"
+        # The live version is judged as it was served, not with the restarted learner's settings.
+        assert again.live.config == worker.live.config and again.live.config.exploration.gamma is not None
     finally:
         again.publisher.close()
 
