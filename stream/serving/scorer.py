@@ -48,6 +48,9 @@ OVERSIZED_CANDIDATE_LOGS = Counter(
     "recsys_scorer_candidates_not_logged_total",
     "Impressions logged without their candidate list because it would not fit the event size limit.")
 SCORER_SWAPS = Counter("recsys_scorer_policy_swaps_total", "Policy versions this scorer swapped to.")
+REMEMBERED_USERS = Gauge("recsys_scorer_remembered_users",
+                         "Users whose recent outcomes this scorer keeps for serve-time adaptation.")
+REMEMBERED_OUTCOMES = Gauge("recsys_scorer_remembered_outcomes", "Recent outcomes kept over all remembered users.")
 SWAP_BUILD_SECONDS = Histogram(
     "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
@@ -93,21 +96,33 @@ class _Served:
 
 
 class UserMemory:
-    """Each user's recent (item, position, click reward), bounded in users, length and age."""
+    """Each user's recent (item, position, click reward), bounded in users, length and age.
+
+    Users are kept in order of their last outcome, so the idle ones are at the front: each
+    record drops those idle past ``ttl`` (a user seen once is not kept until ``max_users``
+    others push it out).
+    """
 
     def __init__(self, per_user: int, max_users: int, ttl: float) -> None:
         self.per_user, self.max_users, self.ttl = per_user, max_users, ttl
         self._users: OrderedDict[str, tuple[float, deque]] = OrderedDict()
         self._lock = threading.Lock()
+        self.outcomes = 0
 
     def record(self, user_id: str, item_id: str, position: int, reward: float, now: float) -> None:
         with self._lock:
             entry = self._users.pop(user_id, None)
             events = entry[1] if entry else deque(maxlen=self.per_user)
+            self.outcomes += len(events) < self.per_user
             events.append((item_id, position, reward))
             self._users[user_id] = (now, events)
             while len(self._users) > self.max_users:
-                self._users.popitem(last=False)
+                self._forget_oldest()
+            while now - next(iter(self._users.values()))[0] > self.ttl:
+                self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        self.outcomes -= len(self._users.popitem(last=False)[1][1])
 
     def recent(self, user_id: str, now: float) -> list[tuple[str, int, float]]:
         with self._lock:
@@ -115,7 +130,7 @@ class UserMemory:
             if entry is None:
                 return []
             if now - entry[0] > self.ttl:
-                del self._users[user_id]
+                self.outcomes -= len(self._users.pop(user_id)[1])
                 return []
             return list(entry[1])
 
@@ -132,6 +147,8 @@ class Scorer:
         self.config = config or ScorerConfig()
         self.catalogue = Catalogue(encoder, "scorer")
         self.memory = UserMemory(self.config.history, self.config.max_users, self.config.user_ttl)
+        REMEMBERED_USERS.set_function(lambda: len(self.memory))
+        REMEMBERED_OUTCOMES.set_function(lambda: self.memory.outcomes)
         # Impressions are logged, not answered: lingering adds nothing to a response's latency.
         self.events = producer or EventProducer(settings, "scorer", **{"linger.ms": LOGGING_LINGER_MS})
         self._served = _Served(0, None)
