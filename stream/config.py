@@ -27,6 +27,16 @@ class MissingBootstrapError(RuntimeError):
         )
 
 
+#: librdkafka settings the code's delivery guarantees rest on (idempotent, acknowledged writes; offsets
+#: stored only after effects are durable; partitioning by key as Java clients do; reading a topic to its
+#: end). They are set in code; RECSYS_KAFKA_EXTRA may tune anything else, and wins over the code's defaults.
+GUARANTEE_KEYS = frozenset({
+    "bootstrap.servers", "enable.idempotence", "acks", "request.required.acks", "delivery.report.only.error",
+    "partitioner", "transactional.id", "group.id", "enable.auto.commit", "enable.auto.offset.store",
+    "auto.offset.reset", "enable.partition.eof", "isolation.level",
+})
+
+
 class Settings(BaseSettings):
     """Effective configuration of a process."""
 
@@ -76,7 +86,9 @@ class Settings(BaseSettings):
     kafka_extra: dict[str, str] = Field(
         default_factory=dict,
         description="RECSYS_KAFKA_EXTRA: JSON object of extra librdkafka settings passed to "
-        'every client, e.g. {"client.rack": "eu-1a"}.',
+        'every client, e.g. {"client.rack": "eu-1a"} or {"linger.ms": "20"}; they win over the code\'s '
+        "defaults, except the settings the delivery guarantees rest on (acks, idempotence, offset storing, "
+        "group, partitioner), which are refused.",
     )
 
     user_features: int = Field(
@@ -135,7 +147,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else {}
         if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
+            value = {str(k): str(v) for k, v in value.items()}
+            reserved = sorted(set(value) & GUARANTEE_KEYS)
+            if reserved:
+                raise ValueError(f"RECSYS_KAFKA_EXTRA may not set {', '.join(reserved)}: the delivery guarantees "
+                                 "rest on them (docs/ARCHITECTURE.md, \"Guarantees\"); the broker address and "
+                                 "security have their own RECSYS_* settings")
         return value
 
     def require_bootstrap(self, role: str) -> str:

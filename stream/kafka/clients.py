@@ -67,6 +67,7 @@ def producer_config(settings: Settings, role: str, **overrides: Any) -> dict[str
         }
     )
     conf.update(overrides)
+    conf.update(settings.kafka_extra)      # an operator's tuning wins (the guarantees' keys are refused)
     return conf
 
 
@@ -85,6 +86,7 @@ def consumer_config(settings: Settings, role: str, group_id: str, **overrides: A
         }
     )
     conf.update(overrides)
+    conf.update(settings.kafka_extra)
     return conf
 
 

@@ -90,3 +90,21 @@ def test_describe_lists_every_variable():
     names = {row[0] for row in Settings.describe()}
     assert "RECSYS_BOOTSTRAP_SERVERS" in names and "RECSYS_HMAC_KEY" in names
     assert len(names) == len(Settings.model_fields)
+
+
+def test_an_operators_kafka_tuning_wins_over_the_codes_defaults(monkeypatch):
+    monkeypatch.setenv("RECSYS_KAFKA_EXTRA", '{"linger.ms": "40", "compression.type": "lz4", '
+                                             '"session.timeout.ms": "10000"}')
+    s = Settings(bootstrap_servers="k:9092")
+    for conf in (producer_config(s, "ingest"), producer_config(s, "scorer", **{"linger.ms": 250})):
+        assert conf["linger.ms"] == "40" and conf["compression.type"] == "lz4"
+        assert conf["enable.idempotence"] is True and conf["acks"] == "all"
+    assert consumer_config(s, "process", "g")["session.timeout.ms"] == "10000"
+
+
+@pytest.mark.parametrize("key", ["acks", "enable.idempotence", "enable.auto.offset.store", "group.id",
+                                 "bootstrap.servers"])
+def test_kafka_extra_may_not_weaken_the_delivery_guarantees(monkeypatch, key):
+    monkeypatch.setenv("RECSYS_KAFKA_EXTRA", f'{{"{key}": "1", "client.rack": "eu-1a"}}')
+    with pytest.raises(ValidationError, match=f"may not set {key}"):
+        Settings()
