@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -224,12 +224,25 @@ class _Chain:
 
 
 class VersionAssembler:
-    """Turns the policies records of one name, in log order, into complete versions (pure logic)."""
+    """Turns the policies records of one name, in log order, into complete versions (pure logic).
+
+    A publisher writes a version's chunks, then its header, so a reader has one version waiting
+    for its header per writer at work (the learner, a rollback). Chunks that no header follows
+    (a publisher killed mid-write, or records forged to fill readers' memory) are dropped once
+    ``MAX_PENDING_VERSIONS`` newer versions wait, or once they add up to more than any version
+    may hold, and refused as ``incomplete``.
+    """
+
+    MAX_PENDING_VERSIONS = 4
+    #: Refusals kept until a reader takes them (a live follower takes them after every record).
+    MAX_REFUSALS = 1000
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._chunks: dict[tuple[int, str], dict[int, bytes]] = {}   # (version, claim) -> chunk index -> bytes
-        self.refused: list[tuple[int, str, str]] = []   # (version, reason, detail) of headers that did not parse
+        self._pending_bytes: dict[tuple[int, str], int] = {}
+        #: (version, reason, detail) of what did not make a version, newest ``MAX_REFUSALS``.
+        self.refused: deque[tuple[int, str, str]] = deque(maxlen=self.MAX_REFUSALS)
 
     def feed(self, key: bytes | None, value: bytes | None) -> PolicyVersion | None:
         """Take one record; return the version it completed, if any."""
@@ -239,10 +252,10 @@ class VersionAssembler:
         _, version, keyed = parsed
         part, _, claim = keyed.partition(".")      # records of before claims were keyed have none
         if value is None:  # tombstone: the version is being retired
-            self._chunks.pop((version, claim), None)
+            self._forget((version, claim))
             return None
         if part == HEADER_PART:
-            chunks = self._chunks.pop((version, claim), {})
+            chunks = self._forget((version, claim)) or {}
             try:
                 header = schemas.decode("policies", value)
             except schemas.InvalidMessage as exc:
@@ -262,8 +275,35 @@ class VersionAssembler:
                 return None
             return PolicyVersion(header, b"".join(chunks[i] for i in range(header.n_chunks)))
         if part.startswith("c") and part[1:].isdigit():
-            self._chunks.setdefault((version, claim), {})[int(part[1:])] = value
+            self._hold((version, claim), int(part[1:]), value)
         return None
+
+    def _hold(self, key: tuple[int, str], index: int, value: bytes) -> None:
+        pending = self._chunks.get(key)
+        if pending is None:
+            while len(self._chunks) >= self.MAX_PENDING_VERSIONS:
+                oldest = next(iter(self._chunks))
+                dropped = self._forget(oldest) or {}
+                self.refused.append((oldest[0], "incomplete", f"{len(dropped)} chunks that no header followed "
+                                                              f"while {self.MAX_PENDING_VERSIONS} newer versions "
+                                                              "were written; dropped"))
+            pending = self._chunks[key] = {}
+        size = self._pending_bytes.get(key, 0) - len(pending.get(index, b"")) + len(value)
+        if size > schemas.MAX_POLICY_BYTES:
+            self._forget(key)
+            self.refused.append((key[0], "incomplete", f"chunks add up to more than a version may hold "
+                                                       f"({schemas.MAX_POLICY_BYTES} bytes); dropped"))
+            return
+        pending[index] = value
+        self._pending_bytes[key] = size
+
+    def _forget(self, key: tuple[int, str]) -> dict[int, bytes] | None:
+        self._pending_bytes.pop(key, None)
+        return self._chunks.pop(key, None)
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(self._pending_bytes.values())
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def test_a_version_appears_only_when_its_header_follows_every_chunk():
     assert asm.feed(*chunk(1, 0, b"abc")) is None
     done = asm.feed(record_key("p", 1, HEADER_PART), header(1, 2))
     assert done is not None and done.version == 1 and done.blob == b"abcdef"
-    assert asm.refused == []
+    assert not asm.refused and asm.pending_bytes == 0
 
 
 def test_a_header_missing_chunks_is_refused_not_held():
@@ -29,6 +29,29 @@ def test_a_header_missing_chunks_is_refused_not_held():
     asm.feed(*chunk(2, 0, b"abc"))
     assert asm.feed(record_key("p", 2, HEADER_PART), header(2, 2)) is None
     assert [(v, reason) for v, reason, _ in asm.refused] == [(2, "incomplete")]
+
+
+def test_chunks_no_header_follows_are_dropped_not_held_forever():
+    """A publisher killed mid-write, or chunks forged without end, must not fill every reader's memory."""
+    asm = VersionAssembler("p")
+    for version in range(1, 101):
+        for i in range(3):
+            asm.feed(*chunk(version, i, b"x" * 1000))
+    assert asm.pending_bytes == VersionAssembler.MAX_PENDING_VERSIONS * 3000
+    assert len(asm.refused) == 100 - VersionAssembler.MAX_PENDING_VERSIONS
+    assert {reason for _, reason, _ in asm.refused} == {"incomplete"}
+    # A writer's version right after them still assembles.
+    asm.feed(*chunk(200, 0, b"abc"))
+    assert asm.feed(record_key("p", 200, HEADER_PART), header(200, 1)).blob == b"abc"
+
+
+def test_chunks_beyond_what_a_version_may_hold_are_dropped(monkeypatch):
+    monkeypatch.setattr(schemas, "MAX_POLICY_BYTES", 10_000)
+    asm = VersionAssembler("p")
+    for i in range(50):                      # one key, ever more chunk numbers
+        asm.feed(*chunk(7, i, b"x" * 1000))
+    assert asm.pending_bytes <= 10_000
+    assert [(v, reason) for v, reason, _ in asm.refused][:1] == [(7, "incomplete")]
 
 
 def test_bad_headers_and_foreign_records_are_refused_or_ignored():
