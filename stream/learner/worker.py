@@ -211,7 +211,7 @@ class LearnerWorker:
         if not self.checkpoint_path.exists():
             return False
         state = checkpoint.load(self.checkpoint_path, self.learner.device)   # CheckpointError: foreign or damaged
-        # How versions are served (exploration, adaptation gains) is not the model's shape: it keeps the checkpoint.
+        # How versions are served (the exploration) is not the model's shape: changing it keeps the checkpoint.
         saved = {k: v for k, v in state["model_config"].items() if k not in PER_VERSION}
         if saved != {k: v for k, v in self.learner.model.config.to_dict().items() if k not in PER_VERSION}:
             raise checkpoint.CheckpointError(f"checkpoint {self.checkpoint_path} holds a model of another shape; move it away "
