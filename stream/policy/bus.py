@@ -229,20 +229,18 @@ class VersionAssembler:
     A publisher writes a version's chunks, then its header, so a reader has one version waiting
     for its header per writer at work (the learner, a rollback). Chunks that no header follows
     (a publisher killed mid-write, or records forged to fill readers' memory) are dropped once
-    ``MAX_PENDING_VERSIONS`` newer versions wait, or once they add up to more than any version
+    ``MAX_HEADERLESS_VERSIONS`` newer versions wait, or once they add up to more than any version
     may hold, and refused as ``incomplete``.
     """
 
-    MAX_PENDING_VERSIONS = 4
-    #: Refusals kept until a reader takes them (a live follower takes them after every record).
-    MAX_REFUSALS = 1000
+    MAX_HEADERLESS_VERSIONS = 4
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._chunks: dict[tuple[int, str], dict[int, bytes]] = {}   # (version, claim) -> chunk index -> bytes
         self._pending_bytes: dict[tuple[int, str], int] = {}
-        #: (version, reason, detail) of what did not make a version, newest ``MAX_REFUSALS``.
-        self.refused: deque[tuple[int, str, str]] = deque(maxlen=self.MAX_REFUSALS)
+        #: (version, reason, detail) of what did not make a version, the newest until a reader takes them.
+        self.refused: deque[tuple[int, str, str]] = deque(maxlen=MAX_REMEMBERED_REJECTIONS)
 
     def feed(self, key: bytes | None, value: bytes | None) -> PolicyVersion | None:
         """Take one record; return the version it completed, if any."""
@@ -281,11 +279,11 @@ class VersionAssembler:
     def _hold(self, key: tuple[int, str], index: int, value: bytes) -> None:
         pending = self._chunks.get(key)
         if pending is None:
-            while len(self._chunks) >= self.MAX_PENDING_VERSIONS:
+            while len(self._chunks) >= self.MAX_HEADERLESS_VERSIONS:
                 oldest = next(iter(self._chunks))
                 dropped = self._forget(oldest) or {}
                 self.refused.append((oldest[0], "incomplete", f"{len(dropped)} chunks that no header followed "
-                                                              f"while {self.MAX_PENDING_VERSIONS} newer versions "
+                                                              f"while {self.MAX_HEADERLESS_VERSIONS} newer versions "
                                                               "were written; dropped"))
             pending = self._chunks[key] = {}
         size = self._pending_bytes.get(key, 0) - len(pending.get(index, b"")) + len(value)

@@ -37,8 +37,8 @@ def test_chunks_no_header_follows_are_dropped_not_held_forever():
     for version in range(1, 101):
         for i in range(3):
             asm.feed(*chunk(version, i, b"x" * 1000))
-    assert asm.pending_bytes == VersionAssembler.MAX_PENDING_VERSIONS * 3000
-    assert len(asm.refused) == 100 - VersionAssembler.MAX_PENDING_VERSIONS
+    assert asm.pending_bytes == VersionAssembler.MAX_HEADERLESS_VERSIONS * 3000
+    assert len(asm.refused) == 100 - VersionAssembler.MAX_HEADERLESS_VERSIONS
     assert {reason for _, reason, _ in asm.refused} == {"incomplete"}
     # A writer's version right after them still assembles.
     asm.feed(*chunk(200, 0, b"abc"))
