@@ -68,6 +68,7 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
         "requests": report["requests"], "failed_requests": report["failed_requests"],
         "events_per_second": report["events_per_second"], "exit_codes": report["exit_codes"],
         "click_to_live_p99_s": report["click_to_live_seconds"]["p99"], **report["policy_traffic"],
+        "offset_gaps": report["offset_gaps"],
         "seconds": round(time.monotonic() - started, 1),
     }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup})
 

@@ -79,7 +79,9 @@ def broker(port: int | None, host: str) -> None:
               help="batch: confluent-kafka batch consumer with changelog-backed state (survives SIGKILL, "
                    "restarts and rebalances without losing or double-paying a reward; measured in BENCHMARKS.md). "
                    "faust: the faust agent with in-memory state: a restart or a rebalance LOSES the open click and "
-                   "purchase windows of its partitions (their no_click and purchase experiences are never emitted).")
+                   "purchase windows of its partitions (their no_click and purchase experiences are never emitted), "
+                   "and its consumer is not guarded against the embedded broker stepping over a record that "
+                   "several producers wrote at once (README, \"Known quirks of the embedded broker\").")
 @click.option("--batch", "batch_size", type=click.IntRange(1), default=5000, show_default=True,
               help="Messages per consumed batch (batch engine).")
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,

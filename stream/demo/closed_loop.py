@@ -273,6 +273,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         # Every metric family each role exports, as a live scrape shows it (deploy/ checks its queries on it).
         report["metric_families"] = {role: sorted(set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M)))
                                      for role, text in scrapes.items()}
+        report["offset_gaps"] = offset_gaps(scrapes)
         learner_metrics = scrapes["learn"]
         report["experience_to_update_seconds"] = histogram_quantiles(learner_metrics,
                                                                      "recsys_learner_fresh_delay_seconds")
@@ -430,6 +431,18 @@ def prometheus_summary(prometheus: LocalPrometheus) -> dict[str, Any]:
                            for r in prometheus.query("max by (job) (recsys_policy_version)")},
         "alerts_firing": sorted(r["metric"]["alertname"] for r in prometheus.query('ALERTS{alertstate="firing"}')),
     }
+
+
+def offset_gaps(scrapes: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Holes in partitions' offsets each role's consumers met, by outcome (stream/kafka/gaps.py): the embedded
+    broker's race, filled by reading again, or stepped over."""
+    found: dict[str, dict[str, float]] = {}
+    for role, text in scrapes.items():
+        for outcome, value in re.findall(r'^recsys_kafka_offset_gaps_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$',
+                                         text, flags=re.M):
+            totals = found.setdefault(role, {})
+            totals[outcome] = totals.get(outcome, 0.0) + float(value)
+    return found
 
 
 def scrape(port: int) -> str:

@@ -35,6 +35,7 @@ from stream.join.processor import SOURCES, Coordinates, Outcome, RewardProcessor
 from stream.join.reward_join import JoinConfig
 from stream.join.state import read_partitions
 from stream.kafka.clients import make_admin, make_consumer
+from stream.kafka.gaps import GapGuard
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import topic_name
 from stream.ops.metrics import LagReporter
@@ -100,8 +101,10 @@ class JoinWorker:
                      "/".join(str(len(states[p].live)) for p in new), time.monotonic() - started, undone)
         # Where each input resumes: the committed offset, or the start of a partition never read.
         now = self.assigned_at = time.monotonic()
-        for tp in consumer.committed(partitions, timeout=30):
+        committed = consumer.committed(partitions, timeout=30)
+        for tp in committed:
             self.positions[(tp.topic, tp.partition)] = max(tp.offset, 0)
+        self.guard.expect(committed)
         self.last_message_at = now   # quiet counts from here
         consumer.assign(partitions)
 
@@ -116,12 +119,14 @@ class JoinWorker:
             log.warning("partitions %s revoked after a failure: not committing past unwritten state",
                         sorted({tp.partition for tp in partitions}))
         self._release({tp.partition for tp in partitions})
+        self.guard.forget(partitions)
         consumer.unassign()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another worker owns them now: do not commit, just forget.
         log.warning("partitions lost: %s", sorted({tp.partition for tp in partitions}))
         self._release({tp.partition for tp in partitions})
+        self.guard.forget(partitions)
         consumer.unassign()
 
     def _release(self, numbers: set[int]) -> None:
@@ -142,6 +147,7 @@ class JoinWorker:
             "partition.assignment.strategy": "range",
             "fetch.wait.max.ms": 50,
         })
+        self.guard = GapGuard(consumer, "process")
         consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         last_input = last_checkpoint = last_tick = last_report = last_end_check = time.monotonic()
@@ -150,6 +156,7 @@ class JoinWorker:
                 messages = consumer.consume(self.batch, 0.1)
                 now = time.monotonic()
                 self.drained = len(messages) < self.batch
+                messages = self.guard.admit(messages)
                 if self._handle(messages, now):
                     last_input = now
                 if self.until_caught_up and self.drained and self.assigned_at and now - last_end_check >= 0.25:

@@ -11,7 +11,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from stream.config import Settings
 from stream.kafka.clients import consumer_config
-from stream.kafka.topics import topic_name
+from stream.kafka.gaps import GapGuard
+from stream.kafka.topics import COMPACTED, topic_name
 from stream.ops.dead_letters import decode_consumed
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,12 @@ class TopicFollower(threading.Thread):
             start = OFFSET_BEGINNING if self.from_start else OFFSET_END
             consumer.assign([TopicPartition(topic, p, start) for p in meta.partitions])
             pending_eof = set(meta.partitions)
+            # A compacted topic has gaps by design; the others are read without a hole (stream/kafka/gaps.py).
+            guard = None if self.logical in COMPACTED else GapGuard(consumer, self.component)
             while not self.stopping.is_set():
                 batch = consumer.consume(500, 0.2)
+                if guard is not None:
+                    batch = guard.admit(batch)
                 good = []
                 for msg in batch:
                     err = msg.error()

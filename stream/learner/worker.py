@@ -43,6 +43,7 @@ from stream.config import Settings
 from stream.items.embeddings import Catalogue
 from stream.kafka.clients import make_consumer
 from stream.kafka.follower import TopicFollower
+from stream.kafka.gaps import GapGuard
 from stream.kafka.topics import topic_name
 from stream.learner.batches import ExperienceBatcher, is_full_decision
 from stream.learner.forgetting_probes import ForgettingProbes, ProbeConfig
@@ -239,6 +240,7 @@ class LearnerWorker:
         for tp in partitions:
             if tp.partition in self.positions:
                 tp.offset = self.positions[tp.partition]
+        self.guard.expect(partitions)
         consumer.assign(partitions)
 
     def run(self, max_seconds: float | None = None) -> None:
@@ -265,6 +267,7 @@ class LearnerWorker:
         consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
             "queued.max.messages.kbytes": PREFETCH_KBYTES})
+        self.guard = GapGuard(consumer, "learner")
         consumer.subscribe([self.topic], on_assign=self._on_assign)
         started = last_publish = last_end_check = time.monotonic()
         last_update = 0.0
@@ -368,10 +371,10 @@ class LearnerWorker:
         """Take what has arrived, reading on while reads come back full (more is waiting) until a whole turn
         waits; returns the size of the last read."""
         messages = consumer.consume(READ_BATCH, 0.05)
-        self._take(messages)
+        self._take(self.guard.admit(messages))
         while len(messages) == READ_BATCH and len(self.fresh) < self.agent.config.max_turn:
             messages = consumer.consume(READ_BATCH, 0)
-            self._take(messages)
+            self._take(self.guard.admit(messages))
         return len(messages)
 
     def _take(self, messages) -> None:

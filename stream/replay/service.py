@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import make_consumer
+from stream.kafka.gaps import GapGuard
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import topic_name
 from stream.ops.dead_letters import decode_consumed, envelope
@@ -56,6 +57,7 @@ class ReplayService:
         for tp in partitions:
             tp.offset = durable.get((tp.topic, tp.partition), OFFSET_BEGINNING)
         log.info("assigned %s", [(tp.partition, tp.offset) for tp in partitions])
+        self.guard.expect(partitions)
         consumer.assign(partitions)
 
     def _update_gauges(self) -> None:
@@ -71,6 +73,7 @@ class ReplayService:
         group = f"{self.settings.topic_prefix}replay"
         consumer = make_consumer(self.settings, "replay", group, **{"enable.auto.commit": False})
         out = EventProducer(self.settings, "replay")
+        self.guard = GapGuard(consumer, "replay")
         consumer.subscribe([self.topic], on_assign=self._on_assign)
         self._update_gauges()
         self._send_outbox(out)   # left by a crash after its batch committed
@@ -84,7 +87,9 @@ class ReplayService:
                         return
                     continue
                 last_message = time.monotonic()
-                self._process(messages, consumer, out)
+                messages = self.guard.admit(messages)
+                if messages:
+                    self._process(messages, consumer, out)
         finally:
             consumer.close()
             out.release()

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import make_consumer
+from stream.kafka.gaps import GapGuard
 from stream.kafka.producer import DeliveryError, EventProducer
 from stream.kafka.topics import topic_name
 from stream.ops.dead_letters import decode_consumed
@@ -49,6 +50,15 @@ BATCH = 200
 #: Seconds between checkpoints (acknowledgements awaited, then offsets committed): each costs the
 #: broker a round trip, and a scorer that crashes answers at most this much again.
 COMMIT_INTERVAL = 0.5
+
+
+def committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    """Where the group resumes ``partitions`` (logical offsets where nothing is committed, or the broker is away)."""
+    try:
+        return consumer.committed(partitions, timeout=10)
+    except KafkaException as exc:
+        log.warning("committed offsets of %s unknown: %s", sorted(tp.partition for tp in partitions), exc)
+        return [TopicPartition(tp.topic, tp.partition) for tp in partitions]
 
 
 def read_available(consumer: Consumer, limit: int, timeout: float) -> list[Message]:
@@ -112,41 +122,44 @@ class KafkaTransport:
         # Responses wait at most 5 ms to share a produce request: the broker's work per request is
         # what limits throughput on a small machine, not bytes.
         out = EventProducer(self.settings, "scorer", **{"linger.ms": 5})
+        guard = GapGuard(consumer, "scorer")
         answered: dict[tuple[str, int], int] = {}     # next offset per partition, answered (maybe not acked)
         since: dict[tuple[str, int], int] = {}        # first offset answered since the last checkpoint
         last_checkpoint = time.monotonic()
 
         def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
             log.info("kafka scoring: answering partitions %s", sorted(tp.partition for tp in partitions))
+            guard.expect(committed(consumer, partitions))
 
         def on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
             log.info("kafka scoring: partitions %s revoked", sorted(tp.partition for tp in partitions))
-            self._checkpoint(consumer, out, answered, since)   # what was answered is not answered again
+            self._checkpoint(consumer, out, answered, since, guard)   # what was answered is not answered again
+            guard.forget(partitions)
 
         try:
             consumer.subscribe([topic_name(self.settings, "score-requests")], on_assign=on_assign,
                                on_revoke=on_revoke)
             self._set_up(True)
             while not self.stopping.is_set():
-                batch = read_available(consumer, BATCH, 0.1)
+                batch = guard.admit(read_available(consumer, BATCH, 0.1))
                 for key, (first, after) in self._answer(batch, out).items():
                     since.setdefault(key, first)
                     answered[key] = after
                 now = time.monotonic()
                 if answered and now - last_checkpoint >= COMMIT_INTERVAL:
-                    self._checkpoint(consumer, out, answered, since)
+                    self._checkpoint(consumer, out, answered, since, guard)
                     last_checkpoint = now
         finally:
             self._set_up(False)
             try:
-                self._checkpoint(consumer, out, answered, since)
+                self._checkpoint(consumer, out, answered, since, guard)
             except KafkaException as exc:
                 log.warning("closing the kafka scoring transport: %s", exc)
             consumer.close()
             out.release()
 
     def _checkpoint(self, consumer: Consumer, out: EventProducer, answered: dict[tuple[str, int], int],
-                    since: dict[tuple[str, int], int]) -> None:
+                    since: dict[tuple[str, int], int], guard: GapGuard) -> None:
         """Wait for every response to be acknowledged, then commit past the requests they answer.
 
         A response not acknowledged rewinds its partitions to the first request answered
@@ -164,6 +177,7 @@ class KafkaTransport:
             for (topic, partition), first in since.items():
                 try:
                     consumer.seek(TopicPartition(topic, partition, first))
+                    guard.expect([TopicPartition(topic, partition, first)])
                 except KafkaException as seek_error:   # no longer ours: its new owner reads from the commit
                     log.info("not rewinding %s[%d]: %s", topic, partition, seek_error)
             answered.clear()

@@ -85,6 +85,31 @@ class Responses(threading.Thread):
             return {r for r in sent if self.answers[r] == 0}
 
 
+def where_stored(settings, missing: set[str]) -> dict:
+    """For a failure's message: where each missing request lies on ``score-requests`` (partition, offset), how
+    many records each partition holds, and the scorers' committed offsets, to tell a broker loss from a skip."""
+    topic = topic_name(settings, "score-requests")
+    stored = read_topic(settings, topic)
+    found = {}
+    for msg in stored:
+        try:
+            request_id = json.loads(msg.value()).get("request_id")
+        except ValueError:
+            continue
+        if request_id in missing:
+            found[request_id] = (msg.partition(), msg.offset())
+    held = Counter(msg.partition() for msg in stored)
+    last = {p: max(m.offset() for m in stored if m.partition() == p) for p in held}
+    consumer = Consumer({**base_config(settings, "test"), "group.id": f"{settings.topic_prefix}scorer"})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(settings.partitions)], timeout=10)
+        commits = {tp.partition: tp.offset for tp in committed}
+    finally:
+        consumer.close()
+    return {"found": found, "not_on_topic": sorted(missing - found.keys())[:10], "records": dict(held),
+            "last_offset": last, "committed": commits}
+
+
 def produce(settings, ids: list[str], seconds: float, sent: set[str], lock: threading.Lock,
             refused: list[str]) -> None:
     """Paced requests from an independent client, keyed by user as any producer would; a request
@@ -163,6 +188,7 @@ def test_two_scorers_answer_every_request_and_survive_one_being_killed(settings,
             missing = reader.missing(phase)
             print("diagnostics: missing", len(missing), sorted(missing)[:10], [kafka_answered(p) for p in ports],
                   len(sent), sum(reader.answers.values()), reader.invalid[:3], reader.is_alive(), REFUSED[:3])
+            print("where the missing requests are:", where_stored(settings, missing))
             raise
         with reader.lock:
             repeats = {r: n for r, n in reader.answers.items() if r in phase and n != 1}
@@ -184,6 +210,7 @@ def test_two_scorers_answer_every_request_and_survive_one_being_killed(settings,
             missing = reader.missing(phase)
             print("diagnostics after the kill: missing", len(missing), sorted(missing)[:10], [kafka_answered(p) for p in ports[:1]],
                   len(sent), sum(reader.answers.values()), reader.invalid[:3], reader.is_alive(), REFUSED[:3])
+            print("where the missing requests are:", where_stored(settings, missing))
             raise
         with reader.lock:
             duplicates = sum(n - 1 for r, n in reader.answers.items() if r in phase and n > 1)

@@ -246,10 +246,12 @@ class _Queue:
 def test_a_backlog_is_read_on_to_a_whole_turn_before_training(worker):
     """A learner behind the stream once trained 1,000 read messages per turn however far behind it was, so the
     agent's bigger steps for a backlog never came; it reads on while reads come back full."""
+    from stream.kafka.gaps import GapGuard
     from stream.learner.worker import READ_BATCH
 
     width = worker.learner.model.config.user_features
     backlog = _Queue([_Record(e, i) for i, e in enumerate(decisions(5 * READ_BATCH, features=[0.5] * width))])
+    worker.guard = GapGuard(backlog, "learner")     # what ``run`` makes with its consumer (no holes here)
     assert worker._read(backlog) == READ_BATCH
     assert len(worker.fresh) >= worker.agent.config.max_turn
     assert len(backlog.records) == 2 * READ_BATCH                 # the rest waits for the next turn
