@@ -89,8 +89,12 @@ class ServingPolicy:
         return feats, base, mean, scale
 
     def estimates(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None) -> np.ndarray:
-        """Expected reward of each candidate at the top position, as ``decide`` ranks them (posterior mean)."""
+        """Expected reward of each candidate at the top position: the prediction to compare across users and
+        requests (logs' AUC, MovieLens). A user's few outcomes move it less than the posterior mean that
+        ``decide`` ranks by (``ServeAdapter.held_back``), so the two can order candidates differently."""
         feats, base, mean, _ = self._personal(user, vectors, bias, recent)
+        if recent is not None:
+            mean = self.adapter.held_back(mean, len(recent.rewards))
         return base + feats @ mean + self.position_bias[0]
 
     def decide(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None, k: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -41,11 +43,44 @@ def test_scores_and_adaptation_match_the_torch_policy(trained_looking_model):
         want = model.personal_scores(t_user[None], t_vec[None], t_bias[None], t_delta)[0]
     np.testing.assert_allclose(delta, t_delta.numpy(), rtol=1e-4, atol=1e-5)
     top = float(model.position_bias.weight[0, 0].detach())      # estimates are at the top position
-    np.testing.assert_allclose(got, want.numpy() + top, rtol=1e-4, atol=1e-5)
+    # An estimate's fast weights move 6 / (6 + pseudo-count) of the way from the prior to the posterior mean.
+    share = 6 / (6 + model.config.estimate_pseudo_count)
+    with torch.no_grad():
+        held = model.personal_scores(t_user[None], t_vec[None], t_bias[None],
+                                     model.delta0 + share * (t_delta - model.delta0))[0]
+    np.testing.assert_allclose(got, held.numpy() + top, rtol=1e-4, atol=1e-5)
+    decision = serving.decide(user, vectors, bias, Recent(vectors[:6], bias[:6], positions, rewards), 3,
+                              np.random.default_rng(0))
+    np.testing.assert_allclose(decision.scores, want.numpy(), rtol=1e-4, atol=1e-5)   # choices: the whole move
     estimates = serving.estimates(user, vectors, bias, None)
     with torch.no_grad():
         prior = model.personal_scores(t_user[None], t_vec[None], t_bias[None], model.delta0)[0]
     np.testing.assert_allclose(estimates, prior.numpy() + float(model.position_bias.weight[0, 0].detach()), rtol=1e-4, atol=1e-5)
+
+
+def test_an_estimate_follows_a_users_outcomes_more_as_they_add_up(trained_looking_model):
+    """n outcomes move an estimate n / (n + pseudo-count) of the posterior's move; no pseudo-count, all of it."""
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(40, 8))
+    bias = np.zeros(40)
+    serving = ServingPolicy(trained_looking_model)
+    user = serving.user_vector(np.zeros(6, dtype=np.float32), 3, np.zeros(12, dtype=np.float32))
+    prior = serving.estimates(user, vectors[:1], bias[:1], None)[0]
+    moves = []
+    for n in (1, 4, 16, 39):
+        recent = Recent(vectors[1:n + 1], bias[1:n + 1], np.zeros(n, dtype=np.int64), np.ones(n))
+        posterior = serving.decide(user, vectors[:1], bias[:1], recent, 1, rng).scores[0] + serving.position_bias[0]
+        estimate = serving.estimates(user, vectors[:1], bias[:1], recent)[0]
+        share = n / (n + serving.config.estimate_pseudo_count)
+        assert estimate - prior == pytest.approx(share * (posterior - prior), rel=1e-6, abs=1e-9)
+        moves.append(share)
+    assert moves == sorted(moves) and moves[-1] < 1.0
+    loose = TwoTowerPolicy(replace(trained_looking_model.config, estimate_pseudo_count=0.0))
+    loose.load_state_dict(trained_looking_model.state_dict())
+    loose_serving = ServingPolicy(loose)
+    recent = Recent(vectors[1:5], bias[1:5], np.zeros(4, dtype=np.int64), np.ones(4))
+    assert loose_serving.estimates(user, vectors[:1], bias[:1], recent)[0] == pytest.approx(
+        loose_serving.decide(user, vectors[:1], bias[:1], recent, 1, rng).scores[0] + loose_serving.position_bias[0])
 
 
 def test_slates_are_distinct_and_propensities_are_sequential_plackett_luce():
