@@ -119,3 +119,20 @@ def test_projected_text_equals_the_per_request_product_and_follows_rewritten_row
     got = cache.get(rows, stamps[rows], lambda r: (calls.append(list(r)), matrix[r])[1])
     np.testing.assert_allclose(got, policy.project_text(matrix[rows]), rtol=1e-5, atol=1e-6)
     assert calls == [[5, 5]]
+
+
+def test_the_pseudo_count_travels_with_a_version_and_older_headers_get_the_default():
+    from models.serialization import PolicyIntegrityError, pack, unpack
+
+    small = PolicyConfig(user_features=2, text_dim=4, dim=4, hidden=4, item_buckets=8, user_buckets=8, fast_dim=2)
+    model = TwoTowerPolicy(replace(small, estimate_pseudo_count=3.0))
+    header, blob = pack(model, "p", 1, key=b"k")
+    assert ServingPolicy(unpack(header, blob, key=b"k")).adapter.pseudo_count == 3.0
+    older, _ = pack(model, "p", 1)                       # unsigned: its header may be edited here
+    del older["model_config"]["estimate_pseudo_count"]  # written before the setting existed
+    assert unpack(older, blob).config.estimate_pseudo_count == PolicyConfig().estimate_pseudo_count
+    for bad in (-1.0, float("nan")):
+        forged, _ = pack(model, "p", 1)
+        forged["model_config"]["estimate_pseudo_count"] = bad
+        with pytest.raises(PolicyIntegrityError, match="config"):
+            unpack(forged, blob)
