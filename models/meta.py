@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from models.batch import TaskBatch
+from models.blas_lane import BLAS_LANE
 from models.policy import TwoTowerPolicy
 
 
@@ -113,10 +114,11 @@ class ServeAdapter:
         self.proj = model.fast_proj.weight.detach().float().cpu().numpy().astype(np.float64)     # (F, d)
         self.prior_mean = model.delta0.detach().double().cpu().numpy()                            # (F + 1,)
         tril = model.prior_scale_tril().detach().double().cpu().numpy()
-        inverse = np.linalg.inv(tril)
-        self.prior_precision = inverse.T @ inverse          # symmetric positive definite by construction
+        with BLAS_LANE:     # built on a scorer's follower thread while requests are served
+            inverse = np.linalg.inv(tril)
+            self.prior_precision = inverse.T @ inverse          # symmetric positive definite by construction
+            self.prior_term = self.prior_precision @ self.prior_mean
         self.prior_tril = tril
-        self.prior_term = self.prior_precision @ self.prior_mean
         self.noise_var = float(model.config.noise) ** 2
         self.pseudo_count = float(model.config.estimate_pseudo_count)
         self.position_bias = model.position_bias.weight.detach()[:, 0].float().cpu().numpy()

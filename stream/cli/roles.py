@@ -210,8 +210,10 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 @click.option("--epsilon", type=click.FloatRange(0.0, 1.0), default=None,
               help="Override the share of uniform exploration each version carries (logged and exported).")
 @click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
+@click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Give memory glibc holds freed back to the system this often (malloc_trim; 0: never).")
 def score(host: str, port: int, slate_size: int, temperature: float | None, epsilon: float | None,
-          no_kafka_requests: bool) -> None:
+          no_kafka_requests: bool, trim_seconds: float) -> None:
     """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version.
 
     /metrics is served on the scoring port, so no separate metrics server is started.
@@ -223,7 +225,7 @@ def score(host: str, port: int, slate_size: int, temperature: float | None, epsi
         _trusted(settings, "scorer")
         try:
             return ScorerService(settings, _encoder(), ScorerConfig(slate_size, temperature, epsilon), host, port,
-                                 kafka_requests=not no_kafka_requests)
+                                 kafka_requests=not no_kafka_requests, trim_seconds=trim_seconds)
         except OSError as exc:
             raise RoleStartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

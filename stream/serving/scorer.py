@@ -29,6 +29,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from models.batch import hash_ids
+from models.blas_lane import BLAS_LANE
 from models.encoders import TextEncoder
 from models.exploration import KINDS
 from models.serving import Recent, ServingPolicy, TextProjections, uniform_slate
@@ -38,6 +39,7 @@ from stream.items.embeddings import Catalogue
 from stream.kafka.clients import LOGGING_LINGER_MS
 from stream.kafka.follower import TopicFollower
 from stream.kafka.producer import EventProducer
+from stream.ops.memory import MallocTrimmer
 from stream.policy.bus import LivePolicy, PolicySubscriber
 from stream.serving.kafka_transport import KafkaTransport
 from stream.serving.requests import SCORE_LATENCY, SCORE_REQUESTS, BadRequest
@@ -214,15 +216,16 @@ class Scorer:
             # Zero, as in training (stream/learner/batches.py): taste is the fast weights' job.
             history = np.zeros(cfg.text_dim, dtype=np.float32)
             user_bucket = int(hash_ids([request.user_id], cfg.user_buckets)[0])
-            user = policy.user_vector(features, user_bucket, history)
-            vectors, bias = self._item_vectors(served, candidates)
-            evidence = None
-            if recent:
-                seen_vectors, seen_bias = self._item_vectors(served, [item for item, _, _ in recent])
-                positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
-                evidence = Recent(seen_vectors, seen_bias, positions, np.asarray([r for *_, r in recent]))
-                adapted = len(recent)
-            decision = policy.decide(user, vectors, bias, evidence, k, self._rng())
+            with BLAS_LANE:     # one request's maths at a time: see models/blas_lane.py
+                user = policy.user_vector(features, user_bucket, history)
+                vectors, bias = self._item_vectors(served, candidates)
+                evidence = None
+                if recent:
+                    seen_vectors, seen_bias = self._item_vectors(served, [item for item, _, _ in recent])
+                    positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
+                    evidence = Recent(seen_vectors, seen_bias, positions, np.asarray([r for *_, r in recent]))
+                    adapted = len(recent)
+                decision = policy.decide(user, vectors, bias, evidence, k, self._rng())
             slate, propensities, scores = decision.slate, decision.propensities, decision.scores
         propensities = np.clip(propensities, 1e-9, 1.0)
         shown = [schemas.ShownItem(candidates[i], pos, float(propensities[pos]), float(scores[i]))
@@ -291,7 +294,7 @@ class ScorerService:
     def __init__(self, settings: Settings, encoder: TextEncoder, config: ScorerConfig | None = None,
                  host: str = "127.0.0.1", port: int = 0, kafka_requests: bool = True,
                  request_max_age: float = 30.0, read_timeout: float = READ_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, trim_seconds: float = 30.0) -> None:
         self.settings = settings
         self.scorer = Scorer(settings, encoder, config)
         self.subscriber = PolicySubscriber(settings, "scorer", on_swap=self.scorer.swap)
@@ -305,6 +308,7 @@ class ScorerService:
         self._stop = threading.Event()
         self.kafka = KafkaTransport(settings, self.scorer, self._stop, request_max_age) if kafka_requests else None
         self._threads: list[threading.Thread] = []
+        self.trimmer = MallocTrimmer(trim_seconds, self._stop, "scorer") if trim_seconds > 0 else None
 
     @property
     def url(self) -> str:
@@ -326,6 +330,12 @@ class ScorerService:
             kafka = threading.Thread(target=self.kafka.run, name="scorer-kafka", daemon=True)
             kafka.start()
             self._threads.append(kafka)
+        if self.trimmer is not None:
+            if self.trimmer.available:
+                self.trimmer.start()
+                self._threads.append(self.trimmer)
+            else:
+                log.info("no glibc malloc_trim here: freed memory is left to the allocator")
         log.info("scoring on %s (policy v%d)", self.url, self.scorer.version)
         return self
 

@@ -1,0 +1,45 @@
+"""The trimmer hands memory glibc holds freed back to the system, and stops when asked."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from stream.ops.memory import MALLOC_TRIM_RELEASED, MallocTrimmer, rss_bytes
+
+BLOCK = 64 * 1024          # under glibc's mmap threshold: served from the heap, kept there when freed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_freed_heap_memory_is_given_back_and_counted():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(BLOCK) for _ in range(1600)]          # 100 MiB
+    for block in blocks:
+        ctypes.memset(block, 1, BLOCK)
+    for block in blocks[:-1]:       # the last one pins the top of the heap, so free() alone returns nothing
+        libc.free(block)
+    held = rss_bytes(os.getpid())
+    released = MALLOC_TRIM_RELEASED.labels("test")
+    before = released._value.get()
+    stop = threading.Event()
+    trimmer = MallocTrimmer(0.05, stop, "test")
+    if not trimmer.available:
+        pytest.skip("no glibc here")
+    trimmer.start()
+    deadline = time.monotonic() + 10
+    while trimmer.trims < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    trimmer.join(5)
+    libc.free(blocks[-1])
+    assert not trimmer.is_alive()
+    assert trimmer.trims >= 2
+    assert released._value.get() - before > 50 * 2**20
+    assert rss_bytes(os.getpid()) < held - 50 * 2**20
