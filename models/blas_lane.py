@@ -4,8 +4,8 @@ OpenBLAS, numpy's BLAS, gives each level-3 or LAPACK call in flight (and each la
 matrix-vector product) a 32 MB work buffer from a pool. It maps a new buffer the first
 time that many calls overlap, and never unmaps it. numpy releases the GIL inside these
 calls. So a scorer's HTTP threads, its Kafka transport and its policy follower overlap
-now and then, and each new record of overlap maps another buffer, which then fills as
-it is used.
+now and then, and each new record of overlap maps another 32 MB that stays mapped
+(resident only as far as the calls touched it).
 
 A 10-minute soak traced with memray showed this. An HTTP thread mapped a second buffer
 at 362 s (``feats.T @ feats``, OpenBLAS's dsyrk, in the posterior). Four threads each

@@ -55,8 +55,8 @@ class MallocTrimmer(threading.Thread):
     """Gives the memory glibc holds freed back to the system every ``every`` seconds (``malloc_trim``).
 
     glibc keeps what a thread frees in that thread's heap for reuse. A scorer's threads
-    (HTTP handlers, librdkafka's, the followers') free far more than they keep. In a
-    10-minute soak the scorer sat at 755 MB resident, and at 567 MB with a trim every
+    (HTTP handlers, librdkafka's, the followers') free far more than they keep. In
+    10-minute soaks the scorer sat at 755 MB resident, and at 567-613 MB with a trim every
     30 s (BENCHMARKS.md, "Soak"). A trim costs milliseconds with the heap locks held;
     ``recsys_malloc_trim_seconds`` shows how many.
     """
