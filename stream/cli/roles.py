@@ -162,7 +162,7 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
-    from stream.ops.lifecycle import limit_malloc_arenas
+    from stream.ops.memory import limit_malloc_arenas
 
     limit_malloc_arenas()       # before torch and the Kafka clients start their threads
 

@@ -10,10 +10,8 @@ gives every app the same shape.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
-import os
 import signal
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -77,26 +75,6 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-
-
-#: ``mallopt``'s parameter for the number of malloc arenas (glibc's ``M_ARENA_MAX``).
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas for threads that allocate from now on, unless ``MALLOC_ARENA_MAX`` is set.
-
-    glibc gives allocating threads up to 8 heaps per core, and each keeps what it freed. The
-    learner's threads (torch, librdkafka, the policy follower) spread their churn over many:
-    in the 10-minute soak its memory kept creeping after warm-up; with 2 arenas it levelled
-    off and gave memory back (BENCHMARKS.md, "Soak"). False where there is no glibc.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
 
 
 def run_role(name: str, settings: Settings, build: Callable[[Settings], Role], *,

@@ -1,5 +1,5 @@
 """Resident memory and CPU time of a process, from /proc (Linux): what the demo, the soak and the benchmarks
-report; and giving glibc's freed memory back to the system."""
+report; and tuning glibc's allocator (capping its arenas, giving its freed memory back to the system)."""
 
 from __future__ import annotations
 
@@ -44,11 +44,31 @@ MALLOC_TRIM_RELEASED = Counter(
     "recsys_malloc_trim_released_bytes", "Resident memory given back to the system by malloc_trim.", ["component"])
 
 
-def _libc_trim() -> Callable[[int], int] | None:
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, whose allocator the functions below tune; None elsewhere (musl, macOS)."""
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):       # not glibc (musl, macOS): nothing to trim
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+#: ``mallopt``'s parameter for the number of malloc arenas (glibc's ``M_ARENA_MAX``).
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas for threads that allocate from now on, unless ``MALLOC_ARENA_MAX`` is set.
+
+    glibc gives allocating threads up to 8 heaps per core, and each keeps what it freed. The
+    learner's threads (torch, librdkafka, the policy follower) spread their churn over many:
+    in the 10-minute soak its memory kept creeping after warm-up; with 2 arenas it levelled
+    off and gave memory back (BENCHMARKS.md, "Soak"). False where there is no glibc.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, arenas))
 
 
 class MallocTrimmer(threading.Thread):
@@ -64,7 +84,8 @@ class MallocTrimmer(threading.Thread):
     def __init__(self, every: float, stop: threading.Event, component: str) -> None:
         super().__init__(name=f"{component}-malloc-trim", daemon=True)
         self.every, self.stop, self.component = every, stop, component
-        self.trim = _libc_trim()
+        libc = _glibc()
+        self.trim: Callable[[int], int] | None = libc.malloc_trim if libc is not None else None
         self.trims = 0
 
     @property

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-CALL = "from stream.ops.lifecycle import limit_malloc_arenas; print(limit_malloc_arenas(2))"
+CALL = "from stream.ops.memory import limit_malloc_arenas; print(limit_malloc_arenas(2))"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
