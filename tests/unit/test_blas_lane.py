@@ -3,7 +3,8 @@
 
 Each probe runs in a fresh interpreter, because buffers stay mapped for the life of a process. The
 control disables the lane (the same scoring path, the lock swapped for a no-op). If OpenBLAS does not
-map a buffer per overlapping call on this machine, the control shows no growth and the test is skipped.
+map a buffer per overlapping call on this machine, the control shows no growth in three tries and the
+test is skipped (one clean-clone CI run of three skipped at the first try under load).
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def _new_buffers(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_concurrent_scoring_maps_no_more_than_one_new_blas_buffer():
-    free = _new_buffers("free")
+    for _attempt in range(3):      # overlap is a matter of timing: a loaded machine may show none at first
+        free = _new_buffers("free")
+        if free > 1:
+            break
     if free <= 1:
         pytest.skip(f"this BLAS mapped {free} buffer(s) for overlapping calls without the lane: nothing to guard")
     assert _new_buffers("lane") <= 1, f"without the lane: {free} new buffers"
