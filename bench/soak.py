@@ -1,6 +1,7 @@
 """Soak: the closed loop for a long run, every role's resident memory sampled, its slope fitted.
 
-    python -m bench.soak [--duration S] [--rate R] [--sample-every S] [--warmup S] [--json]
+    python -m bench.soak [--duration S] [--rate R] [--sample-every S] [--warmup S] [--late-warmup S]
+                         [--score-args "--max-users N ..."] [--log-dir DIR] [--json]
 
 Runs the demo's loop (embedded broker, reward join, replay, learner, scorer as processes;
 simulated users at ``--rate`` requests per second) and samples each process's resident
@@ -13,6 +14,7 @@ applies no retention), so its slope is the bytes the loop writes to Kafka.
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -39,8 +41,15 @@ def slope(times: list[float], values: list[float]) -> dict[str, float | None]:
             "start_mb": round(float(y[0]), 1), "end_mb": round(float(y[-1]), 1)}
 
 
+def slopes_after(samples: dict[str, list[tuple[float, int]]], start: float) -> dict[str, dict]:
+    """Each role's slope fitted to its (seconds, bytes) samples from ``start`` on."""
+    kept = {role: [(t, v) for t, v in points if t >= start] for role, points in samples.items()}
+    return {role: slope([t for t, _ in pts], [v for _, v in pts]) for role, pts in kept.items()}
+
+
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,
-            progress=None, log_dir: Path | None = None) -> dict:
+            progress=None, log_dir: Path | None = None, score_args: tuple[str, ...] = (),
+            late_warmup: float = 300.0) -> dict:
     samples: dict[str, list[tuple[float, int]]] = {}
     last = [-sample_every]
 
@@ -56,21 +65,20 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
 
     started = time.monotonic()
     report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, on_second=sample,
-                                                              log_dir=log_dir),
+                                                     log_dir=log_dir, score_args=score_args),
                              progress or (lambda line: None))
-    slopes = {}
-    for role, points in samples.items():
-        kept = [(t, v) for t, v in points if t >= warmup]
-        slopes[role] = slope([t for t, _ in kept], [v for _, v in kept])
     return result("soak", {
-        "slopes_after_warmup": slopes,
+        "slopes_after_warmup": slopes_after(samples, warmup),
+        # The learner's held-out decisions and probe sets fill for about 300 s at this load.
+        "slopes_after_late_warmup": slopes_after(samples, late_warmup),
         "samples": {role: [(round(t, 1), round(v / 2**20, 1)) for t, v in points] for role, points in samples.items()},
         "requests": report["requests"], "failed_requests": report["failed_requests"],
         "events_per_second": report["events_per_second"], "exit_codes": report["exit_codes"],
         "click_to_live_p99_s": report["click_to_live_seconds"]["p99"], **report["policy_traffic"],
         "offset_gaps": report["offset_gaps"],
         "seconds": round(time.monotonic() - started, 1),
-    }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup})
+    }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup,
+        "late_warmup_s": late_warmup, "score_args": list(score_args)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--rate", type=float, default=160.0, help="requests/s (the demo's default is 80)")
         parser.add_argument("--sample-every", type=float, default=10.0)
         parser.add_argument("--warmup", type=float, default=120.0)
+        parser.add_argument("--late-warmup", type=float, default=300.0,
+                            help="a second fit from here (the learner's held-out decisions fill for ~300 s)")
         parser.add_argument("--log-dir", type=Path, default=None, help="keep each role's log here")
+        parser.add_argument("--score-args", default="",
+                            help="more options for the scorer, as one string (e.g. \"--max-users 1500\": the "
+                                 "demo's 2,200 users never reach the default 100,000)")
 
     def summary(out):
         m = out["metrics"]
-        rows = "; ".join(f"{role} {s['mb_per_min']} ± {s['se']} MB/min ({s.get('start_mb')} -> {s.get('end_mb')} MB)"
+        late = m["slopes_after_late_warmup"]
+        rows = "; ".join(f"{role} {s['mb_per_min']} ± {s['se']} MB/min ({s.get('start_mb')} -> {s.get('end_mb')} MB; "
+                         f"after {out['params']['late_warmup_s']:.0f}s {late[role]['mb_per_min']} ± {late[role]['se']})"
                          for role, s in sorted(m["slopes_after_warmup"].items()))
         return (f"memory slopes after {out['params']['warmup_s']:.0f}s warm-up: {rows}; "
                 f"{m['requests']} requests, {m['failed_requests']} failed; policy traffic "
@@ -91,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_benchmark(__doc__, configure,
                          lambda args, say: measure(args.duration, args.rate, args.sample_every, args.warmup, say,
-                                                   args.log_dir),
+                                                   args.log_dir, tuple(shlex.split(args.score_args)),
+                                                   args.late_warmup),
                          summary, argv)
 
 

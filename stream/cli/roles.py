@@ -149,6 +149,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
+@click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Give memory glibc holds freed back to the system this often (malloc_trim; 0: never).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
 @click.option("--until-caught-up", is_flag=True,
@@ -158,7 +160,7 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: str,
           full_every: int, full_seconds: float, retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
-          checkpoint: Path | None, until_caught_up: bool, metrics_port: int | None) -> None:
+          checkpoint: Path | None, trim_seconds: float, until_caught_up: bool, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
@@ -176,7 +178,7 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
     config = LearnerWorkerConfig(publish_every_seconds=publish_seconds, retain_versions=retain,
                                  probe_period_seconds=probe_period, probe_sets=probe_sets,
                                  until_caught_up=until_caught_up, full_every=full_every,
-                                 full_every_seconds=full_seconds)
+                                 full_every_seconds=full_seconds, trim_seconds=trim_seconds)
     defaults = AgentConfig()
     agent = replace(defaults, learner=replace(defaults.learner, device=device), update_size=update_size,
                     publish_every_updates=publish_every, gate=replace(defaults.gate, alpha=gate_alpha),
@@ -212,19 +214,31 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 @click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
 @click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Give memory glibc holds freed back to the system this often (malloc_trim; 0: never).")
+@click.option("--mmap-threshold", type=click.IntRange(0, 32 * 2**20), default=0, show_default=True,
+              help="Bytes from which a block gets its own mapping, returned when freed (glibc's M_MMAP_THRESHOLD; "
+              "0: glibc's default, which rises after large blocks are freed and then keeps them in its heaps).")
+@click.option("--max-users", type=click.IntRange(1), default=100_000, show_default=True,
+              help="Users whose recent outcomes are kept for adaptation (the least recently seen go first).")
+@click.option("--user-ttl", type=click.FloatRange(min=1.0), default=3600.0, show_default=True,
+              help="Seconds an idle user's recent outcomes are kept.")
 def score(host: str, port: int, slate_size: int, temperature: float | None, epsilon: float | None,
-          no_kafka_requests: bool, trim_seconds: float) -> None:
+          no_kafka_requests: bool, trim_seconds: float, mmap_threshold: int, max_users: int, user_ttl: float) -> None:
     """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version.
 
     /metrics is served on the scoring port, so no separate metrics server is started.
     """
     from stream.ops.lifecycle import RoleStartError
+    from stream.ops.memory import fix_mmap_threshold
+
+    if mmap_threshold:
+        fix_mmap_threshold(mmap_threshold)    # before the encoder, torch and the Kafka clients allocate
     from stream.serving.scorer import ScorerConfig, ScorerService
 
     def build(settings):
         _trusted(settings, "scorer")
         try:
-            return ScorerService(settings, _encoder(), ScorerConfig(slate_size, temperature, epsilon), host, port,
+            config = ScorerConfig(slate_size, temperature, epsilon, max_users=max_users, user_ttl=user_ttl)
+            return ScorerService(settings, _encoder(), config, host, port,
                                  kafka_requests=not no_kafka_requests, trim_seconds=trim_seconds)
         except OSError as exc:
             raise RoleStartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc

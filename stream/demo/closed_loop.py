@@ -74,6 +74,8 @@ class LoopOptions:
     #: Called about once a second with (seconds of traffic, roles, settings): tests use it to
     #: tamper with the policy topic or kill a role mid-run.
     on_second: Callable[[float, Roles, Settings], None] | None = None
+    #: More command-line options for the scorer (e.g. ``("--max-users", "1000")`` in a soak).
+    score_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -92,7 +94,8 @@ class Window:
 class Roles:
     """The worker processes of the loop, each with its log and /metrics port, stopped together."""
 
-    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 100) -> None:
+    def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 100,
+                 score_args: tuple[str, ...] = ()) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
         self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
                         RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
@@ -104,6 +107,7 @@ class Roles:
         self.log_dir = log_dir
         self.publish_seconds = publish_seconds
         self.full_every = full_every
+        self.score_args = score_args
         self.procs: dict[str, subprocess.Popen] = {}
         self.metrics: dict[str, int] = {}
         self.score_port = free_port()
@@ -117,7 +121,7 @@ class Roles:
         """Start (or restart) one role, on the same /metrics port as before."""
         if role == "score":
             port = self.score_port
-            extra = ["--port", str(port), "--no-kafka-requests"]
+            extra = ["--port", str(port), "--no-kafka-requests", *self.score_args]
         else:
             port = self.metrics.get(role) or free_port()
             extra = {
@@ -245,7 +249,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))
         producer.flush()
         say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(ROLES)}")
-        roles = Roles(live, log_dir, options.publish_seconds, options.full_every)
+        roles = Roles(live, log_dir, options.publish_seconds, options.full_every, options.score_args)
         roles.broker_pid = broker_pid
         roles.start()
         stack.callback(roles.stop)

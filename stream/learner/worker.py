@@ -49,6 +49,7 @@ from stream.learner.batches import ExperienceBatcher, is_full_decision
 from stream.learner.forgetting_probes import ForgettingProbes, ProbeConfig
 from stream.learner.recent_ids import RecentIds
 from stream.ops.dead_letters import decode_consumed
+from stream.ops.memory import MallocTrimmer
 from stream.ops.metrics import LagReporter
 from stream.policy.bus import (
     POLICY_LOADED_AT,
@@ -125,6 +126,9 @@ class LearnerWorkerConfig:
     #: versions or seconds (and the first after a start): what a late reader catches up from.
     full_every: int = 100
     full_every_seconds: float = 300.0
+    #: Seconds between ``malloc_trim`` calls that give freed heap back to the system (0: never); the
+    #: gate's batches, snapshots and checkpoints free tens of MB at a time.
+    trim_seconds: float = 30.0
 
 
 def _compact(event: schemas.Experience) -> schemas.Experience:
@@ -271,6 +275,9 @@ class LearnerWorker:
         consumer.subscribe([self.topic], on_assign=self._on_assign)
         started = last_publish = last_end_check = time.monotonic()
         last_update = 0.0
+        stop_trimming = threading.Event()
+        if self.config.trim_seconds > 0:
+            MallocTrimmer(self.config.trim_seconds, stop_trimming, "learner").start()
         try:
             while not self.stop_event.is_set():
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
@@ -301,6 +308,7 @@ class LearnerWorker:
                     last_publish = now
             self._checkpoint_and_commit(consumer)     # a graceful stop keeps what was learned since
         finally:
+            stop_trimming.set()
             consumer.close()
             self.items.stopping.set()
             self.policies.stop()

@@ -53,8 +53,10 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
-#: ``mallopt``'s parameter for the number of malloc arenas (glibc's ``M_ARENA_MAX``).
+#: ``mallopt``'s parameters: the number of malloc arenas (``M_ARENA_MAX``), the size from which a block
+#: gets its own mapping (``M_MMAP_THRESHOLD``).
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -69,6 +71,21 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
     libc = _glibc()
     return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, arenas))
+
+
+def fix_mmap_threshold(size: int) -> bool:
+    """Give every block of ``size`` bytes or more its own mapping, returned to the system when freed,
+    unless ``MALLOC_MMAP_THRESHOLD_`` is set.
+
+    By default glibc raises this threshold to the size of each mapped block freed (up to 32 MiB),
+    so after a policy's first full snapshot the later multi-megabyte blocks (snapshots, decoded
+    chunks, a request's item text) land in the heaps and stay there. A fixed threshold stops
+    that ratchet; it costs a page-fault round per large block instead. False where there is no glibc.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
 
 
 class MallocTrimmer(threading.Thread):

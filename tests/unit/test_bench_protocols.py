@@ -80,3 +80,22 @@ def test_the_agent_plans_a_turn_in_steps_and_caps_a_backlog():
     big = agent.plan(100_000)
     assert len(big) == 8 and sum(big) == 2048
     assert agent.replay_count(32) == 32
+
+
+def test_the_soak_fits_each_role_from_its_warm_up_on():
+    from bench.soak import slopes_after
+
+    mb = 2**20
+    rng = np.random.default_rng(0)
+    times = np.arange(0.0, 600.0, 10.0)
+    samples = {
+        # fills for 300 s, then flat with noise: a slope from 300 s on is zero within its error
+        "filling": [(t, int((500 + min(t, 300) / 10 + rng.normal(0, 0.5)) * mb)) for t in times],
+        "leaking": [(t, int((500 + t / 60 * 2.0) * mb)) for t in times],    # 2 MB a minute throughout
+    }
+    early, late = slopes_after(samples, 120), slopes_after(samples, 300)
+    assert early["filling"]["mb_per_min"] > 2
+    assert abs(late["filling"]["mb_per_min"]) < 2 * late["filling"]["se"] + 0.05
+    assert late["leaking"]["mb_per_min"] == pytest.approx(2.0, abs=0.01)
+    assert late["filling"]["samples"] == 30 and early["filling"]["samples"] == 48
+    assert slopes_after({"short": samples["leaking"][:2]}, 0)["short"]["mb_per_min"] is None

@@ -1,0 +1,50 @@
+"""A fixed mmap threshold stops glibc's ratchet: after a large block is freed, a smaller one that is
+still above the threshold gets its own mapping instead of a place in the heap that outlives it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# In a fresh interpreter: free one 8 MiB block, then hold a 1 MiB one, and print how many blocks are mapped.
+PROBE = """
+import ctypes, sys
+from stream.ops.memory import fix_mmap_threshold
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold(256 * 1024)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.free(libc.malloc(8 << 20))     # glibc's default raises the threshold to 8 MiB here
+before = libc.mallinfo2().hblks
+held = libc.malloc(1 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+def mapped_after_the_ratchet(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and mallinfo2")
+def test_a_fixed_threshold_maps_blocks_the_default_would_keep_in_the_heap():
+    assert mapped_after_the_ratchet("default") == 0
+    assert mapped_after_the_ratchet("fixed") == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_an_operators_setting_is_left_alone():
+    call = "from stream.ops.memory import fix_mmap_threshold; print(fix_mmap_threshold(131072))"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", call], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
