@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -43,6 +42,7 @@ from stream.ops.memory import MallocTrimmer
 from stream.policy.bus import LivePolicy, PolicySubscriber
 from stream.serving.kafka_transport import KafkaTransport
 from stream.serving.requests import SCORE_LATENCY, SCORE_REQUESTS, BadRequest
+from stream.serving.user_memory import UserMemory
 
 log = logging.getLogger(__name__)
 
@@ -95,49 +95,6 @@ class _Served:
     version: int
     policy: ServingPolicy | None   # None: version 0, uniform random
     texts: TextProjections | None = None    # the catalogue's projected text under this version
-
-
-class UserMemory:
-    """Each user's recent (item, position, click reward), bounded in users, length and age.
-
-    Users are kept in order of their last outcome, so the idle ones are at the front: each
-    record drops those idle past ``ttl`` (a user seen once is not kept until ``max_users``
-    others push it out).
-    """
-
-    def __init__(self, per_user: int, max_users: int, ttl: float) -> None:
-        self.per_user, self.max_users, self.ttl = per_user, max_users, ttl
-        self._users: OrderedDict[str, tuple[float, deque]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.outcomes = 0
-
-    def record(self, user_id: str, item_id: str, position: int, reward: float, now: float) -> None:
-        with self._lock:
-            entry = self._users.pop(user_id, None)
-            events = entry[1] if entry else deque(maxlen=self.per_user)
-            self.outcomes += len(events) < self.per_user
-            events.append((item_id, position, reward))
-            self._users[user_id] = (now, events)
-            while len(self._users) > self.max_users:
-                self._forget_oldest()
-            while now - next(iter(self._users.values()))[0] > self.ttl:
-                self._forget_oldest()
-
-    def _forget_oldest(self) -> None:
-        self.outcomes -= len(self._users.popitem(last=False)[1][1])
-
-    def recent(self, user_id: str, now: float) -> list[tuple[str, int, float]]:
-        with self._lock:
-            entry = self._users.get(user_id)
-            if entry is None:
-                return []
-            if now - entry[0] > self.ttl:
-                self.outcomes -= len(self._users.pop(user_id)[1])
-                return []
-            return list(entry[1])
-
-    def __len__(self) -> int:
-        return len(self._users)
 
 
 class Scorer:

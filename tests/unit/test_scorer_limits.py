@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from stream.serving.scorer import UserMemory, _fits
+from stream.serving.scorer import _fits
+from stream.serving.user_memory import UserMemory
 
 
 def test_a_candidate_list_too_long_for_the_event_limit_is_not_logged():
