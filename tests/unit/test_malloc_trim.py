@@ -43,3 +43,35 @@ def test_freed_heap_memory_is_given_back_and_counted():
     assert trimmer.trims >= 2
     assert released._value.get() - before > 50 * 2**20
     assert rss_bytes(os.getpid()) < held - 50 * 2**20
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other = self           # a cycle: reference counting alone never frees it
+
+
+def test_each_round_frees_cyclic_garbage_the_tuned_collector_would_keep_for_long():
+    import gc
+    import weakref
+
+    from stream.ops.memory import YOUNG_GC_COLLECTED
+
+    thresholds = gc.get_threshold()
+    gc.set_threshold(10**9)          # as after tune_garbage_collector in a role that frees nearly all it allocates
+    try:
+        alive = [weakref.ref(Node()) for _ in range(1000)]
+        assert sum(ref() is not None for ref in alive) == 1000
+        collected = YOUNG_GC_COLLECTED.labels("test-gc")
+        before = collected._value.get()
+        stop = threading.Event()
+        trimmer = MallocTrimmer(0.05, stop, "test-gc")
+        trimmer.start()
+        deadline = time.monotonic() + 10
+        while any(ref() is not None for ref in alive) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        trimmer.join(5)
+        assert all(ref() is None for ref in alive)
+        assert collected._value.get() - before >= 1000
+    finally:
+        gc.set_threshold(*thresholds)
