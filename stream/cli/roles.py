@@ -150,7 +150,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
 @click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Give memory glibc holds freed back to the system this often (malloc_trim; 0: never).")
+              help="Collect young cyclic garbage and give memory glibc holds freed back to the system this "
+              "often (malloc_trim; 0: never).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
 @click.option("--until-caught-up", is_flag=True,
@@ -213,7 +214,8 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
               help="Override the share of uniform exploration each version carries (logged and exported).")
 @click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
 @click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Give memory glibc holds freed back to the system this often (malloc_trim; 0: never).")
+              help="Collect young cyclic garbage and give memory glibc holds freed back to the system this "
+              "often (malloc_trim; 0: never).")
 @click.option("--mmap-threshold", type=click.IntRange(0, 32 * 2**20), default=0, show_default=True,
               help="Bytes from which a block gets its own mapping, returned when freed (glibc's M_MMAP_THRESHOLD; "
               "0: glibc's default, which rises after large blocks are freed and then keeps them in its heaps).")

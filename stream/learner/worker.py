@@ -126,8 +126,8 @@ class LearnerWorkerConfig:
     #: versions or seconds (and the first after a start): what a late reader catches up from.
     full_every: int = 100
     full_every_seconds: float = 300.0
-    #: Seconds between ``malloc_trim`` calls that give freed heap back to the system (0: never); the
-    #: gate's batches, snapshots and checkpoints free tens of MB at a time.
+    #: Seconds between rounds that collect young cyclic garbage and give freed heap back to the system
+    #: (``MallocTrimmer``; 0: never): the gate's batches, snapshots and checkpoints free tens of MB at a time.
     trim_seconds: float = 30.0
 
 

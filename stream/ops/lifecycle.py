@@ -64,9 +64,11 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-#: Allocations between young-generation collections (CPython's default is 700). A role allocates a few
-#: objects per message and holds many long-lived ones (join state, the replay index): at the default,
-#: collections that find nothing to free took about a third of the join worker's time.
+#: Container allocations beyond frees between young-generation collections (CPython's default is 700). A
+#: role allocates a few objects per message and holds many long-lived ones (join state, the replay index):
+#: at the default, collections that find nothing to free took about a third of the join worker's time.
+#: Where nearly everything is freed by reference counting the count grows slowly, so the scorer and the
+#: learner also collect the young generations on a clock (``stream/ops/memory.py:MallocTrimmer``).
 GC_YOUNG_THRESHOLD = 50_000
 
 

@@ -109,8 +109,8 @@ class MallocTrimmer(threading.Thread):
     collector to run after 50,000 more container allocations than frees
     (``tune_garbage_collector``); in the scorer nearly every allocation is freed by reference
     counting, so that count grows only with cyclic garbage, and safetensors' ctypes views
-    (two objects in a cycle per tensor checksummed, 30 a second at a version every 2 s) then
-    waited about half an hour for a collection: the scorer's steady rise in the soak.
+    (a pointer and its contents per tensor checksummed, ~13 such cycles a second in the
+    scorer) then waited about half an hour for a collection: the scorer's steady rise in the soak.
     """
 
     def __init__(self, every: float, stop: threading.Event, component: str) -> None:
