@@ -67,8 +67,7 @@ class UserMemory:
             else:
                 self._rows.move_to_end(user_id)
                 if now - self._last_seen[row] > self.ttl:     # back after the TTL: what it had is stale
-                    self.outcomes -= int(self._count[row])
-                    self._count[row] = self._oldest[row] = 0
+                    self._clear(row)
             held = int(self._count[row])
             if held < self.per_user:
                 slot = held
@@ -88,10 +87,7 @@ class UserMemory:
             self._forget_oldest()
         if not self._free:
             self._allocate(min(2 * len(self._items), self.max_users))
-        row = self._free.pop()
-        self._count[row] = 0
-        self._oldest[row] = 0
-        return row
+        return self._free.pop()         # empty: fresh from _allocate, or cleared by _release
 
     def _forget_idle(self, now: float) -> None:
         while self._rows and now - self._last_seen[next(iter(self._rows.values()))] > self.ttl:
@@ -100,9 +96,12 @@ class UserMemory:
     def _forget_oldest(self) -> None:
         self._release(self._rows.popitem(last=False)[1])
 
-    def _release(self, row: int) -> None:
+    def _clear(self, row: int) -> None:
         self.outcomes -= int(self._count[row])
-        self._count[row] = 0
+        self._count[row] = self._oldest[row] = 0
+
+    def _release(self, row: int) -> None:
+        self._clear(row)
         self._items[row] = None          # the interned ids may go when no one else holds them
         self._free.append(row)
 

@@ -40,4 +40,3 @@ def test_a_role_trims_on_its_schedule(role, component, args, cli_env, topics, tm
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-3000:]
-
