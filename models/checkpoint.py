@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
+
+from models.tensor_bytes import to_bytes
 
 FORMAT = "recsys-stream-checkpoint"
 FORMAT_VERSION = 1
@@ -79,7 +80,7 @@ def dumps(state: dict[str, Any]) -> bytes:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, "", tensors)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "state": json.dumps(skeleton)}
-    return save_tensors(tensors, metadata=metadata)
+    return to_bytes(tensors, metadata=metadata)
 
 
 def loads(data: bytes, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -16,10 +16,9 @@ applies a delta only onto the state it was made from and checks the result.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
-from safetensors.torch import save as save_tensors
+
+from models.tensor_bytes import digest
 
 #: Row-indexed tables of hashed buckets: what a delta ships by row.
 TABLES = ("item_id.weight", "item_bias.weight", "user_id.weight")
@@ -38,7 +37,7 @@ def cpu_state(model: torch.nn.Module) -> State:
 
 
 def state_checksum(state: State) -> str:
-    return hashlib.sha256(save_tensors(state)).hexdigest()
+    return digest(state)
 
 
 def make_delta(parent: State, state: State, tolerance: float = DEFAULT_TOLERANCE) -> tuple[State, State]:

@@ -23,10 +23,10 @@ from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from models.delta import DEFAULT_TOLERANCE, DeltaError, State, apply_delta, cpu_state, make_delta, state_checksum
 from models.policy import PolicyConfig, TwoTowerPolicy
+from models.tensor_bytes import to_bytes
 
 #: Header fields covered by the signature (transport fields like n_chunks are not).
 SIGNED_FIELDS = ("name", "version", "parent", "created_at", "model_config", "metrics", "checksum", "total_bytes",
@@ -78,7 +78,7 @@ def pack(
     created_at: float | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """(header, weights) of a full version: the header is JSON-ready; the weights are safetensors bytes."""
-    blob = save_tensors(cpu_state(model))
+    blob = to_bytes(cpu_state(model))
     header = _header(model.config, blob, name, version, parent, metrics, key, created_at, "full",
                      hashlib.sha256(blob).hexdigest())
     return header, blob
@@ -98,7 +98,7 @@ def pack_delta(
     """(header, delta bytes) of ``model`` as a delta of ``base``, the parent's published state; what
     readers rebuild is ``make_delta(base, model)[1]``."""
     delta, published = make_delta(base, cpu_state(model), tolerance)
-    blob = save_tensors(delta)
+    blob = to_bytes(delta)
     header = _header(model.config, blob, name, version, parent, metrics, key, created_at, "delta",
                      state_checksum(published), state_checksum(base))
     return header, blob
