@@ -152,6 +152,10 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 @click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Collect young cyclic garbage and give memory glibc holds freed back to the system this "
               "often (malloc_trim; 0: never).")
+@click.option("--mmap-threshold", type=click.IntRange(0, 32 * 2**20), default=4 * 2**20, show_default=True,
+              help="Bytes from which a block gets its own mapping, returned when freed (glibc's M_MMAP_THRESHOLD; "
+              "0: glibc's default, which rises after large blocks are freed and keeps the next ones, "
+              "snapshots and checkpoints, in its heaps). Below 4 MiB, every update maps its table gradients.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
 @click.option("--until-caught-up", is_flag=True,
@@ -161,13 +165,16 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: str,
           full_every: int, full_seconds: float, retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
-          checkpoint: Path | None, trim_seconds: float, until_caught_up: bool, metrics_port: int | None) -> None:
+          mmap_threshold: int, checkpoint: Path | None, trim_seconds: float, until_caught_up: bool,
+          metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
-    from stream.ops.memory import limit_malloc_arenas
+    from stream.ops.memory import fix_mmap_threshold, limit_malloc_arenas
 
     limit_malloc_arenas()       # before torch and the Kafka clients start their threads
+    if mmap_threshold:
+        fix_mmap_threshold(mmap_threshold)
 
     from models.agent import AgentConfig
     from stream.learner.worker import LearnerWorker, LearnerWorkerConfig

@@ -61,9 +61,13 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 #: ``mallopt``'s parameters: the number of malloc arenas (``M_ARENA_MAX``), the size from which a block
-#: gets its own mapping (``M_MMAP_THRESHOLD``).
+#: gets its own mapping (``M_MMAP_THRESHOLD``), the free space at a heap's top that glibc gives back
+#: at once (``M_TRIM_THRESHOLD``).
 _M_ARENA_MAX = -8
 _M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
+#: Free heap top kept once the mmap threshold is fixed: the trimmer gives it back every few seconds instead.
+TRIM_THRESHOLD = 64 << 20
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -88,11 +92,20 @@ def fix_mmap_threshold(size: int) -> bool:
     so after a policy's first full snapshot the later multi-megabyte blocks (snapshots, decoded
     chunks, a request's item text) land in the heaps and stay there. A fixed threshold stops
     that ratchet; it costs a page-fault round per large block instead. False where there is no glibc.
+
+    Fixing it also ends glibc's dynamic trim threshold, which falls back to 128 KiB: the heap's
+    top would then be given back and faulted in again around every large free (the learner's
+    updates ran at half speed). It is raised to ``TRIM_THRESHOLD`` (unless ``MALLOC_TRIM_THRESHOLD_``
+    is set); the role's ``MallocTrimmer`` gives the rest back.
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     libc = _glibc()
-    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
+    if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, size):
+        return False
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return True
 
 
 class MallocTrimmer(threading.Thread):
@@ -111,6 +124,8 @@ class MallocTrimmer(threading.Thread):
     counting, so that count grows only with cyclic garbage, and safetensors' ctypes views
     (a pointer and its contents per tensor checksummed, ~13 such cycles a second in the
     scorer) then waited about half an hour for a collection, growing Python's heap ~0.4 MB a minute.
+    Those views are gone at the source (``models/tensor_bytes.py``); the collection stays
+    for whatever cyclic garbage a library leaves next.
     """
 
     def __init__(self, every: float, stop: threading.Event, component: str) -> None:

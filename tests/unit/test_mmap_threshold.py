@@ -48,3 +48,41 @@ def test_an_operators_setting_is_left_alone():
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-c", call], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# In a fresh interpreter: fix the threshold (ours, or a bare mallopt), free a 2 MiB heap block at the top of
+# the heap, and print how many bytes the heap shrank by at once.
+TOP = """
+import ctypes, sys
+from stream.ops.memory import fix_mmap_threshold
+libc = ctypes.CDLL("libc.so.6")
+if sys.argv[1] == "ours":
+    assert fix_mmap_threshold(4 << 20)
+else:
+    assert libc.mallopt(-3, 4 << 20)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+block = libc.malloc(2 << 20)
+before = libc.mallinfo2().arena
+libc.free(block)
+print(before - libc.mallinfo2().arena)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and mallinfo2")
+def test_a_fixed_threshold_keeps_the_heap_top_for_the_trimmer_to_give_back():
+    """A bare fixed threshold drops the trim threshold to 128 KiB: every large free shrinks the heap, and the
+    next update faults it in again. Ours keeps it; the trimmer gives it back on its schedule."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def shrunk(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", TOP, mode], env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    assert shrunk("bare") >= 1 << 20
+    assert shrunk("ours") == 0
