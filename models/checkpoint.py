@@ -32,10 +32,10 @@ class CheckpointError(ValueError):
 
 def _split(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
-        # A private contiguous CPU copy: safetensors refuses shared storage, and the file must
-        # not depend on where the tensor lived. Names are numbered: state keys may hold dots.
+        # On the CPU and contiguous (a copy only where it is not); ``to_bytes`` writes each tensor's own
+        # bytes, so views that share storage need no private copy. Names are numbered: state keys may hold dots.
         name = f"t{len(tensors)}"
-        tensors[name] = value.detach().to("cpu").contiguous().clone()
+        tensors[name] = value.detach().to("cpu").contiguous()
         return {"__tensor__": name}
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value):

@@ -189,7 +189,7 @@ class LearnerWorker:
     def checkpoint(self) -> None:
         started = time.perf_counter()
         state = {
-            "learner": self.learner.state_dict(),
+            "learner": self.learner.state_dict(snapshot=False),     # written out below, before any update
             "model_config": self.learner.model.config.to_dict(),
             "version": self.version,
             "live": self.live.state_dict() if self.live is not None else None,

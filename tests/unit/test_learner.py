@@ -56,6 +56,32 @@ def test_checkpoint_round_trip_resumes_identically():
         assert torch.allclose(pa, pb, atol=1e-6), name
 
 
+def test_a_checkpoint_of_the_live_tensors_round_trips_through_bytes():
+    """The worker checkpoints without a snapshot copy: the bytes must hold the state as it was, and a later
+    update must not reach into what was loaded back."""
+    from models import checkpoint
+
+    torch.manual_seed(0)
+    batch, tasks = data()
+    config = LearnerConfig(device="cpu", ewc_strength=10.0, distill_strength=1.0)
+    a = Learner(CFG, config)
+    a.update(batch, tasks)
+    a.consolidate([batch])
+    expected = a.state_dict()
+    table = a.model.item_id.weight.detach()
+    # Views sharing storage, one of them strided: each is written as its own values.
+    extra = {"row": table[3], "column": table[:, 1], "whole": table}
+    loaded = checkpoint.loads(checkpoint.dumps({"learner": a.state_dict(snapshot=False), "extra": extra}))
+    a.update(batch, tasks)
+    assert torch.equal(loaded["extra"]["row"], expected["model"]["item_id.weight"][3])
+    assert torch.equal(loaded["extra"]["column"], expected["model"]["item_id.weight"][:, 1])
+    b = Learner(CFG, config)
+    b.load_state_dict(loaded["learner"])
+    for name, value in expected["model"].items():
+        assert torch.equal(b.model.state_dict()[name], value), name
+    assert torch.equal(b.ewc.fisher["item_id.weight"], expected["ewc"]["fisher"]["item_id.weight"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_learner_runs_on_cuda_with_mixed_precision():
     batch, tasks = data()
