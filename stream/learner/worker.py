@@ -519,8 +519,9 @@ class LearnerWorker:
         t_consolidate = time.perf_counter() - t0 - t_gate - t_publish
         self.probes.rotate(time.time())
         forgetting = self.probes.score(self._probe_value)
-        log.info("v%d: gate %.2fs, publish %.2fs, consolidate %.2fs; %d fresh waiting, trained through %.1fs ago%s",
-                 version, t_gate, t_publish, t_consolidate, len(self.fresh), time.time() - self.trained_through,
+        log.info("v%d: gate %.2fs on %d held-out decisions, publish %.2fs, consolidate %.2fs; %d fresh waiting, "
+                 "trained through %.1fs ago%s", version, t_gate, len(self.holdout), t_publish, t_consolidate,
+                 len(self.fresh), time.time() - self.trained_through,
                  "; forgetting by probe age " + ", ".join(f"{age}: {lost:.1%}" for age, lost in forgetting.items())
                  if forgetting else "")
 
