@@ -39,13 +39,19 @@ def test_regularisers_are_active_after_consolidation():
     assert stats["ewc_penalty"] > 0 and stats["distill_penalty"] > 0 and stats["l2_penalty"] > 0
 
 
-def test_checkpoint_round_trip_resumes_identically():
+def consolidated_learner() -> tuple[Learner, LearnerConfig, object, object]:
+    """A learner one update and one consolidation in (EWC and distillation state to save), and its data."""
     torch.manual_seed(0)
     batch, tasks = data()
     config = LearnerConfig(device="cpu", ewc_strength=10.0, distill_strength=1.0)
-    a = Learner(CFG, config)
-    a.update(batch, tasks)
-    a.consolidate([batch])
+    learner = Learner(CFG, config)
+    learner.update(batch, tasks)
+    learner.consolidate([batch])
+    return learner, config, batch, tasks
+
+
+def test_checkpoint_round_trip_resumes_identically():
+    a, config, batch, tasks = consolidated_learner()
     state = a.state_dict()
     b = Learner(CFG, config)
     b.load_state_dict(state)
@@ -61,12 +67,7 @@ def test_a_checkpoint_of_the_live_tensors_round_trips_through_bytes():
     update must not reach into what was loaded back."""
     from models import checkpoint
 
-    torch.manual_seed(0)
-    batch, tasks = data()
-    config = LearnerConfig(device="cpu", ewc_strength=10.0, distill_strength=1.0)
-    a = Learner(CFG, config)
-    a.update(batch, tasks)
-    a.consolidate([batch])
+    a, config, batch, tasks = consolidated_learner()
     expected = a.state_dict()
     table = a.model.item_id.weight.detach()
     # Views sharing storage, one of them strided: each is written as its own values.
