@@ -17,6 +17,20 @@ import click
 
 from stream.cli.common import fail, load_settings, log, run_role_or_exit, setup_logging
 
+#: The allocator options of the two roles that hold large tensors (``stream/ops/memory.py``).
+TRIM_SECONDS = click.option(
+    "--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+    help="Collect young cyclic garbage and give memory glibc holds freed back to the system this often "
+    "(malloc_trim; 0: never).")
+
+
+def mmap_threshold_option(default: int, note: str = ""):
+    return click.option(
+        "--mmap-threshold", type=click.IntRange(0, 32 * 2**20), default=default, show_default=True,
+        help="Bytes from which a block gets its own mapping, returned when freed (glibc's M_MMAP_THRESHOLD; "
+        "0: glibc's default, which rises after large blocks are freed and keeps the next ones in its heaps)."
+        + note)
+
 
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
@@ -149,13 +163,9 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
-@click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Collect young cyclic garbage and give memory glibc holds freed back to the system this "
-              "often (malloc_trim; 0: never).")
-@click.option("--mmap-threshold", type=click.IntRange(0, 32 * 2**20), default=4 * 2**20, show_default=True,
-              help="Bytes from which a block gets its own mapping, returned when freed (glibc's M_MMAP_THRESHOLD; "
-              "0: glibc's default, which rises after large blocks are freed and keeps the next ones, "
-              "snapshots and checkpoints, in its heaps). Below 4 MiB, every update maps its table gradients.")
+@TRIM_SECONDS
+@mmap_threshold_option(4 * 2**20, " At 4 MiB snapshots and checkpoints are mapped; below it, every update "
+                       "maps its table gradients too.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
 @click.option("--until-caught-up", is_flag=True,
@@ -220,12 +230,8 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 @click.option("--epsilon", type=click.FloatRange(0.0, 1.0), default=None,
               help="Override the share of uniform exploration each version carries (logged and exported).")
 @click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
-@click.option("--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Collect young cyclic garbage and give memory glibc holds freed back to the system this "
-              "often (malloc_trim; 0: never).")
-@click.option("--mmap-threshold", type=click.IntRange(0, 32 * 2**20), default=0, show_default=True,
-              help="Bytes from which a block gets its own mapping, returned when freed (glibc's M_MMAP_THRESHOLD; "
-              "0: glibc's default, which rises after large blocks are freed and then keeps them in its heaps).")
+@TRIM_SECONDS
+@mmap_threshold_option(0)
 @click.option("--max-users", type=click.IntRange(1), default=100_000, show_default=True,
               help="Users whose recent outcomes are kept for adaptation (the least recently seen go first).")
 @click.option("--user-ttl", type=click.FloatRange(min=1.0), default=3600.0, show_default=True,
