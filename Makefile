@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian's docker-compose validates docker-compose.yml without a Docker engine; Debian's
-# prometheus package brings promtool, which checks deploy/prometheus.
+# prometheus package brings promtool, which checks deploy/prometheus; libjemalloc2 is the malloc
+# the demo's stateful roles run on (stream/ops/allocator.py).
 system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
@@ -36,6 +37,11 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null \
 	  || echo "warning: could not install prometheus; the promtool tests will be skipped"; }
+	@[ -n "$$(find /usr/lib /usr/local/lib -name libjemalloc.so.2 2>/dev/null | head -n 1)" ] || { \
+	  echo "installing libjemalloc2 (Debian package): the demo's join, replay store and learner run on it"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libjemalloc2 >/dev/null \
+	  || echo "warning: could not install libjemalloc2; the roles run on glibc's malloc"; }
 
 # Lint, layer contracts (pyproject.toml [tool.importlinter]) and the types of models/.
 lint: install

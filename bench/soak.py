@@ -49,7 +49,7 @@ def slopes_after(samples: dict[str, list[tuple[float, int]]], start: float) -> d
 
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,
             progress=None, log_dir: Path | None = None, score_args: tuple[str, ...] = (),
-            late_warmup: float = 300.0) -> dict:
+            late_warmup: float = 300.0, allocator: str = "auto") -> dict:
     samples: dict[str, list[tuple[float, int]]] = {}
     last = [-sample_every]
 
@@ -65,7 +65,8 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
 
     started = time.monotonic()
     report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, on_second=sample,
-                                                     log_dir=log_dir, score_args=score_args),
+                                                     log_dir=log_dir, score_args=score_args,
+                                                     allocator=allocator),
                              progress or (lambda line: None))
     return result("soak", {
         "slopes_after_warmup": slopes_after(samples, warmup),
@@ -75,10 +76,10 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
         "requests": report["requests"], "failed_requests": report["failed_requests"],
         "events_per_second": report["events_per_second"], "exit_codes": report["exit_codes"],
         "click_to_live_p99_s": report["click_to_live_seconds"]["p99"], **report["policy_traffic"],
-        "offset_gaps": report["offset_gaps"],
+        "offset_gaps": report["offset_gaps"], "allocators": report["allocators"],
         "seconds": round(time.monotonic() - started, 1),
     }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup,
-        "late_warmup_s": late_warmup, "score_args": list(score_args)})
+        "late_warmup_s": late_warmup, "score_args": list(score_args), "allocator": allocator})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--score-args", default="",
                             help="more options for the scorer, as one string (e.g. \"--max-users 1500\": the "
                                  "demo's 2,200 users never reach the default 100,000)")
+        parser.add_argument("--allocator", choices=("auto", "jemalloc", "glibc"), default="auto",
+                            help="the roles' malloc, as `recsys-stream demo --allocator` (auto: jemalloc for "
+                                 "process, replay and learn where installed)")
 
     def summary(out):
         m = out["metrics"]
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_benchmark(__doc__, configure,
                          lambda args, say: measure(args.duration, args.rate, args.sample_every, args.warmup, say,
                                                    args.log_dir, tuple(shlex.split(args.score_args)),
-                                                   args.late_warmup),
+                                                   args.late_warmup, args.allocator),
                          summary, argv)
 
 

@@ -28,9 +28,13 @@ from stream.config import Settings
               "with deploy/prometheus/alerts.yml loaded, and print its URL.")
 @click.option("--prometheus-port", type=click.IntRange(1, 65535), default=9090, show_default=True,
               help="Port of that Prometheus server.")
+@click.option("--allocator", type=click.Choice(["auto", "jemalloc", "glibc"]), default="auto", show_default=True,
+              help="The roles' malloc. auto: jemalloc (where libjemalloc2 is installed) for the join, the replay "
+              "store and the learner, whose memory fragments glibc's heap; glibc for the scorer. jemalloc: every "
+              "role. glibc: none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, log_dir: Path | None,
-         walkthrough: bool, with_prometheus: bool, prometheus_port: int, as_json: bool) -> None:
+         walkthrough: bool, with_prometheus: bool, prometheus_port: int, allocator: str, as_json: bool) -> None:
     """Run the whole loop on the embedded broker (or RECSYS_BOOTSTRAP_SERVERS).
 
     Starts the broker, creates the topics and runs the reward join, the replay buffer,
@@ -48,14 +52,19 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
         return
     from stream.demo.closed_loop import LoopOptions, run_closed_loop
     from stream.demo.prometheus_server import PrometheusUnavailable, find_prometheus
+    from stream.ops.allocator import AllocatorError, library_for
 
+    try:
+        library_for(allocator)      # before anything starts: say how to get it
+    except AllocatorError as exc:
+        fail(str(exc))
     if with_prometheus:
         try:
             find_prometheus()       # before anything starts: say how to get it
         except PrometheusUnavailable as exc:
             fail(str(exc))
     options = LoopOptions(duration=duration, requests=n_requests, rate=rate, plot=plot_path, log_dir=log_dir,
-                          prometheus_port=prometheus_port if with_prometheus else None)
+                          prometheus_port=prometheus_port if with_prometheus else None, allocator=allocator)
     try:
         report = run_closed_loop(settings, options, say)
     except (BrokerError, PrometheusUnavailable) as exc:

@@ -43,6 +43,7 @@ from stream.kafka.clients import LOGGING_LINGER_MS, make_admin
 from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import ensure_topics, topic_name
+from stream.ops.allocator import launch_env, library_for
 from stream.ops.memory import rss_bytes
 from stream.policy.bus import one_per_number, read_versions
 from stream.policy.trust import new_key, trust_of
@@ -76,6 +77,9 @@ class LoopOptions:
     on_second: Callable[[float, Roles, Settings], None] | None = None
     #: More command-line options for the scorer (e.g. ``("--max-users", "1000")`` in a soak).
     score_args: tuple[str, ...] = ()
+    #: The malloc of each role (``stream/ops/allocator.py``): ``auto`` preloads jemalloc, where it is
+    #: installed, into the join, the replay store and the learner; ``jemalloc`` into every role; ``glibc``: none.
+    allocator: str = "auto"
 
 
 @dataclass
@@ -95,7 +99,7 @@ class Roles:
     """The worker processes of the loop, each with its log and /metrics port, stopped together."""
 
     def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 100,
-                 score_args: tuple[str, ...] = ()) -> None:
+                 score_args: tuple[str, ...] = (), allocator: str = "auto") -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
         self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
                         RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
@@ -108,6 +112,7 @@ class Roles:
         self.publish_seconds = publish_seconds
         self.full_every = full_every
         self.score_args = score_args
+        self.allocator, self.jemalloc = allocator, library_for(allocator)   # fails before anything starts
         self.procs: dict[str, subprocess.Popen] = {}
         self.metrics: dict[str, int] = {}
         self.score_port = free_port()
@@ -132,7 +137,8 @@ class Roles:
             }[role] + ["--metrics-port", str(port)]
         self.metrics[role] = port
         with (self.log_dir / f"{role}.log").open("ab") as log:
-            self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", role, *extra], env=self.env,
+            env = launch_env(self.env, role, self.allocator, self.jemalloc)
+            self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", role, *extra], env=env,
                                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def check(self) -> None:
@@ -249,7 +255,8 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))
         producer.flush()
         say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(ROLES)}")
-        roles = Roles(live, log_dir, options.publish_seconds, options.full_every, options.score_args)
+        roles = Roles(live, log_dir, options.publish_seconds, options.full_every, options.score_args,
+                      options.allocator)
         roles.broker_pid = broker_pid
         roles.start()
         stack.callback(roles.stop)
@@ -278,6 +285,10 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         report["metric_families"] = {role: sorted(set(re.findall(r"^# TYPE (\S+) ", text, flags=re.M)))
                                      for role, text in scrapes.items()}
         report["offset_gaps"] = offset_gaps(scrapes)
+        # What each role says it runs on (``recsys_allocator_info``), not what it was asked to.
+        report["allocators"] = {role: found[0] if (found := re.findall(
+            r'^recsys_allocator_info\{[^}]*allocator="(\w+)"[^}]*\} 1\.0$', text, flags=re.M)) else None
+            for role, text in scrapes.items()}
         learner_metrics = scrapes["learn"]
         report["experience_to_update_seconds"] = histogram_quantiles(learner_metrics,
                                                                      "recsys_learner_fresh_delay_seconds")

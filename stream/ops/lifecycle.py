@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException
 from stream.config import MissingBootstrapError, Settings
 from stream.kafka.clients import make_admin
 from stream.kafka.topics import TopicError, ensure_topics
+from stream.ops.allocator import export_allocator
 from stream.ops.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def run_role(name: str, settings: Settings, build: Callable[[Settings], Role], *
     if handle_signals:
         stop_on_signals(role.stop)
     tune_garbage_collector()
-    log.info("%s: running", name)
+    log.info("%s: running (malloc: %s)", name, export_allocator(name))
     role.run()
     log.info("%s: stopped", name)
     return role

@@ -18,6 +18,7 @@ from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import PolicyIntegrityError, pack
 from stream.config import Settings
 from stream.demo.closed_loop import LoopOptions, run_closed_loop
+from stream.ops.allocator import find_jemalloc
 from stream.policy.bus import PolicyPublisher, read_versions, rollback
 from tests.conftest import scraped
 from tests.test_grafana_dashboard import metric_names_in_dashboard
@@ -140,6 +141,9 @@ def test_the_loop_learns_and_serves_every_version_without_a_failed_request(loop)
     assert last["reward_learned"] > 1.2 * last["reward_random"], last
     assert report["exit_codes"] == {"process": 0, "replay": 0, "learn": 0, "score": 0}
     assert report["dead_letters"] == {}
+    # The default allocator choice, as each role reports it: jemalloc for the stateful roles where installed.
+    stateful = "jemalloc" if find_jemalloc() is not None else "glibc"
+    assert report["allocators"] == {"process": stateful, "replay": stateful, "learn": stateful, "score": "glibc"}
     assert (tmp / "reward.png").stat().st_size > 10_000
 
 

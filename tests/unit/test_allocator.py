@@ -1,0 +1,82 @@
+"""Which roles a launcher puts on jemalloc, how it preloads it, and what a process reports it runs on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from stream.ops.allocator import (
+    JEMALLOC_PATH_ENV,
+    STATEFUL_ROLES,
+    AllocatorError,
+    find_jemalloc,
+    launch_env,
+    library_for,
+    preloaded,
+    roles_on_jemalloc,
+    running_allocator,
+)
+
+ROLES = ("process", "replay", "learn", "score")
+
+
+def test_auto_puts_the_stateful_roles_on_jemalloc_and_keeps_the_scorer_on_glibc():
+    assert roles_on_jemalloc("auto", ROLES) == STATEFUL_ROLES == {"process", "replay", "learn"}
+    assert roles_on_jemalloc("jemalloc", ROLES) == set(ROLES)
+    assert roles_on_jemalloc("glibc", ROLES) == set()
+    with pytest.raises(ValueError, match="auto, jemalloc, glibc"):
+        roles_on_jemalloc("tcmalloc", ROLES)
+
+
+def test_preloading_puts_the_library_first_once_and_keeps_what_was_preloaded():
+    env = preloaded({"LD_PRELOAD": "/opt/a.so:/lib/je.so", "X": "1"}, "/lib/je.so")
+    assert env == {"LD_PRELOAD": "/lib/je.so /opt/a.so", "X": "1"}
+    assert preloaded({}, "/lib/je.so")["LD_PRELOAD"] == "/lib/je.so"
+
+
+def test_launch_env_preloads_only_the_chosen_roles_and_never_edits_the_callers_env():
+    base = {"PATH": "/bin"}
+    assert launch_env(base, "learn", "auto", "/lib/je.so") == {"PATH": "/bin", "LD_PRELOAD": "/lib/je.so"}
+    assert launch_env(base, "score", "auto", "/lib/je.so") == base
+    assert launch_env(base, "score", "jemalloc", "/lib/je.so")["LD_PRELOAD"] == "/lib/je.so"
+    assert launch_env(base, "learn", "glibc", "/lib/je.so") == base
+    assert launch_env(base, "learn", "auto", None) == base       # not installed: glibc
+    assert base == {"PATH": "/bin"}
+
+
+def test_finding_jemalloc_honours_the_override_and_otherwise_searches_in_order(tmp_path):
+    first, second = tmp_path / "a.so", tmp_path / "b.so"
+    second.write_bytes(b"")
+    assert find_jemalloc({}, [str(first), str(second)]) == str(second)
+    assert find_jemalloc({}, [str(first)]) is None
+    assert find_jemalloc({JEMALLOC_PATH_ENV: str(second)}, [str(first)]) == str(second)
+    with pytest.raises(AllocatorError, match="is not a file"):
+        find_jemalloc({JEMALLOC_PATH_ENV: str(first)})
+
+
+def test_asking_for_jemalloc_without_it_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("stream.ops.allocator.JEMALLOC_CANDIDATES", (str(tmp_path / "none.so"),))
+    with pytest.raises(AllocatorError, match="apt-get install libjemalloc2"):
+        library_for("jemalloc", {})
+    assert library_for("auto", {}) is None
+    assert library_for("glibc", {}) is None
+
+
+def test_running_allocator_reads_the_process_maps(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n")
+    assert running_allocator(maps) == "jemalloc"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert running_allocator(maps) == "glibc"
+    assert running_allocator(tmp_path / "absent") == "unknown"
+
+
+@pytest.mark.skipif(find_jemalloc() is None, reason="libjemalloc2 is not installed (make system-deps)")
+def test_a_process_started_with_the_launch_env_runs_on_jemalloc():
+    probe = [sys.executable, "-c", "from stream.ops.allocator import running_allocator; print(running_allocator())"]
+    for role, expected in (("learn", "jemalloc"), ("score", "glibc")):
+        env = launch_env({"PATH": "/usr/bin:/bin"}, role, "auto", find_jemalloc())
+        done = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60, check=True)
+        assert done.stdout.strip() == expected, (role, done.stderr)
