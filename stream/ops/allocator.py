@@ -2,10 +2,11 @@
 
 glibc's main heap fragments under the learner's churn: in a 20-minute soak at twice the
 demo's load its free space grew +2.0 MB a minute while the bytes in use barely moved
-(glibc's ``malloc_info``), and no trim gives that back. With jemalloc the learner's,
-the join's and the replay store's slopes were within noise of zero (BENCHMARKS.md, "Soak",
-session 18). The scorer stays on glibc unless asked: jemalloc cost it 0.04-0.09 ms at the
-median on requests of 100 candidates in process, and its slope is within noise on glibc in most runs.
+(glibc's ``malloc_info``), and no trim gives that back. With jemalloc the learner sat
+lower in both 20-minute runs, and its, the join's and the replay store's slopes were within
+noise or near it in one of them (BENCHMARKS.md, "Soak", session 18). The scorer stays on
+glibc unless asked: jemalloc cost it 0.04-0.09 ms at the median on requests of 100
+candidates in process, and its slope is within noise on glibc in most runs.
 
 jemalloc is a shared library, so it is chosen when a process starts (``LD_PRELOAD``): the
 launchers here (the demo, the soak, the image) set it, and each role reports what it got
