@@ -24,6 +24,7 @@ from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
 from stream.demo.closed_loop import LoopOptions, run_closed_loop
+from stream.ops.allocator import CHOICES as ALLOCATORS
 from stream.ops.memory import rss_bytes
 
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--score-args", default="",
                             help="more options for the scorer, as one string (e.g. \"--max-users 1500\": the "
                                  "demo's 2,200 users never reach the default 100,000)")
-        parser.add_argument("--allocator", choices=("auto", "jemalloc", "glibc"), default="auto",
+        parser.add_argument("--allocator", choices=ALLOCATORS, default="auto",
                             help="the roles' malloc, as `recsys-stream demo --allocator` (auto: jemalloc for "
                                  "process, replay and learn where installed)")
 

@@ -8,6 +8,7 @@ import click
 
 from stream.cli.common import emit_json, fail, load_settings, setup_logging
 from stream.config import Settings
+from stream.ops.allocator import CHOICES as ALLOCATORS
 
 
 @click.command()
@@ -28,7 +29,7 @@ from stream.config import Settings
               "with deploy/prometheus/alerts.yml loaded, and print its URL.")
 @click.option("--prometheus-port", type=click.IntRange(1, 65535), default=9090, show_default=True,
               help="Port of that Prometheus server.")
-@click.option("--allocator", type=click.Choice(["auto", "jemalloc", "glibc"]), default="auto", show_default=True,
+@click.option("--allocator", type=click.Choice(ALLOCATORS), default="auto", show_default=True,
               help="The roles' malloc. auto: jemalloc (where libjemalloc2 is installed) for the join, the replay "
               "store and the learner, whose memory fragments glibc's heap; glibc for the scorer. jemalloc: every "
               "role. glibc: none.")
