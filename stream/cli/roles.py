@@ -168,6 +168,9 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
                        "maps its table gradients too.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
+@click.option("--checkpoint-seconds", type=click.FloatRange(min=0.0), default=30.0, show_default=True,
+              help="Checkpoint after a publish at most this often (0: after every publish), and on stop. A kill "
+              "-9 re-trains on what came since (read again from the topic; nothing is lost).")
 @click.option("--until-caught-up", is_flag=True,
               help="Backfill: train on every experience on the topic, publish (gated) what was learned, exit 0. "
               "Meta tasks read users' histories from the replay store: let `replay` store the backlog first.")
@@ -175,8 +178,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: str,
           full_every: int, full_seconds: float, retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
-          mmap_threshold: int, checkpoint: Path | None, trim_seconds: float, until_caught_up: bool,
-          metrics_port: int | None) -> None:
+          mmap_threshold: int, checkpoint: Path | None, checkpoint_seconds: float, trim_seconds: float,
+          until_caught_up: bool, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
@@ -196,7 +199,8 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
     config = LearnerWorkerConfig(publish_every_seconds=publish_seconds, retain_versions=retain,
                                  probe_period_seconds=probe_period, probe_sets=probe_sets,
                                  until_caught_up=until_caught_up, full_every=full_every,
-                                 full_every_seconds=full_seconds, trim_seconds=trim_seconds)
+                                 full_every_seconds=full_seconds, trim_seconds=trim_seconds,
+                                 checkpoint_every_seconds=checkpoint_seconds)
     defaults = AgentConfig()
     agent = replace(defaults, learner=replace(defaults.learner, device=device), update_size=update_size,
                     publish_every_updates=publish_every, gate=replace(defaults.gate, alpha=gate_alpha),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 from models.agent import AgentConfig
 from models.batch import hash_ids
 from models.checkpoint import CheckpointError
+from models.checkpoint import load as load_checkpoint
 from models.exploration import Exploration
 from models.gate import GateConfig
 from models.policy import PolicyConfig, TwoTowerPolicy
@@ -179,6 +181,28 @@ def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker
         assert again.live.config == worker.live.config and again.live.config.exploration.gamma is not None
     finally:
         again.publisher.close()
+
+
+def test_checkpoints_follow_their_own_schedule_not_every_publish(worker):
+    """A checkpoint is the whole state (~34 MB at the soak's load): after the first publish, then only once
+    ``checkpoint_every_seconds`` have passed; what each one holds is the version as of that moment."""
+    worker.learner.update(worker.batcher.batch(decisions(30)))
+    every = worker.config.checkpoint_every_seconds
+    assert every > 0
+    worker.version = 1
+    assert worker._checkpoint_if_due(None, now=100.0)           # the first publish after a start
+    written = worker.checkpoint_path.stat().st_mtime_ns
+    worker.version = 2
+    assert not worker._checkpoint_if_due(None, now=100.0 + every / 2)
+    assert worker.checkpoint_path.stat().st_mtime_ns == written
+    worker.version = 3
+    assert worker._checkpoint_if_due(None, now=100.0 + every)
+    assert load_checkpoint(worker.checkpoint_path)["version"] == 3
+
+
+def test_checkpoint_seconds_zero_checkpoints_after_every_publish(worker):
+    worker.config = replace(worker.config, checkpoint_every_seconds=0.0)
+    assert all(worker._checkpoint_if_due(None, now=5.0) for _ in range(3))
 
 
 def test_resume_refuses_a_pickle_or_another_models_checkpoint(worker, text_encoder, tmp_path):
