@@ -8,12 +8,15 @@ simulated users at ``--rate`` requests per second) and samples each process's re
 memory every ``--sample-every`` seconds of traffic. After ``--warmup`` seconds (caches,
 the dedupe horizon, the replay window filling) a role that holds bounded state should
 level off: the fitted slope (MB per minute, least squares) and its standard error say
-whether it does. The embedded broker keeps every record it is sent (its memory storage
+whether it does. Each role's malloc is sampled too (``recsys_malloc_bytes``: what it hands
+out and what it holds), so a rise can be told apart: more data, or more free space kept
+by the allocator. The embedded broker keeps every record it is sent (its memory storage
 applies no retention), so its slope is the bytes the loop writes to Kafka.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from pathlib import Path
@@ -23,7 +26,7 @@ import numpy as np
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
-from stream.demo.closed_loop import LoopOptions, run_closed_loop
+from stream.demo.closed_loop import LoopOptions, run_closed_loop, scrape
 from stream.ops.allocator import CHOICES as ALLOCATORS
 from stream.ops.memory import rss_bytes
 
@@ -48,10 +51,20 @@ def slopes_after(samples: dict[str, list[tuple[float, int]]], start: float) -> d
     return {role: slope([t for t, _ in pts], [v for _, v in pts]) for role, pts in kept.items()}
 
 
+MALLOC_LINE = re.compile(r'^recsys_malloc_bytes\{[^}]*kind="(\w+)"[^}]*\} (\S+)$', re.M)
+
+
+def malloc_bytes(metrics_text: str) -> dict[str, float]:
+    """``recsys_malloc_bytes`` by kind (in_use, held) from a role's /metrics text."""
+    return {kind: float(value) for kind, value in MALLOC_LINE.findall(metrics_text)}
+
+
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,
             progress=None, log_dir: Path | None = None, score_args: tuple[str, ...] = (),
             late_warmup: float = 300.0, allocator: str = "auto") -> dict:
     samples: dict[str, list[tuple[float, int]]] = {}
+    #: "<role> <kind>" -> (seconds, bytes): what each role's malloc hands out and holds (its /metrics).
+    malloc: dict[str, list[tuple[float, int]]] = {}
     last = [-sample_every]
 
     def sample(seconds: float, roles, _settings) -> None:
@@ -63,6 +76,9 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
             rss = rss_bytes(pid)
             if rss is not None:
                 samples.setdefault(role, []).append((seconds, rss))
+        for role, port in roles.metrics.items():
+            for kind, value in malloc_bytes(scrape(port)).items():
+                malloc.setdefault(f"{role} {kind}", []).append((seconds, int(value)))
 
     started = time.monotonic()
     report = run_closed_loop(Settings(), LoopOptions(duration=duration, rate=rate, on_second=sample,
@@ -74,6 +90,10 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
         # The learner's held-out decisions and probe sets fill for about 300 s at this load.
         "slopes_after_late_warmup": slopes_after(samples, late_warmup),
         "samples": {role: [(round(t, 1), round(v / 2**20, 1)) for t, v in points] for role, points in samples.items()},
+        # Resident memory is data plus the allocator's free space: these split it (recsys_malloc_bytes).
+        "malloc_slopes_after_late_warmup": slopes_after(malloc, late_warmup),
+        "malloc_samples": {key: [(round(t, 1), round(v / 2**20, 2)) for t, v in points]
+                           for key, points in malloc.items()},
         "requests": report["requests"], "failed_requests": report["failed_requests"],
         "events_per_second": report["events_per_second"], "exit_codes": report["exit_codes"],
         "click_to_live_p99_s": report["click_to_live_seconds"]["p99"], **report["policy_traffic"],

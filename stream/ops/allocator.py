@@ -15,11 +15,13 @@ as ``recsys_allocator_info``.
 
 from __future__ import annotations
 
+import ctypes
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from prometheus_client import Gauge
+from prometheus_client import REGISTRY, Gauge
+from prometheus_client.core import GaugeMetricFamily
 
 #: A jemalloc to use instead of searching the usual places.
 JEMALLOC_PATH_ENV = "RECSYS_JEMALLOC"
@@ -98,8 +100,80 @@ def running_allocator(maps: Path = Path("/proc/self/maps")) -> str:
     return "jemalloc" if "libjemalloc" in text else "glibc"
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def glibc_malloc_bytes() -> dict[str, int] | None:
+    """glibc's ``mallinfo2``: bytes its malloc hands out (``in_use``: chunks in use plus their own mappings)
+    and bytes it holds from the system (``held``: every arena plus those mappings; the difference is
+    free space it keeps). None without glibc 2.33+."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {"in_use": info.uordblks + info.hblkhd, "held": info.arena + info.hblkhd}
+
+
+def jemalloc_bytes() -> dict[str, int] | None:
+    """jemalloc's own statistics (``mallctl``, refreshed by bumping ``epoch``): ``in_use`` is
+    ``stats.allocated``, ``held`` is ``stats.resident`` (its physically resident pages, metadata and
+    dirty pages not yet purged included). None where jemalloc is not loaded or was built without stats."""
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except (OSError, AttributeError):
+        return None
+    mallctl.restype = ctypes.c_int
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
+                        ctypes.c_size_t]
+    epoch = ctypes.c_uint64(1)
+    if mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch)) != 0:
+        return None
+    out = {}
+    for kind, name in (("in_use", b"stats.allocated"), ("held", b"stats.resident")):
+        value, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if mallctl(name, ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+            return None
+        out[kind] = value.value
+    return out
+
+
+class MallocBytes:
+    """``recsys_malloc_bytes{component, allocator, kind}``, read from the allocator at each scrape.
+
+    Resident memory alone cannot say whether a role holds more data or its allocator holds more free
+    space: the learner's soak rise on glibc was mostly the latter (BENCHMARKS.md, "Soak"). ``in_use``
+    is what the program has allocated through malloc (torch's tensors, librdkafka, numpy's buffers;
+    not Python's small objects, which live in the interpreter's own 1 MiB arenas); ``held`` is what
+    the allocator has from the system for it.
+    """
+
+    def __init__(self, component: str, allocator: str) -> None:
+        self.component, self.allocator = component, allocator
+        self.read = jemalloc_bytes if allocator == "jemalloc" else glibc_malloc_bytes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("recsys_malloc_bytes", "Bytes the process's malloc hands out (kind=in_use) "
+                                   "and holds from the system (kind=held), read at each scrape.",
+                                   labels=["component", "allocator", "kind"])
+        for kind, value in (self.read() or {}).items():
+            family.add_metric([self.component, self.allocator, kind], value)
+        yield family
+
+
+_exported: MallocBytes | None = None
+
+
 def export_allocator(component: str) -> str:
-    """Set ``recsys_allocator_info{component, allocator}`` and return the allocator's name."""
+    """Set ``recsys_allocator_info{component, allocator}``, export ``recsys_malloc_bytes`` (once per
+    process) and return the allocator's name."""
+    global _exported
     name = running_allocator()
     ALLOCATOR_INFO.labels(component, name).set(1)
+    if _exported is None:
+        _exported = MallocBytes(component, name)
+        REGISTRY.register(_exported)
     return name

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
+from bench.soak import malloc_bytes
 from stream.ops.allocator import (
     JEMALLOC_PATH_ENV,
     STATEFUL_ROLES,
@@ -80,3 +82,33 @@ def test_a_process_started_with_the_launch_env_runs_on_jemalloc():
         env = launch_env({"PATH": "/usr/bin:/bin"}, role, "auto", find_jemalloc())
         done = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60, check=True)
         assert done.stdout.strip() == expected, (role, done.stderr)
+
+
+#: A child that allocates 64 MiB through malloc (numpy), then prints its malloc's figures before and after.
+MALLOC_PROBE = """
+import json
+import numpy as np
+from prometheus_client import generate_latest
+from stream.ops.allocator import export_allocator
+name = export_allocator("probe")
+before = generate_latest().decode()
+block = np.ones(8 << 20)
+after = generate_latest().decode()
+print(json.dumps([name, before, after]))
+"""
+
+
+@pytest.mark.parametrize("role", ["score", "learn"])
+def test_malloc_bytes_follow_what_the_process_allocates_on_either_allocator(role):
+    """``recsys_malloc_bytes``: 64 MiB allocated shows in ``in_use`` (and ``held``) on the allocator the
+    launch env gives the role (jemalloc for ``learn`` where installed, glibc otherwise)."""
+    env = launch_env({"PATH": "/usr/bin:/bin"}, role, "auto", find_jemalloc())
+    done = subprocess.run([sys.executable, "-c", MALLOC_PROBE], env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    name, before, after = json.loads(done.stdout)
+    assert name == ("jemalloc" if role == "learn" and find_jemalloc() else "glibc")
+    assert f'allocator="{name}"' in after
+    first, then = malloc_bytes(before), malloc_bytes(after)
+    assert set(first) == set(then) == {"in_use", "held"}
+    assert then["in_use"] - first["in_use"] >= 0.95 * 64 * 2**20     # others free meanwhile, too
+    assert then["held"] >= then["in_use"] * 0.9
