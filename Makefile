@@ -9,6 +9,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# The full suite runs in this many pytest-xdist workers, one file per worker at a time (its module
+# fixtures stay whole), each with its own embedded broker: most of the suite waits on brokers and roles.
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -49,9 +52,10 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-# The full suite: lint first (seconds), then every lane; the 15 slowest tests are listed at the end.
+# The full suite: lint first (seconds), then every lane in TEST_WORKERS workers (0: in this one process);
+# the 15 slowest tests are listed at the end.
 test: install system-deps lint
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The broker-free lane: no Kafka, no subprocess roles, nothing slow (under 2 minutes).
 test-fast: install
