@@ -16,7 +16,6 @@ applies no retention), so its slope is the bytes the loop writes to Kafka.
 
 from __future__ import annotations
 
-import re
 import shlex
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
-from stream.demo.closed_loop import LoopOptions, run_closed_loop, scrape
+from stream.demo.closed_loop import LoopOptions, by_label, run_closed_loop, scrape
 from stream.ops.allocator import CHOICES as ALLOCATORS
 from stream.ops.memory import rss_bytes
 
@@ -51,12 +50,9 @@ def slopes_after(samples: dict[str, list[tuple[float, int]]], start: float) -> d
     return {role: slope([t for t, _ in pts], [v for _, v in pts]) for role, pts in kept.items()}
 
 
-MALLOC_LINE = re.compile(r'^recsys_malloc_bytes\{[^}]*kind="(\w+)"[^}]*\} (\S+)$', re.M)
-
-
 def malloc_bytes(metrics_text: str) -> dict[str, float]:
     """``recsys_malloc_bytes`` by kind (in_use, held) from a role's /metrics text."""
-    return {kind: float(value) for kind, value in MALLOC_LINE.findall(metrics_text)}
+    return dict(by_label(metrics_text, "recsys_malloc_bytes", "kind"))
 
 
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,

@@ -200,8 +200,7 @@ def _mb(value: int | None) -> float | None:
 def policy_traffic(learner_metrics: str, versions: list, seconds: float) -> dict[str, Any]:
     """Bytes of policy weights the learner wrote (its counters, every version) per second, and the sizes of
     the versions still on the topic (the last full snapshot and the deltas since)."""
-    written = {kind: float(value) for kind, value in re.findall(
-        r'^recsys_policy_bytes_published_total\{kind="(\w+)"\} (\S+)$', learner_metrics, flags=re.M)}
+    written = dict(by_label(learner_metrics, "recsys_policy_bytes_published_total", "kind"))
     deltas = [v.header.total_bytes for v in versions if v.header.kind == "delta"]
     fulls = [v.header.total_bytes for v in versions if v.header.kind == "full"]
     return {
@@ -286,17 +285,14 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
                                      for role, text in scrapes.items()}
         report["offset_gaps"] = offset_gaps(scrapes)
         # What each role says it runs on (``recsys_allocator_info``), not what it was asked to.
-        report["allocators"] = {role: found[0] if (found := re.findall(
-            r'^recsys_allocator_info\{[^}]*allocator="(\w+)"[^}]*\} 1\.0$', text, flags=re.M)) else None
-            for role, text in scrapes.items()}
+        report["allocators"] = {role: next((name for name, value in by_label(text, "recsys_allocator_info", "allocator")
+                                            if value == 1.0), None) for role, text in scrapes.items()}
         learner_metrics = scrapes["learn"]
         report["experience_to_update_seconds"] = histogram_quantiles(learner_metrics,
                                                                      "recsys_learner_fresh_delay_seconds")
         report["event_to_update_seconds"] = histogram_quantiles(learner_metrics,
                                                                 "recsys_learner_event_to_update_seconds")
-        report["forgetting_by_probe_age"] = {
-            age: float(value) for age, value in
-            re.findall(r'^recsys_learner_forgetting_ratio\{probe="(\d+)"\} (\S+)$', learner_metrics, flags=re.M)}
+        report["forgetting_by_probe_age"] = dict(by_label(learner_metrics, "recsys_learner_forgetting_ratio", "probe"))
         codes = roles.stop()
         report["exit_codes"] = codes
         report["embedded_broker"] = settings.bootstrap_servers is None
@@ -453,11 +449,16 @@ def offset_gaps(scrapes: dict[str, str]) -> dict[str, dict[str, float]]:
     broker's race, filled by reading again, or stepped over."""
     found: dict[str, dict[str, float]] = {}
     for role, text in scrapes.items():
-        for outcome, value in re.findall(r'^recsys_kafka_offset_gaps_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$',
-                                         text, flags=re.M):
+        for outcome, value in by_label(text, "recsys_kafka_offset_gaps_total", "outcome"):
             totals = found.setdefault(role, {})
-            totals[outcome] = totals.get(outcome, 0.0) + float(value)
+            totals[outcome] = totals.get(outcome, 0.0) + value
     return found
+
+
+def by_label(text: str, name: str, label: str) -> list[tuple[str, float]]:
+    """(value of ``label``, sample value) of every series of metric ``name`` in a /metrics text."""
+    return [(found, float(value)) for found, value in
+            re.findall(rf'^{name}\{{[^}}]*\b{label}="([^"]*)"[^}}]*\}} (\S+)$', text, flags=re.M)]
 
 
 def scrape(port: int) -> str:
