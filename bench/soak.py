@@ -9,13 +9,15 @@ memory every ``--sample-every`` seconds of traffic. After ``--warmup`` seconds (
 the dedupe horizon, the replay window filling) a role that holds bounded state should
 level off: the fitted slope (MB per minute, least squares) and its standard error say
 whether it does. Each role's malloc is sampled too (``recsys_malloc_bytes``: what it hands
-out and what it holds), so a rise can be told apart: more data, or more free space kept
-by the allocator. The embedded broker keeps every record it is sent (its memory storage
-applies no retention), so its slope is the bytes the loop writes to Kafka.
+out and what it holds, and Python's own object arenas, which malloc does not see), so a
+rise can be told apart: more data, or more free space kept by an allocator. The embedded
+broker keeps every record it is sent (its memory storage applies no retention), so its
+slope is the bytes the loop writes to Kafka.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
-from stream.demo.closed_loop import LoopOptions, by_label, run_closed_loop, scrape
+from stream.demo.closed_loop import LoopOptions, run_closed_loop, scrape
 from stream.ops.allocator import CHOICES as ALLOCATORS
 from stream.ops.memory import rss_bytes
 
@@ -51,8 +53,12 @@ def slopes_after(samples: dict[str, list[tuple[float, int]]], start: float) -> d
 
 
 def malloc_bytes(metrics_text: str) -> dict[str, float]:
-    """``recsys_malloc_bytes`` by kind (in_use, held) from a role's /metrics text."""
-    return dict(by_label(metrics_text, "recsys_malloc_bytes", "kind"))
+    """``recsys_malloc_bytes`` from a role's /metrics text: its malloc's by kind (``in_use``, ``held``),
+    Python's object arenas as ``pymalloc in_use`` and ``pymalloc held``."""
+    series = re.findall(r'^recsys_malloc_bytes\{[^}]*\ballocator="([^"]*)"[^}]*\bkind="([^"]*)"[^}]*\} (\S+)$',
+                        metrics_text, flags=re.M)
+    return {("pymalloc " if allocator == "pymalloc" else "") + kind: float(value)
+            for allocator, kind, value in series}
 
 
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,

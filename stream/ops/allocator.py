@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -141,14 +142,46 @@ def jemalloc_bytes() -> dict[str, int] | None:
     return out
 
 
+def pymalloc_bytes() -> dict[str, int] | None:
+    """Python's own small-object allocator (objects up to 512 bytes), which takes 1 MiB arenas straight
+    from the system, so neither malloc counts them: ``in_use`` is its allocated blocks, ``held`` its
+    arenas (an arena goes back only when every block in it is free). Read from the interpreter's
+    ``_PyObject_DebugMallocStats`` report (what ``sys._debugmallocstats`` prints; a fraction of a
+    millisecond) into memory. None when pymalloc is off (``PYTHONMALLOC=malloc``) or the report changes."""
+    try:
+        libc, report = ctypes.CDLL(None), ctypes.pythonapi._PyObject_DebugMallocStats
+    except (OSError, AttributeError):
+        return None
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.free.argtypes = [ctypes.c_void_p]
+    report.argtypes, report.restype = [ctypes.c_void_p], ctypes.c_int
+    buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
+    stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+    if not stream:
+        return None
+    try:
+        active = report(stream)     # the caller holds the GIL (ctypes.pythonapi keeps it), as pymalloc needs
+    finally:
+        libc.fclose(stream)
+    text = ctypes.string_at(buffer, size.value).decode("ascii", "replace") if buffer else ""
+    libc.free(buffer)
+    arenas = re.search(r"^(\d+) arenas \* (\d+) bytes/arena", text, re.M)
+    blocks = re.search(r"^# bytes in allocated blocks\s*=\s*([\d,]+)", text, re.M)
+    if not active or arenas is None or blocks is None:
+        return None
+    return {"in_use": int(blocks.group(1).replace(",", "")), "held": int(arenas.group(1)) * int(arenas.group(2))}
+
+
 class MallocBytes:
     """``recsys_malloc_bytes{component, allocator, kind}``, read from the allocator at each scrape.
 
     Resident memory alone cannot say whether a role holds more data or its allocator holds more free
     space: the learner's soak rise on glibc was mostly the latter (BENCHMARKS.md, "Soak"). ``in_use``
-    is what the program has allocated through malloc (torch's tensors, librdkafka, numpy's buffers;
-    not Python's small objects, which live in the interpreter's own 1 MiB arenas); ``held`` is what
-    the allocator has from the system for it.
+    is what the program has allocated through malloc (torch's tensors, librdkafka, numpy's buffers);
+    ``held`` is what the allocator has from the system for it. Python's small objects live in the
+    interpreter's own 1 MiB arenas, outside malloc: they are the ``allocator="pymalloc"`` series.
     """
 
     def __init__(self, component: str, allocator: str) -> None:
@@ -157,10 +190,12 @@ class MallocBytes:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("recsys_malloc_bytes", "Bytes the process's malloc hands out (kind=in_use) "
-                                   "and holds from the system (kind=held), read at each scrape.",
+                                   "and holds from the system (kind=held), read at each scrape; "
+                                   "allocator=pymalloc: Python's object arenas, outside malloc.",
                                    labels=["component", "allocator", "kind"])
-        for kind, value in (self.read() or {}).items():
-            family.add_metric([self.component, self.allocator, kind], value)
+        for allocator, read in ((self.allocator, self.read), ("pymalloc", pymalloc_bytes)):
+            for kind, value in (read() or {}).items():
+                family.add_metric([self.component, allocator, kind], value)
         yield family
 
 

@@ -93,6 +93,7 @@ from stream.ops.allocator import export_allocator
 name = export_allocator("probe")
 before = generate_latest().decode()
 block = np.ones(8 << 20)
+small = [bytearray(40) for _ in range(200_000)]      # ~19 MB of objects under 512 bytes: pymalloc's
 after = generate_latest().decode()
 print(json.dumps([name, before, after]))
 """
@@ -109,6 +110,19 @@ def test_malloc_bytes_follow_what_the_process_allocates_on_either_allocator(role
     assert name == ("jemalloc" if role == "learn" and find_jemalloc() else "glibc")
     assert f'allocator="{name}"' in after
     first, then = malloc_bytes(before), malloc_bytes(after)
-    assert set(first) == set(then) == {"in_use", "held"}
+    assert set(first) == set(then) == {"in_use", "held", "pymalloc in_use", "pymalloc held"}
     assert then["in_use"] - first["in_use"] >= 0.95 * 64 * 2**20     # others free meanwhile, too
     assert then["held"] >= then["in_use"] * 0.9
+    # Python's small objects are not malloc's: they show in pymalloc's series (96 bytes each at least).
+    assert then["pymalloc in_use"] - first["pymalloc in_use"] >= 200_000 * 96 * 0.95
+    assert then["pymalloc held"] >= then["pymalloc in_use"]
+
+
+def test_without_pymalloc_there_is_no_pymalloc_series():
+    """``PYTHONMALLOC=malloc`` sends Python's objects through malloc: no arenas to report."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONMALLOC": "malloc"}
+    done = subprocess.run([sys.executable, "-c", MALLOC_PROBE], env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    _, before, after = json.loads(done.stdout)
+    assert set(malloc_bytes(after)) == {"in_use", "held"}
+    assert malloc_bytes(after)["in_use"] - malloc_bytes(before)["in_use"] >= 64 * 2**20 + 200_000 * 40
