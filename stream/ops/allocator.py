@@ -16,6 +16,7 @@ as ``recsys_allocator_info``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -106,15 +107,26 @@ class _MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.cache
+def _c_function(library: str | None, name: str, restype, *argtypes):
+    """A C function of ``library`` (None: whatever the process has loaded), looked up once: a new
+    ``CDLL`` at every scrape would leave a class and its function pointers to the cyclic GC each time.
+    None where the library or the symbol is missing."""
+    try:
+        function = getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
+    function.restype, function.argtypes = restype, list(argtypes)
+    return function
+
+
 def glibc_malloc_bytes() -> dict[str, int] | None:
     """glibc's ``mallinfo2``: bytes its malloc hands out (``in_use``: chunks in use plus their own mappings)
     and bytes it holds from the system (``held``: every arena plus those mappings; the difference is
     free space it keeps). None without glibc 2.33+."""
-    try:
-        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    mallinfo2 = _c_function("libc.so.6", "mallinfo2", _MallInfo2)
+    if mallinfo2 is None:
         return None
-    mallinfo2.restype = _MallInfo2
     info = mallinfo2()
     return {"in_use": info.uordblks + info.hblkhd, "held": info.arena + info.hblkhd}
 
@@ -123,13 +135,10 @@ def jemalloc_bytes() -> dict[str, int] | None:
     """jemalloc's own statistics (``mallctl``, refreshed by bumping ``epoch``): ``in_use`` is
     ``stats.allocated``, ``held`` is ``stats.resident`` (its physically resident pages, metadata and
     dirty pages not yet purged included). None where jemalloc is not loaded or was built without stats."""
-    try:
-        mallctl = ctypes.CDLL(None).mallctl
-    except (OSError, AttributeError):
+    mallctl = _c_function(None, "mallctl", ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                          ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p, ctypes.c_size_t)
+    if mallctl is None:
         return None
-    mallctl.restype = ctypes.c_int
-    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p,
-                        ctypes.c_size_t]
     epoch = ctypes.c_uint64(1)
     if mallctl(b"epoch", None, None, ctypes.byref(epoch), ctypes.sizeof(epoch)) != 0:
         return None
@@ -148,25 +157,24 @@ def pymalloc_bytes() -> dict[str, int] | None:
     arenas (an arena goes back only when every block in it is free). Read from the interpreter's
     ``_PyObject_DebugMallocStats`` report (what ``sys._debugmallocstats`` prints; a fraction of a
     millisecond) into memory. None when pymalloc is off (``PYTHONMALLOC=malloc``) or the report changes."""
-    try:
-        libc, report = ctypes.CDLL(None), ctypes.pythonapi._PyObject_DebugMallocStats
-    except (OSError, AttributeError):
+    open_memstream = _c_function(None, "open_memstream", ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+                                 ctypes.POINTER(ctypes.c_size_t))
+    fclose, free = _c_function(None, "fclose", ctypes.c_int, ctypes.c_void_p), _c_function(None, "free", None,
+                                                                                          ctypes.c_void_p)
+    report = getattr(ctypes.pythonapi, "_PyObject_DebugMallocStats", None)   # PyDLL: keeps the GIL, as pymalloc needs
+    if None in (open_memstream, fclose, free, report):
         return None
-    libc.open_memstream.restype = ctypes.c_void_p
-    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    libc.free.argtypes = [ctypes.c_void_p]
     report.argtypes, report.restype = [ctypes.c_void_p], ctypes.c_int
     buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
-    stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+    stream = open_memstream(ctypes.byref(buffer), ctypes.byref(size))
     if not stream:
         return None
     try:
-        active = report(stream)     # the caller holds the GIL (ctypes.pythonapi keeps it), as pymalloc needs
+        active = report(stream)
     finally:
-        libc.fclose(stream)
+        fclose(stream)
     text = ctypes.string_at(buffer, size.value).decode("ascii", "replace") if buffer else ""
-    libc.free(buffer)
+    free(buffer)
     arenas = re.search(r"^(\d+) arenas \* (\d+) bytes/arena", text, re.M)
     blocks = re.search(r"^# bytes in allocated blocks\s*=\s*([\d,]+)", text, re.M)
     if not active or arenas is None or blocks is None:
