@@ -17,7 +17,6 @@ slope is the bytes the loop writes to Kafka.
 
 from __future__ import annotations
 
-import re
 import shlex
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
-from stream.demo.closed_loop import LoopOptions, run_closed_loop, scrape
+from stream.demo.closed_loop import LoopOptions, labelled_series, run_closed_loop, scrape
 from stream.ops.allocator import CHOICES as ALLOCATORS
 from stream.ops.memory import rss_bytes
 
@@ -55,10 +54,8 @@ def slopes_after(samples: dict[str, list[tuple[float, int]]], start: float) -> d
 def malloc_bytes(metrics_text: str) -> dict[str, float]:
     """``recsys_malloc_bytes`` from a role's /metrics text: its malloc's by kind (``in_use``, ``held``),
     Python's object arenas as ``pymalloc in_use`` and ``pymalloc held``."""
-    series = re.findall(r'^recsys_malloc_bytes\{[^}]*\ballocator="([^"]*)"[^}]*\bkind="([^"]*)"[^}]*\} (\S+)$',
-                        metrics_text, flags=re.M)
-    return {("pymalloc " if allocator == "pymalloc" else "") + kind: float(value)
-            for allocator, kind, value in series}
+    return {("pymalloc " if labels.get("allocator") == "pymalloc" else "") + labels["kind"]: value
+            for labels, value in labelled_series(metrics_text, "recsys_malloc_bytes") if "kind" in labels}
 
 
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,

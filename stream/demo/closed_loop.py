@@ -455,10 +455,15 @@ def offset_gaps(scrapes: dict[str, str]) -> dict[str, dict[str, float]]:
     return found
 
 
+def labelled_series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, sample value) of every labelled series of metric ``name`` in a /metrics text."""
+    return [(dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)) for labels, value in
+            re.findall(rf'^{name}\{{([^}}]*)\}} (\S+)$', text, flags=re.M)]
+
+
 def by_label(text: str, name: str, label: str) -> list[tuple[str, float]]:
-    """(value of ``label``, sample value) of every series of metric ``name`` in a /metrics text."""
-    return [(found, float(value)) for found, value in
-            re.findall(rf'^{name}\{{[^}}]*\b{label}="([^"]*)"[^}}]*\}} (\S+)$', text, flags=re.M)]
+    """(value of ``label``, sample value) of every series of metric ``name`` that has ``label``."""
+    return [(labels[label], value) for labels, value in labelled_series(text, name) if label in labels]
 
 
 def scrape(port: int) -> str:
