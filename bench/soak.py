@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "demo's 2,200 users never reach the default 100,000)")
         parser.add_argument("--allocator", choices=ALLOCATORS, default="auto",
                             help="the roles' malloc, as `recsys-stream demo --allocator` (auto: jemalloc for "
-                                 "process, replay and learn where installed)")
+                                 "every role where installed)")
 
     def summary(out):
         m = out["metrics"]

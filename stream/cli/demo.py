@@ -30,9 +30,9 @@ from stream.ops.allocator import CHOICES as ALLOCATORS
 @click.option("--prometheus-port", type=click.IntRange(1, 65535), default=9090, show_default=True,
               help="Port of that Prometheus server.")
 @click.option("--allocator", type=click.Choice(ALLOCATORS), default="auto", show_default=True,
-              help="The roles' malloc. auto: jemalloc (where libjemalloc2 is installed) for the join, the replay "
-              "store and the learner, whose memory fragments glibc's heap; glibc for the scorer. jemalloc: every "
-              "role. glibc: none.")
+              help="The roles' malloc. auto: jemalloc for every role where libjemalloc2 is installed (glibc's heaps "
+              "fragment under the roles' churn), glibc otherwise. jemalloc: the same, and an error without it. "
+              "glibc: none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, log_dir: Path | None,
          walkthrough: bool, with_prometheus: bool, prometheus_port: int, allocator: str, as_json: bool) -> None:

@@ -1,12 +1,13 @@
-"""Which malloc a role runs on, and jemalloc preloaded for the roles that hold state for hours.
+"""Which malloc a role runs on, and jemalloc preloaded into every role where it is installed.
 
-glibc's main heap fragments under the learner's churn: in a 20-minute soak at twice the
-demo's load its free space grew +2.0 MB a minute while the bytes in use barely moved
-(glibc's ``malloc_info``), and no trim gives that back. With jemalloc the learner sat
-lower in both 20-minute runs, and its, the join's and the replay store's slopes were within
-noise or near it in one of them (BENCHMARKS.md, "Soak", session 18). The scorer stays on
-glibc unless asked: jemalloc cost it 0.04-0.09 ms at the median on requests of 100
-candidates in process, and its slope is within noise on glibc in most runs.
+glibc's heaps fragment under the roles' churn: in a 20-minute soak at twice the demo's load
+the learner's free space grew +2.0 MB a minute while the bytes in use barely moved (glibc's
+``malloc_info``), and in 40-minute soaks the scorer's glibc free space rose 0.3-0.4 MB a
+minute with its data level; no trim gives that back. On jemalloc the scorer was level in a
+40-minute soak (+0.01 +- 0.06 MB/min after 20 minutes) and the learner, join and replay store
+sit lower (BENCHMARKS.md, "Soak", sessions 18 and 21). It costs the scorer's requests nothing
+measurable (three runs of ``bench.scorer_latency`` each: in-process p50 for 100 candidates
+0.175-0.181 ms on either).
 
 jemalloc is a shared library, so it is chosen when a process starts (``LD_PRELOAD``): the
 launchers here (the demo, the soak, the image) set it, and each role reports what it got
@@ -35,8 +36,6 @@ JEMALLOC_CANDIDATES = (
     "/usr/lib64/libjemalloc.so.2",
     "/usr/lib/libjemalloc.so.2",
 )
-#: Roles without a per-request latency budget, preloaded with jemalloc by ``auto``.
-STATEFUL_ROLES = frozenset({"process", "replay", "learn"})
 CHOICES = ("auto", "jemalloc", "glibc")
 
 ALLOCATOR_INFO = Gauge("recsys_allocator_info", "The malloc this process runs on (1 for the one in use).",
@@ -63,8 +62,7 @@ def roles_on_jemalloc(choice: str, roles: Iterable[str]) -> frozenset[str]:
     """Which of ``roles`` a launcher preloads with jemalloc for ``--allocator choice``."""
     if choice not in CHOICES:
         raise ValueError(f"allocator must be one of {', '.join(CHOICES)}, not {choice!r}")
-    roles = frozenset(roles)
-    return {"auto": roles & STATEFUL_ROLES, "jemalloc": roles, "glibc": frozenset()}[choice]
+    return frozenset() if choice == "glibc" else frozenset(roles)
 
 
 def preloaded(env: Mapping[str, str], library: str) -> dict[str, str]:
@@ -75,7 +73,8 @@ def preloaded(env: Mapping[str, str], library: str) -> dict[str, str]:
 
 def library_for(choice: str, environ: Mapping[str, str] = os.environ) -> str | None:
     """jemalloc's path for ``--allocator choice``: None for ``glibc``, and for ``auto`` where it is not
-    installed (the roles then run on glibc); ``jemalloc`` without it is an error that says what to install."""
+    installed (the roles then run on glibc); ``jemalloc`` without it is an error that says what to install.
+    ``auto`` and ``jemalloc`` put every role on it; they differ only there."""
     roles_on_jemalloc(choice, ())
     if choice == "glibc":
         return None

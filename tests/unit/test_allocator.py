@@ -11,7 +11,6 @@ import pytest
 from bench.soak import malloc_bytes
 from stream.ops.allocator import (
     JEMALLOC_PATH_ENV,
-    STATEFUL_ROLES,
     AllocatorError,
     find_jemalloc,
     launch_env,
@@ -24,8 +23,8 @@ from stream.ops.allocator import (
 ROLES = ("process", "replay", "learn", "score")
 
 
-def test_auto_puts_the_stateful_roles_on_jemalloc_and_keeps_the_scorer_on_glibc():
-    assert roles_on_jemalloc("auto", ROLES) == STATEFUL_ROLES == {"process", "replay", "learn"}
+def test_auto_and_jemalloc_put_every_role_on_jemalloc_and_glibc_none():
+    assert roles_on_jemalloc("auto", ROLES) == set(ROLES)
     assert roles_on_jemalloc("jemalloc", ROLES) == set(ROLES)
     assert roles_on_jemalloc("glibc", ROLES) == set()
     with pytest.raises(ValueError, match="auto, jemalloc, glibc"):
@@ -41,8 +40,8 @@ def test_preloading_puts_the_library_first_once_and_keeps_what_was_preloaded():
 def test_launch_env_preloads_only_the_chosen_roles_and_never_edits_the_callers_env():
     base = {"PATH": "/bin"}
     assert launch_env(base, "learn", "auto", "/lib/je.so") == {"PATH": "/bin", "LD_PRELOAD": "/lib/je.so"}
-    assert launch_env(base, "score", "auto", "/lib/je.so") == base
-    assert launch_env(base, "score", "jemalloc", "/lib/je.so")["LD_PRELOAD"] == "/lib/je.so"
+    assert launch_env(base, "score", "auto", "/lib/je.so")["LD_PRELOAD"] == "/lib/je.so"
+    assert launch_env(base, "score", "glibc", "/lib/je.so") == base
     assert launch_env(base, "learn", "glibc", "/lib/je.so") == base
     assert launch_env(base, "learn", "auto", None) == base       # not installed: glibc
     assert base == {"PATH": "/bin"}
@@ -78,8 +77,9 @@ def test_running_allocator_reads_the_process_maps(tmp_path):
 @pytest.mark.skipif(find_jemalloc() is None, reason="libjemalloc2 is not installed (make system-deps)")
 def test_a_process_started_with_the_launch_env_runs_on_jemalloc():
     probe = [sys.executable, "-c", "from stream.ops.allocator import running_allocator; print(running_allocator())"]
-    for role, expected in (("learn", "jemalloc"), ("score", "glibc")):
-        env = launch_env({"PATH": "/usr/bin:/bin"}, role, "auto", find_jemalloc())
+    for role, choice, expected in (("learn", "auto", "jemalloc"), ("score", "auto", "jemalloc"),
+                                   ("score", "glibc", "glibc")):
+        env = launch_env({"PATH": "/usr/bin:/bin"}, role, choice, find_jemalloc())
         done = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60, check=True)
         assert done.stdout.strip() == expected, (role, done.stderr)
 
@@ -99,15 +99,15 @@ print(json.dumps([name, before, after]))
 """
 
 
-@pytest.mark.parametrize("role", ["score", "learn"])
-def test_malloc_bytes_follow_what_the_process_allocates_on_either_allocator(role):
+@pytest.mark.parametrize("choice", ["auto", "glibc"])
+def test_malloc_bytes_follow_what_the_process_allocates_on_either_allocator(choice):
     """``recsys_malloc_bytes``: 64 MiB allocated shows in ``in_use`` (and ``held``) on the allocator the
-    launch env gives the role (jemalloc for ``learn`` where installed, glibc otherwise)."""
-    env = launch_env({"PATH": "/usr/bin:/bin"}, role, "auto", find_jemalloc())
+    launch env gives a role (jemalloc for ``auto`` where installed, glibc otherwise)."""
+    env = launch_env({"PATH": "/usr/bin:/bin"}, "score", choice, find_jemalloc())
     done = subprocess.run([sys.executable, "-c", MALLOC_PROBE], env=env, capture_output=True, text=True,
                           timeout=60, check=True)
     name, before, after = json.loads(done.stdout)
-    assert name == ("jemalloc" if role == "learn" and find_jemalloc() else "glibc")
+    assert name == ("jemalloc" if choice == "auto" and find_jemalloc() else "glibc")
     assert f'allocator="{name}"' in after
     first, then = malloc_bytes(before), malloc_bytes(after)
     assert set(first) == set(then) == {"in_use", "held", "pymalloc in_use", "pymalloc held"}
