@@ -28,7 +28,7 @@ install: $(STAMP)
 
 # Debian's docker-compose validates docker-compose.yml without a Docker engine; Debian's
 # prometheus package brings promtool, which checks deploy/prometheus; libjemalloc2 is the malloc
-# the demo's stateful roles run on (stream/ops/allocator.py).
+# every role of the demo runs on (stream/ops/allocator.py).
 system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  echo "installing docker-compose (Debian package) to validate docker-compose.yml"; \
@@ -41,7 +41,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null \
 	  || echo "warning: could not install prometheus; the promtool tests will be skipped"; }
 	@[ -n "$$(find /usr/lib /usr/local/lib -name libjemalloc.so.2 2>/dev/null | head -n 1)" ] || { \
-	  echo "installing libjemalloc2 (Debian package): the demo's join, replay store and learner run on it"; \
+	  echo "installing libjemalloc2 (Debian package): every role of the demo runs on it"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libjemalloc2 >/dev/null \
 	  || echo "warning: could not install libjemalloc2; the roles run on glibc's malloc"; }
