@@ -141,9 +141,9 @@ def test_the_loop_learns_and_serves_every_version_without_a_failed_request(loop)
     assert last["reward_learned"] > 1.2 * last["reward_random"], last
     assert report["exit_codes"] == {"process": 0, "replay": 0, "learn": 0, "score": 0}
     assert report["dead_letters"] == {}
-    # The default allocator choice, as each role reports it: jemalloc for the stateful roles where installed.
-    stateful = "jemalloc" if find_jemalloc() is not None else "glibc"
-    assert report["allocators"] == {"process": stateful, "replay": stateful, "learn": stateful, "score": "glibc"}
+    # The default allocator choice, as each role reports it: jemalloc for every role where installed.
+    malloc = "jemalloc" if find_jemalloc() is not None else "glibc"
+    assert report["allocators"] == {"process": malloc, "replay": malloc, "learn": malloc, "score": malloc}
     assert (tmp / "reward.png").stat().st_size > 10_000
 
 
