@@ -10,7 +10,10 @@ the dedupe horizon, the replay window filling) a role that holds bounded state s
 level off: the fitted slope (MB per minute, least squares) and its standard error say
 whether it does. Each role's malloc is sampled too (``recsys_malloc_bytes``: what it hands
 out and what it holds, and Python's own object arenas, which malloc does not see), so a
-rise can be told apart: more data, or more free space kept by an allocator. The embedded
+rise can be told apart: more data, or more free space kept by an allocator; and each role's
+resident memory is split into anonymous and file-backed pages (code paged in is bounded by
+its size). Each slope comes with two standard errors: the textbook one, and one robust to
+the minutes-long swings that make neighbouring samples alike (``se_hac``). The embedded
 broker keeps every record it is sent (its memory storage applies no retention), so its
 slope is the bytes the loop writes to Kafka.
 """
@@ -28,21 +31,43 @@ from bench.runner import run_benchmark
 from stream.config import Settings
 from stream.demo.closed_loop import LoopOptions, labelled_series, run_closed_loop, scrape
 from stream.ops.allocator import CHOICES as ALLOCATORS
-from stream.ops.memory import rss_bytes
+from stream.ops.memory import resident_parts, rss_bytes
 
 
 def slope(times: list[float], values: list[float]) -> dict[str, float | None]:
-    """Least-squares slope of MB against minutes, with its standard error."""
+    """Least-squares slope of MB against minutes, with two standard errors.
+
+    ``se`` is the textbook one, which assumes each sample's noise independent of the next. Resident
+    memory is not like that: a role swings for minutes (a snapshot, a checkpoint, a batch of buffers),
+    so neighbouring samples 10 s apart share their error and ``se`` understates the noise. ``se_hac``
+    is Newey and West's, which allows for that: Bartlett weights over ``hac_lags`` samples, 1.3 times
+    the square root of their count (Lazarus, Lewis, Stock and Watson, 2018).
+    """
     t, y = np.asarray(times) / 60.0, np.asarray(values) / 2**20
     if len(t) < 3:
-        return {"mb_per_min": None, "se": None, "samples": len(t)}
+        return {"mb_per_min": None, "se": None, "se_hac": None, "samples": len(t)}
     a = np.vstack([t, np.ones_like(t)]).T
     coef, residuals, *_ = np.linalg.lstsq(a, y, rcond=None)
     dof = len(t) - 2
     sigma2 = float(residuals[0]) / dof if len(residuals) and dof > 0 else 0.0
     se = float(np.sqrt(sigma2 / np.sum((t - t.mean()) ** 2)))
-    return {"mb_per_min": round(float(coef[0]), 3), "se": round(se, 3), "samples": len(t),
+    lags = min(len(t) - 1, int(1.3 * np.sqrt(len(t))))
+    return {"mb_per_min": round(float(coef[0]), 3), "se": round(se, 3),
+            "se_hac": round(hac_slope_se(a, y - a @ coef, lags, dof), 3), "hac_lags": lags, "samples": len(t),
             "start_mb": round(float(y[0]), 1), "end_mb": round(float(y[-1]), 1)}
+
+
+def hac_slope_se(design: np.ndarray, residuals: np.ndarray, lags: int, dof: int) -> float:
+    """Newey-West standard error of the first coefficient: (X'X)^-1 S (X'X)^-1, with S summing the
+    residuals' products up to ``lags`` apart under Bartlett weights, scaled by n / dof."""
+    scores = design * residuals[:, None]
+    meat = scores.T @ scores
+    for lag in range(1, lags + 1):
+        cross = scores[lag:].T @ scores[:-lag]
+        meat += (1.0 - lag / (lags + 1)) * (cross + cross.T)
+    bread = np.linalg.inv(design.T @ design)
+    covariance = bread @ meat @ bread * (len(residuals) / dof)
+    return float(np.sqrt(max(covariance[0, 0], 0.0)))
 
 
 def slopes_after(samples: dict[str, list[tuple[float, int]]], start: float) -> dict[str, dict]:
@@ -64,6 +89,8 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
     samples: dict[str, list[tuple[float, int]]] = {}
     #: "<role> <kind>" -> (seconds, bytes): what each role's malloc hands out and holds (its /metrics).
     malloc: dict[str, list[tuple[float, int]]] = {}
+    #: "<role> <kind>" -> (seconds, bytes): resident memory split into anonymous, file-backed and shared pages.
+    parts: dict[str, list[tuple[float, int]]] = {}
     last = [-sample_every]
 
     def sample(seconds: float, roles, _settings) -> None:
@@ -75,6 +102,8 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
             rss = rss_bytes(pid)
             if rss is not None:
                 samples.setdefault(role, []).append((seconds, rss))
+            for kind, value in resident_parts(pid).items():
+                parts.setdefault(f"{role} {kind}", []).append((seconds, value))
         for role, port in roles.metrics.items():
             for kind, value in malloc_bytes(scrape(port)).items():
                 malloc.setdefault(f"{role} {kind}", []).append((seconds, int(value)))
@@ -89,6 +118,10 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
         # The learner's held-out decisions and probe sets fill for about 300 s at this load.
         "slopes_after_late_warmup": slopes_after(samples, late_warmup),
         "samples": {role: [(round(t, 1), round(v / 2**20, 1)) for t, v in points] for role, points in samples.items()},
+        # Resident memory is anonymous pages (data, free space) plus code and files paged in: split.
+        "resident_part_slopes_after_late_warmup": slopes_after(parts, late_warmup),
+        "resident_part_samples": {key: [(round(t, 1), round(v / 2**20, 2)) for t, v in points]
+                                  for key, points in parts.items()},
         # Resident memory is data plus the allocator's free space: these split it (recsys_malloc_bytes).
         "malloc_slopes_after_late_warmup": slopes_after(malloc, late_warmup),
         "malloc_samples": {key: [(round(t, 1), round(v / 2**20, 2)) for t, v in points]
@@ -122,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         m = out["metrics"]
         late = m["slopes_after_late_warmup"]
         rows = "; ".join(f"{role} {s['mb_per_min']} ± {s['se']} MB/min ({s.get('start_mb')} -> {s.get('end_mb')} MB; "
-                         f"after {out['params']['late_warmup_s']:.0f}s {late[role]['mb_per_min']} ± {late[role]['se']})"
+                         f"after {out['params']['late_warmup_s']:.0f}s {late[role]['mb_per_min']} ± {late[role]['se']}, "
+                         f"autocorrelation-robust ± {late[role]['se_hac']})"
                          for role, s in sorted(m["slopes_after_warmup"].items()))
         return (f"memory slopes after {out['params']['warmup_s']:.0f}s warm-up: {rows}; "
                 f"{m['requests']} requests, {m['failed_requests']} failed; policy traffic "

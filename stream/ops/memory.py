@@ -27,6 +27,30 @@ def rss_bytes(pid: int | None) -> int | None:
     return None
 
 
+#: /proc/PID/status fields that split resident memory: anonymous pages (the process's data, its
+#: allocators' free space), file-backed pages (its code and libraries, touched lazily, and mapped
+#: files) and shared memory (SQLite's WAL index).
+RESIDENT_PARTS = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+
+
+def resident_parts(pid: int | None) -> dict[str, int]:
+    """``pid``'s resident bytes by kind (``anon``, ``file``, ``shmem``): a rise in ``file`` is code and
+    mapped files paged in, bounded by their size; only ``anon`` can grow with what a process holds.
+    Empty where /proc is not there or the process is gone."""
+    if pid is None:
+        return {}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    parts = {}
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] in RESIDENT_PARTS and len(fields) > 1 and fields[1].isdigit():
+            parts[RESIDENT_PARTS[fields[0]]] = int(fields[1]) * 1024
+    return parts
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds ``pid`` has used (all its threads); None where /proc is not there."""
     if pid is None:

@@ -99,3 +99,29 @@ def test_the_soak_fits_each_role_from_its_warm_up_on():
     assert late["leaking"]["mb_per_min"] == pytest.approx(2.0, abs=0.01)
     assert late["filling"]["samples"] == 30 and early["filling"]["samples"] == 48
     assert slopes_after({"short": samples["leaking"][:2]}, 0)["short"]["mb_per_min"] is None
+
+
+def test_the_soaks_robust_error_covers_a_flat_role_that_swings_for_minutes():
+    """Memory that swings for minutes at a time (AR(1) noise, 0.9 from one 10 s sample to the next)
+    around a flat level: the textbook error calls most such runs a trend; the robust one far fewer."""
+    from bench.soak import slope
+
+    rng = np.random.default_rng(5)
+    times = np.arange(0.0, 2400.0, 10.0)
+    textbook = robust = 0
+    runs = 200
+    for _ in range(runs):
+        noise = np.zeros(len(times))
+        for i in range(1, len(times)):
+            noise[i] = 0.9 * noise[i - 1] + rng.normal()
+        fit = slope(list(times), list((500 + noise) * 2**20))
+        textbook += abs(fit["mb_per_min"]) > 2 * fit["se"]
+        robust += abs(fit["mb_per_min"]) > 2 * fit["se_hac"]
+        assert fit["hac_lags"] == 20
+    assert textbook / runs > 0.4
+    assert robust / runs < 0.3
+    # With independent noise both agree, and a real trend stands out under either.
+    white = slope(list(times), list((500 + rng.normal(size=len(times))) * 2**20))
+    assert white["se_hac"] == pytest.approx(white["se"], rel=0.35)
+    rising = slope(list(times), list((500 + times / 60 * 0.5 + noise) * 2**20))
+    assert rising["mb_per_min"] > 4 * rising["se_hac"]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stream.ops.memory import MALLOC_TRIM_RELEASED, MallocTrimmer, rss_bytes
+from stream.ops.memory import MALLOC_TRIM_RELEASED, MallocTrimmer, resident_parts, rss_bytes
 
 BLOCK = 64 * 1024          # under glibc's mmap threshold: served from the heap, kept there when freed
 
@@ -75,3 +75,23 @@ def test_each_round_frees_cyclic_garbage_the_tuned_collector_would_keep_for_long
         assert collected._value.get() - before >= 1000
     finally:
         gc.set_threshold(*thresholds)
+
+
+def test_resident_memory_splits_into_anonymous_and_file_backed_pages(tmp_path):
+    """Touching 64 MB of fresh memory shows as anonymous pages; paging in a mapped file as file pages."""
+    import mmap
+
+    before = resident_parts(os.getpid())
+    assert set(before) >= {"anon", "file"}
+    assert before["anon"] + before["file"] + before.get("shmem", 0) == pytest.approx(rss_bytes(os.getpid()),
+                                                                                    abs=2**20)
+    block = bytearray(64 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])
+    touched = resident_parts(os.getpid())
+    assert touched["anon"] - before["anon"] > 60 * 2**20
+    path = tmp_path / "mapped"
+    path.write_bytes(b"y" * (32 * 2**20))
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        assert sum(mapped[i] for i in range(0, len(mapped), 4096)) > 0
+        assert resident_parts(os.getpid())["file"] - touched["file"] > 30 * 2**20
+    assert resident_parts(None) == {} and resident_parts(2**22 + 12345) == {}
