@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from stream import schemas
+from stream.replay.held_rows import HeldRows
 
 RECENT, PAST = 0, 1
 
@@ -75,25 +76,11 @@ class ReplayStore:
             """
         )
         self.rng = np.random.default_rng(self.config.seed + self._counter("past_seen"))
-        # In-memory index of the rows held, kept in step with every write (uniform sampling then
-        # costs a numpy draw, not a table scan). Both arrays are allocated and touched here, at their
-        # bound: a filling store does not grow the process.
-        held = np.fromiter((r[0] for r in self.db.execute("SELECT seq FROM experiences ORDER BY seq")),
-                           dtype=np.int64)
-        self._held = np.full(max(self.config.window + self.config.reservoir, len(held)), 0, dtype=np.int64)
-        self._held[:len(held)] = held
-        self._count = len(held)
-        self._evicted: list[int] = []
-        # Reservoir slots in algorithm R's order: slot k holds this seq.
-        past = np.fromiter((r[0] for r in self.db.execute(
-            "SELECT seq FROM experiences WHERE tier = ? ORDER BY seq", (PAST,))), dtype=np.int64)
-        self._slots = np.full(max(self.config.reservoir, len(past)), 0, dtype=np.int64)
-        self._slots[:len(past)] = past
-        self._filled = len(past)
-
-    @property
-    def _seqs(self) -> np.ndarray:
-        return self._held[:self._count]
+        # In memory, the rows held, kept in step with every write (sampling costs a numpy draw, not a scan).
+        recent, past = (np.fromiter((r[0] for r in self.db.execute(
+            "SELECT seq FROM experiences WHERE tier = ? ORDER BY seq", (tier,))), dtype=np.int64)
+            for tier in (RECENT, PAST))
+        self._rows = HeldRows(recent, past, self.config.window, self.config.reservoir)
 
     def close(self) -> None:
         self.db.close()
@@ -128,44 +115,26 @@ class ReplayStore:
         cur.execute("BEGIN IMMEDIATE")
         try:
             before = self.db.total_changes
-            last = int(self._seqs[-1]) if len(self._seqs) else 0
+            last = self._rows.newest()
             cur.executemany(
                 "INSERT OR IGNORE INTO experiences (event_id, user_id, ts, tier, payload) VALUES (?, ?, ?, ?, ?)",
                 rows)
             added = self.db.total_changes - before
-            slots, filled = self._age_out(cur, added)    # applied to the index once the transaction commits
+            fresh = np.fromiter((r[0] for r in cur.execute(
+                "SELECT seq FROM experiences WHERE seq > ? ORDER BY seq", (last,))), dtype=np.int64)
+            # Applied to the rows held once the transaction commits.
+            leaving, slots, filled = self._age_out(cur, added)
             for (topic, partition), next_offset in (offsets or {}).items():
                 cur.execute("INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, partition) "
                             "DO UPDATE SET next_offset = excluded.next_offset", (topic, partition, next_offset))
             cur.executemany("INSERT INTO dead_letter_outbox (letter) VALUES (?)",
                             [(schemas.encode(letter),) for letter in dead_letters])
-            fresh = np.fromiter((r[0] for r in cur.execute(
-                "SELECT seq FROM experiences WHERE seq > ? ORDER BY seq", (last,))), dtype=np.int64)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
-            self._evicted.clear()
             raise
-        for slot, seq in slots.items():
-            self._slots[slot] = seq
-        self._filled = filled
-        self._hold(fresh)
+        self._rows.apply(leaving, fresh, slots, filled)
         return added
-
-    def _hold(self, fresh: np.ndarray) -> None:
-        """Drop the evicted seqs from the index and append the fresh ones, in place."""
-        count = self._count
-        if self._evicted:
-            held = self._held[:count]
-            kept = held[~np.isin(held, np.array(self._evicted, dtype=np.int64))]
-            count = len(kept)
-            self._held[:count] = kept
-            self._evicted.clear()
-        if count + len(fresh) > len(self._held):    # only a store opened with more rows than its bounds
-            self._held = np.concatenate([self._held[:count], fresh])
-        else:
-            self._held[count:count + len(fresh)] = fresh
-        self._count = count + len(fresh)
 
     def outbox(self) -> list[tuple[int, schemas.DeadLetter]]:
         """Dead letters stored with their batch and not yet acknowledged by the broker."""
@@ -175,17 +144,18 @@ class ReplayStore:
     def clear_outbox(self, ids: Iterable[int]) -> None:
         self.db.executemany("DELETE FROM dead_letter_outbox WHERE id = ?", [(i,) for i in ids])
 
-    def _age_out(self, cur: sqlite3.Cursor, added: int) -> tuple[dict[int, int], int]:
+    def _age_out(self, cur: sqlite3.Cursor, added: int) -> tuple[int, dict[int, int], int]:
         """Move what no longer fits the window into the reservoir (algorithm R), evicting as needed; returns
-        the reservoir slots it changed (slot -> seq) and how many slots are filled now."""
-        overflow = self._count - self._filled + added - self.config.window
+        how many rows left the window, the reservoir slots it changed (slot -> seq) and how many slots are
+        filled now."""
+        overflow = self._rows.recent + added - self.config.window
         if overflow <= 0:
-            return {}, self._filled
+            return 0, {}, self._rows.filled
         leaving = [r[0] for r in cur.execute(
             "SELECT seq FROM experiences WHERE tier = ? ORDER BY seq LIMIT ?", (RECENT, overflow))]
         seen = self._counter("past_seen")
         pending: dict[int, int] = {}
-        filled = self._filled
+        filled = self._rows.filled
         for seq in leaving:
             seen += 1
             if filled < self.config.reservoir:
@@ -195,17 +165,15 @@ class ReplayStore:
                 continue
             slot = int(self.rng.integers(0, seen))
             if slot < self.config.reservoir:
-                victim = pending.get(slot, int(self._slots[slot]))
+                victim = pending.get(slot, int(self._rows.slots[slot]))
                 pending[slot] = seq
                 cur.execute("DELETE FROM experiences WHERE seq = ?", (victim,))
                 cur.execute("UPDATE experiences SET tier = ? WHERE seq = ?", (PAST, seq))
-                self._evicted.append(victim)
             else:
                 cur.execute("DELETE FROM experiences WHERE seq = ?", (seq,))
-                self._evicted.append(seq)
         cur.execute("INSERT INTO counters VALUES ('past_seen', ?) ON CONFLICT(name) DO UPDATE SET value = ?",
                     (seen, seen))
-        return pending, filled
+        return len(leaving), pending, filled
 
     def set_priorities(self, event_ids: list[str], priorities: list[float]) -> None:
         if any(p <= 0 for p in priorities):
@@ -221,7 +189,7 @@ class ReplayStore:
     def sizes(self) -> dict[str, int]:
         """Rows per tier from the in-memory index (exact for this writer: counting the table took a
         scan per batch)."""
-        return {"recent": self._count - self._filled, "reservoir": self._filled}
+        return {"recent": self._rows.recent, "reservoir": self._rows.filled}
 
     def event_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT event_id FROM experiences")}
@@ -233,18 +201,21 @@ class ReplayStore:
     def sample(self, n: int, how: Literal["uniform", "recent", "prioritised"] = "uniform",
                recent: int = 10_000) -> list[schemas.Experience]:
         """n experiences (with replacement): uniform over the store, from the newest ``recent``, or by priority."""
-        if how == "recent":
-            seqs, weights = self._seqs[-recent:], None
-        elif how == "prioritised":
-            data = np.array(self.db.execute("SELECT seq, priority FROM experiences").fetchall())
-            seqs, weights = (data[:, 0].astype(np.int64), data[:, 1]) if len(data) else (np.array([]), None)
-        elif how == "uniform":
-            seqs, weights = self._seqs, None
+        if how == "uniform":
+            if not len(self._rows):
+                return []
+            picked = self._rows.uniform(self.rng, n)
+        elif how in ("recent", "prioritised"):
+            if how == "recent":
+                seqs, weights = self._rows.newest_rows(recent), None
+            else:
+                data = np.array(self.db.execute("SELECT seq, priority FROM experiences").fetchall())
+                seqs, weights = (data[:, 0].astype(np.int64), data[:, 1]) if len(data) else (np.array([]), None)
+            if len(seqs) == 0:
+                return []
+            picked = self.rng.choice(seqs, size=n, p=None if weights is None else weights / weights.sum())
         else:
             raise ValueError(f"unknown sampling {how!r}")
-        if len(seqs) == 0:
-            return []
-        picked = self.rng.choice(seqs, size=n, p=None if weights is None else weights / weights.sum())
         unique, counts = np.unique(picked, return_counts=True)
         found = dict(self.db.execute(
             f"SELECT seq, payload FROM experiences WHERE seq IN ({','.join('?' * len(unique))})",

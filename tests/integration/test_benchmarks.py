@@ -36,12 +36,16 @@ def test_learner_throughput_benchmark_prints_json():
 
 def test_replay_sampling_benchmark_prints_json():
     done = subprocess.run([sys.executable, "-m", "bench.replay_sampling", "--rows", "3000", "--window", "1000",
-                           "--reservoir", "1000", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--reservoir", "1000", "--batch", "250", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["name"] == "replay_sampling"
     assert out["metrics"]["recent"] == 1000 and out["metrics"]["reservoir"] == 1000
     assert out["metrics"]["uniform_samples_per_second"] > 0
+    # 1,000 rows went in after the store was full, 4 batches that each evicted.
+    assert out["metrics"]["full_store_inserts_per_second"] > 0 and out["params"]["insert_batch"] == 250
+    assert out["metrics"]["anon_mb_when_full"] > 0 and out["metrics"]["anon_mb_at_end"] > 0
 
 
 def test_join_consumers_benchmark_prints_json():

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from stream import schemas
@@ -57,6 +58,50 @@ def test_window_and_reservoir_stay_bounded(tmp_path):
     assert all(f"r{i}:i{i % 7}:click" in ids for i in range(1900, 2000))   # the newest are all there
     past = [int(e.split(":")[0][1:]) for e in ids if int(e.split(":")[0][1:]) < 1900]
     assert len(past) == 50 and min(past) < 950 < max(past)  # the reservoir spans the whole past
+
+
+def _table(store: ReplayStore, tier: int) -> list[int]:
+    return [r[0] for r in store.db.execute("SELECT seq FROM experiences WHERE tier = ? ORDER BY seq", (tier,))]
+
+
+def test_the_rows_held_in_memory_follow_the_table_batch_by_batch(tmp_path):
+    """Batches of every size (larger than the window too, with repeats) and a reopening with smaller bounds:
+    after each, the in-memory window is the table's recent tier in order and the reservoir its past tier."""
+    from stream.replay.store import PAST, RECENT
+
+    rng = np.random.default_rng(4)
+    store = ReplayStore(tmp_path / "replay.db", StoreConfig(window=40, reservoir=25, seed=3))
+    start = 0
+    for _ in range(60):
+        size = int(rng.choice([1, 3, 17, 39, 40, 41, 90]))
+        repeats = [exp(i) for i in range(max(0, start - 5), start)]   # already stored or already gone
+        store.add(repeats + [exp(i) for i in range(start, start + size)])
+        start += size
+        assert list(store._rows.window()) == _table(store, RECENT)
+        assert sorted(store._rows.slots[:store._rows.filled]) == _table(store, PAST)
+        assert store._rows.newest() == max(_table(store, RECENT) + _table(store, PAST))
+    assert store.sizes() == {"recent": 40, "reservoir": 25}
+    newest = store.sample(300, how="recent", recent=50)   # past the window: the newest 10 of the reservoir too
+    assert {e.event_id for e in newest} <= {e for e in store.event_ids()}
+    seqs = _table(store, RECENT) + _table(store, PAST)
+    assert sorted(store._rows.newest_rows(50)) == sorted(seqs)[-50:]
+    store.close()
+    smaller = ReplayStore(tmp_path / "replay.db", StoreConfig(window=10, reservoir=25, seed=3))
+    assert smaller.sizes() == {"recent": 40, "reservoir": 25}   # as stored, until the next batch
+    smaller.add([exp(i) for i in range(start, start + 3)])
+    assert smaller.sizes() == {"recent": 10, "reservoir": 25}
+    assert list(smaller._rows.window()) == _table(smaller, RECENT)
+    assert sorted(smaller._rows.slots[:smaller._rows.filled]) == _table(smaller, PAST)
+
+
+def test_uniform_sampling_draws_from_window_and_reservoir_alike(tmp_path):
+    store = ReplayStore(tmp_path / "replay.db", StoreConfig(window=100, reservoir=100, seed=6))
+    for start in range(0, 1000, 50):
+        store.add([exp(i) for i in range(start, start + 50)])
+    drawn = store.sample(20_000)
+    from_window = sum(e.ts >= T0 + 900 for e in drawn)
+    assert 9_400 < from_window < 10_600     # half of the rows held are in the window
+    assert len({e.event_id for e in drawn}) == 200
 
 
 def test_sampling_modes(tmp_path):
