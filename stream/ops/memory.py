@@ -14,17 +14,26 @@ from pathlib import Path
 from prometheus_client import Counter, Histogram
 
 
+def _status_bytes(pid: int | None, fields: dict[str, str]) -> dict[str, int]:
+    """The ``Name: N kB`` lines of ``/proc/PID/status`` named in ``fields`` (field -> key), in bytes; empty
+    where /proc is not there or the process is gone."""
+    if pid is None:
+        return {}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        words = line.split()
+        if words and words[0] in fields and len(words) > 1 and words[1].isdigit():
+            found[fields[words[0]]] = int(words[1]) * 1024
+    return found
+
+
 def rss_bytes(pid: int | None) -> int | None:
     """Resident set size of ``pid`` in bytes; None where /proc is not there or the process is gone."""
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return _status_bytes(pid, {"VmRSS:": "rss"}).get("rss")
 
 
 #: /proc/PID/status fields that split resident memory: anonymous pages (the process's data, its
@@ -37,18 +46,7 @@ def resident_parts(pid: int | None) -> dict[str, int]:
     """``pid``'s resident bytes by kind (``anon``, ``file``, ``shmem``): a rise in ``file`` is code and
     mapped files paged in, bounded by their size; only ``anon`` can grow with what a process holds.
     Empty where /proc is not there or the process is gone."""
-    if pid is None:
-        return {}
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return {}
-    parts = {}
-    for line in lines:
-        fields = line.split()
-        if fields and fields[0] in RESIDENT_PARTS and len(fields) > 1 and fields[1].isdigit():
-            parts[RESIDENT_PARTS[fields[0]]] = int(fields[1]) * 1024
-    return parts
+    return _status_bytes(pid, RESIDENT_PARTS)
 
 
 def cpu_seconds(pid: int | None) -> float | None:

@@ -40,7 +40,7 @@ class HeldRows:
     def newest(self) -> int:
         """The highest seq held (0 when empty): rows inserted after it have higher seqs."""
         if self._size:
-            return int(self._ring[self._ring_positions(np.array([self._size - 1]))[0]])
+            return int(self._ring[(self._head + self._size - 1) % len(self._ring)])
         return int(self.slots[:self.filled].max()) if self.filled else 0
 
     def window(self) -> np.ndarray:
