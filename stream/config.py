@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         description="RECSYS_METRICS_PORT: port of /metrics (0 picks a free port for "
         "long-running roles; finite jobs serve none unless set).",
     )
+    stop_grace_seconds: float = Field(
+        20.0, gt=0, le=3600,
+        description="RECSYS_STOP_GRACE_SECONDS: a long-running role asked to stop (SIGTERM, Ctrl-C) that has "
+        "not finished its last step this long after the signal exits with status 3 (a broker that is gone "
+        "can hold that step forever); keep it below your supervisor's kill timeout.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="RECSYS_LOG_LEVEL."
     )

@@ -38,7 +38,7 @@ from stream import schemas
 from stream.config import Settings
 from stream.demo.prometheus_server import LocalPrometheus
 from stream.demo.walkthrough import broker_process_for
-from stream.kafka.broker import free_port
+from stream.kafka.broker import die_with_parent, free_port
 from stream.kafka.clients import LOGGING_LINGER_MS, make_admin
 from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
@@ -139,7 +139,11 @@ class Roles:
         with (self.log_dir / f"{role}.log").open("ab") as log:
             env = launch_env(self.env, role, self.allocator, self.jemalloc)
             self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", role, *extra], env=env,
-                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                                stdout=log, stderr=subprocess.STDOUT,
+                                                # its own session (Ctrl-C reaches only this process, which stops
+                                                # the roles in order), and SIGTERM if this process dies: a
+                                                # demo or soak killed outright leaves no role running
+                                                preexec_fn=die_with_parent)
 
     def check(self) -> None:
         for role, proc in self.procs.items():

@@ -25,8 +25,26 @@ from stream.join.processor import SOURCES, Coordinates, Outcome, RewardProcessor
 from stream.join.reward_join import JoinConfig
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import topic_name
+from stream.ops.lifecycle import StopDeadline
 
 log = logging.getLogger(__name__)
+
+
+class _DeadlineWorker(faust.Worker):
+    """faust's worker with its SIGTERM/SIGINT handlers also arming a ``StopDeadline``: faust stops its
+    services one by one, and with the broker gone a consumer's or producer's stop can wait on it."""
+
+    def __init__(self, *args, deadline: StopDeadline, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def _on_sigint(self) -> None:
+        self.deadline.arm()
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        self.deadline.arm()
+        super()._on_sigterm()
 
 
 class RewardWorker:
@@ -95,7 +113,8 @@ class RewardWorker:
             self.producer.dead_letters.publish(letter)
 
     def run(self) -> None:
-        worker = faust.Worker(self.app, loglevel="warning", quiet=True, redirect_stdouts=False)
+        worker = _DeadlineWorker(self.app, loglevel="warning", quiet=True, redirect_stdouts=False,
+                                 deadline=StopDeadline("process", self.settings.stop_grace_seconds))
         try:
             worker.execute_from_commandline()
         finally:

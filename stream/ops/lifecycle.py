@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -55,11 +58,54 @@ def reachable_admin(settings: Settings, name: str):
     return admin
 
 
-def stop_on_signals(stop: Callable[[], None]) -> None:
-    """SIGTERM and SIGINT ask the role to finish its current step, then stop (graceful shutdown)."""
+#: Exit status of a role that was asked to stop and did not within its grace (``StopDeadline``).
+STOP_OVERDUE_EXIT = 3
+
+
+class StopDeadline:
+    """Once armed by a stop signal, ends the process after ``grace`` seconds if ``run()`` has not returned.
+
+    A role's last step can wait on the broker: a flush, a synchronous commit, a consumer's
+    close leaving its group. With the broker gone those waits are long or endless, and a
+    worker that ignores SIGTERM is killed later by its supervisor with nothing logged. Every
+    role's state is durable up to its last checkpoint (a restart reads the rest again), so
+    exiting at the deadline loses nothing that a crash would not.
+    """
+
+    def __init__(self, name: str, grace: float, exit_now: Callable[[int], None] = os._exit) -> None:
+        self.name, self.grace, self._exit_now = name, grace, exit_now
+        self._armed = threading.Event()
+
+    @property
+    def armed(self) -> bool:
+        return self._armed.is_set()
+
+    def arm(self) -> None:
+        """Start the countdown (once; later signals do not extend it)."""
+        if self._armed.is_set():
+            return
+        self._armed.set()
+        threading.Thread(target=self._expire, name=f"{self.name}-stop-deadline", daemon=True).start()
+
+    def _expire(self) -> None:
+        time.sleep(self.grace)
+        log.error("%s: not stopped %.0fs after the signal (a broker that is gone can hold a flush, a commit or "
+                  "a consumer's close): exiting with status %d; what the last checkpoint did not cover is read "
+                  "again on restart", self.name, self.grace, STOP_OVERDUE_EXIT)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self._exit_now(STOP_OVERDUE_EXIT)
+
+
+def stop_on_signals(stop: Callable[[], None], deadline: StopDeadline | None = None) -> None:
+    """SIGTERM and SIGINT ask the role to finish its current step, then stop (graceful shutdown), and
+    arm ``deadline``, which ends the process if that takes longer than its grace."""
     def handler(signum: int, _frame: Any) -> None:
-        log.info("received signal %d, stopping after the current step", signum)
+        log.info("received signal %d, stopping after the current step%s", signum,
+                 f" (at most {deadline.grace:g}s)" if deadline is not None else "")
         stop()
+        if deadline is not None:
+            deadline.arm()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -88,7 +134,8 @@ def run_role(name: str, settings: Settings, build: Callable[[Settings], Role], *
     The order matters: the cluster is checked and the topics exist before the role
     builds its clients, and ``/metrics`` is up before the role's first message.
     ``serve_own_metrics=False`` is for a role that serves ``/metrics`` on its own port (the
-    scorer); ``handle_signals=False`` for engines that install their own handlers (faust).
+    scorer); ``handle_signals=False`` for engines that install their own handlers (faust, which
+    arms its own ``StopDeadline``).
     """
     admin = reachable_admin(settings, name)
     try:
@@ -100,7 +147,7 @@ def run_role(name: str, settings: Settings, build: Callable[[Settings], Role], *
         log.info("%s: metrics on http://127.0.0.1:%d/metrics", name, bound)
     role = build(settings)
     if handle_signals:
-        stop_on_signals(role.stop)
+        stop_on_signals(role.stop, StopDeadline(name, settings.stop_grace_seconds))
     tune_garbage_collector()
     log.info("%s: running (malloc: %s)", name, export_allocator(name))
     role.run()
