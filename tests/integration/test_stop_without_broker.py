@@ -32,7 +32,9 @@ SLACK = 10.0
 
 def feed(role: str, settings: Settings, scorer_port: int, stop: threading.Event) -> None:
     """What keeps ``role`` busy until ``stop``: its input topic, or scoring requests for the scorer."""
-    producer = EventProducer(settings, component="test")
+    # It outlives its broker on purpose: quiet (librdkafka would log every reconnection), and its
+    # messages expire in a second, so its queue drains and the thread ends soon after the broker.
+    producer = EventProducer(settings, component="test", log_level=0, **{"message.timeout.ms": 1000})
     try:
         _feed(role, producer, scorer_port, stop)
     except Exception:   # noqa: BLE001 - the broker went away under it, as the test intends
