@@ -95,6 +95,10 @@ class Window:
     version: list[int] = field(default_factory=list)
 
 
+#: The roles' own deadline after SIGTERM (``RECSYS_STOP_GRACE_SECONDS``); ``Roles.stop`` waits longer.
+STOP_GRACE_SECONDS = 10.0
+
+
 class Roles:
     """The worker processes of the loop, each with its log and /metrics port, stopped together."""
 
@@ -103,7 +107,9 @@ class Roles:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
         self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
                         RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
-                        RECSYS_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+                        RECSYS_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+                        # below ``stop``'s wait, so a role stuck on a dead broker ends itself and says why
+                        RECSYS_STOP_GRACE_SECONDS=str(STOP_GRACE_SECONDS))
         if settings.hmac_key is not None:
             self.env["RECSYS_HMAC_KEY"] = settings.hmac_key.get_secret_value()
         if settings.allow_unsigned:
@@ -151,7 +157,7 @@ class Roles:
                 tail = (self.log_dir / f"{role}.log").read_text(errors="replace").splitlines()[-15:]
                 raise RuntimeError(f"role {role} exited with {proc.returncode}; last log lines:\n" + "\n".join(tail))
 
-    def stop(self, timeout: float = 15.0) -> dict[str, int]:
+    def stop(self, timeout: float = STOP_GRACE_SECONDS + 5.0) -> dict[str, int]:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
