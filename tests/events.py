@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+from stream import schemas
+
 TS = 1_763_900_000.25
 
 VALID: dict[str, dict] = {
@@ -50,3 +52,11 @@ VALID: dict[str, dict] = {
 
 def valid(topic: str) -> dict:
     return copy.deepcopy(VALID[topic])
+
+
+def experience(i: int) -> schemas.Experience:
+    """The i-th of a stream of distinct click experiences (300 users, 50 items)."""
+    return schemas.Experience(
+        event_id=f"req-{i}:item-{i % 50}:click", request_id=f"req-{i}", user_id=f"user-{i % 300}",
+        action=f"item-{i % 50}", position=i % 5, propensity=0.2, reward=1.0,
+        reward_parts=schemas.RewardParts(click=1.0), kind="click", policy_version=1, ts=1_763_900_000.0 + i)

@@ -47,10 +47,6 @@ class HeldRows:
         """The recent window's seqs, oldest first (a copy)."""
         return self._ring[self._ring_positions(np.arange(self._size))]
 
-    def seqs(self) -> np.ndarray:
-        """Every seq held, reservoir first (a copy)."""
-        return np.concatenate([self.slots[:self.filled], self.window()])
-
     def uniform(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """n seqs drawn uniformly, with replacement, from every row held."""
         picks = rng.integers(0, len(self), size=n)

@@ -16,14 +16,8 @@ from stream.kafka.topics import topic_name
 from stream.replay.service import default_store_path
 from stream.replay.store import count_stored
 from tests.conftest import cli_command
+from tests.events import experience
 from tests.waiting import wait_for, wait_until_consumed
-
-
-def experience(i: int) -> schemas.Experience:
-    return schemas.Experience(
-        event_id=f"req-{i}:item-{i % 50}:click", request_id=f"req-{i}", user_id=f"user-{i % 300}",
-        action=f"item-{i % 50}", position=i % 5, propensity=0.2, reward=1.0,
-        reward_parts=schemas.RewardParts(click=1.0), kind="click", policy_version=1, ts=1_763_900_000.0 + i)
 
 
 def start(cli_env):
