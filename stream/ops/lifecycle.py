@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from confluent_kafka import KafkaException
 
@@ -99,16 +99,43 @@ class StopDeadline:
 
 def stop_on_signals(stop: Callable[[], None], deadline: StopDeadline | None = None) -> None:
     """SIGTERM and SIGINT ask the role to finish its current step, then stop (graceful shutdown), and
-    arm ``deadline``, which ends the process if that takes longer than its grace."""
-    def handler(signum: int, _frame: Any) -> None:
+    arm ``deadline``, which ends the process if that takes longer than its grace.
+
+    Python runs a signal's handler in the main thread, the next time that thread runs Python code.
+    Linux may deliver a SIGTERM sent to the process to any of its threads, and a main thread
+    waiting on a lock (the scorer waits for ``stop()`` on an event) is then not woken: the
+    handler did not run for 15 s with the broker gone. So the signal is also read from a
+    wakeup pipe, which the interpreter's C-level handler writes on whichever thread took it,
+    by a thread of its own that asks the role to stop at once.
+    """
+    asked = threading.Lock()
+    done: list[int] = []
+
+    def request(signum: int) -> None:
+        with asked:
+            if done:
+                return
+            done.append(signum)
         log.info("received signal %d, stopping after the current step%s", signum,
                  f" (at most {deadline.grace:g}s)" if deadline is not None else "")
         stop()
         if deadline is not None:
             deadline.arm()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: request(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: request(signum))
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=_watch_signals, args=(read_end, request), name="stop-signals", daemon=True).start()
+
+
+def _watch_signals(read_end: int, request: Callable[[int], None]) -> None:
+    """Call ``request`` for each SIGTERM or SIGINT the wakeup pipe reports."""
+    while True:
+        for signum in os.read(read_end, 64):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                request(signum)
 
 
 #: Container allocations beyond frees between young-generation collections (CPython's default is 700). A
