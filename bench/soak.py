@@ -15,11 +15,15 @@ resident memory is split into anonymous and file-backed pages (code paged in is 
 its size). Each slope comes with two standard errors: the textbook one, and one robust to
 the minutes-long swings that make neighbouring samples alike (``se_hac``). The embedded
 broker keeps every record it is sent (its memory storage applies no retention), so its
-slope is the bytes the loop writes to Kafka.
+slope is the bytes the loop writes to Kafka. Every 5 minutes of traffic get their own
+click-to-live figures and each process's CPU use in cores, so a loop whose freshness or
+cost per event drifts over a long run shows where.
 """
 
 from __future__ import annotations
 
+import bisect
+import os
 import shlex
 import time
 from pathlib import Path
@@ -29,9 +33,9 @@ import numpy as np
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
-from stream.demo.closed_loop import LoopOptions, labelled_series, run_closed_loop, scrape
+from stream.demo.closed_loop import FRESHNESS_WINDOW_SECONDS, LoopOptions, labelled_series, run_closed_loop, scrape
 from stream.ops.allocator import CHOICES as ALLOCATORS
-from stream.ops.memory import resident_parts, rss_bytes
+from stream.ops.memory import cpu_seconds, resident_parts, rss_bytes
 
 
 def slope(times: list[float], values: list[float]) -> dict[str, float | None]:
@@ -83,6 +87,24 @@ def malloc_bytes(metrics_text: str) -> dict[str, float]:
             for labels, value in labelled_series(metrics_text, "recsys_malloc_bytes") if "kind" in labels}
 
 
+def cores_by_window(samples: dict[str, list[tuple[float, float]]], window: float) -> dict[str, list[list[float]]]:
+    """Each process's CPU use in cores over each ``window`` seconds, as [window start, cores], from its
+    (seconds, CPU seconds so far) samples. A cost per event that grows over a run shows here, before it
+    shows as lag on a machine with cores to spare."""
+    out: dict[str, list[list[float]]] = {}
+    for role, points in samples.items():
+        times = [t for t, _ in points]
+        rows = []
+        for start in np.arange(0.0, times[-1] if times else 0.0, window):
+            i = bisect.bisect_left(times, start)
+            j = min(bisect.bisect_left(times, start + window), len(times) - 1)
+            (t0, c0), (t1, c1) = points[i], points[j]
+            if t1 > t0:
+                rows.append([round(float(start), 1), round((c1 - c0) / (t1 - t0), 3)])
+        out[role] = rows
+    return out
+
+
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,
             progress=None, log_dir: Path | None = None, score_args: tuple[str, ...] = (),
             late_warmup: float = 300.0, allocator: str = "auto") -> dict:
@@ -91,6 +113,8 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
     malloc: dict[str, list[tuple[float, int]]] = {}
     #: "<role> <kind>" -> (seconds, bytes): resident memory split into anonymous, file-backed and shared pages.
     parts: dict[str, list[tuple[float, int]]] = {}
+    #: role -> (seconds, CPU seconds used so far), the broker's included.
+    cpu: dict[str, list[tuple[float, float]]] = {}
     last = [-sample_every]
 
     def sample(seconds: float, roles, _settings) -> None:
@@ -102,8 +126,14 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
             rss = rss_bytes(pid)
             if rss is not None:
                 samples.setdefault(role, []).append((seconds, rss))
+            used = cpu_seconds(pid)
+            if used is not None:
+                cpu.setdefault(role, []).append((seconds, used))
             for kind, value in resident_parts(pid).items():
                 parts.setdefault(f"{role} {kind}", []).append((seconds, value))
+        driver = cpu_seconds(os.getpid())      # the simulated users and their HTTP client share the cores
+        if driver is not None:
+            cpu.setdefault("driver", []).append((seconds, driver))
         for role, port in roles.metrics.items():
             for kind, value in malloc_bytes(scrape(port)).items():
                 malloc.setdefault(f"{role} {kind}", []).append((seconds, int(value)))
@@ -129,6 +159,8 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
         "requests": report["requests"], "failed_requests": report["failed_requests"],
         "events_per_second": report["events_per_second"], "exit_codes": report["exit_codes"],
         "click_to_live_p99_s": report["click_to_live_seconds"]["p99"], **report["policy_traffic"],
+        "click_to_live_by_window": report["click_to_live_seconds"]["by_window"],
+        "cpu_cores_by_window": cores_by_window(cpu, FRESHNESS_WINDOW_SECONDS),
         "offset_gaps": report["offset_gaps"], "allocators": report["allocators"],
         "seconds": round(time.monotonic() - started, 1),
     }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup,

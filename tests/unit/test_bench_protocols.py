@@ -101,6 +101,18 @@ def test_the_soak_fits_each_role_from_its_warm_up_on():
     assert slopes_after({"short": samples["leaking"][:2]}, 0)["short"]["mb_per_min"] is None
 
 
+def test_the_soak_reports_each_processs_cpu_per_window():
+    from bench.soak import cores_by_window
+
+    # Half a core for 300 s, then a whole one: a cost that grows over the run shows in its window.
+    samples = {"learn": [(float(t), 0.5 * min(t, 300) + max(0, t - 300)) for t in range(0, 601, 10)],
+               "idle": [(0.0, 3.0), (300.0, 3.0), (600.0, 3.0)]}
+    out = cores_by_window(samples, 300.0)
+    assert out["learn"] == [[0.0, 0.5], [300.0, 1.0]]
+    assert out["idle"] == [[0.0, 0.0], [300.0, 0.0]]
+    assert cores_by_window({"one": [(5.0, 1.0)]}, 300.0) == {"one": []}
+
+
 def test_the_soaks_robust_error_covers_a_flat_role_that_swings_for_minutes():
     """Memory that swings for minutes at a time (AR(1) noise, 0.9 from one 10 s sample to the next)
     around a flat level: the textbook error calls most such runs a trend; the robust one far fewer."""
