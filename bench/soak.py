@@ -113,7 +113,7 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
     malloc: dict[str, list[tuple[float, int]]] = {}
     #: "<role> <kind>" -> (seconds, bytes): resident memory split into anonymous, file-backed and shared pages.
     parts: dict[str, list[tuple[float, int]]] = {}
-    #: role -> (seconds, CPU seconds used so far), the broker's included.
+    #: process -> (seconds, CPU seconds used so far): every role, the broker and this driver.
     cpu: dict[str, list[tuple[float, float]]] = {}
     last = [-sample_every]
 

@@ -53,9 +53,9 @@ from stream.policy.trust import new_key, trust_of
 ROLES = ("process", "replay", "learn", "score")
 #: The learner's forgetting probe period in the demo (minutes in production; a demo lasts minutes).
 PROBE_PERIOD_SECONDS = 15
-#: The Prometheus job of each role, as deploy/prometheus/prometheus.yml names it.
 #: Click-to-live is also reported per this many seconds of traffic (does freshness hold over a long run?).
 FRESHNESS_WINDOW_SECONDS = 300.0
+#: The Prometheus job of each role, as deploy/prometheus/prometheus.yml names it.
 JOBS = {"process": "processor", "replay": "replay", "learn": "learner", "score": "scorer"}
 
 
