@@ -417,7 +417,9 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
     producer.flush()
     elapsed = time.monotonic() - t0
     # What the scorer said of each version while it was live (older ones are gone from the topic by now).
-    per_click, not_live = click_freshness(click_times, served_versions, published_meta)
+    lags = click_lags(click_times, served_versions, published_meta)
+    per_click = [lag for lag in lags if lag is not None]
+    not_live = len(lags) - len(per_click)
     last = np.array(tally) if tally else np.zeros((1, 5))
     summary_phases = {
         name: {"requests": len(rows), "learned": _mean(rows, 0), "random": _mean(rows, 1), "oracle": _mean(rows, 2)}
@@ -436,8 +438,8 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
         "click_to_live_seconds": {"clicks": len(per_click), "not_live_at_end": not_live,
                                   "p50": float(np.percentile(per_click, 50)) if per_click else None,
                                   "p99": float(np.percentile(per_click, 99)) if per_click else None,
-                                  "by_window": click_freshness_by_window(click_times, served_versions, published_meta,
-                                                                         traffic_started, FRESHNESS_WINDOW_SECONDS)},
+                                  "by_window": click_freshness_by_window(click_times, lags, traffic_started,
+                                                                         FRESHNESS_WINDOW_SECONDS)},
         "drift_seconds": _drift_seconds(world, options),
         "series": {"t": win.t, "learned": win.learned, "random": win.random, "oracle": win.oracle,
                    "ctr_learned": win.ctr_learned, "ctr_random": win.ctr_random, "version": win.version},
@@ -508,9 +510,10 @@ def histogram_quantiles(text: str, name: str, quantiles: tuple[float, ...] = (0.
     return out
 
 
-def click_freshness(click_times: list[float], served_at: dict[int, float], trained_through: dict[int, float]
-                    ) -> tuple[list[float], int]:
-    """Per click: from its event time to the first version serving that was trained on data that new.
+def click_lags(click_times: list[float], served_at: dict[int, float], trained_through: dict[int, float]
+               ) -> list[float | None]:
+    """Per click, in order: from its event time to the first version serving that was trained on data
+    that new (None: no version served was).
 
     A version counts as trained on a click when its newest trained click is at least as new
     (the learner reads each partition in order, so this is exact per partition and close
@@ -520,29 +523,26 @@ def click_freshness(click_times: list[float], served_at: dict[int, float], train
     # The first version (by number) trained on a click is the first whose running maximum of
     # trained_through reaches it: a binary search, not a scan (an hour's run has 10^5 clicks, 10^3 versions).
     reach = list(itertools.accumulate((trained_through[v] for v in versions), max))
-    out, missing = [], 0
+    lags: list[float | None] = []
     for ts in click_times:
         i = bisect.bisect_left(reach, ts)
-        if i == len(reach):
-            missing += 1
-        else:
-            out.append(max(0.0, served_at[versions[i]] - ts))
-    return out, missing
+        lags.append(max(0.0, served_at[versions[i]] - ts) if i < len(reach) else None)
+    return lags
 
 
-def click_freshness_by_window(click_times: list[float], served_at: dict[int, float],
-                              trained_through: dict[int, float], start: float, window: float) -> list[dict[str, Any]]:
-    """Click-to-live of the clicks made in each ``window`` seconds from ``start`` (wall time): whether
-    freshness holds over a long run, not only on average."""
-    by_window: dict[int, list[float]] = {}
-    for ts in click_times:
-        by_window.setdefault(int((ts - start) // window), []).append(ts)
+def click_freshness_by_window(click_times: list[float], lags: list[float | None], start: float,
+                              window: float) -> list[dict[str, Any]]:
+    """Click-to-live of the clicks made in each ``window`` seconds from ``start`` (wall time), from
+    ``click_lags``: whether freshness holds over a long run, not only on average."""
+    by_window: dict[int, list[float | None]] = {}
+    for ts, lag in zip(click_times, lags):
+        by_window.setdefault(int((ts - start) // window), []).append(lag)
     rows = []
-    for index, clicks in sorted(by_window.items()):
-        lags, missing = click_freshness(clicks, served_at, trained_through)
-        rows.append({"from_s": index * window, "clicks": len(clicks), "not_live_at_end": missing,
-                     "p50": round(float(np.percentile(lags, 50)), 2) if lags else None,
-                     "p99": round(float(np.percentile(lags, 99)), 2) if lags else None})
+    for index, in_window in sorted(by_window.items()):
+        live = [lag for lag in in_window if lag is not None]
+        rows.append({"from_s": index * window, "clicks": len(in_window), "not_live_at_end": len(in_window) - len(live),
+                     "p50": round(float(np.percentile(live, 50)), 2) if live else None,
+                     "p99": round(float(np.percentile(live, 99)), 2) if live else None})
     return rows
 
 

@@ -69,9 +69,11 @@ def test_kill_9_mid_stream_then_restart_stores_every_experience_once(settings, t
     # A kill -9 between the broker's acknowledgement and the outbox delete sends a letter again
     # (the service's docstring): at least once, each copy naming the same origin and reason.
     origin = lambda d: (d.source_topic, d.partition, d.offset)     # noqa: E731
-    first = {origin(d): d for d in reversed(consumer_side)}
+    first: dict = {}
+    for d in consumer_side:
+        first.setdefault(origin(d), d)
     assert all(d.reason == first[origin(d)].reason and d.original == first[origin(d)].original for d in consumer_side)
-    consumer_side = sorted(first.values(), key=consumer_side.index)
+    consumer_side = list(first.values())
     assert [d.reason for d in consumer_side] == ["malformed_json", "width"]
     assert consumer_side[0].original == b"not json" and consumer_side[0].offset is not None
     assert "20 values; the policy takes 16" in consumer_side[1].error
