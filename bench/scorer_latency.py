@@ -36,7 +36,7 @@ from stream.kafka.producer import EventProducer
 from stream.kafka.topics import ensure_topics
 from stream.policy.bus import LivePolicy, PolicyPublisher
 from stream.policy.trust import new_key
-from stream.serving.scorer import ScorerService
+from stream.serving.service import ScorerService
 
 
 def _quantiles(ms: list[float]) -> dict[str, float]:

@@ -284,7 +284,7 @@ def decoder_for(topic: str) -> msgspec.json.Decoder:
     except KeyError:
         if topic not in CONTRACTS:
             raise InvalidMessage("unknown_topic", f"no contract for topic {topic!r}") from None
-        dec = msgspec.json.Decoder(CONTRACTS[topic].type)
+        dec: msgspec.json.Decoder = msgspec.json.Decoder(CONTRACTS[topic].type)
         _DECODERS[topic] = dec
         return dec
 

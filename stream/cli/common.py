@@ -72,3 +72,39 @@ def run_role_or_exit(name: str, build: Callable[[Settings], Any], metrics_port: 
                         serve_own_metrics=serve_metrics, handle_signals=handle_signals)
     except RoleStartError as exc:
         fail(str(exc), exc.exit_code)
+
+
+class ConfigDefault(click.Option):
+    """An option whose default is a config dataclass's, so each default is written in one place.
+
+    ``default_from="stream.join.reward_join:JoinConfig.grace"`` names the dataclass and the
+    attribute path on an instance built with no arguments. The module is imported only when
+    click needs the value (the command runs, or its ``--help`` is shown): most configs live
+    beside torch, and ``recsys-stream --help`` must stay instant.
+    """
+
+    def __init__(self, *args: Any, default_from: str, **kwargs: Any) -> None:
+        super().__init__(*args, show_default=True, **kwargs)
+        self.default_from = default_from
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        return config_default(self.default_from)
+
+
+def config_default(path: str) -> Any:
+    """The value at ``module:Class.attr[.attr]`` on ``Class()``, or of the module constant ``module:NAME``."""
+    import importlib
+
+    module, _, dotted = path.partition(":")
+    name, *attributes = dotted.split(".")
+    value = getattr(importlib.import_module(module), name)
+    if isinstance(value, type):
+        value = value()
+    for attribute in attributes:
+        value = getattr(value, attribute)
+    return value
+
+
+def option(*names: str, default_from: str, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """``click.option`` whose default (shown in the help) comes from a config dataclass (``ConfigDefault``)."""
+    return click.option(*names, cls=ConfigDefault, default_from=default_from, **kwargs)

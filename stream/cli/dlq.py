@@ -55,7 +55,7 @@ def dlq_show(reason: tuple[str, ...], topic: tuple[str, ...], since, limit: int,
         key = f"{logical_name(settings, letter.source_topic)}/{letter.reason}"
         counts[key] = counts.get(key, 0) + 1
     newest = sorted(letters, key=lambda letter: letter.ts)[-limit:] if limit else []
-    rows = [{"ts": letter.ts, "source_topic": letter.source_topic, "reason": letter.reason, "error": letter.error,
+    rows: list[dict[str, Any]] = [{"ts": letter.ts, "source_topic": letter.source_topic, "reason": letter.reason, "error": letter.error,
              "component": letter.component, "partition": letter.partition, "offset": letter.offset,
              "line": letter.line, "original": letter.original.decode("utf-8", "replace"),
              "truncated": letter.original_truncated} for letter in newest]

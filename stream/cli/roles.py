@@ -11,15 +11,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from stream.cli.common import fail, load_settings, log, run_role_or_exit, setup_logging
+from stream.cli.common import fail, load_settings, log, option, run_role_or_exit, setup_logging
+
+if TYPE_CHECKING:
+    from models.exploration import Kind as ExplorationKind
 
 #: The allocator options of the two roles that hold large tensors (``stream/ops/memory.py``).
-TRIM_SECONDS = click.option(
-    "--trim-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+TRIM_SECONDS = option(
+    "--trim-seconds", type=click.FloatRange(min=0), default_from="stream.ops.memory:TRIM_SECONDS",
     help="Collect young cyclic garbage and give memory glibc holds freed back to the system this often "
     "(malloc_trim; 0: never).")
 
@@ -76,17 +79,17 @@ def broker(port: int | None, host: str) -> None:
 
 
 @click.command()
-@click.option("--click-window", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@option("--click-window", type=click.FloatRange(min=0.1), default_from="stream.join.reward_join:JoinConfig.click_window",
               help="Seconds (event time) after an impression in which a click counts.")
-@click.option("--purchase-window", type=click.FloatRange(min=0.1), default=3600.0, show_default=True,
+@option("--purchase-window", type=click.FloatRange(min=0.1), default_from="stream.join.reward_join:JoinConfig.purchase_window",
               help="Seconds after an impression in which a purchase counts.")
-@click.option("--grace", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
+@option("--grace", type=click.FloatRange(min=0.0), default_from="stream.join.reward_join:JoinConfig.grace",
               help="Seconds an out-of-order event may arrive late and still be joined.")
 @click.option("--dedupe-horizon", type=click.FloatRange(min=0.0), default=None,
               help="Event-time seconds event ids are remembered to drop repeats, after their request is "
               "forgotten [default: purchase window + grace + 60]. Memory and join-state grow with traffic over "
               "this horizon, then level off.")
-@click.option("--max-future", type=click.FloatRange(min=0.0), default=300.0, show_default=True,
+@option("--max-future", type=click.FloatRange(min=0.0), default_from="stream.join.reward_join:JoinConfig.max_future",
               help="Seconds an event may be dated ahead of this worker's clock; a later one is dead-lettered "
                    "as `future` (it would move event time ahead and close every window early).")
 @click.option("--engine", type=click.Choice(["batch", "faust"]), default="batch", show_default=True,
@@ -96,7 +99,7 @@ def broker(port: int | None, host: str) -> None:
                    "purchase windows of its partitions (their no_click and purchase experiences are never emitted), "
                    "and its consumer is not guarded against the embedded broker stepping over a record that "
                    "several producers wrote at once (README, \"Known quirks of the embedded broker\").")
-@click.option("--batch", "batch_size", type=click.IntRange(1), default=5000, show_default=True,
+@option("--batch", "batch_size", type=click.IntRange(1), default_from="stream.join.worker:BATCH",
               help="Messages per consumed batch (batch engine).")
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds without input (batch engine; for finite runs).")
@@ -138,29 +141,29 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 
 
 @click.command()
-@click.option("--publish-every", type=click.IntRange(1), default=50, show_default=True,
+@option("--publish-every", type=click.IntRange(1), default_from="models.agent:AgentConfig.publish_every_updates",
               help="Updates between publish attempts.")
-@click.option("--publish-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+@option("--publish-seconds", type=click.FloatRange(min=0.5), default_from="stream.learner.worker:LearnerWorkerConfig.publish_every_seconds",
               help="Seconds between publish attempts when updates are fewer.")
-@click.option("--update-size", type=click.IntRange(1), default=32, show_default=True,
+@option("--update-size", type=click.IntRange(1), default_from="models.agent:AgentConfig.update_size",
               help="Fresh experiences per update (replay adds as many again; a backlog is taken in at most 8 updates).")
-@click.option("--gate-alpha", type=click.FloatRange(1e-4, 0.5), default=0.05, show_default=True,
+@option("--gate-alpha", type=click.FloatRange(1e-4, 0.5), default_from="models.agent:AgentConfig.gate.alpha",
               help="Refuse a candidate only when its DR estimate is below the live version's at this level "
               "(the paired difference's whole confidence interval below zero).")
-@click.option("--exploration", type=click.Choice(["squarecb", "thompson", "softmax"]), default="squarecb",
-              show_default=True, help="How versions are served (each version carries it, so scorers follow).")
-@click.option("--full-every", type=click.IntRange(1), default=100, show_default=True,
+@option("--exploration", type=click.Choice(["squarecb", "thompson", "softmax"]), default_from="models.agent:AgentConfig.exploration.kind",
+        help="How versions are served (each version carries it, so scorers follow).")
+@option("--full-every", type=click.IntRange(1), default_from="stream.learner.worker:LearnerWorkerConfig.full_every",
               help="A full snapshot every N versions (the others are deltas: the embedding rows that moved since "
               "the parent, and the dense layers); 1 publishes every version in full.")
-@click.option("--full-seconds", type=click.FloatRange(min=1.0), default=300.0, show_default=True,
+@option("--full-seconds", type=click.FloatRange(min=1.0), default_from="stream.learner.worker:LearnerWorkerConfig.full_every_seconds",
               help="A full snapshot at least this often (late scorers catch up from the last one).")
-@click.option("--retain", type=click.IntRange(1), default=20, show_default=True,
+@option("--retain", type=click.IntRange(1), default_from="stream.learner.worker:LearnerWorkerConfig.retain_versions",
               help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
-@click.option("--probe-period", type=click.FloatRange(min=1.0), default=900.0, show_default=True,
+@option("--probe-period", type=click.FloatRange(min=1.0), default_from="stream.learner.worker:LearnerWorkerConfig.probe_period_seconds",
               help="Seconds per forgetting probe set (held-out decisions of a period, re-scored by every version).")
-@click.option("--probe-sets", type=click.IntRange(1, 24), default=4, show_default=True,
+@option("--probe-sets", type=click.IntRange(1, 24), default_from="stream.learner.worker:LearnerWorkerConfig.probe_sets",
               help="Probe sets kept (recsys_learner_forgetting_ratio has one series per set).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N].")
+@option("--device", default_from="models.agent:AgentConfig.learner.device", help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
 @TRIM_SECONDS
@@ -168,7 +171,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
                        "maps its table gradients too.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
-@click.option("--checkpoint-seconds", type=click.FloatRange(min=0.0), default=30.0, show_default=True,
+@option("--checkpoint-seconds", type=click.FloatRange(min=0.0),
+        default_from="stream.learner.worker:LearnerWorkerConfig.checkpoint_every_seconds",
               help="Checkpoint after a publish at most this often (0: after every publish), and on stop. A kill "
               "-9 re-trains on what came since (read again from the topic; nothing is lost).")
 @click.option("--until-caught-up", is_flag=True,
@@ -176,7 +180,7 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               "Meta tasks read users' histories from the replay store: let `replay` store the backlog first.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
-def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: str,
+def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: ExplorationKind,
           full_every: int, full_seconds: float, retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
           mmap_threshold: int, checkpoint: Path | None, checkpoint_seconds: float, trim_seconds: float,
           until_caught_up: bool, metrics_port: int | None) -> None:
@@ -226,7 +230,7 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address of the HTTP API (0.0.0.0 for all).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port of POST /score, GET /healthz and GET /metrics (0 picks a free one).")
-@click.option("--slate-size", type=click.IntRange(1, 100), default=10, show_default=True,
+@option("--slate-size", type=click.IntRange(1, 100), default_from="stream.serving.scorer:ScorerConfig.slate_size",
               help="Items returned when a request does not say k.")
 @click.option("--temperature", type=click.FloatRange(min=1e-3), default=None,
               help="Override the softmax temperature each version carries (logged and exported as "
@@ -236,9 +240,9 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 @click.option("--no-kafka-requests", is_flag=True, help="Serve HTTP only (no score-requests consumer).")
 @TRIM_SECONDS
 @mmap_threshold_option(0)
-@click.option("--max-users", type=click.IntRange(1), default=100_000, show_default=True,
+@option("--max-users", type=click.IntRange(1), default_from="stream.serving.scorer:ScorerConfig.max_users",
               help="Users whose recent outcomes are kept for adaptation (the least recently seen go first).")
-@click.option("--user-ttl", type=click.FloatRange(min=1.0), default=3600.0, show_default=True,
+@option("--user-ttl", type=click.FloatRange(min=1.0), default_from="stream.serving.scorer:ScorerConfig.user_ttl",
               help="Seconds an idle user's recent outcomes are kept.")
 def score(host: str, port: int, slate_size: int, temperature: float | None, epsilon: float | None,
           no_kafka_requests: bool, trim_seconds: float, mmap_threshold: int, max_users: int, user_ttl: float) -> None:
@@ -251,7 +255,8 @@ def score(host: str, port: int, slate_size: int, temperature: float | None, epsi
 
     if mmap_threshold:
         fix_mmap_threshold(mmap_threshold)    # before the encoder, torch and the Kafka clients allocate
-    from stream.serving.scorer import ScorerConfig, ScorerService
+    from stream.serving.scorer import ScorerConfig
+    from stream.serving.service import ScorerService
 
     def build(settings):
         _trusted(settings, "scorer")
@@ -268,9 +273,9 @@ def score(host: str, port: int, slate_size: int, temperature: float | None, epsi
 @click.command()
 @click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite file of the replay store (default: $RECSYS_DATA_DIR/replay/<prefix>replay.db).")
-@click.option("--window", type=click.IntRange(1), default=200_000, show_default=True,
+@option("--window", type=click.IntRange(1), default_from="stream.replay.store:StoreConfig.window",
               help="Most recent experiences kept as they are.")
-@click.option("--reservoir", type=click.IntRange(0), default=800_000, show_default=True,
+@option("--reservoir", type=click.IntRange(0), default_from="stream.replay.store:StoreConfig.reservoir",
               help="Uniform sample of everything older than the window.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")

@@ -333,7 +333,7 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
     freshness: list[float] = []                # per version: served - newest click it was trained on
     published_meta: dict[int, float] = {}
     click_times: list[float] = []
-    tally = deque(maxlen=2000)                  # (learned, random, oracle, ctr_l, ctr_r) per request
+    tally: deque[tuple[float, ...]] = deque(maxlen=2000)                  # (learned, random, oracle, ctr_l, ctr_r) per request
     phase_of = lambda step: ("drift" if world.active_drifts() else ("before" if step < world.config.drifts[0].start  # noqa: E731
                                                                  else "after"))
     phases: dict[str, list[tuple[float, float, float]]] = {"before": [], "drift": [], "after": []}
@@ -584,7 +584,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def _smooth(values: list[float], width: int = 10) -> list[float]:
-    out, acc = [], deque(maxlen=width)
+    out: list[float] = []
+    acc: deque[float] = deque(maxlen=width)
     for v in values:
         acc.append(v)
         out.append(sum(acc) / len(acc))

@@ -20,8 +20,8 @@ from stream import schemas
 from stream.join import state as join_state
 from stream.join.reward_join import Forgotten, JoinConfig, JoinOutput, OpenRequest, RewardJoin
 from stream.join.watermark import InputWatermarks
-from stream.ops.dead_letters import decode_consumed, envelope
-from stream.ops.metrics import Tally
+from stream.kafka.dead_letters import decode_consumed, envelope
+from stream.kafka.metrics import Tally
 
 SOURCES = ("impressions", "clicks", "purchases")
 

@@ -27,6 +27,9 @@ from typing import Literal
 
 from stream.schemas import Click, Context, Experience, Impression, Purchase, RewardParts
 
+#: What a click or purchase is to the join; an experience adds the window's no_click.
+InputKind = Literal["click", "purchase"]
+
 #: Seconds past the purchase window and grace that event ids stay remembered by default.
 DEDUPE_MARGIN = 60.0
 #: The reward parts of a click and of no click, shared (frozen) by every experience that carries them.
@@ -78,7 +81,7 @@ class Rejected:
     """An input the join could not use, with a low-cardinality reason."""
 
     event: Click | Purchase
-    kind: Literal["click", "purchase"]
+    kind: InputKind
     reason: Literal["orphan", "not_shown", "late"]
     detail: str
 
@@ -266,7 +269,7 @@ class RewardJoin:
 
     def _match(self, event: Click | Purchase, park: bool) -> JoinOutput:
         out = JoinOutput()
-        kind = "click" if isinstance(event, Click) else "purchase"
+        kind: InputKind = "click" if isinstance(event, Click) else "purchase"
         state = self._find(event)
         if state is None:
             if park and event.ts + self.config.grace > self.watermark:
@@ -297,7 +300,7 @@ class RewardJoin:
                                          f"(window end {close_ts:.3f} + grace {self.config.grace:g}s)"))
             return out
         paid.add(item)
-        if kind == "click":
+        if isinstance(event, Click):
             out.experiences.append(self._experience(state, item, "click", event.ts))
         else:
             out.experiences.append(self._experience(state, item, "purchase", event.ts, event.value))
@@ -315,15 +318,14 @@ class RewardJoin:
             event = self._parked.pop(order, None)
             if event is None:
                 continue  # matched in the meantime
-            index = self._parked_by_request if event.request_id is not None else self._parked_by_user_item
+            index: dict = self._parked_by_request if event.request_id is not None else self._parked_by_user_item
             key = event.request_id if event.request_id is not None else (event.user_id, event.item_id)
             orders = index.get(key)
             if orders is not None:
                 orders.remove(order)
                 if not orders:
                     del index[key]
-            kind = "click" if isinstance(event, Click) else "purchase"
-            self._reject_orphan(event, kind, out)
+            self._reject_orphan(event, "click" if isinstance(event, Click) else "purchase", out)
             if self._durable:
                 self._changed_parked[event.event_id] = None
         while self._deadlines and self._deadlines[0][0] <= watermark:
@@ -364,7 +366,7 @@ class RewardJoin:
         ends = [when for when, *_ in self._deadlines] + [when for when, _ in self._parked_deadlines]
         return self.advance(max(ends)) if ends else JoinOutput()
 
-    def _reject_orphan(self, event: Click | Purchase, kind: Literal["click", "purchase"], out: JoinOutput) -> None:
+    def _reject_orphan(self, event: Click | Purchase, kind: InputKind, out: JoinOutput) -> None:
         out.rejected.append(Rejected(event, kind, "orphan", _orphan_detail(event)))
         if self._durable:
             self._rejected[event.event_id] = event.ts
@@ -461,7 +463,8 @@ class RewardJoin:
         return min(s.impression.ts for s in self._open.values())
 
     # -- output ------------------------------------------------------------------------------
-    def _experience(self, state: OpenRequest, item: str, kind: str, ts: float, value: float = 0.0) -> Experience:
+    def _experience(self, state: OpenRequest, item: str, kind: Literal["click", "no_click", "purchase"], ts: float,
+                    value: float = 0.0) -> Experience:
         cfg = self.config
         imp = state.impression
         position, propensity = state.slots[item]

@@ -82,7 +82,7 @@ class ProgressRecord(msgspec.Struct, array_like=True):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoders = {
+_decoders: dict[bytes, msgspec.msgpack.Decoder] = {
     REQUEST: msgspec.msgpack.Decoder(RequestRecord),
     FORGOTTEN: msgspec.msgpack.Decoder(ForgottenRecord),
     REJECTED: msgspec.msgpack.Decoder(RejectedRecord),

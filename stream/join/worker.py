@@ -36,15 +36,19 @@ from stream.join.reward_join import JoinConfig
 from stream.join.state import read_partitions
 from stream.kafka.clients import make_admin, make_consumer
 from stream.kafka.gaps import GapGuard
+from stream.kafka.metrics import LagReporter
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import topic_name
-from stream.ops.metrics import LagReporter
 
 log = logging.getLogger(__name__)
 
 
+#: Messages per consumed batch: large enough that per-batch costs (checkpoints, tallies) vanish per event.
+BATCH = 5000
+
+
 class JoinWorker:
-    def __init__(self, settings: Settings, join: JoinConfig | None = None, *, batch: int = 5000,
+    def __init__(self, settings: Settings, join: JoinConfig | None = None, *, batch: int = BATCH,
                  idle_after: float = 2.0, checkpoint_every: float = 0.2, idle_exit: float | None = None,
                  until_caught_up: bool = False) -> None:
         self.settings = settings

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from confluent_kafka.admin import AdminClient
 
@@ -100,7 +101,7 @@ class EmbeddedBroker:
         self.binary = binary
         self.startup_timeout = startup_timeout
         self._log_path = Path(log_path) if log_path else None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
         self._proc: subprocess.Popen | None = None
 
     @property

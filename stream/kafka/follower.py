@@ -11,9 +11,9 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from stream.config import Settings
 from stream.kafka.clients import consumer_config
+from stream.kafka.dead_letters import decode_consumed
 from stream.kafka.gaps import GapGuard
 from stream.kafka.topics import COMPACTED, topic_name
-from stream.ops.dead_letters import decode_consumed
 
 log = logging.getLogger(__name__)
 

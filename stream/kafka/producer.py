@@ -10,7 +10,7 @@ nothing is outstanding (librdkafka reports only failures: ``delivery.report.only
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -19,9 +19,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import make_producer
+from stream.kafka.dead_letters import DeadLetters
+from stream.kafka.metrics import EVENTS_PRODUCED, PRODUCE_ERRORS
 from stream.kafka.topics import logical_name, topic_name
-from stream.ops.dead_letters import DeadLetters
-from stream.ops.metrics import EVENTS_PRODUCED, PRODUCE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,18 @@ class EventProducer:
     last flush was not acknowledged, then starts clean.
     """
 
-    def __init__(self, settings: Settings, component: str = "ingest", producer: Producer | None = None,
-                 **overrides: Any):
+    def __init__(self, settings: Settings, component: str = "ingest", **overrides: Any):
+        """``overrides``: librdkafka settings for this producer (``linger.ms``, say) over the defaults."""
+        self._setup(settings, component, None, overrides)
+
+    @classmethod
+    def sharing(cls, settings: Settings, component: str, producer: Producer) -> EventProducer:
+        """One that sends through a producer someone else owns (delivery reports then come per message)."""
+        out = cls.__new__(cls)
+        out._setup(settings, component, producer, {})
+        return out
+
+    def _setup(self, settings: Settings, component: str, producer: Producer | None, overrides: dict[str, Any]) -> None:
         self.settings = settings
         self.component = component
         # A producer of our own reports failures through one callback set in its config; a shared one gets it
@@ -122,7 +132,7 @@ class EventProducer:
         """Produce an event built in code (already typed); keyed by its contract's key."""
         self._produce(self._topic(logical), schemas.key_of(logical, event), schemas.encode(event))
 
-    def send_many(self, logical: str, events: list[msgspec.Struct]) -> None:
+    def send_many(self, logical: str, events: Sequence[msgspec.Struct]) -> None:
         """``send`` for a batch: the topic, key field and encoder are looked up once, not per event."""
         if not events:
             return

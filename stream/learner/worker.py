@@ -44,15 +44,15 @@ from stream import schemas
 from stream.config import Settings
 from stream.items.embeddings import Catalogue
 from stream.kafka.clients import make_consumer
+from stream.kafka.dead_letters import decode_consumed
 from stream.kafka.follower import TopicFollower
 from stream.kafka.gaps import GapGuard
+from stream.kafka.metrics import LagReporter
 from stream.kafka.topics import topic_name
 from stream.learner.batches import ExperienceBatcher, is_full_decision
 from stream.learner.forgetting_probes import ForgettingProbes, ProbeConfig
 from stream.learner.recent_ids import RecentIds
-from stream.ops.dead_letters import decode_consumed
-from stream.ops.memory import MallocTrimmer
-from stream.ops.metrics import LagReporter
+from stream.ops.memory import TRIM_SECONDS, MallocTrimmer
 from stream.policy.bus import (
     POLICY_LOADED_AT,
     POLICY_VERSION,
@@ -134,7 +134,7 @@ class LearnerWorkerConfig:
     checkpoint_every_seconds: float = 30.0
     #: Seconds between rounds that collect young cyclic garbage and give freed heap back to the system
     #: (``MallocTrimmer``; 0: never): the gate's batches, snapshots and checkpoints free tens of MB at a time.
-    trim_seconds: float = 30.0
+    trim_seconds: float = TRIM_SECONDS
 
 
 def _compact(event: schemas.Experience) -> schemas.Experience:

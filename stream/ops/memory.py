@@ -130,6 +130,10 @@ def fix_mmap_threshold(size: int) -> bool:
     return True
 
 
+#: Seconds between a role's rounds of young-garbage collection and malloc_trim (the learner's and the scorer's).
+TRIM_SECONDS = 30.0
+
+
 class MallocTrimmer(threading.Thread):
     """Gives the memory glibc holds freed back to the system every ``every`` seconds (``malloc_trim``).
 

@@ -23,11 +23,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import make_consumer
+from stream.kafka.dead_letters import decode_consumed, envelope
 from stream.kafka.gaps import GapGuard
+from stream.kafka.metrics import LagReporter, Tally
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import topic_name
-from stream.ops.dead_letters import decode_consumed, envelope
-from stream.ops.metrics import REPLAY_BATCH_SECONDS, REPLAY_INSERTS, REPLAY_ROWS, LagReporter, Tally
+from stream.ops.metrics import REPLAY_BATCH_SECONDS, REPLAY_INSERTS, REPLAY_ROWS
 from stream.replay.store import ReplayStore, StoreConfig
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from prometheus_client import Counter, Gauge
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import make_consumer
+from stream.kafka.dead_letters import decode_consumed
 from stream.kafka.gaps import GapGuard
 from stream.kafka.producer import DeliveryError, EventProducer
 from stream.kafka.topics import topic_name
-from stream.ops.dead_letters import decode_consumed
 from stream.serving.requests import SCORE_LATENCY, SCORE_REQUESTS, BadRequest
 
 if TYPE_CHECKING:
@@ -195,9 +195,9 @@ class KafkaTransport:
         answered.clear()
         since.clear()
 
-    def _answer(self, batch: list[Message], out: EventProducer) -> dict[tuple[str, int], int]:
-        """Answer every request of the batch (or dead-letter it); returns the next offset per partition."""
-        offsets: dict[tuple[str, int], int] = {}
+    def _answer(self, batch: list[Message], out: EventProducer) -> dict[tuple[str, int], tuple[int, int]]:
+        """Answer every request of the batch (or dead-letter it); returns (first, next) offset per partition."""
+        offsets: dict[tuple[str, int], tuple[int, int]] = {}
         now = time.time()
         for msg in batch:
             err = msg.error()

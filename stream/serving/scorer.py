@@ -1,4 +1,4 @@
-"""The scorer: ranks candidates for a user with the live policy, over HTTP and over Kafka.
+"""The scoring core: ranks candidates for a user with the live policy, whichever transport asked.
 
 Per request it reads the live version once (a single reference, replaced whole by
 the policy subscriber's thread after the new version has been built off the hot
@@ -11,21 +11,22 @@ version carries (``ServingPolicy.decide``; an operator's ``--temperature`` or
 ``--epsilon`` overrides it, logged and exported), and logs what it showed to ``impressions``, which is
 where the reward join starts. Before any version exists it serves uniform random
 slates as version 0: that traffic is what the first version learns from.
+
+The HTTP layer is ``http_server.py``, the Kafka transport ``kafka_transport.py``, and
+``service.py`` wires them to the followers that feed this core.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
 from models.batch import hash_ids
 from models.blas_lane import BLAS_LANE
@@ -36,12 +37,9 @@ from stream import schemas
 from stream.config import Settings
 from stream.items.embeddings import Catalogue
 from stream.kafka.clients import LOGGING_LINGER_MS
-from stream.kafka.follower import TopicFollower
 from stream.kafka.producer import EventProducer
-from stream.ops.memory import MallocTrimmer
-from stream.policy.bus import LivePolicy, PolicySubscriber
-from stream.serving.kafka_transport import KafkaTransport
-from stream.serving.requests import SCORE_LATENCY, SCORE_REQUESTS, BadRequest
+from stream.policy.bus import LivePolicy
+from stream.serving.requests import BadRequest
 from stream.serving.user_memory import UserMemory
 
 log = logging.getLogger(__name__)
@@ -61,13 +59,6 @@ EXPLORATION = Gauge("recsys_scorer_exploration", "The exploration this scorer se
 EXPLORATION_OVERRIDES = Gauge("recsys_scorer_exploration_overridden",
                               "1 for each exploration setting an operator overrides (--temperature, --epsilon).",
                               ["setting"])
-#: Seconds a connection may take to send a request (or sit idle between keep-alive requests).
-READ_TIMEOUT = 10.0
-#: Connections served at once; one more is answered 503 and closed instead of taking a thread.
-MAX_CONNECTIONS = 256
-
-REFUSED_CONNECTIONS = Counter(
-    "recsys_scorer_refused_connections_total", "HTTP connections answered 503 and closed: over the connection cap.")
 FRESHNESS = Histogram(
     "recsys_freshness_seconds",
     "From the event time of the newest click a version was trained on to that version serving here.",
@@ -231,318 +222,3 @@ def _fits(candidates: list[str]) -> bool:
         return True
     OVERSIZED_CANDIDATE_LOGS.inc()
     return False
-
-
-def decode_request(body: bytes) -> schemas.ScoreRequest:
-    """A validated request, or ``BadRequest`` saying what is wrong with it (the Kafka transport's contract)."""
-    try:
-        return schemas.decode("score-requests", body)
-    except schemas.InvalidMessage as exc:
-        if exc.reason == "oversized":
-            raise BadRequest(f"request body is {len(body)} bytes, over {schemas.MAX_EVENT_BYTES}", 413) from None
-        if exc.reason == "schema":
-            raise BadRequest(f"invalid request: {exc.detail}", 422) from None
-        raise BadRequest(f"request body: {exc.detail}") from None     # malformed_json: not JSON, or nested too deep
-
-
-class ScorerService:
-    """A scorer with its followers (policies, items, experiences), HTTP server and Kafka transport."""
-
-    def __init__(self, settings: Settings, encoder: TextEncoder, config: ScorerConfig | None = None,
-                 host: str = "127.0.0.1", port: int = 0, kafka_requests: bool = True,
-                 request_max_age: float = 30.0, read_timeout: float = READ_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS, trim_seconds: float = 30.0) -> None:
-        self.settings = settings
-        self.scorer = Scorer(settings, encoder, config)
-        self.subscriber = PolicySubscriber(settings, "scorer", on_swap=self.scorer.swap)
-        now = time.time
-        self.items = TopicFollower(settings, "items", self.scorer.catalogue.add, from_start=True, component="scorer")
-        self.experiences = TopicFollower(
-            settings, "experiences", lambda exps: [self.scorer.observe_experience(e, now()) for e in exps],
-            from_start=False, component="scorer")
-        self.http = _QuietServer((host, port), _handler_for(self, read_timeout), max_connections=max_connections)
-        self.http.daemon_threads = True
-        self._stop = threading.Event()
-        self.kafka = KafkaTransport(settings, self.scorer, self._stop, request_max_age) if kafka_requests else None
-        self._threads: list[threading.Thread] = []
-        self.trimmer = MallocTrimmer(trim_seconds, self._stop, "scorer") if trim_seconds > 0 else None
-
-    @property
-    def url(self) -> str:
-        host, port = self.http.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self, wait: float = 120.0) -> ScorerService:
-        """Start following and serving; return once the catalogue and the latest policy are loaded."""
-        self.items.start()
-        self.experiences.start()
-        if not self.items.caught_up.wait(wait):
-            raise TimeoutError(f"items topic not read to its end within {wait:.0f}s")
-        log.info("catalogue: %d items", len(self.scorer.catalogue))
-        self.subscriber.start(wait)
-        serve = threading.Thread(target=self.http.serve_forever, name="scorer-http", daemon=True)
-        serve.start()
-        self._threads.append(serve)
-        if self.kafka is not None:
-            kafka = threading.Thread(target=self.kafka.run, name="scorer-kafka", daemon=True)
-            kafka.start()
-            self._threads.append(kafka)
-        if self.trimmer is not None:
-            if self.trimmer.available:
-                self.trimmer.start()
-                self._threads.append(self.trimmer)
-            else:
-                log.info("no glibc malloc_trim here: freed memory is left to the allocator")
-        log.info("scoring on %s (policy v%d)", self.url, self.scorer.version)
-        return self
-
-    def health(self) -> dict:
-        """What ``/healthz`` answers: "ok", or "degraded" (HTTP 503) while the Kafka transport is down."""
-        health = {"status": "ok", "policy_version": self.scorer.version, "policy_metrics": self.scorer.live_metrics,
-                  "catalogue_items": len(self.scorer.catalogue)}
-        if self.kafka is not None:
-            health["kafka_transport"] = {"up": self.kafka.up, "restarts": self.kafka.restarts,
-                                         "last_error": self.kafka.last_error}
-            if not self.kafka.up:
-                health["status"] = "degraded"
-        return health
-
-    def run(self) -> None:
-        """Serve until ``stop()``, then close everything (the role lifecycle's entry point)."""
-        self.start()
-        log.info("scorer ready: %s/score, %s/metrics", self.url, self.url)
-        self._stop.wait()
-        self.close()
-
-    def stop(self) -> None:
-        """Ask ``run()`` to close (safe from a signal handler)."""
-        self._stop.set()
-
-    def close(self) -> None:
-        """Stop serving and following, flush the logged impressions, release the clients."""
-        self._stop.set()
-        self.http.shutdown()
-        self.http.server_close()
-        self.subscriber.stop()
-        for follower in (self.items, self.experiences):
-            follower.stopping.set()
-            follower.join(10)
-        for thread in self._threads:
-            thread.join(10)
-        self.scorer.events.flush(10)
-        self.scorer.events.release()
-
-
-#: Request header limits, as the stdlib's (http.client): longest line, most header lines.
-MAX_HEADER_LINE = 65536
-MAX_HEADERS = 100
-
-
-class RequestHeaders(dict):
-    """Request headers by lower-case name; the first of repeated names wins (as ``email.message.Message.get``).
-
-    The stdlib builds an ``email.message.Message`` per request through the email package's
-    feed parser: a quarter of a scoring request's time under the GIL went there.
-    """
-
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return dict.get(self, name.lower(), default)
-
-    def __getitem__(self, name: str) -> str | None:
-        return dict.get(self, name.lower())
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """The stdlib threading server with bounds: concurrent connections capped, errors kept off stderr.
-
-    A client that hangs up or times out is routine, not a traceback; a connection over the
-    cap gets a JSON 503 and is closed at once rather than a thread of its own.
-    """
-
-    def __init__(self, *args, max_connections: int = MAX_CONNECTIONS, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_connections = max_connections
-        self._slots = threading.BoundedSemaphore(max_connections)
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            REFUSED_CONNECTIONS.inc()
-            try:
-                body = json.dumps({"error": f"over {self.max_connections} open connections; retry"}).encode()
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
-            log.debug("client %s went away", client_address)
-            return
-        log.exception("HTTP request from %s failed", client_address)
-
-
-def _handler_for(service: ScorerService, read_timeout: float = READ_TIMEOUT) -> type[BaseHTTPRequestHandler]:
-    scorer = service.scorer
-    answered, answered_in = SCORE_REQUESTS.labels("http", "ok"), SCORE_LATENCY.labels("http")
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # A response goes out in one write (``_send``); should anything write twice, Nagle's
-        # algorithm and the client's delayed ACK would add ~40 ms to a keep-alive response.
-        disable_nagle_algorithm = True
-        # A half-sent request (or an idle keep-alive connection) is dropped after this long.
-        timeout = read_timeout
-
-        def parse_request(self) -> bool:
-            """The request line and headers, parsed without the email package (see ``RequestHeaders``).
-
-            Only what this API speaks: ``METHOD /path HTTP/1.0`` or ``HTTP/1.1``; anything else is
-            answered 400 (505 for other versions), too long or too many header lines 431.
-            """
-            self.command = None
-            self.request_version = self.default_request_version
-            self.close_connection = True
-            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-            words = self.requestline.split()
-            if len(words) != 3:
-                self.send_error(400, f"bad request line {self.requestline[:200]!r}")
-                return False
-            command, path, version = words
-            if version not in ("HTTP/1.0", "HTTP/1.1"):
-                bad = not version.startswith("HTTP/")
-                self.send_error(400 if bad else 505, f"unsupported protocol version {version[:40]!r}")
-                return False
-            self.command, self.path, self.request_version = command, path, version
-            headers = RequestHeaders()
-            while True:
-                line = self.rfile.readline(MAX_HEADER_LINE + 1)
-                if len(line) > MAX_HEADER_LINE:
-                    self.send_error(431, "header line too long")
-                    return False
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                if len(headers) >= MAX_HEADERS:
-                    self.send_error(431, f"more than {MAX_HEADERS} headers")
-                    return False
-                name, sep, value = str(line, "iso-8859-1").partition(":")
-                if not sep or not name or name != name.strip():
-                    self.send_error(400, f"malformed header line {line[:100]!r}")
-                    return False
-                name = name.lower()
-                value = value.strip()
-                if name in headers and name in ("content-length", "transfer-encoding") and headers[name] != value:
-                    self.send_error(400, f"conflicting {name} headers")
-                    return False
-                headers.setdefault(name, value)
-            self.headers = headers
-            connection = headers.get("connection", "").lower()
-            self.close_connection = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
-            if headers.get("expect", "").lower() == "100-continue" and version == "HTTP/1.1":
-                return self.handle_expect_100()
-            return True
-
-        def log_message(self, fmt: str, *args) -> None:   # access log at debug, not on stderr per request
-            log.debug("%s " + fmt, self.address_string(), *args)
-
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-            """Status line, headers and body in one write (one syscall, one packet for a small answer);
-            no Date or Server header and the access log only at debug, off the hot path."""
-            if log.isEnabledFor(logging.DEBUG):
-                self.log_request(status)
-            close = "Connection: close\r\n" if self.close_connection else ""
-            head = (f"{self.protocol_version} {status} {self.responses.get(status, ('',))[0]}\r\n"
-                    f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{close}\r\n")
-            self.wfile.write(head.encode("latin-1") + body)
-
-        def _error(self, status: int, message: str, close: bool = False) -> None:
-            """A JSON error; ``close`` when a body was left unread (its bytes must not be taken for a request)."""
-            if close:
-                self.close_connection = True
-            self._send(status, json.dumps({"error": message}).encode())
-
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            """Every error the stdlib raises itself (bad request line, headers too long, unknown method) as JSON."""
-            self.close_connection = True
-            # A request line the parser could not read leaves HTTP/0.9, which would send no status line.
-            self.request_version = self.protocol_version
-            text = message or explain or self.responses.get(code, ("error",))[0]
-            try:
-                self._send(code, json.dumps({"error": text}).encode())
-            except OSError:
-                pass
-
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
-            if self.path == "/healthz":
-                health = service.health()
-                self._send(200 if health["status"] == "ok" else 503, json.dumps(health).encode())
-            elif self.path == "/metrics":
-                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
-            else:
-                self._error(404, f"no such path {self.path}; try POST /score, GET /healthz or GET /metrics")
-
-        def _refuse_method(self) -> None:
-            self._error(405, f"{self.command} is not served; POST /score, GET /healthz or GET /metrics", close=True)
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/score":
-                self._error(404, f"no such path {self.path}; POST /score", close=True)
-                return
-            started = time.perf_counter()
-            if self.headers.get("Transfer-Encoding"):
-                SCORE_REQUESTS.labels("http", "invalid").inc()
-                self._error(411, "chunked bodies are not accepted; send Content-Length", close=True)
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                SCORE_REQUESTS.labels("http", "invalid").inc()
-                self._error(400, "Content-Length must be a non-negative integer", close=True)
-                return
-            if length > schemas.MAX_EVENT_BYTES:
-                SCORE_REQUESTS.labels("http", "invalid").inc()
-                self._error(413, f"request body is {length} bytes, over {schemas.MAX_EVENT_BYTES}", close=True)
-                return
-            try:
-                raw = self.rfile.read(length)
-            except TimeoutError:
-                SCORE_REQUESTS.labels("http", "invalid").inc()
-                self._error(408, f"request body not received within {self.timeout:g}s", close=True)
-                return
-            if len(raw) < length:            # the client hung up mid-body
-                self.close_connection = True
-                return
-            try:
-                response = scorer.score(decode_request(raw))
-            except BadRequest as exc:
-                SCORE_REQUESTS.labels("http", "invalid").inc()
-                self._error(exc.status, str(exc))
-                return
-            except Exception as exc:  # noqa: BLE001 - answered and counted, never a dropped connection
-                log.exception("scoring failed")
-                SCORE_REQUESTS.labels("http", "error").inc()
-                self._error(500, f"internal error: {type(exc).__name__}")
-                return
-            self._send(200, schemas.encode(response))
-            answered.inc()
-            answered_in.observe(time.perf_counter() - started)
-
-    return Handler

@@ -40,6 +40,12 @@ class UserMemory:
         self._free: list[int] = []
         self._lock = threading.Lock()
         self.outcomes = 0
+        self._items: np.ndarray             # per row: the user's recent items, positions and rewards, ...
+        self._positions: np.ndarray
+        self._rewards: np.ndarray
+        self._last_seen: np.ndarray         # ... and when it was last seen, how many it holds, its oldest slot
+        self._count: np.ndarray
+        self._oldest: np.ndarray
         self._allocate(min(FIRST_ROWS, max_users))
 
     def _allocate(self, rows: int) -> None:

@@ -8,10 +8,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from stream import schemas
 from stream.kafka.clients import consumer_config, make_producer
+from stream.kafka.dead_letters import DeadLetters
 from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
-from stream.ops.dead_letters import DeadLetters
 from tests.events import valid
 
 

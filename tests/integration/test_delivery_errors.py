@@ -19,7 +19,7 @@ def test_flush_raises_when_the_broker_is_gone():
         settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="gone.", partitions=1)
         ensure_topics(make_admin(settings), settings)
         raw = make_producer(settings, "test", **{"message.timeout.ms": 1500, "log_level": 0})
-        producer = EventProducer(settings, component="test", producer=raw)
+        producer = EventProducer.sharing(settings, "test", raw)
         assert producer.send_raw("clicks", json.dumps(valid("clicks")).encode()) is None
         producer.flush(10)
         assert producer.delivered == 1

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from stream.kafka.clients import make_producer
+from stream.kafka.dead_letters import DeadLetters, envelope
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
-from stream.ops.dead_letters import DeadLetters, envelope
 from tests.conftest import cli_command
 from tests.events import valid
 

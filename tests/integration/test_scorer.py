@@ -20,7 +20,7 @@ from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
 from stream.policy.bus import PolicyPublisher
-from stream.serving.scorer import ScorerService
+from stream.serving.service import ScorerService
 
 ITEMS = [schemas.Item(f"item-{i}", title, ts=1.7e9, description=desc, category=cat) for i, (title, desc, cat) in
          enumerate([("Trail running shoes", "light shoes for mountain trails", "sport"),

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from models.encoders import TextEncoder
-from stream.serving.scorer import ScorerService
+from stream.serving.service import ScorerService
 
 
 @pytest.fixture(scope="module")

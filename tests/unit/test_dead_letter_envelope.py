@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stream import schemas
-from stream.ops.dead_letters import envelope
+from stream.kafka.dead_letters import envelope
 
 
 def test_envelope_carries_coordinates_and_round_trips():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import TopicPartition
 
-from stream.ops.metrics import CONSUMER_LAG, LagReporter
+from stream.kafka.metrics import CONSUMER_LAG, LagReporter
 
 
 class FakeConsumer:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stream import schemas
-from stream.ops.dead_letters import envelope
+from stream.kafka.dead_letters import envelope
 from stream.replay.store import ReplayStore, StoreConfig
 
 T0 = 1_763_900_000.0

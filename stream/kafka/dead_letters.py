@@ -16,8 +16,8 @@ from confluent_kafka import Message, Producer
 
 from stream import schemas
 from stream.config import Settings
+from stream.kafka.metrics import DEAD_LETTERS, EVENTS_CONSUMED, Tally
 from stream.kafka.topics import logical_name, topic_name
-from stream.ops.metrics import DEAD_LETTERS, EVENTS_CONSUMED, Tally
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class DeadLetters:
     def publish(self, letter: schemas.DeadLetter) -> schemas.DeadLetter:
         """Produce a dead letter already built (e.g. by the reward join) and count it."""
         payload = schemas.encode(letter)
-        kwargs = {"on_delivery": self._on_delivery} if self._on_delivery else {}
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery} if self._on_delivery else {}
         while True:
             try:
                 self._producer.produce(self.topic, key=letter.source_topic.encode(), value=payload, **kwargs)
