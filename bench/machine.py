@@ -1,15 +1,40 @@
-"""Who measured: the machine facts every benchmark result carries."""
+"""Who measured, when and on what code: the facts every benchmark result carries.
+
+A figure is named by the date and commit of its run (BENCHMARKS.md), so each result
+records both; a tree with uncommitted changes says so (``dirty``).
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the code was run at, and whether the tree had uncommitted changes (None outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=7", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        **code_version(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

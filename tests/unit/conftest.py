@@ -31,3 +31,14 @@ def seeded(seed: int = 0):
 
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def offline_settings(**fields):
+    """Settings for a unit test whose Kafka clients are built but never reach a broker.
+
+    Their bootstrap is a closed port; librdkafka's log is off (level 0), or its
+    "Connection refused" lines would land in the test run's output, after its summary.
+    """
+    from stream.config import Settings
+
+    return Settings(bootstrap_servers="127.0.0.1:9", kafka_extra={"log_level": "0"}, **fields)

@@ -15,6 +15,9 @@ import sys
 
 import pytest
 
+#: Each probe is a fresh interpreter that loads torch and the encoder: about 10 s in all.
+pytestmark = pytest.mark.slow
+
 PROBE = r"""
 import contextlib, os, sys, threading, time
 import numpy as np
@@ -39,7 +42,7 @@ if sys.argv[1] == "free":
     scorer_module.BLAS_LANE = models.meta.BLAS_LANE = contextlib.nullcontext()
 torch.manual_seed(0)
 encoder = TextEncoder()
-scorer = scorer_module.Scorer(Settings(bootstrap_servers="127.0.0.1:9"), encoder)
+scorer = scorer_module.Scorer(Settings(bootstrap_servers="127.0.0.1:9", kafka_extra={"log_level": "0"}), encoder)
 items = [f"i{i}" for i in range(1000)]
 scorer.catalogue.add([schemas.Item(item_id=i, title=f"item {i}", ts=1.0) for i in items])
 model = TwoTowerPolicy(PolicyConfig(text_dim=encoder.dim)).eval()

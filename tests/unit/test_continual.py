@@ -75,12 +75,14 @@ def outcomes(shop_embeddings):
     return {name: run_periods(shop_embeddings, name == "regularised") for name in ("plain", "regularised")}
 
 
+@pytest.mark.slow   # the fixture trains two learners through four periods: about 10 s
 def test_regularised_learner_forgets_clearly_less(outcomes):
     plain, ours = outcomes["plain"]["forgetting_a"], outcomes["regularised"]["forgetting_a"]
     assert plain > 0.25, outcomes      # fine-tuning on B alone loses much of A...
     assert ours < 0.5 * plain, outcomes  # ...the regularised learner keeps clearly more
 
 
+@pytest.mark.slow
 def test_regularised_learner_still_adapts_to_the_shift(outcomes):
     ours, plain = outcomes["regularised"], outcomes["plain"]
     assert ours["b_after"] > ours["b_before"] + 0.1, outcomes

@@ -22,16 +22,16 @@ from models.exploration import Exploration
 from models.gate import GateConfig
 from models.policy import PolicyConfig, TwoTowerPolicy
 from stream import schemas
-from stream.config import Settings
 from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
 from stream.policy.bus import LivePolicy
+from tests.unit.conftest import offline_settings
 
 CANDIDATES = ["good", "b1", "b2", "b3", "b4"]
 
 
 @pytest.fixture()
 def worker(text_encoder, tmp_path):
-    settings = Settings(bootstrap_servers="127.0.0.1:9", data_dir=tmp_path / "data", topic_prefix="unit.")
+    settings = offline_settings(data_dir=tmp_path / "data", topic_prefix="unit.")
     built = LearnerWorker(settings, text_encoder, LearnerWorkerConfig(),
                           AgentConfig(gate=GateConfig(min_decisions=50)),
                           model_config=PolicyConfig(text_dim=text_encoder.dim), checkpoint_path=tmp_path / "l.ckpt")
@@ -162,7 +162,7 @@ def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker
     worker.positions = {0: 42, 1: 7}
     worker.checkpoint()
 
-    settings = Settings(bootstrap_servers="127.0.0.1:9", data_dir=tmp_path / "data", topic_prefix="unit.")
+    settings = offline_settings(data_dir=tmp_path / "data", topic_prefix="unit.")
     # A restart may serve with another exploration (`learn --exploration`): the model is the same shape.
     thompson = AgentConfig(exploration=Exploration("thompson", epsilon=0.02))
     again = LearnerWorker(settings, text_encoder, agent_config=thompson, model_config=worker.learner.model.config,
@@ -211,7 +211,7 @@ def test_resume_refuses_a_pickle_or_another_models_checkpoint(worker, text_encod
         worker.resume()
 
     worker.checkpoint()
-    settings = Settings(bootstrap_servers="127.0.0.1:9", data_dir=tmp_path / "data", topic_prefix="unit.")
+    settings = offline_settings(data_dir=tmp_path / "data", topic_prefix="unit.")
     other = LearnerWorker(settings, text_encoder, model_config=PolicyConfig(text_dim=text_encoder.dim, dim=8),
                           checkpoint_path=worker.checkpoint_path)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from stream import schemas
 from stream.policy.bus import HEADER_PART, VersionAssembler, parse_key, record_key
+from tests.unit.conftest import offline_settings
 
 
 def header(version: int, n_chunks: int, name: str = "p") -> bytes:
@@ -143,10 +144,9 @@ def test_compaction_keeps_the_first_claimant_of_a_number_whole():
 
     from models.delta import cpu_state
     from models.policy import PolicyConfig, TwoTowerPolicy
-    from stream.config import Settings
     from stream.policy.bus import PolicyPublisher, one_per_number
 
-    settings = Settings(bootstrap_servers="127.0.0.1:9", hmac_key="k", max_message_bytes=64 * 1024)
+    settings = offline_settings(hmac_key="k", max_message_bytes=64 * 1024)
     written: list[tuple[bytes, bytes | None]] = []
 
     class Recording(PolicyPublisher):
@@ -182,10 +182,9 @@ def test_compaction_keeps_the_first_claimant_of_a_number_whole():
 def test_a_reader_remembers_only_its_newest_refusals():
     """Anyone who can write to the topic can write bad versions without end; the list kept for inspection must
     not grow with them (the counter counts them all)."""
-    from stream.config import Settings
     from stream.policy.bus import MAX_REMEMBERED_REJECTIONS, POLICY_REJECTIONS, PolicySubscriber
 
-    reader = PolicySubscriber(Settings(bootstrap_servers="127.0.0.1:9", hmac_key="k"), "unit-reader")
+    reader = PolicySubscriber(offline_settings(hmac_key="k"), "unit-reader")
     before = POLICY_REJECTIONS.labels("unit-reader", "signature")._value.get()
     for version in range(1, 2 * MAX_REMEMBERED_REJECTIONS + 1):
         reader._reject(version, "signature", "forged")
