@@ -19,10 +19,10 @@ import torch
 
 from bench.machine import result
 from bench.runner import run_benchmark
+from bench.synthetic_batches import synthetic_batch, synthetic_tasks
 from models.learner import Learner, LearnerConfig, throughput
 from models.meta import ServeAdapter, adapt_user
 from models.policy import PolicyConfig, TwoTowerPolicy
-from models.synthetic import synthetic_batch, synthetic_tasks
 
 
 def adapt_latency(calls: int = 2000) -> dict[str, float]:

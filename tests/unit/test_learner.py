@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.synthetic_batches import synthetic_batch, synthetic_tasks
 from models.learner import Learner, LearnerConfig
 from models.policy import PolicyConfig
-from models.synthetic import synthetic_batch, synthetic_tasks
 
 CFG = PolicyConfig(user_features=8, text_dim=16, dim=8, item_buckets=256, user_buckets=256)
 
