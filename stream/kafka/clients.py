@@ -53,9 +53,9 @@ def producer_config(settings: Settings, role: str, **overrides: Any) -> dict[str
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            # zstd: a batch of the join's experiences shrinks to ~0.13 of its bytes (lz4: ~0.21), at a
-            # CPU cost that is noise at these rates; the embedded broker keeps batches as they came.
-            "compression.type": "zstd",
+            # zstd by default: a batch of the join's experiences shrinks to ~0.13 of its bytes (lz4: ~0.21),
+            # at a CPU cost that is noise at these rates; the embedded broker keeps batches as they came.
+            "compression.type": settings.compression,
             # The Java client's partitioner (murmur2 of the key): a click keyed by user_id from any
             # Java or Kafka Streams producer lands on the partition of that user's impressions.
             "partitioner": "murmur2_random",

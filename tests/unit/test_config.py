@@ -108,3 +108,14 @@ def test_kafka_extra_may_not_weaken_the_delivery_guarantees(monkeypatch, key):
     monkeypatch.setenv("RECSYS_KAFKA_EXTRA", f'{{"{key}": "1", "client.rack": "eu-1a"}}')
     with pytest.raises(ValidationError, match=f"may not set {key}"):
         Settings()
+
+
+def test_compression_is_zstd_unless_set_and_reaches_every_producer(monkeypatch):
+    from stream.kafka.clients import producer_config
+
+    assert producer_config(Settings(bootstrap_servers="k:9092"), "t")["compression.type"] == "zstd"
+    monkeypatch.setenv("RECSYS_COMPRESSION", "lz4")
+    assert producer_config(Settings(bootstrap_servers="k:9092"), "t")["compression.type"] == "lz4"
+    monkeypatch.setenv("RECSYS_COMPRESSION", "brotli")
+    with pytest.raises(ValidationError, match="compression"):
+        Settings()
