@@ -82,10 +82,23 @@ class ScoringHTTPServer(ThreadingHTTPServer):
         self.health = health
         self.read_timeout = read_timeout
         self.max_connections = max_connections
-        self._slots = threading.BoundedSemaphore(max_connections)
+        #: Connections being served now (each holds a thread until it closes or times out).
+        self.open_connections = 0
+        self._count = threading.Lock()
+
+    def _take_slot(self) -> bool:
+        with self._count:
+            if self.open_connections >= self.max_connections:
+                return False
+            self.open_connections += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._count:
+            self.open_connections -= 1
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._take_slot():
             REFUSED_CONNECTIONS.inc()
             try:
                 body = json.dumps({"error": f"over {self.max_connections} open connections; retry"}).encode()
@@ -98,14 +111,14 @@ class ScoringHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._free_slot()
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._free_slot()
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):

@@ -16,8 +16,9 @@ import uuid
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from stream.kafka.clients import base_config, make_admin
+from stream.kafka.clients import base_config, make_admin, make_producer
 from stream.kafka.gaps import OFFSET_GAPS, GapGuard
+from tests.waiting import wait_for
 
 PRODUCERS = 8
 PER_PRODUCER = 1500
@@ -40,6 +41,10 @@ def produce(settings, topic: str, name: str, acked: set[bytes], lock: threading.
         if delay > 0:
             time.sleep(delay)
     assert producer.flush(30) == 0
+
+
+#: The record produced after every other one.
+END = b"end"
 
 
 class Tail(threading.Thread):
@@ -87,16 +92,19 @@ def test_a_guarded_consumer_passes_every_record_of_concurrent_producers_once(set
     for t in producers:
         t.join(SECONDS + 60)
     assert len(acked) == PRODUCERS * PER_PRODUCER
-    deadline = time.monotonic() + 30
-    while len(set(guarded.seen)) < len(acked) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)     # anything read twice would arrive by now
+    # A last record after every acknowledged one: the guard passes a partition in offset order without a
+    # hole, so once it has passed this one it has passed (or stepped over) every offset before it.
+    end = make_producer(settings, "test")
+    end.produce(topic, END)
+    assert end.flush(30) == 0
+    wait_for(lambda: END in guarded.seen and END in plain.seen, 30, "both consumers to read the last record")
     guarded.stopping.set()
     plain.stopping.set()
     guarded.join(10)
     plain.join(10)
-    missing = acked - set(guarded.seen)
+    passed = [value for value in guarded.seen if value != END]
+    missing = acked - set(passed)
     assert not missing, f"{len(missing)} acknowledged records never passed the guard: {sorted(missing)[:5]}"
-    assert len(guarded.seen) == len(acked), "a record passed the guard twice"
+    assert len(passed) == len(acked) and guarded.seen[-1] == END, "a record passed the guard twice, or out of order"
     print(f"unguarded consumer missed {len(acked - set(plain.seen))} of {len(acked)}; "
           f"the guard filled {filled('tail-True'):.0f} holes")

@@ -21,6 +21,7 @@ from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
 from stream.policy.bus import PolicyPublisher
 from stream.serving.service import ScorerService
+from tests.waiting import wait_for
 
 ITEMS = [schemas.Item(f"item-{i}", title, ts=1.7e9, description=desc, category=cat) for i, (title, desc, cat) in
          enumerate([("Trail running shoes", "light shoes for mountain trails", "sport"),
@@ -70,9 +71,7 @@ def test_serves_uniform_then_swaps_under_load_without_a_failed_request(settings,
 
     publisher = PolicyPublisher(settings, "learner")
     publisher.publish(model(1), 1)
-    deadline = time.monotonic() + 20
-    while service.scorer.version < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: service.scorer.version >= 1, 20, "v1 to be swapped to")
     assert service.scorer.version == 1
 
     seen, failures, stop = [], [], threading.Event()
@@ -93,17 +92,20 @@ def test_serves_uniform_then_swaps_under_load_without_a_failed_request(settings,
     try:
         for version in (2, 3, 4):
             publisher.publish(model(version), version, parent=version - 1)
-            time.sleep(0.5)
+            # Swapped to under load, and served to the hammering clients before the next one comes.
+            wait_for(lambda version=version: version in seen, 30, f"v{version} to be served")
         # A tampered version is refused; the scorer keeps serving v4.
         header, blob = pack(model(5), settings.policy_name, 5, parent=4, key=settings.hmac_key.get_secret_value().encode())
         publisher.publish_packed(header, blob[:-1] + bytes([blob[-1] ^ 1]))
-        time.sleep(1.0)
+        wait_for(lambda: service.subscriber.rejections, 30, "the tampered v5 to be refused")
+        served_after_refusal = len(seen)
+        wait_for(lambda: len(seen) > served_after_refusal + 10, 30, "requests served after the refusal")
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert failures == []
-    assert len(seen) > 50 and set(seen) <= {1, 2, 3, 4} and 4 in seen
+    assert set(seen) == {1, 2, 3, 4} and set(seen[served_after_refusal:]) == {4}
     assert service.scorer.swaps == [1, 2, 3, 4]
     assert service.subscriber.rejections == [(5, "checksum")]
     assert post(service.url, {"user_id": "u1", "candidates": CANDIDATES})[1]["policy_version"] == 4
@@ -146,9 +148,7 @@ def test_bad_requests_get_a_4xx_with_a_reason_never_a_500(service):
 
 def test_features_must_fit_the_policy_and_adaptation_follows_experiences(settings, service):
     PolicyPublisher(settings, "learner").publish(model(1), 1)
-    deadline = time.monotonic() + 20
-    while service.scorer.version < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: service.scorer.version >= 1, 20, "v1 to be swapped to")
     code, answer = post(service.url, {"user_id": "u", "candidates": CANDIDATES, "context": {"features": [1.0, 2.0]}})
     assert code == 422 and "expects 16" in answer["error"]
 
