@@ -34,7 +34,7 @@ def test_clicks_from_a_murmur2_producer_join_their_impressions(settings, topics)
         java_like.produce(topic_name(settings, "clicks"), key=user.encode(), value=json.dumps(click).encode())
     assert java_like.flush(10) == 0
 
-    JoinWorker(settings, JoinConfig(click_window=5, purchase_window=10, grace=1), idle_exit=12.0).run()
+    JoinWorker(settings, JoinConfig(click_window=5, purchase_window=10, grace=1), until_caught_up=True).run()
     experiences = [schemas.decode("experiences", m.value()) for m in read_topic(settings, topic_name(settings, "experiences"))]
     clicked = {e.request_id for e in experiences if e.kind == "click"}
     letters = [schemas.decode("dlq", m.value()) for m in read_topic(settings, topic_name(settings, "dlq"))]

@@ -68,13 +68,13 @@ def test_a_failure_at_any_step_loses_and_double_pays_nothing(settings, topics, s
         producer.send(logical, event)
     producer.close()
 
-    failing = JoinWorker(settings, JOIN, batch=300, idle_exit=12.0)
+    failing = JoinWorker(settings, JOIN, batch=300, until_caught_up=True)
     inject(failing, step)
     with pytest.raises((Injected, DeliveryError, OverflowError)):
         failing.run()
     assert failing.failed is not None
 
-    JoinWorker(settings, JOIN, batch=300, idle_exit=12.0).run()
+    JoinWorker(settings, JOIN, batch=300, until_caught_up=True).run()
     distinct, _repeats = on_topic(settings)
     assert_exact(distinct, expected)
     assert_no_dead_letters(settings)
