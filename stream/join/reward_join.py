@@ -15,8 +15,9 @@ idempotent sink ignores the repeats:
 Duplicates (same event_id) are ignored. A click or purchase that can be matched to
 no impression is held for the grace period (it may have overtaken its impression)
 and then rejected as an orphan; a click that arrives after its window closed (its
-no_click already emitted) is rejected as late. The stream processor (``stream/join/faust_engine.py``) feeds
-this class one partition's events and moves the watermark.
+no_click already emitted) is rejected as late. ``processor.py`` feeds this class one
+partition's events and moves its watermark, driven by the batch engine (``worker.py``, the
+default) or the faust engine (``faust_engine.py``).
 """
 
 from __future__ import annotations

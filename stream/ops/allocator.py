@@ -5,7 +5,7 @@ the learner's free space grew +2.0 MB a minute while the bytes in use barely mov
 ``malloc_info``), and in 40-minute soaks the scorer's glibc free space rose 0.3-0.4 MB a
 minute with its data level; no trim gives that back. On jemalloc the scorer was level in two
 40-minute soaks (+0.01 +- 0.06 and -0.02 +- 0.07 MB/min after 20 minutes) and the learner, join
-and replay store sit lower (BENCHMARKS.md, "Soak", sessions 18 and 21). It costs the scorer's requests nothing
+and replay store sit lower (soaks of 2026-12-03; docs/benchmarks/notes). It costs the scorer's requests nothing
 measurable (three runs of ``bench.scorer_latency`` each: in-process p50 for 100 candidates
 0.175-0.181 ms on either).
 
