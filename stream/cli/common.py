@@ -84,7 +84,8 @@ class ConfigDefault(click.Option):
     """
 
     def __init__(self, *args: Any, default_from: str, **kwargs: Any) -> None:
-        super().__init__(*args, show_default=True, **kwargs)
+        kwargs.setdefault("show_default", True)
+        super().__init__(*args, **kwargs)
         self.default_from = default_from
 
     def get_default(self, ctx: click.Context, call: bool = True) -> Any:

@@ -63,7 +63,7 @@ POLICIES_PUBLISHED = Counter(
 POLICY_REJECTIONS = Counter(
     "recsys_policy_rejections_total",
     "Policy versions a reader refused (checksum, signature, unsigned, shape, config, format, size, header, "
-    "incomplete, parent, taken), by component and reason.", ["component", "reason"])
+    "incomplete, parent, taken, range), by component and reason.", ["component", "reason"])
 POLICY_VERSION = Gauge(
     "recsys_policy_version", "Policy version live in this process (0: none yet).", ["component"])
 POLICY_LOADED_AT = Gauge(
@@ -93,17 +93,22 @@ def claim_of(header: schemas.PolicyHeader | dict) -> str:
     return str(checksum)[:16]
 
 
-def parse_key(key: bytes | None) -> tuple[str, int, str] | None:
-    """(name, version, part) of a policies record key (the part ends in ``.claim`` but in records written
-    before claims were keyed), or None for a key this bus did not write."""
+def split_key(key: bytes | None) -> tuple[str, int, str] | None:
+    """(name, number, part) of a key shaped as this bus writes them, whatever the number."""
     if not key:
         return None
     try:
         name, version, part = key.decode().rsplit("/", 2)
-        number = int(version)
+        return name, int(version), part
     except (UnicodeDecodeError, ValueError):
         return None
-    return (name, number, part) if 1 <= number <= schemas.MAX_VERSION else None
+
+
+def parse_key(key: bytes | None) -> tuple[str, int, str] | None:
+    """(name, version, part) of a policies record key (the part ends in ``.claim`` but in records written
+    before claims were keyed), or None for a key this bus did not write or a number out of range."""
+    parsed = split_key(key)
+    return parsed if parsed is not None and 1 <= parsed[1] <= schemas.MAX_VERSION else None
 
 
 def chunk_size(settings: Settings) -> int:
@@ -151,7 +156,8 @@ def _verification(trust: Trust | bytes | None) -> tuple[list[bytes] | bytes | No
 
 
 def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None,
-                   component: str | None = None) -> list[PolicyVersion]:
+                   component: str | None = None,
+                   refused: dict[int, PolicyIntegrityError] | None = None) -> list[PolicyVersion]:
     """``versions`` (by number, then in topic order, as ``read_versions`` lists them) with each number
     once: its first claimant that a trusted writer wrote.
 
@@ -159,7 +165,7 @@ def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None,
     must not decide (a forged snapshot written after the genuine v2 would break every delta built on
     it), and a reader following the topic live adopts the first and never looks back, so every reader
     keeps the first claimant that proves its authorship. Numbers with none are left out; with
-    ``component`` their refusals are counted."""
+    ``component`` their refusals are counted, and ``refused`` collects the first refusal of each."""
     chosen: dict[int, PolicyVersion] = {}
     for v in versions:
         if v.version in chosen:
@@ -167,6 +173,8 @@ def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None,
         try:
             v.verify_authorship(trust)
         except PolicyIntegrityError as exc:
+            if refused is not None:
+                refused.setdefault(v.version, exc)
             if component is not None:
                 POLICY_REJECTIONS.labels(component, exc.reason).inc()
                 log.warning("v%d on the topic does not verify (%s); not counting it", v.version, exc)
@@ -178,7 +186,8 @@ def one_per_number(versions: list[PolicyVersion], trust: Trust | bytes | None,
 def load_version(versions: list[PolicyVersion], version: int, trust: Trust | bytes | None) -> TwoTowerPolicy:
     """Version ``version`` of ``versions`` verified: a full snapshot as it is, a delta rebuilt from the
     nearest full snapshot before it and every delta in between (each verified onto the one before)."""
-    return _Chain(one_per_number(versions, trust), trust).load(version)
+    refused: dict[int, PolicyIntegrityError] = {}
+    return _Chain(one_per_number(versions, trust, refused=refused), trust, refused).load(version)
 
 
 class _Chain:
@@ -187,9 +196,12 @@ class _Chain:
 
     KEEP_MODELS = 4
 
-    def __init__(self, versions: list[PolicyVersion], trust: Trust | bytes | None) -> None:
+    def __init__(self, versions: list[PolicyVersion], trust: Trust | bytes | None,
+                 unverified: dict[int, PolicyIntegrityError] | None = None) -> None:
         self.trust = trust
         self.by_number = {v.version: v for v in versions}
+        #: Numbers whose every claimant failed its authorship check, with the first refusal: the real reason.
+        self.unverified = unverified or {}
         self._models: OrderedDict[int, TwoTowerPolicy] = OrderedDict()
         self._refused: dict[int, PolicyIntegrityError] = {}
 
@@ -213,10 +225,16 @@ class _Chain:
     def _rebuild(self, version: int) -> TwoTowerPolicy:
         claim = self.by_number.get(version)
         if claim is None:
+            if version in self.unverified:
+                raise self.unverified[version]
             raise PolicyIntegrityError("parent", f"v{version} is not on the topic")
         if not claim.is_delta:
             return claim.load(self.trust)
         parent = self.by_number.get(claim.header.parent or 0)
+        if parent is None and claim.header.parent in self.unverified:
+            refusal = self.unverified[claim.header.parent]
+            raise PolicyIntegrityError("parent", f"v{version} needs v{claim.header.parent}, which was refused "
+                                                 f"({refusal})")
         if parent is None or parent.header.state != claim.header.parent_state:
             raise PolicyIntegrityError("parent", f"v{version} needs v{claim.header.parent} in the state it names, "
                                                  "which is not on the topic")
@@ -244,10 +262,14 @@ class VersionAssembler:
 
     def feed(self, key: bytes | None, value: bytes | None) -> PolicyVersion | None:
         """Take one record; return the version it completed, if any."""
-        parsed = parse_key(key)
+        parsed = split_key(key)
         if parsed is None or parsed[0] != self.name:
             return None
         _, version, keyed = parsed
+        if not 1 <= version <= schemas.MAX_VERSION:
+            if value is not None:       # a number no version may take: refused and counted, not dropped silently
+                self.refused.append((version, "range", f"version number {version} is outside 1..{schemas.MAX_VERSION}"))
+            return None
         part, _, claim = keyed.partition(".")      # records of before claims were keyed have none
         if value is None:  # tombstone: the version is being retired
             self._forget((version, claim))

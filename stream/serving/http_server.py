@@ -8,8 +8,10 @@ holding threads or memory; every error is a JSON body, never a traceback.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -24,7 +26,9 @@ from stream.serving.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
-#: Seconds a connection may take to send a request (or sit idle between keep-alive requests).
+#: Seconds a connection has to deliver a whole request (head and body), from its opening or from the
+#: previous response: a deadline, not a per-read timeout, so a client trickling a byte at a time cannot hold
+#: a connection (and its thread) for ever.
 READ_TIMEOUT = 10.0
 #: Connections served at once; one more is answered 503 and closed instead of taking a thread.
 MAX_CONNECTIONS = 256
@@ -139,8 +143,13 @@ class ScoringHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        # A half-sent request (or an idle keep-alive connection) is dropped after this long.
-        self.connection.settimeout(self.server.read_timeout)
+        self.deadline = time.monotonic() + self.server.read_timeout
+        # Every read of the request waits at most until the deadline (see ``_DeadlineReader``).
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        self.deadline = time.monotonic() + self.server.read_timeout     # the next request's, from this answer
 
     def parse_request(self) -> bool:
         """The request line and headers, parsed without the email package (see ``RequestHeaders``).
@@ -164,7 +173,11 @@ class ScoringHandler(BaseHTTPRequestHandler):
         self.command, self.path, self.request_version = command, path, version
         headers = RequestHeaders()
         while True:
-            line = self.rfile.readline(MAX_HEADER_LINE + 1)
+            try:
+                line = self.rfile.readline(MAX_HEADER_LINE + 1)
+            except TimeoutError:
+                self.send_error(408, f"request head not received within {self.server.read_timeout:g}s")
+                return False
             if len(line) > MAX_HEADER_LINE:
                 self.send_error(431, "header line too long")
                 return False
@@ -278,3 +291,21 @@ class ScoringHandler(BaseHTTPRequestHandler):
         self._send(200, schemas.encode(response))
         _ANSWERED.inc()
         _ANSWERED_IN.observe(time.perf_counter() - started)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's bytes, each read allowed only the time left until the handler's deadline."""
+
+    def __init__(self, sock: socket.socket, handler: ScoringHandler) -> None:
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+

@@ -134,3 +134,43 @@ def test_policy_cli_lists_shows_and_rolls_back(small_messages, cli_env):
     assert json.loads(rolled.stdout)["version"] == 3
     assert [v.version for v in read_versions(settings)] == [1, 2, 3]
     assert run("rollback", "8").returncode == 1
+
+
+def test_a_version_number_above_the_range_is_refused_and_counted(small_messages):
+    from confluent_kafka import Producer
+
+    from stream import schemas
+    from stream.kafka.clients import base_config
+    from stream.kafka.topics import topic_name
+    from stream.policy.bus import POLICY_REJECTIONS
+
+    settings = small_messages
+    PolicyPublisher(settings, "learner").publish(model(1), 1)
+    beyond = schemas.MAX_VERSION + 1
+    raw = Producer(base_config(settings, "forger"))
+    raw.produce(topic_name(settings, "policies"), key=f"{settings.policy_name}/{beyond}/h.0123456789abcdef".encode(),
+                value=b'{"name": "default"}')
+    assert raw.flush(10) == 0
+    counted = POLICY_REJECTIONS.labels("range-reader", "range")
+    before = counted._value.get()
+    subscriber = PolicySubscriber(settings, "range-reader").start()
+    try:
+        assert subscriber.live.version == 1
+        assert subscriber.rejections == [(beyond, "range")]
+        assert counted._value.get() == before + 1
+    finally:
+        subscriber.stop()
+
+
+def test_policy_show_names_why_a_version_does_not_verify(small_messages, cli_env):
+    settings = small_messages.model_copy(update={"hmac_key": SecretStr("right-key")})
+    PolicyPublisher(settings, "learner").publish(model(1), 1)
+    PolicyPublisher(settings.model_copy(update={"hmac_key": None, "allow_unsigned": True}), "learner").publish(model(2), 2)
+    PolicyPublisher(settings.model_copy(update={"hmac_key": SecretStr("wrong-key")}), "learner").publish(model(3), 3)
+    env = {**cli_env, "RECSYS_MAX_MESSAGE_BYTES": str(settings.max_message_bytes), "RECSYS_HMAC_KEY": "right-key"}
+    for version, reason in ((2, "unsigned"), (3, "signature")):
+        shown = subprocess.run(cli_command("policy", "show", str(version), "--json"), env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert shown.returncode == 1, shown.stderr
+        problem = json.loads(shown.stdout)["problem"]
+        assert problem.startswith(f"{reason}:") and "not on the topic" not in problem, problem

@@ -137,3 +137,31 @@ def test_the_request_parser_refuses_smuggling_shapes_versions_and_header_floods(
     status, reply, _, closed = exchange(service, b"POST /score HTTP/1.0\r\ncontent-LENGTH: " + str(len(body)).encode()
                                                  + b"\r\n\r\n" + body)
     assert status == 200 and closed
+
+
+def test_a_trickling_client_is_cut_at_the_deadline_while_others_are_answered(service):
+    """One byte every 0.3 s never trips a per-read timeout of 1 s; the request's deadline (1 s) cuts it."""
+    sock = connect(service)
+    request = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"{" * 100
+    answered_meanwhile = None
+    cut = False
+    try:
+        for i, byte in enumerate(request):
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:             # the server closed the connection
+                cut = True
+                break
+            if i == 1:                  # a well-behaved client is served while the trickler holds its slot
+                answered_meanwhile = exchange(service, post(json.dumps({"user_id": "u1", "candidates": ["a"]}).encode()))[0]
+            sock.settimeout(0.3)
+            try:
+                if sock.recv(65536) is not None:     # an answer (408) or the close (b"")
+                    cut = True
+                    break
+            except TimeoutError:
+                pass
+    finally:
+        sock.close()
+    assert cut and i < len(request) - 1, f"still connected after {i + 1} bytes over {0.3 * (i + 1):.1f}s"
+    assert answered_meanwhile == 200

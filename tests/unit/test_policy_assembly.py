@@ -66,6 +66,16 @@ def test_bad_headers_and_foreign_records_are_refused_or_ignored():
     assert parse_key(b"p/000000000007/h") == ("p", 7, "h") and parse_key(b"p/x/h") is None
 
 
+def test_a_number_outside_the_version_range_is_refused_not_dropped_silently():
+    asm = VersionAssembler("p")
+    for number in (0, -3, schemas.MAX_VERSION + 1):
+        key = f"p/{number}/{HEADER_PART}".encode()
+        assert asm.feed(key, header(1, 1)) is None
+        assert asm.feed(key, None) is None       # a tombstone of it refuses nothing
+    assert [(v, reason) for v, reason, _ in asm.refused] == [(0, "range"), (-3, "range"), (schemas.MAX_VERSION + 1, "range")]
+    assert parse_key(f"p/{schemas.MAX_VERSION + 1}/h".encode()) is None     # nor does it steer numbering
+
+
 def test_a_tombstoned_version_never_completes():
     asm = VersionAssembler("p")
     asm.feed(*chunk(1, 0, b"abcdef"))
