@@ -64,8 +64,9 @@ class InvalidMessage(ValueError):
 
 
 #: Every reason a message can be rejected for, bounded so it is safe as a label: the
-#: first four at decoding, then the reward join's (``stream/join/``), and ``width`` by the replay
-#: service (context.features not the policy's width, RECSYS_USER_FEATURES).
+#: first four at decoding, then the reward join's (``stream/join/``), and ``width``: context.features
+#: not the policy's width (RECSYS_USER_FEATURES), refused where events enter (``ingest``, the join's
+#: input, where ``dlq replay`` can resend them once the setting is fixed) and by the replay service.
 REASONS = ("oversized", "malformed_json", "schema", "unknown_topic", "orphan", "not_shown", "late", "future", "width")
 
 
@@ -346,6 +347,29 @@ def decode(topic: str, data: bytes | bytearray | memoryview | str) -> Any:
         raise InvalidMessage("malformed_json", f"not valid JSON: {exc}") from None
     except RecursionError:   # a last line of defence: the depth scan above should always come first
         raise InvalidMessage("malformed_json", "nested too deeply to decode") from None
+
+
+#: Topics whose events carry a context that a policy reads (score-requests are answered 422 instead).
+WIDTH_CHECKED = ("impressions", "experiences")
+
+
+def width_error(context: Context, width: int) -> str | None:
+    """Why ``context`` does not suit a policy of ``width`` user features (naming the setting), or None."""
+    if context.fits(width):
+        return None
+    return (f"context.features has {len(context.features)} values; the policy takes {width} "
+            f"(RECSYS_USER_FEATURES)")
+
+
+def decode_for_policy(topic: str, data: bytes | bytearray | memoryview | str, user_features: int) -> Any:
+    """``decode``, and for an event whose context the policy reads, refuse a width it cannot take
+    (``InvalidMessage("width")``): the edge is where a replay can still resend it once the setting is fixed."""
+    event = decode(topic, data)
+    if topic in WIDTH_CHECKED:
+        problem = width_error(event.context, user_features)
+        if problem is not None:
+            raise InvalidMessage("width", problem)
+    return event
 
 
 def encode(event: msgspec.Struct) -> bytes:

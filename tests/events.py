@@ -7,6 +7,8 @@ import copy
 from stream import schemas
 
 TS = 1_763_900_000.25
+#: A context as wide as the policy's default (RECSYS_USER_FEATURES, 16): the edge refuses any other width.
+FEATURES = [0.5, -1.0, 2.0] + [0.0] * 13
 
 VALID: dict[str, dict] = {
     "impressions": {
@@ -15,7 +17,7 @@ VALID: dict[str, dict] = {
         "user_id": "u1",
         "ts": TS,
         "policy_version": 3,
-        "context": {"features": [0.5, -1.0, 2.0], "attrs": {"device": "mobile"}},
+        "context": {"features": FEATURES, "attrs": {"device": "mobile"}},
         "shown": [
             {"item_id": "i1", "position": 0, "propensity": 0.6, "score": 1.5},
             {"item_id": "i2", "position": 1, "propensity": 0.3},
@@ -36,7 +38,7 @@ VALID: dict[str, dict] = {
         "position": 0, "propensity": 0.6, "reward": 1.0,
         "reward_parts": {"click": 1.0, "purchase": 0.0, "value": 0.0},
         "kind": "click", "policy_version": 3, "ts": TS + 2,
-        "context": {"features": [0.5, -1.0, 2.0]},
+        "context": {"features": FEATURES},
     },
     "policies": {
         "name": "default", "version": 4, "parent": 3, "created_at": TS,

@@ -50,7 +50,8 @@ class _DeadlineWorker(faust.Worker):
 class RewardWorker:
     def __init__(self, settings: Settings, join: JoinConfig | None = None, idle_after: float = 2.0) -> None:
         self.settings = settings
-        self.processor = RewardProcessor(join or JoinConfig(), component="process", checkpointed=False)
+        self.processor = RewardProcessor(join or JoinConfig(), component="process", checkpointed=False,
+                                         user_features=settings.user_features)
         self.producer = EventProducer(settings, component="process")
         self.idle_after = idle_after
         self.names = {topic_name(settings, s): s for s in SOURCES}

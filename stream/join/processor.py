@@ -78,8 +78,12 @@ class Outcome:
 
 class RewardProcessor:
     def __init__(self, config: JoinConfig | None = None, component: str = "process",
-                 clock: Callable[[], float] = time.time, checkpointed: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, checkpointed: bool = True,
+                 user_features: int | None = None) -> None:
         self.config = config or JoinConfig()
+        #: The policy's context width (RECSYS_USER_FEATURES): an impression of another width is refused at the
+        #: join's input, where ``dlq replay`` can resend it once the setting is fixed (None: not checked).
+        self.user_features = user_features
         #: State written through ``changes()`` (the batch worker): dedupe ids expire by checkpointed event time.
         self.checkpointed = checkpointed
         self.component = component
@@ -109,7 +113,7 @@ class RewardProcessor:
         started = time.perf_counter()
         out = Outcome()
         event, letter = decode_consumed(logical, raw, self.component, where.topic, where.partition,
-                                        where.offset, where.key, self.tally)
+                                        where.offset, where.key, self.tally, self.user_features)
         if letter is not None:
             out.dead_letters.append(letter)
             return out

@@ -56,7 +56,8 @@ class JoinWorker:
         #: A backfill: stop once every owned input partition is read to its end, after closing every window.
         self.until_caught_up = until_caught_up
         self.finished = False
-        self.processor = RewardProcessor(join or JoinConfig(), component="process")
+        self.processor = RewardProcessor(join or JoinConfig(), component="process",
+                                         user_features=settings.user_features)
         # Each checkpoint flushes (a flush sends at once, whatever the linger), so lingering up to one
         # checkpoint interval delays an experience by at most that, and sends experiences in batches of
         # tens that compress several-fold, instead of one record per batch at a few ms.

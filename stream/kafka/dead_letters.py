@@ -111,16 +111,18 @@ class DeadLetters:
 
 def decode_consumed(
     logical: str, raw: bytes, component: str, topic: str, partition: int, offset: int, key: bytes | None,
-    tally: Tally | None = None,
+    tally: Tally | None = None, user_features: int | None = None,
 ) -> tuple[Any | None, schemas.DeadLetter | None]:
     """(event, None) for a valid consumed message, (None, dead letter with its origin) otherwise.
 
     One place where consumers validate and count what they read, whether they send
     the dead letter at once or hand it back to a caller that batches its output
-    (which passes a ``tally`` and publishes the counts once per batch).
+    (which passes a ``tally`` and publishes the counts once per batch). With
+    ``user_features``, a context of another width is refused too (``schemas.decode_for_policy``).
     """
     try:
-        event = schemas.decode(logical, raw)
+        event = (schemas.decode(logical, raw) if user_features is None
+                 else schemas.decode_for_policy(logical, raw, user_features))
     except schemas.InvalidMessage as exc:
         EVENTS_CONSUMED.labels(topic=logical, component=component, status="invalid").inc()
         return None, envelope(topic, raw, exc.reason, exc.detail, component,

@@ -154,12 +154,13 @@ class EventProducer:
         self._produce(self._topic(logical), key, value, partition)
 
     def send_raw(self, logical: str, raw: bytes, *, line: int | None = None) -> str | None:
-        """Validate raw JSON; produce it if valid, else dead-letter it.
+        """Validate raw JSON (an impression's context against ``RECSYS_USER_FEATURES`` too); produce it if
+        valid, else dead-letter it.
 
         Returns the reason it was refused, or None when it was produced.
         """
         try:
-            event = schemas.decode(logical, raw)
+            event = schemas.decode_for_policy(logical, raw, self.settings.user_features)
         except schemas.InvalidMessage as exc:
             self.dead_letters.send(self._topic(logical), raw, exc.reason, exc.detail, line=line)
             return exc.reason

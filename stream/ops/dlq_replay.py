@@ -70,7 +70,7 @@ def replay(settings: Settings, letters: list[schemas.DeadLetter], dry_run: bool 
                 report.skipped["truncated"] += 1
             else:
                 try:
-                    schemas.decode(logical, letter.original)
+                    schemas.decode_for_policy(logical, letter.original, settings.user_features)
                 except schemas.InvalidMessage as exc:
                     report.still_invalid[exc.reason] += 1
                 else:

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from stream import schemas
 from stream.config import Settings
 from stream.kafka.clients import make_consumer
-from stream.kafka.dead_letters import decode_consumed, envelope
+from stream.kafka.dead_letters import decode_consumed
 from stream.kafka.gaps import GapGuard
 from stream.kafka.metrics import LagReporter, Tally
 from stream.kafka.producer import EventProducer
@@ -110,15 +110,10 @@ class ReplayService:
                 continue
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
             event, letter = decode_consumed("experiences", msg.value() or b"", "replay", msg.topic(),
-                                            msg.partition(), msg.offset(), msg.key(), self.tally)
+                                            msg.partition(), msg.offset(), msg.key(), self.tally,
+                                            self.settings.user_features)
             if letter is not None:
                 letters.append(letter)
-            elif not event.context.fits(self.settings.user_features):
-                letters.append(envelope(
-                    msg.topic(), msg.value() or b"", "width",
-                    f"context.features has {len(event.context.features)} values; the policy takes "
-                    f"{self.settings.user_features} (RECSYS_USER_FEATURES)", "replay",
-                    partition=msg.partition(), offset=msg.offset(), key=msg.key()))
             else:
                 experiences.append(event)
                 payloads.append(msg.value())
