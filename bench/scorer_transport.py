@@ -120,7 +120,8 @@ def _over_kafka(settings: Settings, bodies: list[dict], rate: float, say) -> tup
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     time.sleep(1.0)          # the reader has resolved the end of score-responses before anything is asked
-    producer = Producer({**base_config(settings, "bench-client"), "linger.ms": 5, "acks": 1})
+    # A latency-sensitive client: requests wait at most 1 ms to share a produce request.
+    producer = Producer({**base_config(settings, "bench-client"), "linger.ms": 1, "acks": 1})
     topic = topic_name(settings, "score-requests")
     # Warm-up, not timed: until the scorer's group owns every partition, requests wait for it.
     warm = [dict(b, request_id=f"warm-{i}-{uuid.uuid4().hex[:6]}", user_id=f"warm-user-{i}")

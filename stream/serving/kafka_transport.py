@@ -116,12 +116,15 @@ class KafkaTransport:
     def _serve(self) -> None:
         consumer = make_consumer(self.settings, "scorer", f"{self.settings.topic_prefix}scorer", **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            # A fetch returns as soon as a request is in, or after 10 ms (waiting for more bytes
-            # per fetch added its wait to every answer and saved the broker little; BENCHMARKS.md).
+            # A fetch waits at most 10 ms. Kafka answers one as soon as a request is in; the embedded
+            # Tansu only at the end of the wait, so there it is a polling interval: 5 ms loaded the
+            # broker (p99 67-83 ms at 500 requests/s), 100 ms put the median at 52 ms (2026-12-06).
             "fetch.wait.max.ms": 10, "fetch.error.backoff.ms": 50})
-        # Responses wait at most 5 ms to share a produce request: the broker's work per request is
-        # what limits throughput on a small machine, not bytes.
-        out = EventProducer(self.settings, "scorer", **{"linger.ms": 5})
+        # Responses wait at most 1 ms to share a produce request. At 500 requests/s on the embedded
+        # broker (`bench scorer --transport kafka`, three runs each, 2026-12-06): linger 5 gave p50
+        # 18.5 ms / p99 30 ms, 1 gave 12 / 35-40 (with the client also at 1), 0 gave 11 / 52-57: each
+        # produce request is broker work, and on a small machine the broker's CPU sets the tail.
+        out = EventProducer(self.settings, "scorer", **{"linger.ms": 1})
         guard = GapGuard(consumer, "scorer")
         answered: dict[tuple[str, int], int] = {}     # next offset per partition, answered (maybe not acked)
         since: dict[tuple[str, int], int] = {}        # first offset answered since the last checkpoint
