@@ -34,8 +34,9 @@ CATALOGUE = [
 ]
 
 
-def demo_events(start: float) -> dict[str, list[str]]:
-    """A small shop's morning as JSONL lines per topic, including lines that must be refused."""
+def demo_events(start: float, width: int) -> dict[str, list[str]]:
+    """A small shop's morning as JSONL lines per topic, including lines that must be refused; its
+    impressions' contexts are ``width`` wide, the policy's (RECSYS_USER_FEATURES)."""
     lines: dict[str, list[str]] = {t: [] for t in INGESTIBLE}
     for item_id, title, description, category, price in CATALOGUE:
         lines["items"].append(json.dumps({"item_id": item_id, "title": title, "description": description,
@@ -45,7 +46,7 @@ def demo_events(start: float) -> dict[str, list[str]]:
         request = f"req-{n}"
         lines["impressions"].append(json.dumps({
             "event_id": f"imp-{n}", "request_id": request, "user_id": user, "ts": start + n,
-            "policy_version": 0, "context": {"features": [0.1 * n, 1.0]},
+            "policy_version": 0, "context": {"features": ([0.1 * n, 1.0] + [0.0] * width)[:width]},
             "shown": [{"item_id": i, "position": p, "propensity": 1 / 3} for p, i in enumerate(slate)],
         }))
         lines["clicks"].append(json.dumps({"event_id": f"clk-{n}", "request_id": request, "user_id": user,
@@ -87,7 +88,7 @@ def run_demo(settings: Settings, say: Callable[[str], None]) -> dict[str, Any]:
         ingested = {}
         with tempfile.TemporaryDirectory(prefix="recsys-demo-") as tmp, \
                 EventProducer(live, component="demo") as producer:
-            for logical, lines in demo_events(time.time() - 3600).items():
+            for logical, lines in demo_events(time.time() - 3600, live.user_features).items():
                 path = Path(tmp) / f"{logical}.jsonl"
                 path.write_text("\n".join(lines) + "\n")
                 report = ingest_file(live, path, logical, producer=producer)
