@@ -80,18 +80,18 @@ def broker(port: int | None, host: str) -> None:
 
 @click.command()
 @option("--click-window", type=click.FloatRange(min=0.1), default_from="stream.join.reward_join:JoinConfig.click_window",
-              help="Seconds (event time) after an impression in which a click counts.")
+        help="Seconds (event time) after an impression in which a click counts.")
 @option("--purchase-window", type=click.FloatRange(min=0.1), default_from="stream.join.reward_join:JoinConfig.purchase_window",
-              help="Seconds after an impression in which a purchase counts.")
+        help="Seconds after an impression in which a purchase counts.")
 @option("--grace", type=click.FloatRange(min=0.0), default_from="stream.join.reward_join:JoinConfig.grace",
-              help="Seconds an out-of-order event may arrive late and still be joined.")
+        help="Seconds an out-of-order event may arrive late and still be joined.")
 @click.option("--dedupe-horizon", type=click.FloatRange(min=0.0), default=None,
               help="Event-time seconds event ids are remembered to drop repeats, after their request is "
               "forgotten [default: purchase window + grace + 60]. Memory and join-state grow with traffic over "
               "this horizon, then level off.")
 @option("--max-future", type=click.FloatRange(min=0.0), default_from="stream.join.reward_join:JoinConfig.max_future",
-              help="Seconds an event may be dated ahead of this worker's clock; a later one is dead-lettered "
-                   "as `future` (it would move event time ahead and close every window early).")
+        help="Seconds an event may be dated ahead of this worker's clock; a later one is dead-lettered "
+             "as `future` (it would move event time ahead and close every window early).")
 @click.option("--engine", type=click.Choice(["batch", "faust"]), default="batch", show_default=True,
               help="batch: confluent-kafka batch consumer with changelog-backed state (survives SIGKILL, "
                    "restarts and rebalances without losing or double-paying a reward; measured in BENCHMARKS.md). "
@@ -100,7 +100,7 @@ def broker(port: int | None, host: str) -> None:
                    "and its consumer is not guarded against the embedded broker stepping over a record that "
                    "several producers wrote at once (README, \"Known quirks of the embedded broker\").")
 @option("--batch", "batch_size", type=click.IntRange(1), default_from="stream.join.worker:BATCH",
-              help="Messages per consumed batch (batch engine).")
+        help="Messages per consumed batch (batch engine).")
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds without input (batch engine; for finite runs).")
 @click.option("--until-caught-up", is_flag=True,
@@ -142,27 +142,27 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 
 @click.command()
 @option("--publish-every", type=click.IntRange(1), default_from="models.agent:AgentConfig.publish_every_updates",
-              help="Updates between publish attempts.")
+        help="Updates between publish attempts.")
 @option("--publish-seconds", type=click.FloatRange(min=0.5), default_from="stream.learner.worker:LearnerWorkerConfig.publish_every_seconds",
-              help="Seconds between publish attempts when updates are fewer.")
+        help="Seconds between publish attempts when updates are fewer.")
 @option("--update-size", type=click.IntRange(1), default_from="models.agent:AgentConfig.update_size",
-              help="Fresh experiences per update (replay adds as many again; a backlog is taken in at most 8 updates).")
+        help="Fresh experiences per update (replay adds as many again; a backlog is taken in at most 8 updates).")
 @option("--gate-alpha", type=click.FloatRange(1e-4, 0.5), default_from="models.agent:AgentConfig.gate.alpha",
-              help="Refuse a candidate only when its DR estimate is below the live version's at this level "
-              "(the paired difference's whole confidence interval below zero).")
+        help="Refuse a candidate only when its DR estimate is below the live version's at this level "
+        "(the paired difference's whole confidence interval below zero).")
 @option("--exploration", type=click.Choice(["squarecb", "thompson", "softmax"]), default_from="models.agent:AgentConfig.exploration.kind",
         help="How versions are served (each version carries it, so scorers follow).")
 @option("--full-every", type=click.IntRange(1), default_from="stream.learner.worker:LearnerWorkerConfig.full_every",
-              help="A full snapshot every N versions (the others are deltas: the embedding rows that moved since "
-              "the parent, and the dense layers); 1 publishes every version in full.")
+        help="A full snapshot every N versions (the others are deltas: the embedding rows that moved since "
+        "the parent, and the dense layers); 1 publishes every version in full.")
 @option("--full-seconds", type=click.FloatRange(min=1.0), default_from="stream.learner.worker:LearnerWorkerConfig.full_every_seconds",
-              help="A full snapshot at least this often (late scorers catch up from the last one).")
+        help="A full snapshot at least this often (late scorers catch up from the last one).")
 @option("--retain", type=click.IntRange(1), default_from="stream.learner.worker:LearnerWorkerConfig.retain_versions",
-              help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
+        help="Policy versions kept on the topic (older ones are tombstoned); rollback reaches these.")
 @option("--probe-period", type=click.FloatRange(min=1.0), default_from="stream.learner.worker:LearnerWorkerConfig.probe_period_seconds",
-              help="Seconds per forgetting probe set (held-out decisions of a period, re-scored by every version).")
+        help="Seconds per forgetting probe set (held-out decisions of a period, re-scored by every version).")
 @option("--probe-sets", type=click.IntRange(1, 24), default_from="stream.learner.worker:LearnerWorkerConfig.probe_sets",
-              help="Probe sets kept (recsys_learner_forgetting_ratio has one series per set).")
+        help="Probe sets kept (recsys_learner_forgetting_ratio has one series per set).")
 @option("--device", default_from="models.agent:AgentConfig.learner.device", help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads for torch (default: torch's choice; 1 when sharing a small machine).")
@@ -173,8 +173,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               help="Checkpoint file (default: $RECSYS_DATA_DIR/learner/<prefix><policy>.ckpt).")
 @option("--checkpoint-seconds", type=click.FloatRange(min=0.0),
         default_from="stream.learner.worker:LearnerWorkerConfig.checkpoint_every_seconds",
-              help="Checkpoint after a publish at most this often (0: after every publish), and on stop. A kill "
-              "-9 re-trains on what came since (read again from the topic; nothing is lost).")
+        help="Checkpoint after a publish at most this often (0: after every publish), and on stop. A kill "
+        "-9 re-trains on what came since (read again from the topic; nothing is lost).")
 @click.option("--until-caught-up", is_flag=True,
               help="Backfill: train on every experience on the topic, publish (gated) what was learned, exit 0. "
               "Meta tasks read users' histories from the replay store: let `replay` store the backlog first.")
@@ -231,7 +231,7 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port of POST /score, GET /healthz and GET /metrics (0 picks a free one).")
 @option("--slate-size", type=click.IntRange(1, 100), default_from="stream.serving.scorer:ScorerConfig.slate_size",
-              help="Items returned when a request does not say k.")
+        help="Items returned when a request does not say k.")
 @click.option("--temperature", type=click.FloatRange(min=1e-3), default=None,
               help="Override the softmax temperature each version carries (logged and exported as "
               "recsys_scorer_exploration_overridden; the learner's gate judged the version without it).")
@@ -241,9 +241,9 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 @TRIM_SECONDS
 @mmap_threshold_option(0)
 @option("--max-users", type=click.IntRange(1), default_from="stream.serving.scorer:ScorerConfig.max_users",
-              help="Users whose recent outcomes are kept for adaptation (the least recently seen go first).")
+        help="Users whose recent outcomes are kept for adaptation (the least recently seen go first).")
 @option("--user-ttl", type=click.FloatRange(min=1.0), default_from="stream.serving.scorer:ScorerConfig.user_ttl",
-              help="Seconds an idle user's recent outcomes are kept.")
+        help="Seconds an idle user's recent outcomes are kept.")
 def score(host: str, port: int, slate_size: int, temperature: float | None, epsilon: float | None,
           no_kafka_requests: bool, trim_seconds: float, mmap_threshold: int, max_users: int, user_ttl: float) -> None:
     """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version.
@@ -274,9 +274,9 @@ def score(host: str, port: int, slate_size: int, temperature: float | None, epsi
 @click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite file of the replay store (default: $RECSYS_DATA_DIR/replay/<prefix>replay.db).")
 @option("--window", type=click.IntRange(1), default_from="stream.replay.store:StoreConfig.window",
-              help="Most recent experiences kept as they are.")
+        help="Most recent experiences kept as they are.")
 @option("--reservoir", type=click.IntRange(0), default_from="stream.replay.store:StoreConfig.reservoir",
-              help="Uniform sample of everything older than the window.")
+        help="Uniform sample of everything older than the window.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
 def replay(store_path: Path | None, window: int, reservoir: int, metrics_port: int | None) -> None:
