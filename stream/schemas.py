@@ -353,22 +353,14 @@ def decode(topic: str, data: bytes | bytearray | memoryview | str) -> Any:
 WIDTH_CHECKED = ("impressions", "experiences")
 
 
-def width_error(context: Context, width: int) -> str | None:
-    """Why ``context`` does not suit a policy of ``width`` user features (naming the setting), or None."""
-    if context.fits(width):
-        return None
-    return (f"context.features has {len(context.features)} values; the policy takes {width} "
-            f"(RECSYS_USER_FEATURES)")
-
-
-def decode_for_policy(topic: str, data: bytes | bytearray | memoryview | str, user_features: int) -> Any:
+def decode_for_policy(topic: str, data: bytes | bytearray | memoryview | str, user_features: int | None) -> Any:
     """``decode``, and for an event whose context the policy reads, refuse a width it cannot take
-    (``InvalidMessage("width")``): the edge is where a replay can still resend it once the setting is fixed."""
+    (``InvalidMessage("width")``, naming the setting): the edge is where a replay can still resend it once the
+    setting is fixed. ``user_features`` None checks no width."""
     event = decode(topic, data)
-    if topic in WIDTH_CHECKED:
-        problem = width_error(event.context, user_features)
-        if problem is not None:
-            raise InvalidMessage("width", problem)
+    if user_features is not None and topic in WIDTH_CHECKED and not event.context.fits(user_features):
+        raise InvalidMessage("width", f"context.features has {len(event.context.features)} values; the policy "
+                                      f"takes {user_features} (RECSYS_USER_FEATURES)")
     return event
 
 

@@ -58,7 +58,8 @@ def id_prefix(path: Path) -> str:
 
 def scan(paths: list[Path], mapping: Mapping, fmt: str | None) -> tuple[int, list[str]]:
     """(rows, distinct item ids in order of appearance): the first pass."""
-    rows, items = 0, dict[str, None]()
+    rows = 0
+    items: dict[str, None] = {}
     for path in paths:
         for _, row in read_rows(path, fmt):
             rows += 1

@@ -121,8 +121,7 @@ def decode_consumed(
     ``user_features``, a context of another width is refused too (``schemas.decode_for_policy``).
     """
     try:
-        event = (schemas.decode(logical, raw) if user_features is None
-                 else schemas.decode_for_policy(logical, raw, user_features))
+        event = schemas.decode_for_policy(logical, raw, user_features)
     except schemas.InvalidMessage as exc:
         EVENTS_CONSUMED.labels(topic=logical, component=component, status="invalid").inc()
         return None, envelope(topic, raw, exc.reason, exc.detail, component,

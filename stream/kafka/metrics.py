@@ -84,5 +84,3 @@ class LagReporter:
             return
         for logical, lag in totals.items():
             CONSUMER_LAG.labels(self.component, logical).set(lag)
-
-

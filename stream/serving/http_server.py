@@ -2,7 +2,7 @@
 
 Written on the stdlib's server with its own request-head parser, because the email
 package's header parsing cost a quarter of a request's time under the GIL. Its bounds
-(a read timeout, a connection cap, header and body limits) keep a hostile client from
+(a deadline per request, a connection cap, header and body limits) keep a hostile client from
 holding threads or memory; every error is a JSON body, never a traceback.
 """
 
