@@ -10,17 +10,17 @@ same features.
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import torch
 
 from bench.quality_stream import Stream
 from bench.reservoir import Reservoir
+from bench.served import ServedVersions
 from models.agent import OURS, Agent, AgentConfig, Variant
-from models.batch import TaskBatch
-from models.policy import PolicyConfig, TwoTowerPolicy
-from models.serving import Recent, ServingPolicy
+from models.batch import Batch, TaskBatch
+from models.loop import ContinualLoop, LoopConfig
+from models.policy import PolicyConfig
+from models.serving import Recent
 from sim.logs import SimTensors
 
 
@@ -88,54 +88,112 @@ class PopularityAgent:
         np.add.at(self.rewards, items, reward)
 
 
+class SimRecords:
+    """``models.loop.Experiences`` for the simulator's requests: a row per request (user, choice, propensity,
+    reward, request number, then the candidates), each user's outcomes before it from the agent's memory."""
+
+    USER, CHOICE, PROPENSITY, REWARD, REQUEST, CANDIDATES = 0, 1, 2, 3, 4, 5
+
+    def __init__(self, sim: SimTensors, history: int, users: int) -> None:
+        self.sim, self.history = sim, history
+        self.hist_item = np.zeros((users, history), dtype=np.int64)
+        self.hist_reward = np.zeros((users, history), dtype=np.float32)
+        self.hist_len = np.zeros(users, dtype=np.int64)
+
+    def request_key(self, row: np.ndarray) -> bytes:
+        return b"request %d" % int(row[self.REQUEST])
+
+    def is_decision(self, row: np.ndarray) -> bool:
+        return True         # one slot, chosen among every candidate with a known propensity
+
+    def is_outcome(self, row: np.ndarray) -> bool:
+        return True
+
+    def batch(self, rows) -> Batch:
+        rows = np.stack(rows)
+        c = self.CANDIDATES
+        return self.sim.batch(rows[:, 0].astype(np.int64), rows[:, c:].astype(np.int64), rows[:, 1].astype(np.int64),
+                              np.zeros(len(rows)), rows[:, 2], rows[:, 3])
+
+    def remember(self, users: np.ndarray, shown: np.ndarray, reward: np.ndarray) -> None:
+        """A round's outcomes join the users' histories (after the round is trained on, as the scorer's
+        memory holds a request's own outcome only for the requests after it)."""
+        history = self.history
+        for user, item, r in zip(users, shown, reward):
+            count = self.hist_len[user]
+            # The newest ``history`` outcomes, oldest first (the scorer's UserMemory keeps the same).
+            if count >= history:
+                self.hist_item[user, :-1] = self.hist_item[user, 1:]
+                self.hist_reward[user, :-1] = self.hist_reward[user, 1:]
+            slot = min(count, history - 1)
+            self.hist_item[user, slot], self.hist_reward[user, slot] = item, r
+            self.hist_len[user] += 1
+
+    def tasks(self, queries) -> TaskBatch | None:
+        """Each request as a meta task: its user's outcomes before the round as support, its own as query."""
+        rows = np.stack(queries)
+        users = rows[:, self.USER].astype(np.int64)
+        choice = rows[:, self.CHOICE].astype(np.int64)
+        shown = rows[:, self.CANDIDATES:].astype(np.int64)[np.arange(len(rows)), choice]
+        reward = rows[:, self.REWARD].astype(np.float32)
+        history = self.history
+        seen = np.minimum(self.hist_len[users], history)
+        features, bucket, hist = self.sim.user_inputs(users)
+        return TaskBatch(
+            features=features, user_bucket=bucket, history=hist,
+            item_bucket=self.sim.item_bucket, item_text=self.sim.item_text_t,
+            support_item=torch.from_numpy(self.hist_item[users]),
+            support_position=torch.zeros(len(users), history, dtype=torch.long),
+            support_reward=torch.from_numpy(self.hist_reward[users]),
+            support_mask=torch.from_numpy(np.arange(history)[None, :] < seen[:, None]),
+            query_item=torch.from_numpy(shown[:, None]), query_position=torch.zeros(len(users), 1, dtype=torch.long),
+            query_reward=torch.from_numpy(reward[:, None]), query_mask=torch.ones(len(users), 1, dtype=torch.bool))
+
+
 class OursAgent:
-    """The production agent (``models/agent.py``) on the simulator: trained by ``Agent.plan``/``update``,
-    published through ``Agent.candidate``/``judge`` each round, and served by ``ServingPolicy.decide``
-    from each user's last outcomes, exactly as the learner worker and the scorer run it. The bench
-    brings only the data the stream would: a round's outcomes, a uniform replay reservoir (the replay
-    store's tier) and each user's outcomes before a request (``ReplaySampler.history_before``)."""
+    """The production loop (``models/loop.py``) on the simulator. Each round's outcomes go through
+    ``ContinualLoop.learn_backlog`` (hold-out split, updates with replay and meta tasks, a gated version,
+    consolidation), as the learner worker takes a backlog, and each version is served by
+    ``ServingPolicy.decide`` from each user's last outcomes, as the scorer serves it. The bench brings only
+    the data the stream would: a round's outcomes, a uniform replay reservoir (the replay store's tier,
+    holding every outcome as the replay service does) and each user's outcomes before a request."""
 
     def __init__(self, stream: Stream, seed: int, item_text: np.ndarray, variant: Variant = OURS,
-                 config: AgentConfig | None = None, replay_size: int = 50_000, holdout_share: float = 0.1,
-                 **policy_overrides) -> None:
-        torch.manual_seed(seed)
+                 config: AgentConfig | None = None, replay_size: int = 50_000, **policy_overrides) -> None:
         self.name = variant.name
         world = stream.world
         model_config = PolicyConfig(**{"text_dim": item_text.shape[1], "user_features": world.users.features.shape[1],
                                        **policy_overrides})
         self.sim = SimTensors(world, item_text, model_config)
-        self.agent = Agent(model_config, config, variant)
+        agent = Agent(model_config, config, variant, seed=seed)
+        self.adapts = agent.adapts
+        self.history = agent.config.history
         self.rng = np.random.default_rng(seed)
-        n_users, history = len(world.users), self.agent.config.history
-        self.hist_item = np.zeros((n_users, history), dtype=np.int64)
-        self.hist_reward = np.zeros((n_users, history), dtype=np.float32)
-        self.hist_len = np.zeros(n_users, dtype=np.int64)
-        self.holdout_share = holdout_share
-        # Rows: user, choice, propensity, reward, then candidates.
+        self.records = SimRecords(self.sim, self.history, len(world.users))
         self.replay: Reservoir[np.ndarray] = Reservoir(replay_size, self.rng)
-        self.holdout: deque[np.ndarray] = deque(maxlen=2000)
-        self.recent: deque = deque(maxlen=4)
-        self.live: TwoTowerPolicy | None = None
-        self.served: ServingPolicy | None = None
-        self.refused = 0
+        self.versions = ServedVersions()
+        self.loop: ContinualLoop[np.ndarray] = ContinualLoop(agent, self.records, self.versions, self.replay,
+                                                             LoopConfig(seed=seed))
         self.item_bucket = self.sim.item_bucket.numpy()
 
     # -- serving -------------------------------------------------------------------------------
     def choose(self, stream: Stream, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         users, cands = stream.users[rows], stream.candidates[rows]
         n = len(users)
-        if self.served is None:         # no version yet: what a scorer serves before the first one
+        policy = self.versions.served
+        if policy is None:         # no version yet: what a scorer serves before the first one
             return self.rng.integers(0, cands.shape[1], size=n), np.full(n, 1.0 / cands.shape[1])
-        policy, features = self.served, stream.world.users.features
+        features, memory = stream.world.users.features, self.records
         vectors, bias = policy.item_vectors(self.item_bucket, self.sim.item_text)
         choice, propensity = np.zeros(n, dtype=np.int64), np.zeros(n)
         for i, (u, c) in enumerate(zip(users, cands)):
             user = policy.user_vector(features[u], int(self.sim.user_bucket[u]), self._no_history)
             recent = None
-            seen = min(int(self.hist_len[u]), self.agent.config.history)
+            seen = min(int(memory.hist_len[u]), self.history)
             if seen:
-                items = self.hist_item[u, :seen]
-                recent = Recent(vectors[items], bias[items], np.zeros(seen, dtype=np.int64), self.hist_reward[u, :seen])
+                items = memory.hist_item[u, :seen]
+                recent = Recent(vectors[items], bias[items], np.zeros(seen, dtype=np.int64),
+                                memory.hist_reward[u, :seen])
             decision = policy.decide(user, vectors[c], bias[c], recent, 1, self.rng)
             choice[i], propensity[i] = decision.slate[0], decision.propensities[0]
         return choice, propensity
@@ -148,76 +206,12 @@ class OursAgent:
     def learn(self, stream: Stream, rows: slice, choice: np.ndarray, propensity: np.ndarray,
               reward: np.ndarray) -> None:
         users, cands = stream.users[rows], stream.candidates[rows]
-        n = len(users)
-        fresh = np.column_stack([users, choice, propensity, reward, cands])
-        shown = cands[np.arange(n), choice]
-        tasks = self._tasks(users, shown, reward)      # before the round's outcomes join the users' histories
-        self._remember_history(users, shown, reward)
-        held = self.rng.random(n) < self.holdout_share      # as the worker keeps requests out to gate on
-        self.holdout.extend(fresh[held])
-        fresh = fresh[~held]
-        agent, start = self.agent, 0
-        for i, size in enumerate(agent.plan(len(fresh))):
-            chunk, start = fresh[start:start + size], start + size
-            replayed = self._sample_replay(agent.replay_count(len(chunk)))
-            batch = self._batch(chunk if replayed is None else np.concatenate([chunk, replayed]))
-            agent.update(batch, self._batch(replayed) if replayed is not None else None, tasks if i == 0 else None)
-            self.recent.append(batch)
-        self.replay.add(fresh)
-        self._publish()
-
-    def _publish(self) -> None:
-        """A version per round through the gate, as the worker publishes (its cadence is seconds; a round
-        stands for one publish interval here)."""
-        candidate = self.agent.candidate()
-        heldout = self._batch(np.stack(self.holdout)) if self.holdout else None
-        verdict = self.agent.judge(candidate, self.live, heldout)
-        if not verdict.publish:
-            self.refused += 1
-            return
-        self.live, self.served = candidate, ServingPolicy(candidate)
-        self.agent.consolidate(list(self.recent))
-
-    def _batch(self, rows: np.ndarray):
-        return self.sim.batch(rows[:, 0].astype(np.int64), rows[:, 4:].astype(np.int64), rows[:, 1].astype(np.int64),
-                              np.zeros(len(rows)), rows[:, 2], rows[:, 3])
-
-    def _remember_history(self, users: np.ndarray, shown: np.ndarray, reward: np.ndarray) -> None:
-        history = self.agent.config.history
-        for user, item, r in zip(users, shown, reward):
-            count = self.hist_len[user]
-            # The newest ``history`` outcomes, oldest first (the scorer's UserMemory keeps the same).
-            if count >= history:
-                self.hist_item[user, :-1] = self.hist_item[user, 1:]
-                self.hist_reward[user, :-1] = self.hist_reward[user, 1:]
-            slot = min(count, history - 1)
-            self.hist_item[user, slot], self.hist_reward[user, slot] = item, r
-            self.hist_len[user] += 1
-
-    def _sample_replay(self, n: int) -> np.ndarray | None:
-        picked = self.replay.sample(n)
-        return np.stack(picked) if picked else None
-
-    def _tasks(self, users: np.ndarray, shown: np.ndarray, reward: np.ndarray) -> TaskBatch | None:
-        """Fresh requests as meta-learning tasks (``ExperienceBatcher.tasks`` in the worker): each user's recent
-        outcomes before the request as support, the request's outcome as query."""
-        cfg = self.agent.config
-        pick = self.rng.choice(len(users), size=min(cfg.tasks_per_update, len(users)), replace=False)
-        users, shown, reward = users[pick], shown[pick], reward[pick]
-        history = cfg.history
-        seen = np.minimum(self.hist_len[users], history)
-        support_mask = torch.from_numpy(np.arange(history)[None, :] < seen[:, None])
-        features, bucket, hist = self.sim.user_inputs(users)
-        ones = torch.ones(len(users), 1, dtype=torch.bool)
-        return TaskBatch(
-            features=features, user_bucket=bucket, history=hist,
-            item_bucket=self.sim.item_bucket, item_text=self.sim.item_text_t,
-            support_item=torch.from_numpy(self.hist_item[users]), support_position=torch.zeros(len(users), history,
-                                                                                              dtype=torch.long),
-            support_reward=torch.from_numpy(self.hist_reward[users]), support_mask=support_mask,
-            query_item=torch.from_numpy(shown[:, None]), query_position=torch.zeros(len(users), 1, dtype=torch.long),
-            query_reward=torch.from_numpy(reward[:, None].astype(np.float32)), query_mask=ones)
-
+        requests = np.arange(rows.start, rows.stop)
+        round_rows = np.column_stack([users, choice, propensity, reward, requests, cands])
+        self.replay.add(round_rows)         # the replay service stores the round as the learner reads it
+        # A round stands for one publish interval of the worker: its outcomes are a backlog, then a version.
+        self.loop.learn_backlog(round_rows)
+        self.records.remember(users, cands[np.arange(len(users)), choice], reward)
 
 def vw_lines(world, item_text: np.ndarray) -> tuple[list[str], list[str]]:
     """Vowpal Wabbit text per user (shared namespace U: features and id) and per item (action namespace A:

@@ -16,19 +16,19 @@ period was learned (negative: forgotten).
 Item text is title + genres through the packaged MiniLM, so a movie first rated later
 is scored from its words. The rows:
 
-- ``ours``: the production agent (``models/agent.py``) with its defaults, trained on
-  each period as the learner worker trains on a backlog (turns of ``max_turn`` fresh
-  ratings, each split by ``Agent.plan`` into 8 updates, each update with as many
-  replayed ratings from a uniform reservoir and fresh ratings as meta tasks),
-  consolidated at the end of each period (a published
-  version), and served through ``ServingPolicy.estimates`` with each user's last
-  ratings before the one predicted (the scorer's memory, which follows outcomes in
-  real time, not per period).
+- ``ours``: the production learning loop (``models/loop.py``) with its defaults. Each
+  period is a backlog it learns as the learner worker backfills one
+  (``ContinualLoop.learn_backlog``: the hold-out split by request, turns of
+  ``max_turn`` ratings split into updates, each with as many replayed ratings from a
+  uniform reservoir and fresh ratings as meta tasks, a version whenever one is due and
+  at the end of the period, each consolidated), and served through
+  ``ServingPolicy.estimates`` with each user's last ratings before the one predicted
+  (the scorer's memory, which follows outcomes in real time, not per period).
 - ``ours_no_meta``, ``ours_no_anti_forgetting``: the agent's ablations.
 - ``fine_tune``: the same model trained on each period alone (no replay, no meta, no
   regularisers): plain incremental fine-tuning.
 - ``full_retrain``: a new model each period, trained from scratch on all ratings so far
-  (two epochs).
+  (the same loop without meta step, replay or regularisers; two shuffled passes).
 - ``vw``: Vowpal Wabbit logistic regression on the same features (user id, item id,
   the item's text embedding, user x item crossed), online: it predicts each rating,
   then learns it.
@@ -44,7 +44,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,13 @@ import torch
 
 from bench.machine import result
 from bench.reservoir import Reservoir
+from bench.served import ServedVersions
 from models.agent import OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
 from models.batch import Batch, TaskBatch, hash_ids
+from models.loop import ContinualLoop, LoopConfig
 from models.policy import PolicyConfig
 from models.ranking import auc, gauc
-from models.serving import Recent, ServingPolicy
+from models.serving import Recent
 
 POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "fine_tune", "full_retrain", "vw", "popularity")
 #: A new user's first ratings, the ones "AUC on new users" is measured on.
@@ -148,28 +150,27 @@ def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 # -- policies ------------------------------------------------------------------------------------
-class OursPolicy:
-    """The agent on ratings: one-candidate decisions (the rated movie was shown, the label is its click)."""
+class RatingRecords:
+    """``models.loop.Experiences`` for ratings: a record is a rating's row, a one-candidate decision (the rated
+    movie was shown, the label is its click), and a user's earlier ratings are the meta tasks' support."""
 
-    def __init__(self, name: str, data: Ratings, text: np.ndarray, variant: Variant, seed: int,
-                 config: AgentConfig | None = None, replay: bool = True, replay_size: int = 50_000) -> None:
-        torch.manual_seed(seed)
-        self.name, self.data = name, data
-        config = config or AgentConfig()
-        if not replay:
-            config = replace(config, replay_share=0.0)
-        self.model_config = PolicyConfig(user_features=0, text_dim=text.shape[1])
-        self.agent = Agent(self.model_config, config, variant)
-        self.text = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
-        self.text_np = self.text.numpy()
-        self.item_bucket = hash_ids(data.item_ids, self.model_config.item_buckets)
-        self.user_bucket = hash_ids(data.user_ids, self.model_config.user_buckets)
-        self.rng = np.random.default_rng(seed)
-        self.reservoir: Reservoir[int] = Reservoir(replay_size, self.rng)
-        self.served: ServingPolicy | None = None
-        self.recent: deque[Batch] = deque(maxlen=4)
+    def __init__(self, data: Ratings, text: torch.Tensor, model_config: PolicyConfig) -> None:
+        self.data, self.text, self.model_config = data, text, model_config
+        self.item_bucket = hash_ids(data.item_ids, model_config.item_buckets)
+        self.user_bucket = hash_ids(data.user_ids, model_config.user_buckets)
 
-    def batch(self, rows: np.ndarray) -> Batch:
+    def request_key(self, row: int) -> bytes:
+        d = self.data
+        return f"{d.user_ids[d.user[row]]}@{d.ts[row]}:{d.item_ids[d.item[row]]}".encode()
+
+    def is_decision(self, row: int) -> bool:
+        return False        # a rating names no choice among candidates: nothing for the gate to judge
+
+    def is_outcome(self, row: int) -> bool:
+        return True
+
+    def batch(self, rows) -> Batch:
+        rows = np.asarray(rows, dtype=np.int64)
         items, index = np.unique(self.data.item[rows], return_inverse=True)
         n = len(rows)
         return Batch(
@@ -180,11 +181,9 @@ class OursPolicy:
             action=torch.zeros(n, dtype=torch.long), position=torch.zeros(n, dtype=torch.long),
             propensity=torch.ones(n), reward=torch.from_numpy(self.data.label[rows]))
 
-    def tasks(self, rows: np.ndarray) -> TaskBatch | None:
-        """Fresh ratings as meta tasks: the user's previous ratings adapt, the fresh one is predicted."""
-        if not self.agent.variant.meta or len(rows) == 0:
-            return None
-        picked = self.rng.choice(rows, size=min(self.agent.config.tasks_per_update, len(rows)), replace=False)
+    def tasks(self, queries) -> TaskBatch | None:
+        """The user's previous ratings adapt, the rating itself is predicted."""
+        picked = np.asarray(queries, dtype=np.int64)
         previous = self.data.previous[picked]
         mask = previous >= 0
         support = np.where(mask, previous, picked[:, None])
@@ -202,29 +201,35 @@ class OursPolicy:
             query_item=torch.from_numpy(query_index), query_position=torch.zeros(n, 1, dtype=torch.long),
             query_reward=torch.from_numpy(self.data.label[picked][:, None]), query_mask=torch.ones(n, 1, dtype=torch.bool))
 
-    def train(self, rows: np.ndarray) -> None:
-        agent = self.agent
-        size = agent.config.max_turn
-        for start in range(0, len(rows), size):       # a period arrives as a backlog: the worker's turns
-            turn = rows[start:start + size]
-            for chunk in np.split(turn, np.cumsum(agent.plan(len(turn)))[:-1]):
-                replayed = self._replayed(agent.replay_count(len(chunk)))
-                both = np.concatenate([chunk, replayed]) if len(replayed) else chunk
-                batch = self.batch(both)
-                agent.update(batch, self.batch(replayed) if len(replayed) else None, self.tasks(chunk))
-                self.recent.append(batch)
-            self.reservoir.add(int(row) for row in turn)
-        candidate = agent.candidate()           # the end of a period is a published version
-        agent.consolidate(list(self.recent))
-        self.served = ServingPolicy(candidate)
 
-    def _replayed(self, n: int) -> np.ndarray:
-        return np.asarray(self.reservoir.sample(n), dtype=np.int64)
+class OursPolicy:
+    """The production loop (``models/loop.py``) on ratings: each period is a backlog the loop learns as the
+    worker backfills one (``ContinualLoop.learn_backlog``), with a uniform replay reservoir that holds the
+    period before it is learned (``replay`` stores a backlog first), and each version is served through
+    ``ServingPolicy.estimates`` with the user's ratings before the one predicted (the scorer's memory)."""
+
+    def __init__(self, name: str, data: Ratings, text: np.ndarray, variant: Variant, seed: int,
+                 config: AgentConfig | None = None, loop: LoopConfig | None = None, replay_size: int = 50_000) -> None:
+        self.name, self.data = name, data
+        self.model_config = PolicyConfig(user_features=0, text_dim=text.shape[1])
+        agent = Agent(self.model_config, config, variant, seed=seed)
+        self.adapts = agent.adapts
+        self.text_np = np.ascontiguousarray(text, dtype=np.float32)
+        self.records = RatingRecords(data, torch.from_numpy(self.text_np), self.model_config)
+        self.item_bucket, self.user_bucket = self.records.item_bucket, self.records.user_bucket
+        self.reservoir: Reservoir[int] = Reservoir(replay_size, np.random.default_rng(seed))
+        self.versions = ServedVersions()
+        self.loop: ContinualLoop[int] = ContinualLoop(agent, self.records, self.versions, self.reservoir,
+                                                      loop or LoopConfig(seed=seed))
+
+    def train(self, rows: np.ndarray) -> None:
+        self.reservoir.add(int(row) for row in rows)
+        self.loop.learn_backlog(rows.tolist())
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Each rating's estimated click probability from the served version and the user's ratings before
         it (the scorer's memory)."""
-        policy, data = self.served, self.data
+        policy, data = self.versions.served, self.data
         vectors, bias = policy.item_vectors(self.item_bucket, self.text_np)
         no_features, no_history = np.zeros(0, dtype=np.float32), np.zeros(self.model_config.text_dim, dtype=np.float32)
         out = np.zeros(len(rows))
@@ -232,7 +237,7 @@ class OursPolicy:
             user = policy.user_vector(no_features, int(self.user_bucket[data.user[row]]), no_history)
             previous = data.previous[row][data.previous[row] >= 0]
             recent = None
-            if len(previous) and self.agent.adapts:
+            if len(previous) and self.adapts:
                 seen = data.item[previous]
                 recent = Recent(vectors[seen], bias[seen], np.zeros(len(seen), dtype=np.int64), data.label[previous])
             item = data.item[row]
@@ -240,27 +245,30 @@ class OursPolicy:
         return np.clip(out, 0.0, 1.0)
 
 
+#: ``full_retrain``'s loop: no meta step, regulariser or replay, steps of 256, one version per pass.
+FULL_RETRAIN = Variant("full_retrain", meta=False, anti_forgetting=False, replay=False)
+
+
 class FullRetrain:
-    """A new model every period, trained from scratch on every rating so far."""
+    """A new model every period, trained from scratch on every rating so far (the same loop, from nothing,
+    ``epochs`` passes over everything in a shuffled order; nothing held out, since ratings give the gate
+    nothing to judge)."""
 
     def __init__(self, data: Ratings, text: np.ndarray, seed: int, epochs: int = 2, batch_size: int = 256) -> None:
         self.name, self.data, self.text, self.seed = "full_retrain", data, text, seed
-        self.epochs, self.batch_size = epochs, batch_size
+        self.epochs = epochs
+        self.config = AgentConfig(update_size=batch_size, max_turn=8 * batch_size, publish_every_updates=2**31)
         self.trained: list[np.ndarray] = []
         self.inner: OursPolicy | None = None
 
     def train(self, rows: np.ndarray) -> None:
         self.trained.append(rows)
         every = np.concatenate(self.trained)
-        inner = OursPolicy(self.name, self.data, self.text, Variant("full_retrain", meta=False, anti_forgetting=False),
-                           self.seed, replay=False)
+        inner = OursPolicy(self.name, self.data, self.text, FULL_RETRAIN, self.seed, self.config,
+                           LoopConfig(holdout_share=0.0, seed=self.seed))
         rng = np.random.default_rng(self.seed)
-        learner = inner.agent.learner
         for _ in range(self.epochs):
-            order = rng.permutation(every)
-            for start in range(0, len(order), self.batch_size):
-                learner.update(inner.batch(order[start:start + self.batch_size]))
-        inner.served = ServingPolicy(inner.agent.candidate())
+            inner.loop.learn_backlog(rng.permutation(every).tolist())
         self.inner = inner
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
@@ -329,7 +337,7 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
     if name == "ours_no_anti_forgetting":
         return OursPolicy(name, data, text, OURS_NO_ANTI_FORGETTING, seed)
     if name == "fine_tune":
-        return OursPolicy(name, data, text, Variant("fine_tune", meta=False, anti_forgetting=False), seed, replay=False)
+        return OursPolicy(name, data, text, Variant("fine_tune", meta=False, anti_forgetting=False, replay=False), seed)
     if name == "full_retrain":
         return FullRetrain(data, text, seed)
     if name == "vw":

@@ -92,11 +92,17 @@ VARIANTS = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING, OUR
 
 class Agent:
     def __init__(self, model_config: PolicyConfig | None = None, config: AgentConfig | None = None,
-                 variant: Variant = OURS) -> None:
+                 variant: Variant = OURS, seed: int | None = None) -> None:
+        """``seed``: the initial weights' (torch's global generator is left as it was); None draws them from it."""
         self.variant = variant
         self.config = cfg = variant.apply(config or AgentConfig())
         model_config = replace(model_config or PolicyConfig(), exploration=cfg.exploration)
-        self.learner = Learner(model_config, cfg.learner)
+        if seed is None:
+            self.learner = Learner(model_config, cfg.learner)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.learner = Learner(model_config, cfg.learner)
         #: Without the meta step the prior is never learned, so a user's outcomes are not used at serve time.
         self.adapts = variant.meta
         self.published = 0

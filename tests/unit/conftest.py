@@ -42,3 +42,40 @@ def offline_settings(**fields):
     from stream.config import Settings
 
     return Settings(bootstrap_servers="127.0.0.1:9", kafka_extra={"log_level": "0"}, **fields)
+
+
+#: The candidates of ``decisions``: only "good" is ever clicked.
+CANDIDATES = ["good", "b1", "b2", "b3", "b4"]
+
+
+def decisions(n: int = 400, seed: int = 0, features: list[float] | None = None):
+    """Uniformly logged top-of-slate experiences where only "good" is ever clicked."""
+    from stream import schemas
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        action = CANDIDATES[int(rng.integers(len(CANDIDATES)))]
+        clicked = action == "good"
+        out.append(schemas.Experience(
+            event_id=f"r{i}:{action}:{'click' if clicked else 'no_click'}", request_id=f"r{i}", user_id=f"u{i % 40}",
+            action=action, position=0, propensity=1 / len(CANDIDATES), reward=float(clicked),
+            reward_parts=schemas.RewardParts(click=float(clicked)), kind="click" if clicked else "no_click",
+            policy_version=1, ts=1_763_900_000.0 + i, candidates=list(CANDIDATES),
+            context=schemas.Context(features=features or [])))
+    return out
+
+
+def preferring(model, item: str, bias: float):
+    """A copy of ``model`` whose item bias for ``item`` is ``bias`` (large: always shown; small: never)."""
+    import copy
+
+    import torch
+
+    from models.batch import hash_ids
+
+    out = copy.deepcopy(model).eval()
+    bucket = int(hash_ids([item], out.config.item_buckets)[0])
+    with torch.no_grad():
+        out.item_bias.weight[bucket] = bias
+    return out

@@ -10,12 +10,10 @@ import copy
 import time
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
 from models.agent import AgentConfig
-from models.batch import hash_ids
 from models.checkpoint import CheckpointError
 from models.checkpoint import load as load_checkpoint
 from models.exploration import Exploration
@@ -24,9 +22,7 @@ from models.policy import PolicyConfig, TwoTowerPolicy
 from stream import schemas
 from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
 from stream.policy.bus import LivePolicy
-from tests.unit.conftest import offline_settings
-
-CANDIDATES = ["good", "b1", "b2", "b3", "b4"]
+from tests.unit.conftest import decisions, offline_settings, preferring
 
 
 @pytest.fixture()
@@ -39,57 +35,6 @@ def worker(text_encoder, tmp_path):
     built.publisher.close()
 
 
-def decisions(n: int = 400, seed: int = 0, features: list[float] | None = None) -> list[schemas.Experience]:
-    """Uniformly logged top-of-slate decisions where only "good" is ever clicked."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        action = CANDIDATES[int(rng.integers(len(CANDIDATES)))]
-        clicked = action == "good"
-        out.append(schemas.Experience(
-            event_id=f"r{i}:{action}:{'click' if clicked else 'no_click'}", request_id=f"r{i}", user_id=f"u{i % 40}",
-            action=action, position=0, propensity=1 / len(CANDIDATES), reward=float(clicked),
-            reward_parts=schemas.RewardParts(click=float(clicked)), kind="click" if clicked else "no_click",
-            policy_version=1, ts=1_763_900_000.0 + i, candidates=list(CANDIDATES),
-            context=schemas.Context(features=features or [])))
-    return out
-
-
-def preferring(model: TwoTowerPolicy, item: str, bias: float) -> TwoTowerPolicy:
-    """A copy of ``model`` whose item bias for ``item`` is ``bias`` (large: always shown; small: never)."""
-    out = copy.deepcopy(model).eval()
-    bucket = int(hash_ids([item], out.config.item_buckets)[0])
-    with torch.no_grad():
-        out.item_bias.weight[bucket] = bias
-    return out
-
-
-def test_the_gate_refuses_a_clearly_worse_candidate(worker):
-    worker.holdout.extend(decisions())
-    model = worker.learner.model
-    model.load_state_dict(preferring(model, "good", 1.0).state_dict())
-    worker.live = worker.agent.candidate()       # published versions carry their resolved exploration
-    model.load_state_dict(preferring(model, "good", -1.0).state_dict())
-    ok, metrics = worker._gate(worker.agent.candidate())
-    assert not ok
-    assert metrics["dr"] < metrics["dr_live"] and metrics["dr_diff_high"] < 0
-
-
-def test_the_gate_publishes_a_candidate_equal_to_the_live_version(worker):
-    worker.holdout.extend(decisions())
-    worker.live = worker.agent.candidate()
-    ok, metrics = worker._gate(worker.agent.candidate())
-    assert ok and metrics["dr"] == pytest.approx(metrics["dr_live"], abs=1e-6)
-
-
-def test_the_gate_publishes_while_there_are_too_few_held_out_decisions(worker):
-    worker.holdout.extend(decisions(10))
-    worker.live = preferring(worker.learner.model, "good", 5.0)
-    worker.learner.model.load_state_dict(preferring(worker.learner.model, "good", -5.0).state_dict())
-    ok, metrics = worker._gate(worker.agent.candidate())
-    assert ok and metrics == {"gate_decisions": 10.0}
-
-
 def test_a_context_of_the_wrong_width_is_refused_and_counted_never_cut(worker):
     from stream.learner.worker import REFUSED
 
@@ -97,7 +42,7 @@ def test_a_context_of_the_wrong_width_is_refused_and_counted_never_cut(worker):
     wide = decisions(3, features=[0.5] * 20)
     assert not any(worker._accept(e, 0, i) for i, e in enumerate(wide))
     assert REFUSED.labels("width")._value.get() == before + 3
-    assert not worker.fresh and not worker.holdout
+    assert not worker.fresh and not worker.loop.holdout
     fitting = decisions(2, seed=1, features=[0.5] * worker.learner.model.config.user_features)
     assert all(worker._accept(e, 0, i) for i, e in enumerate(fitting))
     with pytest.raises(ValueError, match="20 user features"):
@@ -112,12 +57,12 @@ def live_version(model: TwoTowerPolicy, version: int, rollback_of: int) -> LiveP
 
 
 def test_a_rollback_above_the_learners_version_is_adopted(worker):
-    worker.version = 6
+    worker.chain.version = 6
     # Some optimiser state to be dropped, and a batch for the regularisers to anchor on.
-    worker.holdout.extend(decisions(60))
-    batch = worker.batcher.batch(list(worker.holdout))
+    worker.loop.holdout.extend(decisions(60))
+    batch = worker.batcher.batch(list(worker.loop.holdout))
     worker.learner.update(batch)
-    worker.recent_batches.append(batch)
+    worker.loop.recent.append(batch)
     assert worker.learner.optimizer.state
     target = preferring(TwoTowerPolicy(worker.learner.model.config), "good", 3.0)
 
@@ -127,38 +72,38 @@ def test_a_rollback_above_the_learners_version_is_adopted(worker):
     assert worker._rollback is not None
     worker._adopt_rollback(worker._rollback)
 
-    assert worker.version == 7 and worker.live is target and worker.updates_since_publish == 0
+    assert worker.version == 7 and worker.loop.live is target and worker.loop.updates_since_publish == 0
     for name, tensor in target.state_dict().items():
         assert torch.equal(worker.learner.model.state_dict()[name], tensor), name
     assert not worker.learner.optimizer.state          # moments of the abandoned weights are gone
-    assert worker.retained[-1].version == 7
-    assert not worker._delta_due()                      # a full snapshot comes next
+    assert worker.chain.retained[-1].version == 7
+    assert not worker.chain.delta_due(worker.loop.live)                      # a full snapshot comes next
 
 
 def test_a_rollback_written_while_following_is_adopted_even_below_the_learners_number(worker):
     """The learner may have written its own v9 and v10 on a state the readers dropped for the rollback's v9:
     it adopts the rollback, and its next version is a full snapshot numbered above all of them."""
-    worker.version = worker.last_number = 10
-    worker.live = copy.deepcopy(worker.learner.model).eval()
-    worker.last_full_at = time.monotonic()
-    assert worker._delta_due()
+    worker.chain.version = worker.chain.last_number = 10
+    worker.loop.live = copy.deepcopy(worker.learner.model).eval()
+    worker.chain.last_full_at = time.monotonic()
+    assert worker.chain.delta_due(worker.loop.live)
     target = preferring(TwoTowerPolicy(worker.learner.model.config), "good", 3.0)
     worker._on_policy(live_version(target, 9, rollback_of=2))
     assert worker._rollback is None                     # while catching up: the checkpoint is newer
     worker.policies._caught_up.set()                    # following: written since this learner started
     worker._on_policy(live_version(target, 9, rollback_of=2))
     worker._adopt_rollback(worker._rollback)
-    assert worker.version == 9 and worker.live is target and worker.last_number == 10
-    assert not worker._delta_due()
-    assert [h.version for h in worker.retained] == [9]
+    assert worker.version == 9 and worker.loop.live is target and worker.chain.last_number == 10
+    assert not worker.chain.delta_due(worker.loop.live)
+    assert [h.version for h in worker.chain.retained] == [9]
 
 
 def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker, text_encoder, tmp_path):
     held = decisions(30)
-    worker.holdout.extend(held)
+    worker.loop.holdout.extend(held)
     worker.learner.update(worker.batcher.batch(held))
-    worker.version = 4
-    worker.live = worker.agent.candidate()              # as published: its exploration resolved for serving
+    worker.chain.version = 4
+    worker.loop.live = worker.agent.candidate()              # as published: its exploration resolved for serving
     worker.positions = {0: 42, 1: 7}
     worker.checkpoint()
 
@@ -170,15 +115,15 @@ def test_a_checkpoint_resumes_weights_version_positions_and_held_out_logs(worker
     try:
         assert again.resume()
         assert again.version == 4 and again.positions == {0: 42, 1: 7}
-        assert [e.event_id for e in again.holdout] == [e.event_id for e in held]
+        assert [e.event_id for e in again.loop.holdout] == [e.event_id for e in held]
         assert again.learner.step == worker.learner.step
         for name, tensor in worker.learner.model.state_dict().items():
             assert torch.equal(again.learner.model.state_dict()[name], tensor), name
-            assert torch.equal(again.live.state_dict()[name], worker.live.state_dict()[name]), name
+            assert torch.equal(again.loop.live.state_dict()[name], worker.loop.live.state_dict()[name]), name
         assert again.learner.optimizer.state_dict()["state"].keys() == worker.learner.optimizer.state_dict()["state"].keys()
         assert again.agent.candidate().config.exploration.kind == "thompson"
         # The live version is judged as it was served, not with the restarted learner's settings.
-        assert again.live.config == worker.live.config and again.live.config.exploration.gamma is not None
+        assert again.loop.live.config == worker.loop.live.config and again.loop.live.config.exploration.gamma is not None
     finally:
         again.publisher.close()
 
@@ -189,13 +134,13 @@ def test_checkpoints_follow_their_own_schedule_not_every_publish(worker):
     worker.learner.update(worker.batcher.batch(decisions(30)))
     every = worker.config.checkpoint_every_seconds
     assert every > 0
-    worker.version = 1
+    worker.chain.version = 1
     assert worker._checkpoint_if_due(None, now=100.0)           # the first publish after a start
     written = worker.checkpoint_path.stat().st_mtime_ns
-    worker.version = 2
+    worker.chain.version = 2
     assert not worker._checkpoint_if_due(None, now=100.0 + every / 2)
     assert worker.checkpoint_path.stat().st_mtime_ns == written
-    worker.version = 3
+    worker.chain.version = 3
     assert worker._checkpoint_if_due(None, now=100.0 + every)
     assert load_checkpoint(worker.checkpoint_path)["version"] == 3
 
@@ -227,8 +172,7 @@ def test_a_repeated_experience_is_trained_on_once_within_the_window(worker):
     assert not worker._accept(first, 0, 11)          # the same event_id again (an at-least-once repeat)
     for offset, e in enumerate(rest, start=12):
         assert worker._accept(e, 0, offset)
-    taken = [e.event_id for *_, e in worker.fresh] + [e.event_id for e in worker.holdout]
-    assert sorted(taken) == sorted(e.event_id for e in [first, *rest])
+    assert [e.event_id for *_, e in worker.fresh] == [e.event_id for e in [first, *rest]]
 
 
 class _Record:
@@ -277,9 +221,10 @@ def test_a_backlog_is_read_on_to_a_whole_turn_before_training(worker):
     backlog = _Queue([_Record(e, i) for i, e in enumerate(decisions(5 * READ_BATCH, features=[0.5] * width))])
     worker.guard = GapGuard(backlog, "learner")     # what ``run`` makes with its consumer (no holes here)
     assert worker._read(backlog) == READ_BATCH
-    assert len(worker.fresh) >= worker.agent.config.max_turn
+    assert worker.trainable >= worker.agent.config.max_turn
     assert len(backlog.records) == 2 * READ_BATCH                 # the rest waits for the next turn
     assert worker.positions == {0: 3 * READ_BATCH}
     worker.fresh.clear()
+    worker.trainable = 0
     quiet = _Queue([_Record(e, i) for i, e in enumerate(decisions(300, seed=1, features=[0.5] * width))])
     assert worker._read(quiet) == 300 and not quiet.records        # a partial read: nothing more is waiting
