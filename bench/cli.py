@@ -54,7 +54,8 @@ def bench() -> None:
               help="Requests answered per policy version before it learns from them [default: 100].")
 @click.option("--policies", default=None, help="Comma-separated subset (the oracle always runs): random, "
               "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting; also ours_online_only "
-              "(no replay, no EWC, no distillation).")
+              "(no replay, no EWC, no distillation) and ours_retained (retained user towers mixed per user at serve "
+              "time).")
 @click.option("--merge", "merge", default=None, help="Comma-separated JSON reports of runs on disjoint seeds (e.g. "
               "run in parallel): merge them into one instead of running.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
@@ -91,7 +92,8 @@ def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, 
 @click.option("--periods", type=click.IntRange(3, 100), default=8, show_default=True,
               help="Equal-count periods the stream is cut into (the first only trains).")
 @click.option("--policies", default=None, help="Comma-separated subset: ours, ours_no_meta, ours_no_anti_forgetting, "
-              "fine_tune, full_retrain, vw, popularity [default: all].")
+              "fine_tune, full_retrain, full_retrain_adapted, vw, river_fm, lenskit_mf, lenskit_mf_fold_in, popularity "
+              "[default: all].")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of model initialisation and sampling.")
 @click.option("--limit", type=click.IntRange(500), default=None, help="Use only the first N ratings (a quick look).")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch CPU threads.")

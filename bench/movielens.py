@@ -29,9 +29,13 @@ is scored from its words. The rows:
   regularisers): plain incremental fine-tuning.
 - ``full_retrain``: a new model each period, trained from scratch on all ratings so far
   (the same loop without meta step, replay or regularisers; two shuffled passes).
+  ``full_retrain_adapted``: the same with the meta step, served adapted to each user's
+  last ratings as ``ours`` is, so the table shows what incremental training adds.
 - ``vw``: Vowpal Wabbit logistic regression on the same features (user id, item id,
   the item's text embedding, user x item crossed), online: it predicts each rating,
   then learns it.
+- ``river_fm``, ``lenskit_mf``, ``lenskit_mf_fold_in``: library baselines
+  (``bench/library_baselines.py``).
 - ``popularity``: each item's smoothed share of positive ratings so far.
 """
 
@@ -51,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.library_baselines import LensKitMF, RiverFM
 from bench.machine import result
 from bench.reservoir import Reservoir
 from bench.served import ServedVersions
@@ -61,7 +66,8 @@ from models.policy import PolicyConfig
 from models.ranking import auc, gauc
 from models.serving import Recent
 
-POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "fine_tune", "full_retrain", "vw", "popularity")
+POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "fine_tune", "full_retrain", "full_retrain_adapted",
+            "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity")
 #: A new user's first ratings, the ones "AUC on new users" is measured on.
 NEW_USER_RATINGS = 10
 HOLDOUT_SHARE = 0.1
@@ -72,6 +78,7 @@ class Ratings:
     user: np.ndarray            # (N,) user index, in time order
     item: np.ndarray            # (N,) item index
     label: np.ndarray           # (N,) 1.0 for rating >= 4
+    rating: np.ndarray          # (N,) the rating itself (0.5-5 stars)
     ts: np.ndarray              # (N,) epoch seconds
     user_ids: list[str]
     item_ids: list[str]
@@ -118,12 +125,13 @@ def load(data: Path, history: int = 20, limit: int | None = None) -> Ratings:
     n = len(rows)
     user, item = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     label, ts = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int64)
+    rating = np.zeros(n, dtype=np.float32)
     previous = np.full((n, history), -1, dtype=np.int64)
     nth = np.zeros(n, dtype=np.int64)
     past: dict[int, deque[int]] = {}
     for i, (t, u, m, r) in enumerate(rows):
         user[i], item[i] = users.setdefault(u, len(users)), items.setdefault(m, len(items))
-        label[i], ts[i] = float(r >= 4.0), t
+        label[i], rating[i], ts[i] = float(r >= 4.0), r, t
         seen = past.setdefault(int(user[i]), deque(maxlen=history))
         previous[i, history - len(seen):] = list(seen)
         nth[i] = nth[seen[-1]] + 1 if seen else 0
@@ -133,7 +141,7 @@ def load(data: Path, history: int = 20, limit: int | None = None) -> Ratings:
         title, genres = titles.get(movie, (f"movie {movie}", ""))
         genres = "" if genres == "(no genres listed)" else genres.replace("|", ", ")
         texts.append(f"{title}. Genres: {genres}." if genres else title)
-    return Ratings(user, item, label, ts, list(users), list(items), texts, previous, nth)
+    return Ratings(user, item, label, rating, ts, list(users), list(items), texts, previous, nth)
 
 
 def encode(texts: list[str], say: Callable[[str], None]) -> np.ndarray:
@@ -245,18 +253,17 @@ class OursPolicy:
         return np.clip(out, 0.0, 1.0)
 
 
-#: ``full_retrain``'s loop: no meta step, regulariser or replay, steps of 256, one version per pass.
-FULL_RETRAIN = Variant("full_retrain", meta=False, anti_forgetting=False, replay=False)
-
-
 class FullRetrain:
     """A new model every period, trained from scratch on every rating so far (the same loop, from nothing,
     ``epochs`` passes over everything in a shuffled order; nothing held out, since ratings give the gate
-    nothing to judge)."""
+    nothing to judge), with no replay or regulariser. ``adapted``: with the meta step too, so the version is
+    served adapted to each user's last ratings as ``ours`` is: what incremental training adds beyond that."""
 
-    def __init__(self, data: Ratings, text: np.ndarray, seed: int, epochs: int = 2, batch_size: int = 256) -> None:
-        self.name, self.data, self.text, self.seed = "full_retrain", data, text, seed
-        self.epochs = epochs
+    def __init__(self, data: Ratings, text: np.ndarray, seed: int, adapted: bool = False, epochs: int = 2,
+                 batch_size: int = 256) -> None:
+        self.name = "full_retrain_adapted" if adapted else "full_retrain"
+        self.variant = Variant(self.name, meta=adapted, anti_forgetting=False, replay=False)
+        self.data, self.text, self.seed, self.epochs = data, text, seed, epochs
         self.config = AgentConfig(update_size=batch_size, max_turn=8 * batch_size, publish_every_updates=2**31)
         self.trained: list[np.ndarray] = []
         self.inner: OursPolicy | None = None
@@ -264,7 +271,7 @@ class FullRetrain:
     def train(self, rows: np.ndarray) -> None:
         self.trained.append(rows)
         every = np.concatenate(self.trained)
-        inner = OursPolicy(self.name, self.data, self.text, FULL_RETRAIN, self.seed, self.config,
+        inner = OursPolicy(self.name, self.data, self.text, self.variant, self.seed, self.config,
                            LoopConfig(holdout_share=0.0, seed=self.seed))
         rng = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
@@ -338,8 +345,8 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
         return OursPolicy(name, data, text, OURS_NO_ANTI_FORGETTING, seed)
     if name == "fine_tune":
         return OursPolicy(name, data, text, Variant("fine_tune", meta=False, anti_forgetting=False, replay=False), seed)
-    if name == "full_retrain":
-        return FullRetrain(data, text, seed)
+    if name in ("full_retrain", "full_retrain_adapted"):
+        return FullRetrain(data, text, seed, adapted=name == "full_retrain_adapted")
     if name == "vw":
         try:
             import vowpalwabbit  # noqa: F401
@@ -347,6 +354,10 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
             raise ImportError("Vowpal Wabbit is not installed: pip install 'recsys-stream[bench]', or leave vw out "
                               "with --policies") from None
         return VowpalPolicy(data, text, seed)
+    if name == "river_fm":
+        return RiverFM(data, seed)
+    if name in ("lenskit_mf", "lenskit_mf_fold_in"):
+        return LensKitMF(data, seed, fold_in=name == "lenskit_mf_fold_in")
     if name == "popularity":
         return PopularityPolicy(data)
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
@@ -403,7 +414,7 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
             new_users = (first_user[data.user[everything]] == p) & (data.nth[everything] < NEW_USER_RATINGS)
             new_items = first_period[data.item[everything]] == p
             started = time.perf_counter()
-            if isinstance(policy, VowpalPolicy):
+            if hasattr(policy, "predict_then_learn"):       # online: it learns each rating after predicting it
                 scores = policy.predict_then_learn(everything, np.isin(everything, rows))
             else:
                 scores = policy.predict(everything)
@@ -412,7 +423,7 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
             metrics["predict_seconds"] = predict_seconds
             per_period.append(metrics)
         started = time.perf_counter()
-        if isinstance(policy, VowpalPolicy):
+        if hasattr(policy, "predict_then_learn"):
             if p == 0:
                 policy.train(rows)
             seconds.append(policy.learn_seconds - learned_before)     # it learned the period while predicting it

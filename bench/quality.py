@@ -44,7 +44,7 @@ from models.agent import VARIANTS, AgentConfig
 POLICIES = ("random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta", "ours_no_anti_forgetting",
             "oracle")
 #: Also playable by name (``--policies``), not run by default.
-OPTIONAL_POLICIES = ("ours_online_only",)
+OPTIONAL_POLICIES = ("ours_online_only", "ours_retained")
 PHASES = ("before", "drift", "after")
 COLD_START = (5, 10, 20)
 

@@ -56,23 +56,28 @@ class AgentConfig:
     publish_every_updates: int = 50
     #: Published versions per anti-forgetting period: the regularisers are re-anchored every this many.
     consolidate_every: int = 1
+    #: Published versions between retained copies of the user tower (``PolicyConfig.experts`` of them are kept).
+    retain_every: int = 20
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
         if (self.update_size < 1 or self.max_updates_per_turn < 1 or self.max_turn < self.update_size
-                or not 0 <= self.replay_share < 1 or self.consolidate_every < 1):
+                or not 0 <= self.replay_share < 1 or self.consolidate_every < 1 or self.retain_every < 1):
             raise ValueError(f"invalid agent config {self}")
 
 
 @dataclass(frozen=True)
 class Variant:
     """An ablation of the agent: the benchmarks' ``ours_no_meta``, ``ours_no_anti_forgetting`` (no EWC or
-    distillation; replay stays) and ``ours_online_only`` (fresh data alone: no replay either)."""
+    distillation; replay stays) and ``ours_online_only`` (fresh data alone: no replay either); or an
+    extension: ``ours_retained`` (retained user towers mixed per user at serve time, ``models/retained.py``)."""
 
     name: str = "ours"
     meta: bool = True
     anti_forgetting: bool = True
     replay: bool = True
+    #: Retained user towers (``PolicyConfig.experts``); 0 keeps the model config's.
+    experts: int = 0
 
     def apply(self, config: AgentConfig) -> AgentConfig:
         learner = config.learner
@@ -87,7 +92,8 @@ OURS = Variant()
 OURS_NO_META = Variant("ours_no_meta", meta=False)
 OURS_NO_ANTI_FORGETTING = Variant("ours_no_anti_forgetting", anti_forgetting=False)
 OURS_ONLINE_ONLY = Variant("ours_online_only", anti_forgetting=False, replay=False)
-VARIANTS = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING, OURS_ONLINE_ONLY)}
+OURS_RETAINED = Variant("ours_retained", experts=4)
+VARIANTS = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING, OURS_ONLINE_ONLY, OURS_RETAINED)}
 
 
 class Agent:
@@ -96,7 +102,8 @@ class Agent:
         """``seed``: the initial weights' (torch's global generator is left as it was); None draws them from it."""
         self.variant = variant
         self.config = cfg = variant.apply(config or AgentConfig())
-        model_config = replace(model_config or PolicyConfig(), exploration=cfg.exploration)
+        model_config = model_config or PolicyConfig()
+        model_config = replace(model_config, exploration=cfg.exploration, experts=variant.experts or model_config.experts)
         if seed is None:
             self.learner = Learner(model_config, cfg.learner)
         else:
@@ -151,6 +158,8 @@ class Agent:
         self.published += 1
         if recent and self.published % self.config.consolidate_every == 0:
             self.learner.consolidate(recent)
+        if self.model.retained is not None and self.published % self.config.retain_every == 0:
+            self.model.retained.retain(self.model.user_mlp)
 
 
 def with_tight_prior(model: TwoTowerPolicy, scale: float = 1e-4) -> None:

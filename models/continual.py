@@ -41,7 +41,9 @@ class Regularizer(Protocol):
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+    """What the parameter penalties hold: not the gate over retained towers, which is the memory itself and
+    must move as fast as tastes do (``models/retained.py``)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("retained.")}
 
 
 def _anchored(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor], weight: dict[str, torch.Tensor] | None,

@@ -18,7 +18,7 @@ import torch
 from models.batch import Batch, TaskBatch
 from models.continual import Distillation, L2Anchor, OnlineEWC, Rows
 from models.meta import meta_loss
-from models.objectives import ObjectiveConfig, off_policy_loss
+from models.objectives import ObjectiveConfig, off_policy_loss, retained_gate_loss
 from models.optim import LazyRowAdam
 from models.policy import PolicyConfig, TwoTowerPolicy
 
@@ -29,6 +29,9 @@ class LearnerConfig:
     #: Step size of the meta-parameters (the head's item view and its prior's mean and covariance). Small:
     #: a single fresh outcome per task is a noisy gradient, and 1e-2 drifted the prior on the tuning streams.
     meta_lr: float = 1e-3
+    #: Step size of the gate over retained user towers (``models/retained.py``): it must turn to an old
+    #: tower within the few hundred outcomes a returning segment gives before the current tower relearns it.
+    gate_lr: float = 3e-3
     #: L2 on the hashed id embeddings, which otherwise memorise the users and items they saw.
     embedding_decay: float = 1e-4
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -73,7 +76,8 @@ class Learner:
         self.model = (model or TwoTowerPolicy(model_config)).to(self.device)
         meta = [self.model.fast_proj.weight, self.model.delta0, self.model.prior_tril]
         embeddings = [self.model.item_id.weight, self.model.user_id.weight, self.model.item_bias.weight]
-        taken = {id(p) for p in meta + embeddings}
+        gate = list(self.model.retained.gate.parameters()) if self.model.retained is not None else []
+        taken = {id(p) for p in meta + embeddings + gate}
         dense = [p for p in self.model.parameters() if id(p) not in taken]
         # The tables' rows step only when an update touches them (LazyRowAdam): with Adam's momentum, and the
         # regularisers' pull on every row, each delta version carried thousands of idle users' rows.
@@ -81,6 +85,7 @@ class Learner:
             {"params": dense, "lr": cfg.lr},
             {"params": embeddings, "lr": cfg.lr, "lazy": True},
             {"params": meta, "lr": cfg.meta_lr},
+            *([{"params": gate, "lr": cfg.gate_lr}] if gate else []),
         ])
         self.ewc = OnlineEWC(cfg.ewc_strength, cfg.ewc_decay) if cfg.ewc_strength > 0 else None
         self.distill = Distillation(cfg.distill_strength) if cfg.distill_strength > 0 else None
@@ -96,7 +101,12 @@ class Learner:
              replay: Batch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         with self._autocast():
-            total, stats = off_policy_loss(self.model, batch, cfg.objective)
+            # The current tower learns at full speed; the gate over the retained towers learns apart.
+            total, stats = off_policy_loss(self.model, batch, cfg.objective, mixed=False)
+            if self.model.retained is not None:
+                g_loss, g_stats = retained_gate_loss(self.model, batch)
+                total = total + g_loss
+                stats.update(g_stats)
             if tasks is not None and cfg.meta_weight > 0:
                 m_loss, m_stats = meta_loss(self.model, tasks, cfg.meta_trains_towers)
                 total = total + cfg.meta_weight * m_loss
@@ -136,7 +146,7 @@ class Learner:
         batches = [b.to(self.device) for b in batches]
 
         def rm_loss(model: TwoTowerPolicy, b: Batch) -> torch.Tensor:
-            return off_policy_loss(model, b, ObjectiveConfig(kind="reward_model"))[0]
+            return off_policy_loss(model, b, ObjectiveConfig(kind="reward_model"), mixed=False)[0]
 
         for reg in (self.ewc, self.distill, self.l2):
             if reg is not None:

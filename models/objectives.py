@@ -42,10 +42,12 @@ class ObjectiveConfig:
 
 
 def off_policy_loss(
-    model: TwoTowerPolicy, batch: Batch, config: ObjectiveConfig, delta: torch.Tensor | None = None
+    model: TwoTowerPolicy, batch: Batch, config: ObjectiveConfig, delta: torch.Tensor | None = None,
+    mixed: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss to minimise and its parts (floats, for logging and metrics)."""
-    user = model.user_vectors(batch.features, batch.user_bucket, batch.history)
+    """Loss to minimise and its parts (floats, for logging and metrics); ``mixed=False`` scores with the
+    current user tower alone (``TwoTowerPolicy.user_vectors``)."""
+    user = model.user_vectors(batch.features, batch.user_bucket, batch.history, mixed=mixed)
     vectors, bias = model.item_vectors(batch.item_bucket, batch.item_text)
     q = model.personal_scores(user, vectors[batch.candidates], bias[batch.candidates], delta)  # (B, K)
     q = q.masked_fill(~batch.candidate_mask, 0.0)
@@ -74,3 +76,23 @@ def off_policy_loss(
         clipped_share=float((pi_logged / batch.propensity >= config.clip).float().mean()),
     )
     return rm_loss + config.pg_weight * pg_loss, stats
+
+
+def retained_gate_loss(model: TwoTowerPolicy, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Squared error of the served (mixed) estimate of each logged reward, with every tower and item held
+    fixed: only the gate over the retained towers learns from it (``models/retained.py``)."""
+    retained = model.retained
+    assert retained is not None
+    with torch.no_grad():
+        x = model.tower_input(batch.features, batch.user_bucket, batch.history)
+        current = model.user_mlp(x)
+        towers = retained.towers(x)
+        vectors, bias = model.item_vectors(batch.item_bucket, batch.item_text)
+        shown = batch.candidates.gather(1, batch.action[:, None]).squeeze(1)
+        item, item_bias = vectors[shown], bias[shown] + model.position_bias(batch.position).squeeze(-1)
+        every = torch.cat([current[:, None, :], towers], dim=1)                       # (B, 1 + K, d)
+        scores = torch.einsum("bkd,bd->bk", every, item) + item_bias[:, None]         # each tower's estimate
+    weights = retained.weights(x)
+    loss = ((((weights * scores).sum(dim=1)) - batch.reward) ** 2).mean()
+    return loss, {"retained_gate_loss": float(loss.detach()),
+                  "retained_current_weight": float(weights[:, 0].mean().detach())}

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from models.exploration import Exploration, only_known_fields
+from models.retained import RetainedTowers
 
 #: PolicyConfig fields that say how one version is served, not the model's shape: they change per version.
 PER_VERSION = ("exploration",)
@@ -48,6 +49,9 @@ class PolicyConfig:
     #: whole move (reward on the tuning streams wanted it); pooled AUC on MovieLens's first half wanted the
     #: estimate held back (0 gave new users 0.6165, 5 0.6501, 10 0.6578, 20 0.6596; BENCHMARKS.md).
     estimate_pseudo_count: float = 10.0
+    #: Retained copies of the user tower a learned gate mixes per user at serve time (``models/retained.py``):
+    #: a memory of past tastes the serving path uses (0: none).
+    experts: int = 0
     #: How a version is served (and so judged): travels with every version.
     exploration: Exploration = field(default_factory=Exploration)
 
@@ -55,7 +59,7 @@ class PolicyConfig:
         if isinstance(self.exploration, dict):     # from JSON (a version header, a checkpoint)
             object.__setattr__(self, "exploration", Exploration.from_dict(self.exploration))
         if (self.user_features < 0 or self.fast_dim < 1 or self.prior_scale <= 0 or self.noise <= 0
-                or not self.estimate_pseudo_count >= 0):
+                or not self.estimate_pseudo_count >= 0 or self.experts < 0):
             raise ValueError(f"invalid policy config {self}")
 
     def to_dict(self) -> dict:
@@ -78,6 +82,8 @@ class TwoTowerPolicy(nn.Module):
         self.user_mlp = nn.Sequential(
             nn.Linear(cfg.user_features + 2 * cfg.dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim))
         self.position_bias = nn.Embedding(cfg.max_positions, 1)
+        self.retained = RetainedTowers(cfg.experts, cfg.user_features + 2 * cfg.dim, cfg.hidden, cfg.dim) \
+            if cfg.experts else None
         self.global_bias = nn.Parameter(torch.zeros(()))
         # Per-user fast weights act on a learned view of the item vector (fast_proj),
         # plus one per-user score offset that absorbs how much a user
@@ -94,10 +100,16 @@ class TwoTowerPolicy(nn.Module):
         nn.init.normal_(self.user_id.weight, std=0.01)
         nn.init.zeros_(self.position_bias.weight)
 
-    def user_vectors(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """(B, dim)."""
-        x = torch.cat([features, self.user_id(user_bucket), self.history_proj(history)], dim=-1)
-        return self.user_mlp(x)
+    def tower_input(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return torch.cat([features, self.user_id(user_bucket), self.history_proj(history)], dim=-1)
+
+    def user_vectors(self, features: torch.Tensor, user_bucket: torch.Tensor, history: torch.Tensor,
+                     mixed: bool = True) -> torch.Tensor:
+        """(B, dim): as served (the current tower mixed with the retained ones), or the current tower alone
+        (``mixed=False``: what the main objective trains)."""
+        x = self.tower_input(features, user_bucket, history)
+        current = self.user_mlp(x)
+        return self.retained.mix(x, current) if mixed and self.retained is not None else current
 
     def item_vectors(self, item_bucket: torch.Tensor, item_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, dim) item vectors and (N,) biases."""

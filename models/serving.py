@@ -60,10 +60,26 @@ class ServingPolicy:
         self.out_w, self.out_b = w["user_mlp.2.weight"], w["user_mlp.2.bias"]
         self.position_bias = w["position_bias.weight"][:, 0]
         self.adapter = ServeAdapter(model)
+        # Retained user towers (``models/retained.py``): only the filled slots, and none when there are none.
+        filled = w["retained.stamp"] > 0 if "retained.stamp" in w else np.zeros(0, dtype=bool)
+        self.retained = bool(filled.any())
+        if self.retained:
+            self.r_w1, self.r_b1 = w["retained.w1"][filled], w["retained.b1"][filled]
+            self.r_w2, self.r_b2 = w["retained.w2"][filled], w["retained.b2"][filled]
+            rows = np.concatenate([[0], 1 + np.flatnonzero(filled)])
+            self.gate_w, self.gate_b = w["retained.gate.weight"][rows], w["retained.gate.bias"][rows]
 
     def user_vector(self, features: np.ndarray, user_bucket: int, history: np.ndarray) -> np.ndarray:
         x = np.concatenate([features, self.user_id[user_bucket], self.history_w @ history])
-        return self.out_w @ np.maximum(self.hidden_w @ x + self.hidden_b, 0.0) + self.out_b
+        current = self.out_w @ np.maximum(self.hidden_w @ x + self.hidden_b, 0.0) + self.out_b
+        if not self.retained:
+            return current
+        logits = self.gate_w @ x + self.gate_b
+        weights = np.exp(logits - logits.max())
+        weights /= weights.sum()
+        hidden = np.maximum(np.einsum("khi,i->kh", self.r_w1, x) + self.r_b1, 0.0)
+        towers = np.einsum("kdh,kh->kd", self.r_w2, hidden) + self.r_b2
+        return weights[0] * current + weights[1:] @ towers
 
     def item_vectors(self, item_bucket: np.ndarray, item_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, dim) vectors and (n,) biases; text lets an item no one has clicked be scored."""

@@ -1,0 +1,124 @@
+"""Rows of ``bench movielens`` from libraries a recommender team would reach for instead of ours.
+
+- ``lenskit_mf``: LensKit's biased matrix factorisation (alternating least squares on the
+  explicit ratings), refit on every rating so far at each period, as a nightly batch job
+  would be. ``lenskit_mf_fold_in``: the same model, but each prediction folds in the
+  user's ratings before it (LensKit's own new-user embedding, a least-squares solve
+  against the item factors): the library's way to use a user's latest ratings at
+  prediction time, as ours adapts its per-user head to a user's last outcomes.
+- ``river_fm``: river's factorisation machine for binary targets, online: it predicts
+  each rating, then learns it (the user, the movie and its genres as features), as
+  Vowpal Wabbit does in the ``vw`` row.
+
+Both libraries run with their defaults, untuned; they are optional (``pip install
+'recsys-stream[bench]'``), never runtime dependencies.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from bench.movielens import Ratings
+
+#: How many of a user's previous ratings a fold-in reads: the history ours adapts on.
+FOLD_IN = 20
+
+
+def _require(module: str, row: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{module.split('.')[0]} is not installed: pip install 'recsys-stream[bench]', or leave "
+                          f"{row} out with --policies") from None
+
+
+class LensKitMF:
+    def __init__(self, data: Ratings, seed: int, fold_in: bool, features: int = 50, regularization: float = 0.1,
+                 epochs: int = 10) -> None:
+        _require("lenskit.als", "lenskit_mf")
+        self.name = "lenskit_mf_fold_in" if fold_in else "lenskit_mf"
+        self.data, self.seed, self.fold_in = data, seed, fold_in
+        self.settings = {"embedding_size": features, "regularization": regularization, "epochs": epochs}
+        self.trained: list[np.ndarray] = []
+        self.scorer = None
+
+    def train(self, rows: np.ndarray) -> None:
+        import pandas as pd
+        from lenskit.als import BiasedMFScorer
+        from lenskit.data import from_interactions_df
+        from lenskit.training import TrainingOptions
+
+        self.trained.append(rows)
+        every = np.concatenate(self.trained)
+        d = self.data
+        frame = pd.DataFrame({"user_id": np.asarray(d.user_ids)[d.user[every]],
+                              "item_id": np.asarray(d.item_ids)[d.item[every]], "rating": d.rating[every]})
+        scorer = BiasedMFScorer(**self.settings)
+        scorer.train(from_interactions_df(frame, rating_col="rating"), TrainingOptions(rng=self.seed))
+        self.scorer = scorer
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted ratings (AUC reads only their order); an unknown user or movie gets the biases it has."""
+        from lenskit.data import ItemList, RecQuery
+
+        d, scorer = self.data, self.scorer
+        item_ids = np.asarray(d.item_ids)
+        out = np.zeros(len(rows))
+        if not self.fold_in:
+            by_user: dict[int, list[int]] = {}
+            for i, row in enumerate(rows):
+                by_user.setdefault(int(d.user[row]), []).append(i)
+            for user, idx in by_user.items():
+                scored = scorer(RecQuery(user_id=d.user_ids[user]), ItemList(item_ids=item_ids[d.item[rows[idx]]]))
+                out[idx] = scored.scores()
+        else:
+            for i, row in enumerate(rows):
+                previous = d.previous[row][d.previous[row] >= 0][-FOLD_IN:]
+                history = ItemList(item_ids=item_ids[d.item[previous]], rating=d.rating[previous]) \
+                    if len(previous) else None
+                query = RecQuery(user_id=d.user_ids[d.user[row]], user_items=history)
+                out[i] = scorer(query, ItemList(item_ids=item_ids[d.item[row:row + 1]])).scores()[0]
+        fallback = float(scorer.bias.global_bias)
+        return np.where(np.isfinite(out), out, fallback)
+
+
+class RiverFM:
+    """Online: ``predict_then_learn`` scores each rating of a period, then learns it."""
+
+    def __init__(self, data: Ratings, seed: int, factors: int = 10) -> None:
+        facto = _require("river.facto", "river_fm")
+        self.name, self.data = "river_fm", data
+        self.model = facto.FMClassifier(n_factors=factors, seed=seed)
+        genres = [text.rsplit("Genres: ", 1)[1].rstrip(".").split(", ") if "Genres: " in text else []
+                  for text in data.item_texts]
+        self.items = [{f"item={m}": 1.0, **{f"genre={g}": 1.0 for g in gs}} for m, gs in zip(data.item_ids, genres)]
+        self.learn_seconds = 0.0
+
+    def _x(self, row: int) -> dict[str, float]:
+        return {f"user={self.data.user_ids[self.data.user[row]]}": 1.0, **self.items[self.data.item[row]]}
+
+    def train(self, rows: np.ndarray) -> None:
+        started = time.perf_counter()
+        for row in rows:
+            self.model.learn_one(self._x(row), bool(self.data.label[row]))
+        self.learn_seconds += time.perf_counter() - started
+
+    def predict_then_learn(self, rows: np.ndarray, learn: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(rows))
+        for i, (row, taught) in enumerate(zip(rows, learn)):
+            x = self._x(row)
+            out[i] = self.model.predict_proba_one(x).get(True, 0.0)
+            if taught:
+                started = time.perf_counter()
+                self.model.learn_one(x, bool(self.data.label[row]))
+                self.learn_seconds += time.perf_counter() - started
+        return out
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.array([self.model.predict_proba_one(self._x(row)).get(True, 0.0) for row in rows])
