@@ -101,7 +101,7 @@ def movielens_command(data_dir: Path, json_path: Path | None, periods: int, poli
                       limit: int | None, threads: int) -> None:
     """Real data period by period: each policy predicts a period of MovieLens ratings before it learns it
     (AUC, GAUC, log loss, new users, new items), then backward transfer and training time."""
-    from bench.movielens import POLICIES, run_movielens, summary_table
+    from bench.movielens import POLICIES, paired_table, run_movielens, summary_table
 
     _set_threads(threads)
     chosen = tuple(p.strip() for p in policies.split(",")) if policies else POLICIES
@@ -111,6 +111,7 @@ def movielens_command(data_dir: Path, json_path: Path | None, periods: int, poli
         raise click.ClickException(str(exc)) from None
     _write_json(report, json_path)
     click.echo(summary_table(report))
+    click.echo(paired_table(report))
 
 
 @bench.command("movielens-loop")

@@ -216,7 +216,8 @@ def quality_report(per_seed: dict[str, list[dict[str, float]]], curves: dict[str
 
 #: Pairs whose difference the acceptance criteria read (first minus second), and the metrics compared.
 PAIRS = (("ours", "vw_squarecb"), ("ours", "ours_no_meta"), ("ours", "ours_no_anti_forgetting"),
-         ("ours", "ours_online_only"), ("ours_no_meta", "vw_squarecb"))
+         ("ours", "ours_online_only"), ("ours_no_meta", "vw_squarecb"), ("ours_retained", "ours"),
+         ("ours_retained", "ours_online_only"))
 PAIRED_METRICS = ("cumulative_reward", "cold_start_reward_first_5", "cold_start_reward_first_10",
                   "returning_segment_relative", "returning_segment_share_of_oracle_after")
 

@@ -144,7 +144,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 @option("--publish-every", type=click.IntRange(1), default_from="models.agent:AgentConfig.publish_every_updates",
         help="Updates between publish attempts.")
 @option("--publish-seconds", type=click.FloatRange(min=0.5), default_from="stream.learner.worker:LearnerWorkerConfig.publish_every_seconds",
-        help="Seconds between publish attempts when updates are fewer.")
+        help="Seconds between publish attempts when updates are fewer (not in a backfill, which publishes by "
+        "update count alone).")
 @option("--update-size", type=click.IntRange(1), default_from="models.agent:AgentConfig.update_size",
         help="Fresh experiences per update (replay adds as many again; a backlog is taken in at most 8 updates).")
 @option("--gate-alpha", type=click.FloatRange(1e-4, 0.5), default_from="models.agent:AgentConfig.gate.alpha",
@@ -176,7 +177,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
         help="Checkpoint after a publish at most this often (0: after every publish), and on stop. A kill "
         "-9 re-trains on what came since (read again from the topic; nothing is lost).")
 @click.option("--until-caught-up", is_flag=True,
-              help="Backfill: train on every experience on the topic, publish (gated) what was learned, exit 0. "
+              help="Backfill: train on every experience on the topic in whole turns, publish (gated) every "
+              "--publish-every updates and at the end, exit 0: the versions a benchmark makes from the same records. "
               "Meta tasks read users' histories from the replay store: let `replay` store the backlog first.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
