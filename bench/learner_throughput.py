@@ -60,7 +60,6 @@ def measure(seconds: float = 5.0, batch_size: int = 512, device: str = "auto", p
     batch = synthetic_batch(config, batch_size, 20, 2000, gen)
     tasks = synthetic_tasks(config, 64, 25, 20, 2000, gen)
     learner = Learner(config, learner_config)
-    learner.consolidate([batch])  # so the EWC and distillation penalties are really computed
     if progress:
         progress("off-policy update")
     plain = throughput(learner, batch, None, seconds)

@@ -181,7 +181,9 @@ class Learner:
 
 def throughput(learner: Learner, batch: Batch, tasks: TaskBatch | None, seconds: float = 5.0,
                warmup: int = 3) -> dict[str, float | str]:
-    """Samples per second of ``update`` on this batch (decisions, plus task experiences if given)."""
+    """Samples per second of ``update`` on this batch (decisions, plus task experiences if given), with the
+    regularisers anchored on it first so their penalties are really computed."""
+    learner.consolidate([batch])
     for _ in range(warmup):
         learner.update(batch, tasks)
     if learner.device.type == "cuda":

@@ -123,6 +123,7 @@ def test_a_version_is_the_live_one_plus_the_rows_that_moved(text_encoder, tmp_pa
     assert not torch.equal(now["item_bias.weight"][5], live["item_bias.weight"][5])
 
 
+@pytest.mark.slow
 def test_the_same_records_and_seed_make_the_same_versions(text_encoder, tmp_path):
     records = decisions(600)
     runs = []
