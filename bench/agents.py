@@ -2,8 +2,8 @@
 
 Every agent answers a round of requests (choose), then sees the outcome of what it
 chose (learn), like a scorer serving one version while the learner trains on the
-last round's feedback. ``OursAgent`` is the production agent (``models/agent.py``)
-with its defaults, served through ``ServingPolicy.decide`` as the scorer serves it.
+last round's feedback. ``OursAgent`` is the production learning loop (``models/loop.py``)
+with the agent's defaults, served through ``ServingPolicy.decide`` as the scorer serves it.
 ``VowpalAgent`` is Vowpal Wabbit's contextual bandit (``--cb_explore_adf``) on the
 same features.
 """

@@ -198,7 +198,8 @@ def run_quality(config: QualityConfig, progress: Callable[[str], None] | None = 
     params = {"stream": asdict(config.stream), "seeds": len(config.seeds), "policies": list(config.policies),
               "slots_per_request": 1, "seeds_used": list(config.seeds), "tuning_seeds": list(TUNING_SEEDS),
               "ours": {"agent": asdict(AgentConfig()),
-                       "served": "ServingPolicy.decide; a version per round through the gate"},
+                       "served": "ServingPolicy.decide; each round's outcomes through the learning loop "
+                                 "(models/loop.py), a gated version per round"},
               "vw": {"vw_squarecb": "--cb_explore_adf --squarecb -q UA", "vw_epsilon": "--cb_explore_adf "
                      "--epsilon 0.05 -q UA", "features": "shared: user features + user id; action: item id + "
                      "MiniLM text embedding (384 floats)"},
