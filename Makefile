@@ -82,11 +82,11 @@ bench-quality: install
 
 # The reported learning-quality run (BENCHMARKS.md): 10 seeds the defaults were not tuned on, long drift.
 bench-quality-report: install
-	$(BIN)/recsys-stream bench quality --seeds 1-10 --drift 0.2,0.7 --policies random,popularity,vw_squarecb,ours,ours_no_meta,ours_no_anti_forgetting,ours_online_only --json bench-results/quality-report.json --plot bench-results/quality-report.png
+	$(BIN)/recsys-stream bench quality --seeds 1-10 --drift 0.2,0.7 --policies random,popularity,vw_squarecb,ours,ours_no_meta,ours_no_anti_forgetting,ours_online_only,ours_retained --json bench-results/quality-report.json --plot bench-results/quality-report.png
 
 # Forgetting where the segment is away (BENCHMARKS.md): segment 0 leaves while the others' tastes move for good.
 bench-quality-away: install
-	$(BIN)/recsys-stream bench quality --seeds 1-10 --drift 0.2,0.7 --scenario away --policies vw_squarecb,ours,ours_no_anti_forgetting,ours_online_only --json bench-results/quality-away.json --plot bench-results/quality-away.png
+	$(BIN)/recsys-stream bench quality --seeds 1-10 --drift 0.2,0.7 --scenario away --policies vw_squarecb,ours,ours_no_anti_forgetting,ours_online_only,ours_retained --json bench-results/quality-away.json --plot bench-results/quality-away.png
 
 MOVIELENS ?= ../shared/data/movielens-small
 bench-movielens: install

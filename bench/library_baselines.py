@@ -39,6 +39,9 @@ def _require(module: str, row: str):
 
 
 class LensKitMF:
+    #: It predicts ratings, not click probabilities: AUC reads their order, log loss is not reported.
+    probabilities = False
+
     def __init__(self, data: Ratings, seed: int, fold_in: bool, features: int = 50, regularization: float = 0.1,
                  epochs: int = 10) -> None:
         _require("lenskit.als", "lenskit_mf")

@@ -420,6 +420,8 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
                 scores = policy.predict(everything)
             predict_seconds = time.perf_counter() - started
             metrics = period_metrics(data, everything, scores, new_users, new_items)
+            if not getattr(policy, "probabilities", True):      # a predicted rating: log loss means nothing
+                metrics["log_loss"] = float("nan")
             metrics["predict_seconds"] = predict_seconds
             per_period.append(metrics)
         started = time.perf_counter()
