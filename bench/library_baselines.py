@@ -62,6 +62,8 @@ class LensKitMF:
         d = self.data
         frame = pd.DataFrame({"user_id": np.asarray(d.user_ids)[d.user[every]],
                               "item_id": np.asarray(d.item_ids)[d.item[every]], "rating": d.rating[every]})
+        # LensKit takes one rating per user and movie: a movie rated again counts with its latest rating.
+        frame = frame.drop_duplicates(["user_id", "item_id"], keep="last")
         scorer = BiasedMFScorer(**self.settings)
         scorer.train(from_interactions_df(frame, rating_col="rating"), TrainingOptions(rng=self.seed))
         self.scorer = scorer
@@ -83,6 +85,9 @@ class LensKitMF:
         else:
             for i, row in enumerate(rows):
                 previous = d.previous[row][d.previous[row] >= 0][-FOLD_IN:]
+                # The latest rating of each movie rated more than once.
+                _, last = np.unique(d.item[previous][::-1], return_index=True)
+                previous = previous[::-1][np.sort(last)][::-1]
                 history = ItemList(item_ids=item_ids[d.item[previous]], rating=d.rating[previous]) \
                     if len(previous) else None
                 query = RecQuery(user_id=d.user_ids[d.user[row]], user_items=history)
