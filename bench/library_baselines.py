@@ -6,11 +6,13 @@
   user's ratings before it (LensKit's own new-user embedding, a least-squares solve
   against the item factors): the library's way to use a user's latest ratings at
   prediction time, as ours adapts its per-user head to a user's last outcomes.
-- ``river_fm``: river's factorisation machine for binary targets, online: it predicts
-  each rating, then learns it (the user, the movie and its genres as features), as
-  Vowpal Wabbit does in the ``vw`` row.
+- ``vw``: Vowpal Wabbit logistic regression on the user id, the movie id and its text
+  embedding, user x movie crossed (``-q ui``), online: it predicts each rating, then
+  learns it.
+- ``river_fm``: river's factorisation machine for binary targets (the user, the movie
+  and its genres as features), online in the same way.
 
-Both libraries run with their defaults, untuned; they are optional (``pip install
+The libraries run with their defaults, untuned; they are optional (``pip install
 'recsys-stream[bench]'``), never runtime dependencies.
 """
 
@@ -96,9 +98,66 @@ class LensKitMF:
         return np.where(np.isfinite(out), out, fallback)
 
 
-class RiverFM:
-    """Online: ``predict_then_learn`` scores each rating of a period, then learns it."""
+class OnlineRows:
+    """A row that learns each rating right after predicting it (``predict_then_learn``); only the time spent
+    learning counts as its training time (``learn_seconds``)."""
 
+    learn_seconds = 0.0
+
+    def _predict_one(self, row: int) -> float:
+        raise NotImplementedError
+
+    def _learn_one(self, row: int) -> None:
+        raise NotImplementedError
+
+    def train(self, rows: np.ndarray) -> None:
+        """Period 0 (nothing to predict yet): learn it."""
+        started = time.perf_counter()
+        for row in rows:
+            self._learn_one(row)
+        self.learn_seconds += time.perf_counter() - started
+
+    def predict_then_learn(self, rows: np.ndarray, learn: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(rows))
+        for i, (row, taught) in enumerate(zip(rows, learn)):
+            out[i] = self._predict_one(row)
+            if taught:
+                started = time.perf_counter()
+                self._learn_one(row)
+                self.learn_seconds += time.perf_counter() - started
+        return out
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.array([self._predict_one(row) for row in rows])
+
+    def close(self) -> None:
+        pass
+
+
+class VowpalPolicy(OnlineRows):
+    def __init__(self, data: Ratings, text: np.ndarray, seed: int) -> None:
+        Workspace = _require("vowpalwabbit", "vw").Workspace
+        self.name, self.data = "vw", data
+        self.args = f"--loss_function logistic --link logistic -q ui --quiet -b 22 --random_seed {seed}"
+        self.vw = Workspace(self.args, enable_logging=False)
+        self.items = [f"|i iid_{m} " + " ".join(f"t{j}:{v:.4f}" for j, v in enumerate(row))
+                      for m, row in zip(data.item_ids, text)]
+
+    def _line(self, row: int, label: float | None = None) -> str:
+        head = "" if label is None else ("1 " if label > 0.5 else "-1 ")
+        return f"{head}|u uid_{self.data.user_ids[self.data.user[row]]} {self.items[self.data.item[row]]}"
+
+    def _predict_one(self, row: int) -> float:
+        return self.vw.predict(self._line(row))
+
+    def _learn_one(self, row: int) -> None:
+        self.vw.learn(self._line(row, float(self.data.label[row])))
+
+    def close(self) -> None:
+        self.vw.finish()
+
+
+class RiverFM(OnlineRows):
     def __init__(self, data: Ratings, seed: int, factors: int = 10) -> None:
         facto = _require("river.facto", "river_fm")
         self.name, self.data = "river_fm", data
@@ -106,27 +165,12 @@ class RiverFM:
         genres = [text.rsplit("Genres: ", 1)[1].rstrip(".").split(", ") if "Genres: " in text else []
                   for text in data.item_texts]
         self.items = [{f"item={m}": 1.0, **{f"genre={g}": 1.0 for g in gs}} for m, gs in zip(data.item_ids, genres)]
-        self.learn_seconds = 0.0
 
     def _x(self, row: int) -> dict[str, float]:
         return {f"user={self.data.user_ids[self.data.user[row]]}": 1.0, **self.items[self.data.item[row]]}
 
-    def train(self, rows: np.ndarray) -> None:
-        started = time.perf_counter()
-        for row in rows:
-            self.model.learn_one(self._x(row), bool(self.data.label[row]))
-        self.learn_seconds += time.perf_counter() - started
+    def _predict_one(self, row: int) -> float:
+        return self.model.predict_proba_one(self._x(row)).get(True, 0.0)
 
-    def predict_then_learn(self, rows: np.ndarray, learn: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(rows))
-        for i, (row, taught) in enumerate(zip(rows, learn)):
-            x = self._x(row)
-            out[i] = self.model.predict_proba_one(x).get(True, 0.0)
-            if taught:
-                started = time.perf_counter()
-                self.model.learn_one(x, bool(self.data.label[row]))
-                self.learn_seconds += time.perf_counter() - started
-        return out
-
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        return np.array([self.model.predict_proba_one(self._x(row)).get(True, 0.0) for row in rows])
+    def _learn_one(self, row: int) -> None:
+        self.model.learn_one(self._x(row), bool(self.data.label[row]))

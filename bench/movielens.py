@@ -31,10 +31,7 @@ is scored from its words. The rows:
   (the same loop without meta step, replay or regularisers; two shuffled passes).
   ``full_retrain_adapted``: the same with the meta step, served adapted to each user's
   last ratings as ``ours`` is, so the table shows what incremental training adds.
-- ``vw``: Vowpal Wabbit logistic regression on the same features (user id, item id,
-  the item's text embedding, user x item crossed), online: it predicts each rating,
-  then learns it.
-- ``river_fm``, ``lenskit_mf``, ``lenskit_mf_fold_in``: library baselines
+- ``vw``, ``river_fm``, ``lenskit_mf``, ``lenskit_mf_fold_in``: library baselines
   (``bench/library_baselines.py``).
 - ``popularity``: each item's smoothed share of positive ratings so far.
 """
@@ -55,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.library_baselines import LensKitMF, RiverFM
+from bench.library_baselines import LensKitMF, OnlineRows, RiverFM, VowpalPolicy
 from bench.machine import result
 from bench.reservoir import Reservoir
 from bench.served import ServedVersions
@@ -282,44 +279,6 @@ class FullRetrain:
         return self.inner.predict(rows)
 
 
-class VowpalPolicy:
-    """Vowpal Wabbit logistic regression, online (predict a rating, then learn it)."""
-
-    def __init__(self, data: Ratings, text: np.ndarray, seed: int) -> None:
-        from vowpalwabbit import Workspace
-
-        self.name, self.data = "vw", data
-        self.args = f"--loss_function logistic --link logistic -q ui --quiet -b 22 --random_seed {seed}"
-        self.vw = Workspace(self.args, enable_logging=False)
-        self.items = [f"|i iid_{m} " + " ".join(f"t{j}:{v:.4f}" for j, v in enumerate(row))
-                      for m, row in zip(data.item_ids, text)]
-        self.learn_seconds = 0.0
-
-    def _line(self, row: int, label: float | None = None) -> str:
-        head = "" if label is None else ("1 " if label > 0.5 else "-1 ")
-        return f"{head}|u uid_{self.data.user_ids[self.data.user[row]]} {self.items[self.data.item[row]]}"
-
-    def train(self, rows: np.ndarray) -> None:
-        """Period 0 (nothing to predict yet): learn it."""
-        started = time.perf_counter()
-        for row in rows:
-            self.vw.learn(self._line(row, float(self.data.label[row])))
-        self.learn_seconds += time.perf_counter() - started
-
-    def predict_then_learn(self, rows: np.ndarray, learn: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(rows))
-        for i, (row, taught) in enumerate(zip(rows, learn)):
-            out[i] = self.vw.predict(self._line(row))
-            if taught:
-                started = time.perf_counter()
-                self.vw.learn(self._line(row, float(self.data.label[row])))
-                self.learn_seconds += time.perf_counter() - started
-        return out
-
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        return np.array([self.vw.predict(self._line(row)) for row in rows])
-
-
 class PopularityPolicy:
     def __init__(self, data: Ratings, prior_weight: float = 5.0) -> None:
         self.name, self.data, self.prior_weight = "popularity", data, prior_weight
@@ -348,11 +307,6 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
     if name in ("full_retrain", "full_retrain_adapted"):
         return FullRetrain(data, text, seed, adapted=name == "full_retrain_adapted")
     if name == "vw":
-        try:
-            import vowpalwabbit  # noqa: F401
-        except ImportError:
-            raise ImportError("Vowpal Wabbit is not installed: pip install 'recsys-stream[bench]', or leave vw out "
-                              "with --policies") from None
         return VowpalPolicy(data, text, seed)
     if name == "river_fm":
         return RiverFM(data, seed)
@@ -414,7 +368,7 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
             new_users = (first_user[data.user[everything]] == p) & (data.nth[everything] < NEW_USER_RATINGS)
             new_items = first_period[data.item[everything]] == p
             started = time.perf_counter()
-            if hasattr(policy, "predict_then_learn"):       # online: it learns each rating after predicting it
+            if isinstance(policy, OnlineRows):       # it learns each rating after predicting it
                 scores = policy.predict_then_learn(everything, np.isin(everything, rows))
             else:
                 scores = policy.predict(everything)
@@ -425,7 +379,7 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
             metrics["predict_seconds"] = predict_seconds
             per_period.append(metrics)
         started = time.perf_counter()
-        if hasattr(policy, "predict_then_learn"):
+        if isinstance(policy, OnlineRows):
             if p == 0:
                 policy.train(rows)
             seconds.append(policy.learn_seconds - learned_before)     # it learned the period while predicting it
@@ -440,8 +394,8 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
                 f"trained in {seconds[-1]:.1f}s")
     final = [auc(data.label[held], policy.predict(held)) if len(held) else float("nan") for held in holdout]
     bwt = [f - a for f, a in zip(final[:-1], after_training[:-1])]
-    if hasattr(policy, "vw"):
-        policy.vw.finish()
+    if isinstance(policy, OnlineRows):
+        policy.close()
     return {"per_period": per_period, "train_seconds": seconds, "heldout_auc_after_training": after_training,
             "heldout_auc_final": final, "bwt_per_period": bwt}
 

@@ -104,12 +104,10 @@ class Agent:
         self.config = cfg = variant.apply(config or AgentConfig())
         model_config = model_config or PolicyConfig()
         model_config = replace(model_config, exploration=cfg.exploration, experts=variant.experts or model_config.experts)
-        if seed is None:
-            self.learner = Learner(model_config, cfg.learner)
-        else:
-            with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
                 torch.manual_seed(seed)
-                self.learner = Learner(model_config, cfg.learner)
+            self.learner = Learner(model_config, cfg.learner)
         #: Without the meta step the prior is never learned, so a user's outcomes are not used at serve time.
         self.adapts = variant.meta
         self.published = 0
