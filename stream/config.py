@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]+$",
         description="RECSYS_POLICY_NAME: key of the policy on the policies topic.",
     )
+    arms: str | None = Field(
+        None, description="RECSYS_ARMS: an online experiment's arms, policy names with their shares of users "
+        "(`A=50,B=50`; `score --arms` wins). Unset: one arm, RECSYS_POLICY_NAME.",
+    )
+    experiment: str = Field(
+        "default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$",
+        description="RECSYS_EXPERIMENT: name of the online experiment; with the user id it decides each user's "
+        "arm, so a new name deals users out afresh.",
+    )
     hmac_key: SecretStr | None = Field(
         None, description="RECSYS_HMAC_KEY (secret): signs and verifies policy versions; required unless "
         "RECSYS_ALLOW_UNSIGNED=1 (`recsys-stream keygen` prints a new one)."

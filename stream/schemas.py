@@ -31,6 +31,8 @@ Propensity = Annotated[float, Meta(gt=0.0, le=1.0)]
 #: wherever they are stored; a larger one is refused at the edge, not found while encoding state.
 MAX_VERSION = 2**53 - 1
 Version = Annotated[int, Meta(ge=0, le=MAX_VERSION)]
+#: A policy name on the policies topic, and so an arm of an online experiment (RECSYS_POLICY_NAME's rule).
+PolicyName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 NonNegative = Annotated[float, Meta(ge=0.0)]
 #: Purchase values and prices: bounded so a weighted reward can never overflow to infinity.
 MAX_MONEY = 1e12
@@ -108,6 +110,11 @@ class Impression(msgspec.Struct, frozen=True):
     #: Every item the policy chose among (optional): what off-policy learning compares the
     #: shown item against. Without it only the reward model learns from this slate.
     candidates: Annotated[list[Id], Meta(max_length=MAX_CANDIDATES)] | None = None
+    #: The experiment arm the user is in (``score --arms``), and the policy that chose the slate: another
+    #: arm's while this arm's learner has published nothing (such requests judge neither arm). None: logged
+    #: before arms existed, or imported.
+    arm: PolicyName | None = None
+    policy_name: PolicyName | None = None
 
     def __post_init__(self) -> None:
         positions = [s.position for s in self.shown]
@@ -177,6 +184,9 @@ class Experience(msgspec.Struct, frozen=True):
     context: Context = Context()
     #: The impression's candidate set, copied by the join (see ``Impression.candidates``).
     candidates: Annotated[list[Id], Meta(max_length=MAX_CANDIDATES)] | None = None
+    #: Copied from the impression (see ``Impression.arm``): which learner trains on it.
+    arm: PolicyName | None = None
+    policy_name: PolicyName | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.reward):
@@ -234,6 +244,8 @@ class ScoreResponse(msgspec.Struct, frozen=True):
     personalised_from: int = 0     # recent experiences of this user the fast weights adapted to
     ts: float = 0.0
     error: str | None = None       # set (and slate empty) when a Kafka request could not be served
+    arm: str | None = None         # the user's experiment arm, and the policy that chose the slate
+    policy_name: str | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

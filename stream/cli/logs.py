@@ -216,9 +216,17 @@ def _catalogue(settings):
 @click.option("--clip", type=click.FloatRange(min=1.0), default=None, help="Clip importance weights at this.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(0), default=1000, show_default=True,
               help="Bootstrap resamples of the 95% intervals.")
+@click.option("--arms", default=None,
+              help="Judge an online experiment instead: A,B (the arms of `score --arms`). Per arm requests, CTR, "
+              "reward and cold-start reward with 95% intervals, and B - A with an interval valid however often "
+              "you look, its verdict and the traffic still needed.")
+@click.option("--settle", type=click.FloatRange(min=0.0), default=None,
+              help="With --arms: leave out requests this close to the newest no-click outcome, whose window may "
+              "still be open (default: the join's click window).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def evaluate(which: str, baseline: str, since: str | None, until: str | None, from_file: Path | None,
-             per_item: bool, ranking_only: bool, clip: float | None, n_boot: int, as_json: bool) -> None:
+             per_item: bool, ranking_only: bool, clip: float | None, n_boot: int, arms: str | None,
+             settle: float | None, as_json: bool) -> None:
     """Off-policy evaluation of a policy version on logged experiences: IPS, SNIPS, DM, DR, 95% intervals.
 
     The estimators are the learner's gate's; the decisions are top-of-slate experiences that
@@ -226,6 +234,8 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
     item, adapted to the user's earlier outcomes as the scorer adapts, against what the user
     did. Exits 1, saying why, when the logs lack candidates or propensities (unless
     --ranking-only).
+
+    With --arms, an online experiment is judged on what each arm earned on its own traffic instead.
     """
     from stream.learner.log_evaluation import (
         compare_versions,
@@ -241,12 +251,16 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
     settings = load_settings()
     setup_logging("WARNING" if as_json else settings.log_level)
     start, end = _time_option(since), _time_option(until)
+    names = _arm_names(arms) if arms is not None else None
     if from_file is None:
         admin_or_exit(settings, "evaluate")
     elif not from_file.is_file():
         fail(f"no such file: {from_file}", 2)
     started = time.monotonic()
     experiences, invalid = _read_experiences(settings, from_file, None)
+    if names is not None:
+        _evaluate_arms(experiences, invalid, names, start, end, settle, as_json, started)
+        return
     shown = shown_items(experiences)      # all of them: earlier outcomes fill the scorer's memory
     window = [e for e in shown if (start is None or e.ts >= start) and (end is None or e.ts < end)]
     rows = decisions(window)
@@ -291,6 +305,52 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
         click.echo(f"error: cannot evaluate off-policy: {problem}; --ranking-only judges the version's ranking "
                    "(AUC) instead", err=True)
         sys.exit(1)
+
+
+def _arm_names(spec: str) -> list[str]:
+    from stream.experiment.arms import ARM_NAME
+
+    names = [name.strip().partition("=")[0] for name in spec.split(",")]
+    bad = [name for name in names if not ARM_NAME.match(name)]
+    if bad or not names:
+        fail(f"--arms takes policy names, e.g. A,B; {', '.join(map(repr, bad)) or 'none given'} is not one", 2)
+    if len(set(names)) != len(names):
+        fail(f"--arms names an arm twice: {spec}", 2)
+    return names
+
+
+def _evaluate_arms(experiences: list, invalid: int, names: list[str], start: float | None, end: float | None,
+                   settle: float | None, as_json: bool, started: float) -> None:
+    from stream.experiment.report import judge
+    from stream.join.reward_join import JoinConfig
+
+    settle = JoinConfig().click_window if settle is None else settle
+    report = judge(experiences, names, start, end, settle)
+    result = {"experiences": len(experiences), "invalid_skipped": invalid, "since": start, "until": end,
+              "settle_seconds": settle, **report.to_dict(), "seconds": round(time.monotonic() - started, 2)}
+    if as_json:
+        emit_json(result)
+        return
+
+    def interval(est: dict, digits: int = 4) -> str:
+        return f"{est['value']:.{digits}f} [{est['low']:.{digits}f}, {est['high']:.{digits}f}]"
+
+    click.echo(f"{len(experiences)} experiences; judged per arm (requests its own policy served):")
+    for arm in result["arms"]:
+        click.echo(f"  {arm['arm']:<16} requests {arm['requests']:>7}  users {arm['users']:>6}  "
+                   f"CTR {interval(arm['ctr'])}  reward {interval(arm['reward'])}  "
+                   f"cold start {interval(arm['cold_start_reward'])}"
+                   + (f"  ({arm['served_by_other']} served by another arm's version)" if arm["served_by_other"] else ""))
+    left = {k: v for k, v in result["left_out"].items() if v}
+    if left:
+        click.echo("  left out: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in left.items()))
+    comparison = result["comparison"]
+    if comparison is not None:
+        more = comparison["more_needed"]
+        click.echo(f"{comparison['of']}: {comparison['difference']:+.4f} reward per request, always-valid 95% "
+                   f"interval [{comparison['low']:+.4f}, {comparison['high']:+.4f}] after {comparison['n']} requests")
+        click.echo(f"verdict: {comparison['verdict']}"
+                   + (f" (about {more} more requests at this difference)" if more is not None else ""))
 
 
 def _print_evaluation(result: dict[str, Any]) -> None:

@@ -180,12 +180,17 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               help="Backfill: train on every experience on the topic in whole turns, publish (gated) every "
               "--publish-every updates and at the end, exit 0: the versions a benchmark makes from the same records. "
               "Meta tasks read users' histories from the replay store: let `replay` store the backlog first.")
+@click.option("--name", default=None, callback=lambda ctx, param, value: _policy_name(value),
+              help="Policy name to train and publish (default RECSYS_POLICY_NAME). In an online experiment "
+              "(`score --arms`) the learner of an arm trains only on that arm's experiences, with its own "
+              "checkpoint, consumer group and chain of versions.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one).")
+              help="Port of /metrics (default RECSYS_METRICS_PORT; 0 picks a free one; each learner on a "
+              "machine needs its own).")
 def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: ExplorationKind,
           full_every: int, full_seconds: float, retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
           mmap_threshold: int, checkpoint: Path | None, checkpoint_seconds: float, trim_seconds: float,
-          until_caught_up: bool, metrics_port: int | None) -> None:
+          until_caught_up: bool, name: str | None, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
@@ -215,8 +220,11 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
 
     def build(settings):
         _trusted(settings, "learner")
+        if name is not None:
+            settings = settings.model_copy(update={"policy_name": name})
         worker = LearnerWorker(settings, _encoder(), config, agent, checkpoint_path=checkpoint)
-        log.info("learner on %s: checkpoint %s", worker.learner.device, worker.checkpoint_path)
+        log.info("learner of policy %s on %s: checkpoint %s", settings.policy_name, worker.learner.device,
+                 worker.checkpoint_path)
         return worker
 
     from models.checkpoint import CheckpointError
@@ -246,8 +254,15 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
         help="Users whose recent outcomes are kept for adaptation (the least recently seen go first).")
 @option("--user-ttl", type=click.FloatRange(min=1.0), default_from="stream.serving.scorer:ScorerConfig.user_ttl",
         help="Seconds an idle user's recent outcomes are kept.")
+@click.option("--arms", default=None,
+              help="Run an online experiment: policy names with their shares of users, e.g. A=50,B=50 (default "
+              "RECSYS_ARMS; unset: one arm, RECSYS_POLICY_NAME). Each user stays in one arm by a hash of the "
+              "user id and --experiment; leaving an arm out on restart moves only its users to the others.")
+@click.option("--experiment", default=None,
+              help="Experiment name that seeds the assignment (default RECSYS_EXPERIMENT).")
 def score(host: str, port: int, slate_size: int, temperature: float | None, epsilon: float | None,
-          no_kafka_requests: bool, trim_seconds: float, mmap_threshold: int, max_users: int, user_ttl: float) -> None:
+          no_kafka_requests: bool, trim_seconds: float, mmap_threshold: int, max_users: int, user_ttl: float,
+          arms: str | None, experiment: str | None) -> None:
     """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version.
 
     /metrics is served on the scoring port, so no separate metrics server is started.
@@ -257,13 +272,22 @@ def score(host: str, port: int, slate_size: int, temperature: float | None, epsi
 
     if mmap_threshold:
         fix_mmap_threshold(mmap_threshold)    # before the encoder, torch and the Kafka clients allocate
+    from stream.experiment.arms import Arms, ArmsError
     from stream.serving.scorer import ScorerConfig
     from stream.serving.service import ScorerService
 
     def build(settings):
         _trusted(settings, "scorer")
+        spec = arms or settings.arms
         try:
-            config = ScorerConfig(slate_size, temperature, epsilon, max_users=max_users, user_ttl=user_ttl)
+            experiment_arms = Arms.parse(spec, experiment or settings.experiment) if spec else None
+        except ArmsError as exc:
+            raise RoleStartError(f"--arms / RECSYS_ARMS: {exc}", 2) from exc
+        if experiment_arms is not None:
+            log.info("experiment %s: %s", experiment_arms.experiment, experiment_arms.describe())
+        try:
+            config = ScorerConfig(slate_size, temperature, epsilon, max_users=max_users, user_ttl=user_ttl,
+                                  arms=experiment_arms)
             return ScorerService(settings, _encoder(), config, host, port,
                                  kafka_requests=not no_kafka_requests, trim_seconds=trim_seconds)
         except OSError as exc:
@@ -292,6 +316,14 @@ def replay(store_path: Path | None, window: int, reservoir: int, metrics_port: i
 
     service = run_role_or_exit("replay", build, metrics_port)
     log.info("replay service stopped after %d messages", service.consumed)
+
+
+def _policy_name(value: str | None) -> str | None:
+    from stream.experiment.arms import ARM_NAME
+
+    if value is not None and not ARM_NAME.match(value):
+        raise click.BadParameter(f"{value!r}: a policy name is letters, digits, '.', '_' or '-' (at most 128)")
+    return value
 
 
 def _trusted(settings, component: str) -> None:

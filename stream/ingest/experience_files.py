@@ -20,7 +20,7 @@ from stream import schemas
 from stream.ingest.tables import read_rows
 
 _SCALARS = ("event_id", "request_id", "user_id", "action", "position", "propensity", "reward", "kind",
-            "policy_version", "ts")
+            "policy_version", "ts", "arm", "policy_name")
 
 
 def flat_row(e: schemas.Experience) -> dict[str, Any]:

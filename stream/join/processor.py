@@ -36,6 +36,15 @@ REWARD = Counter(
     "item.",
     ["kind"],
 )
+ARM_REWARD = Counter(
+    "recsys_arm_reward_total",
+    "Sum of the rewards of emitted experiences by experiment arm (the impression's; `none` outside experiments): "
+    "over recsys_scorer_arm_requests_total it is each arm's reward per request.",
+    ["arm"],
+)
+#: Distinct arm labels exported; the arm is the impression's word, so a flood of forged names becomes "other"
+#: instead of a series each.
+MAX_ARM_SERIES = 16
 JOIN_DUPLICATES = Counter(
     "recsys_join_duplicates_total",
     "Inputs the reward join ignored as repeats (same event_id, or a second click on one shown item).",
@@ -96,6 +105,7 @@ class RewardProcessor:
         self._written_progress: dict[int, bytes] = {}
         #: Counters of this batch, published with the gauges (``publish_metrics``) by the driving loop.
         self.tally = Tally()
+        self._arm_children: dict[str | None, object] = {}
 
     def _partition(self, partition: int) -> tuple[RewardJoin, InputWatermarks]:
         join = self.joins.get(partition)
@@ -167,6 +177,15 @@ class RewardProcessor:
         join, marks = self._partition(partition)
         return self._collect(join.advance(marks.advance_by(seconds)))
 
+    def _arm_reward(self, arm: str | None):
+        child = self._arm_children.get(arm)
+        if child is None:
+            label = arm or "none"
+            child = ARM_REWARD.labels("other" if len(self._arm_children) >= MAX_ARM_SERIES else label)
+            if len(self._arm_children) < MAX_ARM_SERIES:
+                self._arm_children[arm] = child
+        return child
+
     def _collect(self, result: JoinOutput, current: tuple[str, bytes, Coordinates] | None = None,
                  out: Outcome | None = None) -> Outcome:
         """Experiences and dead letters from a join result, added to ``out`` (a new Outcome if None);
@@ -179,6 +198,7 @@ class RewardProcessor:
             tally.add(_EXPERIENCE_KINDS[experience.kind])
             if experience.reward:
                 tally.add(_REWARD_KINDS[experience.kind], experience.reward)
+                tally.add(self._arm_reward(experience.arm), experience.reward)
         if result.duplicates:
             tally.add(JOIN_DUPLICATES, result.duplicates)
         for event_id in result.parked:

@@ -492,6 +492,8 @@ class RewardJoin:
             ts=ts,
             context=imp.context if isinstance(imp.context, Context) else Context(),
             candidates=imp.candidates,
+            arm=imp.arm,
+            policy_name=imp.policy_name,
         )
 
 

@@ -39,11 +39,23 @@ class StreamExperiences:
         return self.batcher.tasks(queries, [self.store.history_before(e.user_id, e.ts, self.history) for e in queries])
 
 
-class StoreReplay:
-    """``models.loop.Replay`` from the replay store: uniform rows of the policy's width."""
+#: Draws from the store to fill a replay batch with one arm's rows when an experiment shares the store.
+ARM_DRAWS = 4
 
-    def __init__(self, batcher: ExperienceBatcher, store: ReplaySampler) -> None:
-        self.batcher, self.store = batcher, store
+
+class StoreReplay:
+    """``models.loop.Replay`` from the replay store: uniform rows of the policy's width and of the learner's
+    experiment arm (rows of no arm, the shared history, included)."""
+
+    def __init__(self, batcher: ExperienceBatcher, store: ReplaySampler, arm: str | None = None) -> None:
+        self.batcher, self.store, self.arm = batcher, store, arm
 
     def sample(self, n: int) -> list[schemas.Experience]:
-        return [e for e in self.store.sample(n) if self.batcher.fits(e)]
+        rows: list[schemas.Experience] = []
+        for _ in range(ARM_DRAWS):
+            drawn = [e for e in self.store.sample(n - len(rows)) if self.batcher.fits(e)]
+            own = [e for e in drawn if self.arm is None or e.arm is None or e.arm == self.arm]
+            rows.extend(own)
+            if len(own) == len(drawn) or len(rows) >= n:
+                break       # nothing of another arm was drawn (outside experiments: always), or the batch is full
+        return rows[:n]

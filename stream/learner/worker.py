@@ -89,7 +89,12 @@ GATE_ESTIMATE = Gauge("recsys_learner_gate_estimate", "Last doubly robust estima
                       "(candidate, live), and the bounds of their paired difference's interval (diff_low, diff_high).",
                       ["policy"])
 REFUSED = Counter("recsys_learner_refused_experiences_total",
-                  "Experiences not trained on, by reason (width: context.features not the policy's width).", ["reason"])
+                  "Experiences not trained on, by reason (width: context.features not the policy's width; "
+                  "other_arm: served to another arm of an online experiment, which its own learner trains on).",
+                  ["reason"])
+TAKEN = Counter("recsys_learner_experiences_taken_total",
+                "Experiences queued for the loop (to train on, or held out to judge candidates): of this learner's "
+                "experiment arm only.")
 UPDATE_SECONDS = Histogram("recsys_learner_update_seconds", "Time of one optimiser step (batch building included).",
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 FRESH_DELAY = Histogram("recsys_learner_fresh_delay_seconds",
@@ -146,6 +151,19 @@ def _compact(event: schemas.Experience) -> schemas.Experience:
                                    candidates=[sys.intern(c) for c in event.candidates or ()])
 
 
+def trains_arm(event: schemas.Experience, arm: str) -> bool:
+    """Whether the learner of ``arm`` trains on ``event``: its arm's traffic (on-policy for that arm, whatever
+    served it), and records from before arms existed or imported logs (arm None), the history every arm shares."""
+    return event.arm is None or event.arm == arm
+
+
+def learner_group(settings: Settings) -> str:
+    """The learner's consumer group: one per policy name, so the learners of an experiment's arms each read the
+    whole topic (the default name keeps the group it always had)."""
+    name = settings.policy_name
+    return f"{settings.topic_prefix}learner" + ("" if name == "default" else f".{name}")
+
+
 class LearnerWorker:
     def __init__(self, settings: Settings, encoder: TextEncoder, config: LearnerWorkerConfig | None = None,
                  agent_config: AgentConfig | None = None, model_config: PolicyConfig | None = None,
@@ -161,12 +179,14 @@ class LearnerWorker:
         self.items = TopicFollower(settings, "items", self.catalogue.add, from_start=True, component="learner")
         self.batcher = ExperienceBatcher(model_config, self.catalogue)
         self.replay = ReplaySampler(store_path or default_store_path(settings))
+        #: The experiment arm this learner trains for: its policy name (``learn --name``).
+        self.arm = settings.policy_name
         self.publisher = PolicyPublisher(settings, "learner")
         self.chain = VersionChain(self.publisher, cfg.full_every, cfg.full_every_seconds, cfg.retain_versions,
                                   metrics=lambda: {"trained_through_ts": self.trained_through})
         self.loop: ContinualLoop[schemas.Experience] = ContinualLoop(
             self.agent, StreamExperiences(self.batcher, self.replay, self.agent.config.history), self.chain,
-            StoreReplay(self.batcher, self.replay),
+            StoreReplay(self.batcher, self.replay, self.arm),
             LoopConfig(holdout_share=cfg.holdout_share, gate_decisions=cfg.gate_decisions, seed=cfg.seed))
         self.checkpoint_path = checkpoint_path or settings.data_dir / "learner" / \
             f"{settings.topic_prefix}{settings.policy_name}.ckpt"
@@ -283,7 +303,7 @@ class LearnerWorker:
         self.resume()
         self.policies.start()       # a rollback published while the learner was down is adopted below
         self._start_chain()
-        consumer = make_consumer(self.settings, "learner", f"{self.settings.topic_prefix}learner", **{
+        consumer = make_consumer(self.settings, "learner", learner_group(self.settings), **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
             "queued.max.messages.kbytes": PREFETCH_KBYTES})
         self.guard = GapGuard(consumer, "learner")
@@ -428,10 +448,14 @@ class LearnerWorker:
         if self.seen.seen(event.event_id):
             REPEATS.inc()
             return False
+        if not trains_arm(event, self.arm):
+            REFUSED.labels("other_arm").inc()      # another arm's learner trains on it
+            return False
         if not self.batcher.fits(event):
             REFUSED.labels("width").inc()      # the replay service dead-letters it with its reason
             return False
         event = _compact(event)
+        TAKEN.inc()
         self.fresh.append((time.monotonic(), partition, offset, event))
         self.trainable += self.loop.trains_on(event)
         return True

@@ -12,6 +12,12 @@ version carries (``ServingPolicy.decide``; an operator's ``--temperature`` or
 where the reward join starts. Before any version exists it serves uniform random
 slates as version 0: that traffic is what the first version learns from.
 
+An online experiment (``ScorerConfig.arms``, ``score --arms A=50,B=50``) serves several
+policy names at once: each user is in one arm by a stable hash (``arms.py``), and each
+impression says its arm and the policy that chose it. An arm whose learner has not
+published yet is served the first arm's live version that exists (logged with that
+policy's name, so the comparison can leave those requests out).
+
 The HTTP layer is ``http_server.py``, the Kafka transport ``kafka_transport.py``, and
 ``service.py`` wires them to the followers that feed this core.
 """
@@ -35,6 +41,7 @@ from models.exploration import KINDS
 from models.serving import Recent, ServingPolicy, TextProjections, uniform_slate
 from stream import schemas
 from stream.config import Settings
+from stream.experiment.arms import Arms
 from stream.items.embeddings import Catalogue
 from stream.kafka.clients import LOGGING_LINGER_MS
 from stream.kafka.producer import EventProducer
@@ -59,6 +66,12 @@ EXPLORATION = Gauge("recsys_scorer_exploration", "The exploration this scorer se
 EXPLORATION_OVERRIDES = Gauge("recsys_scorer_exploration_overridden",
                               "1 for each exploration setting an operator overrides (--temperature, --epsilon).",
                               ["setting"])
+ARM_REQUESTS = Counter("recsys_scorer_arm_requests_total",
+                       "Requests served, by the user's experiment arm and the policy that chose the slate (another "
+                       "arm's while this arm has no version yet; none: uniform random before any version).",
+                       ["arm", "served_by"])
+ARM_VERSION = Gauge("recsys_scorer_arm_version", "Policy version live for each experiment arm (0: none yet).",
+                    ["arm"])
 FRESHNESS = Histogram(
     "recsys_freshness_seconds",
     "From the event time of the newest click a version was trained on to that version serving here.",
@@ -79,6 +92,8 @@ class ScorerConfig:
     history: int = 20
     max_users: int = 100_000
     user_ttl: float = 3600.0
+    #: The experiment's arms (policy names and shares of users); None: one arm, RECSYS_POLICY_NAME.
+    arms: Arms | None = None
 
 
 @dataclass(frozen=True)
@@ -101,21 +116,32 @@ class Scorer:
         REMEMBERED_OUTCOMES.set_function(lambda: self.memory.outcomes)
         # Impressions are logged, not answered: lingering adds nothing to a response's latency.
         self.events = producer or EventProducer(settings, "scorer", **{"linger.ms": LOGGING_LINGER_MS})
-        self._served = _Served(0, None)
-        self.live_metrics: dict[str, float] = {}   # the live version's header metrics (gate, freshness)
+        self.arms = self.config.arms or Arms.single(settings.policy_name)
+        # Arm -> its served version, each replaced by one assignment (a request reads it once).
+        self._served: dict[str, _Served] = {arm: _Served(0, None) for arm in self.arms.names}
+        for arm in self.arms.names:
+            ARM_VERSION.labels(arm).set(0)
+        self.live_metrics: dict[str, float] = {}   # the first arm's live header metrics (gate, freshness)
+        self.arm_metrics: dict[str, dict[str, float]] = {}
         self._rngs = threading.local()
         self.swaps: list[int] = []
 
     @property
     def version(self) -> int:
-        return self._served.version
+        """The first arm's live version (the only arm's, outside an experiment)."""
+        return self._served[self.arms.names[0]].version
 
-    def swap(self, live: LivePolicy) -> None:
-        """Prepare ``live`` for serving, then replace the served version in one assignment."""
+    def versions(self) -> dict[str, int]:
+        return {arm: served.version for arm, served in self._served.items()}
+
+    def swap(self, live: LivePolicy, arm: str | None = None) -> None:
+        """Prepare ``live`` for serving ``arm`` (default: the first), then replace what that arm serves in one
+        assignment."""
+        arm = arm or self.arms.names[0]
         started = time.perf_counter()
         if live.model.config.text_dim != self.catalogue.dim:
-            log.error("policy v%d expects %d-dim item text, the encoder gives %d: keeping v%d", live.version,
-                      live.model.config.text_dim, self.catalogue.dim, self.version)
+            log.error("policy %s v%d expects %d-dim item text, the encoder gives %d: keeping v%d", arm,
+                      live.version, live.model.config.text_dim, self.catalogue.dim, self._served[arm].version)
             return
         carried = live.model.config.exploration
         exploration = carried.with_overrides(temperature=self.config.temperature, epsilon=self.config.epsilon)
@@ -126,8 +152,11 @@ class Scorer:
         served = _Served(live.version, policy, TextProjections(policy))
         _export_exploration(exploration, self.config)
         SWAP_BUILD_SECONDS.observe(time.perf_counter() - started)
-        self._served = served
-        self.live_metrics = dict(live.header.metrics)
+        self._served = {**self._served, arm: served}
+        self.arm_metrics[arm] = dict(live.header.metrics)
+        if arm == self.arms.names[0]:
+            self.live_metrics = dict(live.header.metrics)
+        ARM_VERSION.labels(arm).set(live.version)
         self.swaps.append(live.version)
         del self.swaps[:-MAX_REMEMBERED_SWAPS]
         SCORER_SWAPS.inc()
@@ -141,8 +170,22 @@ class Scorer:
             rng = self._rngs.rng = np.random.default_rng()
         return rng
 
+    def serving(self, user_id: str) -> tuple[str, str | None, _Served]:
+        """The user's arm, the policy name that serves it and the version, read once: an arm with no version
+        yet is served the first arm's that has one; with none anywhere, uniform random (name None)."""
+        arm = self.arms.assign(user_id)
+        every = self._served
+        served = every[arm]
+        if served.policy is not None:
+            return arm, arm, served
+        for other in self.arms.names:
+            if every[other].policy is not None:
+                return arm, other, every[other]
+        return arm, None, served
+
     def score(self, request: schemas.ScoreRequest) -> schemas.ScoreResponse:
-        served = self._served           # one read: this request uses this version throughout
+        arm, policy_name, served = self.serving(request.user_id)   # this request uses this version throughout
+        ARM_REQUESTS.labels(arm, policy_name or "none").inc()
         now = time.time()
         candidates = request.candidates
         k = min(request.k or self.config.slate_size, len(candidates))
@@ -181,11 +224,11 @@ class Scorer:
         self.events.send("impressions", schemas.Impression(
             event_id=impression_id(request_id), request_id=request_id, user_id=request.user_id, ts=now,
             shown=shown, policy_version=served.version, context=request.context,
-            candidates=list(candidates) if _fits(candidates) else None))
+            candidates=list(candidates) if _fits(candidates) else None, arm=arm, policy_name=policy_name))
         return schemas.ScoreResponse(
             request_id=request_id, user_id=request.user_id, policy_version=served.version,
             slate=[schemas.ScoredItem(s.item_id, s.position, s.propensity, s.score or 0.0) for s in shown],
-            personalised_from=adapted, ts=now)
+            personalised_from=adapted, ts=now, arm=arm, policy_name=policy_name)
 
     def _item_vectors(self, served: _Served, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
         catalogue = self.catalogue

@@ -6,6 +6,7 @@ recent outcomes); the two transports ask it for slates. ``run`` is the role's en
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -32,7 +33,12 @@ class ScorerService:
                  max_connections: int = MAX_CONNECTIONS, trim_seconds: float = TRIM_SECONDS) -> None:
         self.settings = settings
         self.scorer = Scorer(settings, encoder, config)
-        self.subscriber = PolicySubscriber(settings, "scorer", on_swap=self.scorer.swap)
+        arms = self.scorer.arms.names
+        # One follower per arm (each keeps its own chain of versions); outside an experiment the one is "scorer".
+        self.subscribers = [PolicySubscriber(settings, "scorer" if len(arms) == 1 else f"scorer.{arm}", name=arm,
+                                             on_swap=functools.partial(self.scorer.swap, arm=arm))
+                            for arm in arms]
+        self.subscriber = self.subscribers[0]
         self.items = TopicFollower(settings, "items", self.scorer.catalogue.add, from_start=True, component="scorer")
         self.experiences = TopicFollower(settings, "experiences", self._observe, from_start=False, component="scorer")
         self.http = ScoringHTTPServer((host, port), self.scorer, self.health, read_timeout, max_connections)
@@ -59,7 +65,11 @@ class ScorerService:
         if not self.items.caught_up.wait(wait):
             raise TimeoutError(f"items topic not read to its end within {wait:.0f}s")
         log.info("catalogue: %d items", len(self.scorer.catalogue))
-        self.subscriber.start(wait)
+        for subscriber in self.subscribers:
+            subscriber.start(wait)
+        if len(self.subscribers) > 1:
+            log.info("experiment %s: arms %s; live versions %s", self.scorer.arms.experiment,
+                     self.scorer.arms.describe(), self.scorer.versions())
         serve = threading.Thread(target=self.http.serve_forever, name="scorer-http", daemon=True)
         serve.start()
         self._threads.append(serve)
@@ -80,6 +90,10 @@ class ScorerService:
         """What ``/healthz`` answers: "ok", or "degraded" (HTTP 503) while the Kafka transport is down."""
         health = {"status": "ok", "policy_version": self.scorer.version, "policy_metrics": self.scorer.live_metrics,
                   "catalogue_items": len(self.scorer.catalogue)}
+        if len(self.subscribers) > 1:
+            health["arms"] = {arm: {"share": self.scorer.arms.share_of(arm), "policy_version": version}
+                              for arm, version in self.scorer.versions().items()}
+            health["experiment"] = self.scorer.arms.experiment
         if self.kafka is not None:
             health["kafka_transport"] = {"up": self.kafka.up, "restarts": self.kafka.restarts,
                                          "last_error": self.kafka.last_error}
@@ -103,7 +117,8 @@ class ScorerService:
         self._stop.set()
         self.http.shutdown()
         self.http.server_close()
-        self.subscriber.stop()
+        for subscriber in self.subscribers:
+            subscriber.stop()
         for follower in (self.items, self.experiences):
             follower.stopping.set()
             follower.join(10)
