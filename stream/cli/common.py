@@ -25,6 +25,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+#: The agent variants (``models.agent.VARIANTS``) that ``learn --variant`` and ``demo --arms`` take, written out:
+#: importing the agent would make ``--help`` slow (tests/unit/test_cli_reference.py keeps them the agent's).
+VARIANTS = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_online_only", "ours_retained")
+
+
 def load_settings() -> Settings:
     try:
         return Settings()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stream.cli.common import emit_json, fail, load_settings, setup_logging
+from stream.cli.common import VARIANTS, emit_json, fail, load_settings, setup_logging
 from stream.config import Settings
 from stream.ops.allocator import CHOICES as ALLOCATORS
 
@@ -33,9 +33,15 @@ from stream.ops.allocator import CHOICES as ALLOCATORS
               help="The roles' malloc. auto: jemalloc for every role where libjemalloc2 is installed (glibc's heaps "
               "fragment under the roles' churn), glibc otherwise. jemalloc: the same, and an error without it. "
               "glibc: none.")
+@click.option("--arms", default=None,
+              help="Compare two agent variants online, e.g. ours,ours_online_only: each serves half the users and "
+              "learns from its own traffic with its own learner; prints both arms' reward over time and the verdict "
+              "of `evaluate --arms` at the end (variants: ours, ours_no_meta, ours_no_anti_forgetting, "
+              "ours_online_only, ours_retained).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, log_dir: Path | None,
-         walkthrough: bool, with_prometheus: bool, prometheus_port: int, allocator: str, as_json: bool) -> None:
+         walkthrough: bool, with_prometheus: bool, prometheus_port: int, allocator: str, arms: str | None,
+         as_json: bool) -> None:
     """Run the whole loop on the embedded broker (or RECSYS_BOOTSTRAP_SERVERS).
 
     Starts the broker, creates the topics and runs the reward join, the replay buffer,
@@ -64,8 +70,10 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
             find_prometheus()       # before anything starts: say how to get it
         except PrometheusUnavailable as exc:
             fail(str(exc))
+    variants = _variants(arms) if arms else ()
     options = LoopOptions(duration=duration, requests=n_requests, rate=rate, plot=plot_path, log_dir=log_dir,
-                          prometheus_port=prometheus_port if with_prometheus else None, allocator=allocator)
+                          prometheus_port=prometheus_port if with_prometheus else None, allocator=allocator,
+                          arms=variants)
     try:
         report = run_closed_loop(settings, options, say)
     except (BrokerError, PrometheusUnavailable) as exc:
@@ -115,7 +123,35 @@ def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, 
         click.echo(f"Prometheus ({prom['url']}, stopped with the demo): targets up {prom['targets_up']}; scorer HTTP "
                    f"p99 {'n/a' if p99 is None else f'{p99 * 1000:.1f} ms'}; versions {prom['policy_version']}; "
                    f"alerts firing {prom['alerts_firing'] or 'none'}")
+    if "experiment" in report:
+        _print_experiment(report)
     click.echo(f"dead letters: {report['dead_letters'] or 'none'}; plot: {report.get('plot')}")
+
+
+def _variants(spec: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in spec.split(","))
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or len(names) != 2 or names[0] == names[1]:
+        fail(f"--arms takes two different agent variants, e.g. ours,ours_online_only; "
+             f"{'unknown: ' + ', '.join(unknown) if unknown else f'got {spec!r}'} (variants: {', '.join(VARIANTS)})", 2)
+    return names
+
+
+def _print_experiment(report: dict) -> None:
+    experiment = report["experiment"]
+    truth = report["arm_expected_reward"]
+    click.echo("arm                      requests  reward/request (clicks drawn, 95%)   expected reward/slate "
+               "(simulator): all, second half")
+    for arm in experiment["arms"]:
+        est, exp = arm["reward"], truth.get(arm["arm"], {})
+        click.echo(f"{arm['arm']:<24} {arm['requests']:>8}  {est['value']:.4f} [{est['low']:.4f}, {est['high']:.4f}]"
+                   f"          {exp.get('all') or float('nan'):.4f}, {exp.get('second_half') or float('nan'):.4f}")
+    comparison = experiment["comparison"]
+    if comparison is not None:
+        more = comparison["more_needed"]
+        click.echo(f"{comparison['of']}: {comparison['difference']:+.4f} [{comparison['low']:+.4f}, "
+                   f"{comparison['high']:+.4f}] (always valid) -> {comparison['verdict']}"
+                   + (f"; about {more} more requests at this difference" if more is not None else ""))
 
 
 def _span(numbers: list[int]) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stream.cli.common import fail, load_settings, log, option, run_role_or_exit, setup_logging
+from stream.cli.common import VARIANTS, fail, load_settings, log, option, run_role_or_exit, setup_logging
 
 if TYPE_CHECKING:
     from models.exploration import Kind as ExplorationKind
@@ -180,6 +180,10 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
               help="Backfill: train on every experience on the topic in whole turns, publish (gated) every "
               "--publish-every updates and at the end, exit 0: the versions a benchmark makes from the same records. "
               "Meta tasks read users' histories from the replay store: let `replay` store the backlog first.")
+@click.option("--variant", type=click.Choice(VARIANTS), default="ours", show_default=True,
+              help="What the learner keeps of the agent (the benchmarks' rows): ours_online_only trains on fresh "
+              "experiences alone (no replay, EWC or distillation), ours_no_meta serves without the meta-learned "
+              "prior, ... A checkpoint remembers the model, not the variant.")
 @click.option("--name", default=None, callback=lambda ctx, param, value: _policy_name(value),
               help="Policy name to train and publish (default RECSYS_POLICY_NAME). In an online experiment "
               "(`score --arms`) the learner of an arm trains only on that arm's experiences, with its own "
@@ -190,7 +194,7 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alpha: float, exploration: ExplorationKind,
           full_every: int, full_seconds: float, retain: int, probe_period: float, probe_sets: int, device: str, threads: int | None,
           mmap_threshold: int, checkpoint: Path | None, checkpoint_seconds: float, trim_seconds: float,
-          until_caught_up: bool, name: str | None, metrics_port: int | None) -> None:
+          until_caught_up: bool, variant: str, name: str | None, metrics_port: int | None) -> None:
     """Run the learner: trains on fresh experiences and replay, publishes gated policy versions."""
     from dataclasses import replace
 
@@ -200,7 +204,7 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
     if mmap_threshold:
         fix_mmap_threshold(mmap_threshold)
 
-    from models.agent import AgentConfig
+    from models.agent import VARIANTS, AgentConfig
     from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
 
     if threads is not None:
@@ -222,9 +226,10 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
         _trusted(settings, "learner")
         if name is not None:
             settings = settings.model_copy(update={"policy_name": name})
-        worker = LearnerWorker(settings, _encoder(), config, agent, checkpoint_path=checkpoint)
-        log.info("learner of policy %s on %s: checkpoint %s", settings.policy_name, worker.learner.device,
-                 worker.checkpoint_path)
+        worker = LearnerWorker(settings, _encoder(), config, agent, checkpoint_path=checkpoint,
+                               variant=VARIANTS[variant])
+        log.info("learner of policy %s (%s) on %s: checkpoint %s", settings.policy_name, variant,
+                 worker.learner.device, worker.checkpoint_path)
         return worker
 
     from models.checkpoint import CheckpointError

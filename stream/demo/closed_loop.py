@@ -51,12 +51,16 @@ from stream.policy.bus import one_per_number, read_versions
 from stream.policy.trust import new_key, trust_of
 
 ROLES = ("process", "replay", "learn", "score")
+#: The experiment the demo's arms run as (``--arms``): it seeds which arm each simulated user is in.
+EXPERIMENT = "demo"
 #: The learner's forgetting probe period in the demo (minutes in production; a demo lasts minutes).
 PROBE_PERIOD_SECONDS = 15
 #: Click-to-live is also reported per this many seconds of traffic (does freshness hold over a long run?).
 FRESHNESS_WINDOW_SECONDS = 300.0
 #: The Prometheus job of each role, as deploy/prometheus/prometheus.yml names it.
 JOBS = {"process": "processor", "replay": "replay", "learn": "learner", "score": "scorer"}
+#: The join's click window in the demo (seconds): a slate's no-clicks are emitted this long after it.
+DEMO_CLICK_WINDOW = 5.0
 
 
 @dataclass
@@ -84,6 +88,9 @@ class LoopOptions:
     #: The malloc of each role (``stream/ops/allocator.py``): ``auto`` preloads jemalloc, where it is
     #: installed, into the join, the replay store and the learner; ``jemalloc`` into every role; ``glibc``: none.
     allocator: str = "auto"
+    #: An online experiment: agent variants (``learn --variant``), each an arm with half the users and its own
+    #: learner; empty: one learner, no experiment.
+    arms: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,6 +104,8 @@ class Window:
     ctr_learned: list[float] = field(default_factory=list)
     ctr_random: list[float] = field(default_factory=list)
     version: list[int] = field(default_factory=list)
+    #: In an experiment: each arm's learned reward per second (NaN in a second without its requests).
+    arms: dict[str, list[float]] = field(default_factory=dict)
 
 
 #: The roles' own deadline after SIGTERM (``RECSYS_STOP_GRACE_SECONDS``); ``Roles.stop`` waits longer.
@@ -107,7 +116,7 @@ class Roles:
     """The worker processes of the loop, each with its log and /metrics port, stopped together."""
 
     def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 100,
-                 score_args: tuple[str, ...] = (), allocator: str = "auto") -> None:
+                 score_args: tuple[str, ...] = (), allocator: str = "auto", arms: tuple[str, ...] = ()) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
         self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
                         RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
@@ -127,28 +136,36 @@ class Roles:
         self.metrics: dict[str, int] = {}
         self.score_port = free_port()
         self.broker_pid: int | None = None      # the embedded broker's, to watch its memory
+        #: Learner role -> the arm it trains: "learn" the first arm's, "learn.<arm>" each other's.
+        self.arms = {("learn" if i == 0 else f"learn.{arm}"): arm for i, arm in enumerate(arms)}
+        self.roles = [role for role in ROLES if role != "learn" or not arms]
+        self.roles[2:2] = list(self.arms)
 
     def start(self) -> None:
-        for role in ROLES:
+        for role in self.roles:
             self.launch(role)
 
     def launch(self, role: str) -> None:
         """Start (or restart) one role, on the same /metrics port as before."""
+        command = role.split(".")[0]
         if role == "score":
             port = self.score_port
-            extra = ["--port", str(port), "--no-kafka-requests", *self.score_args]
+            arms = ["--arms", ",".join(f"{arm}=50" for arm in self.arms.values()), "--experiment", EXPERIMENT]
+            extra = ["--port", str(port), "--no-kafka-requests", *(arms if self.arms else []), *self.score_args]
         else:
             port = self.metrics.get(role) or free_port()
             extra = {
-                "process": ["--click-window", "5", "--grace", "1", "--purchase-window", "30"],
+                "process": ["--click-window", str(DEMO_CLICK_WINDOW), "--grace", "1", "--purchase-window", "30"],
                 "replay": [],
                 "learn": ["--publish-seconds", str(self.publish_seconds), "--publish-every", "40",
                           "--full-every", str(self.full_every), "--threads", "1", "--probe-period", str(PROBE_PERIOD_SECONDS)],
-            }[role] + ["--metrics-port", str(port)]
+            }[command] + ["--metrics-port", str(port)]
+            if role in self.arms:
+                extra += ["--name", self.arms[role], "--variant", self.arms[role]]
         self.metrics[role] = port
         with (self.log_dir / f"{role}.log").open("ab") as log:
-            env = launch_env(self.env, role, self.allocator, self.jemalloc)
-            self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", role, *extra], env=env,
+            env = launch_env(self.env, command, self.allocator, self.jemalloc)
+            self.procs[role] = subprocess.Popen([sys.executable, "-m", "stream", command, *extra], env=env,
                                                 stdout=log, stderr=subprocess.STDOUT,
                                                 # its own session (Ctrl-C reaches only this process, which stops
                                                 # the roles in order), and SIGTERM if this process dies: a
@@ -267,9 +284,10 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         for i in range(len(world.catalog)):
             producer.send("items", schemas.decode("items", json.dumps(world.catalog.item_record(i, now))))
         producer.flush()
-        say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(ROLES)}")
         roles = Roles(live, log_dir, options.publish_seconds, options.full_every, options.score_args,
-                      options.allocator)
+                      options.allocator, options.arms)
+        say(f"catalogue: {len(world.catalog)} items published; starting {', '.join(roles.roles)}"
+            + (f"; experiment {EXPERIMENT}: arms {', '.join(options.arms)}, half the users each" if options.arms else ""))
         roles.broker_pid = broker_pid
         roles.start()
         stack.callback(roles.stop)
@@ -280,8 +298,10 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
             + ", ".join(f"{r} /metrics :{p}" for r, p in roles.metrics.items()))
         prometheus = None
         if options.prometheus_port is not None:
-            prometheus = LocalPrometheus({JOBS[r]: [f"127.0.0.1:{p}"] for r, p in roles.metrics.items()},
-                                         tmp / "prometheus", options.prometheus_port)
+            targets: dict[str, list[str]] = {}
+            for r, p in roles.metrics.items():
+                targets.setdefault(JOBS[r.split(".")[0]], []).append(f"127.0.0.1:{p}")
+            prometheus = LocalPrometheus(targets, tmp / "prometheus", options.prometheus_port)
             prometheus.start()
             stack.callback(prometheus.stop)
             say(f"Prometheus at {prometheus.url} scraping {', '.join(JOBS.values())} with the alert rules loaded; "
@@ -313,6 +333,9 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         report["logs"] = str(log_dir)
         letters = [schemas.decode("dlq", m.value()) for m in read_topic(live, topic_name(live, "dlq"), "demo")]
         report["dead_letters"] = dict(Counter(letter.reason for letter in letters))
+        if options.arms:
+            report["experiment"] = judge_arms(live, options.arms)
+            live = live.model_copy(update={"policy_name": options.arms[0]})   # the first arm's chain below
         versions = one_per_number(read_versions(live), trust_of(live))   # a forged claimant may share a number
         report["versions_published"] = [v.version for v in versions]
         report["policy_traffic"] = policy_traffic(learner_metrics, versions, report["traffic_seconds"])
@@ -341,6 +364,9 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
     t0 = last_print = last_second = time.monotonic()
     traffic_started = time.time()
     second_rows: list[tuple[float, float, float, float, float]] = []
+    arm_values: dict[str, list[float]] = {arm: [] for arm in options.arms}     # per request, each arm's
+    arm_second: dict[str, list[float]] = {arm: [] for arm in options.arms}
+    win.arms = {arm: [] for arm in options.arms}
     n = 0
     while n < expected and (options.requests is not None or time.monotonic() - t0 < options.duration):
         users = world.sample_users(1)
@@ -357,7 +383,8 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
         index = {item: i for i, item in enumerate(item_ids)}
         slate = np.array([[cands[0][index[s["item_id"]]] for s in answer["slate"]]])
         version = int(answer["policy_version"])
-        if version not in served_versions:
+        # Freshness follows one chain of versions: in an experiment, the first arm's.
+        if (not options.arms or answer.get("policy_name") == options.arms[0]) and version not in served_versions:
             served_versions[version] = time.time()
             if version > 0:
                 health = health_of(roles.score_port)      # the live version's metrics, without reading the topic
@@ -391,6 +418,9 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
         tally.append((learned_value, random_value, oracle_value, ctr_l, ctr_r))
         phases[phase].append((learned_value, random_value, oracle_value))
         second_rows.append((learned_value, random_value, oracle_value, ctr_l, ctr_r))
+        if answer.get("arm") in arm_second:
+            arm_second[answer["arm"]].append(learned_value)
+            arm_values[answer["arm"]].append(learned_value)
         mono = time.monotonic()
         if mono - last_second >= 1.0:
             rows = np.array(second_rows)
@@ -398,6 +428,9 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
             for name, col in zip(("learned", "random", "oracle", "ctr_learned", "ctr_random"), rows.T):
                 getattr(win, name).append(float(col.mean()))
             win.version.append(version)
+            for arm, values in arm_second.items():
+                win.arms[arm].append(float(np.mean(values)) if values else float("nan"))
+                values.clear()
             second_rows.clear()
             last_second = mono
             if options.on_second is not None:
@@ -405,10 +438,11 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
         if mono - last_print >= 5.0:
             roles.check()
             recent = np.array(tally)
+            by_arm = " / ".join(f"{arm} {np.mean(values[-1000:]):.3f}" for arm, values in arm_values.items() if values)
             say(f"{mono - t0:6.1f}s  {n:6d} requests  {events / (mono - t0):6.0f} events/s  policy v{version:<3d} "
                 f"CTR learned {recent[:, 3].mean():.3f} vs random {recent[:, 4].mean():.3f}  "
-                f"reward {recent[:, 0].mean():.3f} / random {recent[:, 1].mean():.3f} / oracle {recent[:, 2].mean():.3f}"
-                + (f"  freshness {freshness[-1]:.1f}s" if freshness else ""))
+                f"reward {by_arm or f'{recent[:, 0].mean():.3f}'} / random {recent[:, 1].mean():.3f} / "
+                f"oracle {recent[:, 2].mean():.3f}" + (f"  freshness {freshness[-1]:.1f}s" if freshness else ""))
             last_print = mono
         # Pace the users: `rate` requests per second on average.
         ahead = n / options.rate - (time.monotonic() - t0)
@@ -442,8 +476,27 @@ def _drive(settings: Settings, options: LoopOptions, world: World, roles: Roles,
                                                                          FRESHNESS_WINDOW_SECONDS)},
         "drift_seconds": _drift_seconds(world, options),
         "series": {"t": win.t, "learned": win.learned, "random": win.random, "oracle": win.oracle,
-                   "ctr_learned": win.ctr_learned, "ctr_random": win.ctr_random, "version": win.version},
+                   "ctr_learned": win.ctr_learned, "ctr_random": win.ctr_random, "version": win.version,
+                   "arms": win.arms},
+        # Each arm's expected reward per slate (the simulator's truth, not the clicks it drew), all requests and
+        # the last half.
+        "arm_expected_reward": {arm: {"requests": len(values), "all": _mean_of(values),
+                                      "second_half": _mean_of(values[len(values) // 2:])}
+                                for arm, values in arm_values.items()},
     }
+
+
+def judge_arms(settings: Settings, arms: tuple[str, ...]) -> dict[str, Any]:
+    """What ``evaluate --arms`` says of the run's arms, from the experiences on the topic."""
+    from stream.experiment.report import judge
+
+    experiences = []
+    for message in read_topic(settings, topic_name(settings, "experiences"), "demo"):
+        try:
+            experiences.append(schemas.decode("experiences", message.value()))
+        except schemas.InvalidMessage:
+            continue        # the replay service dead-letters it; it judges nothing
+    return judge(experiences, list(arms), settle=DEMO_CLICK_WINDOW).to_dict()
 
 
 def prometheus_summary(prometheus: LocalPrometheus) -> dict[str, Any]:
@@ -546,6 +599,10 @@ def click_freshness_by_window(click_times: list[float], lags: list[float | None]
     return rows
 
 
+def _mean_of(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
 def _mean(rows: list[tuple[float, float, float]], col: int) -> float | None:
     return round(float(np.mean([r[col] for r in rows])), 4) if rows else None
 
@@ -565,7 +622,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     s = report["series"]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(s["t"], _smooth(s["oracle"]), label="oracle", color="tab:green")
-    ax.plot(s["t"], _smooth(s["learned"]), label="learned (served)", color="tab:blue")
+    if s.get("arms"):
+        for (arm, values), color in zip(s["arms"].items(), ("tab:blue", "tab:red", "tab:purple", "tab:brown")):
+            ax.plot(s["t"], _smooth(values), label=f"arm {arm} (served)", color=color)
+    else:
+        ax.plot(s["t"], _smooth(s["learned"]), label="learned (served)", color="tab:blue")
     ax.plot(s["t"], _smooth(s["random"]), label="uniform random", color="tab:gray")
     start, end = report["drift_seconds"]
     ax.axvspan(start, end, color="tab:orange", alpha=0.15, label="segment 0 drifted")
@@ -584,9 +645,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def _smooth(values: list[float], width: int = 10) -> list[float]:
+    """Running mean over ``width`` seconds; seconds without a value (NaN) are skipped."""
     out: list[float] = []
     acc: deque[float] = deque(maxlen=width)
     for v in values:
         acc.append(v)
-        out.append(sum(acc) / len(acc))
+        present = [x for x in acc if x == x]
+        out.append(sum(present) / len(present) if present else float("nan"))
     return out

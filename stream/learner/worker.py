@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from models import checkpoint
-from models.agent import Agent, AgentConfig
+from models.agent import OURS, Agent, AgentConfig, Variant
 from models.encoders import TextEncoder
 from models.evaluation import estimate
 from models.loop import ContinualLoop, LoopConfig, Turn
@@ -167,13 +167,13 @@ def learner_group(settings: Settings) -> str:
 class LearnerWorker:
     def __init__(self, settings: Settings, encoder: TextEncoder, config: LearnerWorkerConfig | None = None,
                  agent_config: AgentConfig | None = None, model_config: PolicyConfig | None = None,
-                 store_path: Path | None = None, checkpoint_path: Path | None = None) -> None:
+                 store_path: Path | None = None, checkpoint_path: Path | None = None, variant: Variant = OURS) -> None:
         self.settings = settings
         self.config = cfg = config or LearnerWorkerConfig()
         model_config = model_config or PolicyConfig(text_dim=encoder.dim, user_features=settings.user_features)
         if model_config.text_dim != encoder.dim:
             raise ValueError(f"policy text_dim {model_config.text_dim} != encoder dim {encoder.dim}")
-        self.agent = Agent(model_config, agent_config, seed=cfg.seed)
+        self.agent = Agent(model_config, agent_config, variant, seed=cfg.seed)
         self.learner = self.agent.learner
         self.catalogue = Catalogue(encoder, "learner")
         self.items = TopicFollower(settings, "items", self.catalogue.add, from_start=True, component="learner")

@@ -27,7 +27,7 @@ from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
 from stream.learner.worker import LearnerWorker, LearnerWorkerConfig
-from stream.policy.bus import PolicyPublisher, read_versions
+from stream.policy.bus import PolicyPublisher, read_versions, rollback
 from stream.serving.scorer import ScorerConfig
 from stream.serving.service import ScorerService
 from tests.conftest import cli_command
@@ -70,6 +70,12 @@ def test_arms_are_sticky_fall_back_while_unpublished_and_move_when_stopped(setti
         after_b = {u: post(scorer.url, {"user_id": u, "candidates": CANDIDATES})[1] for u in USERS}
         with urllib.request.urlopen(scorer.url + "/healthz", timeout=5) as resp:
             health = json.loads(resp.read())
+        # A rollback of one arm moves that arm alone.
+        PolicyPublisher(settings, "learner", name="B").publish(_model(3), 2, parent=1)
+        wait_for(lambda: scorer.scorer.versions()["B"] == 2, 30, "B v2 to be served")
+        assert rollback(settings, 1, name="B").version == 3
+        wait_for(lambda: scorer.scorer.versions()["B"] == 3, 30, "B's rollback to be served")
+        assert scorer.scorer.versions() == {"A": 1, "B": 3}
     finally:
         scorer.close()
     assert health["arms"] == {"A": {"share": 0.5, "policy_version": 1}, "B": {"share": 0.5, "policy_version": 1}}

@@ -41,3 +41,12 @@ def test_config_default_reads_nested_fields_and_module_constants():
 
     assert config_default("models.agent:AgentConfig.gate.alpha") == AgentConfig().gate.alpha
     assert config_default("stream.join.worker:BATCH") == BATCH
+
+
+def test_learn_offers_every_agent_variant():
+    """The choices are written out (importing the agent would make --help slow): they must stay the agent's."""
+    from models.agent import VARIANTS
+
+    learn = cli.get_command(click.Context(cli), "learn")
+    [variant] = [p for p in learn.params if p.name == "variant"]
+    assert list(variant.type.choices) == list(VARIANTS)
