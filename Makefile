@@ -70,8 +70,9 @@ test-integration: install
 test-e2e: install
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
+# `make demo DEMO_ARGS="--arms ours,ours_online_only"` compares two agent variants online.
 demo: install
-	$(BIN)/recsys-stream demo
+	$(BIN)/recsys-stream demo $(DEMO_ARGS)
 
 broker: install
 	$(BIN)/recsys-stream broker

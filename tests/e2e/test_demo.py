@@ -33,16 +33,25 @@ needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None,
 
 
 @needs_prometheus
-def test_demo_with_prometheus_scrapes_every_role_and_stops_it(tmp_path):
+def test_demo_with_two_arms_and_prometheus_scrapes_every_role_and_stops_it(tmp_path):
+    """Two arms, so two learners: both scraped, both arms served and judged."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     port = free_port()
-    done = subprocess.run(cli_command("demo", "--prometheus", "--prometheus-port", str(port), "--duration", "15",
-                                      "--rate", "40", "--plot", str(tmp_path / "p.png"), "--json"),
+    done = subprocess.run(cli_command("demo", "--prometheus", "--prometheus-port", str(port), "--duration", "20",
+                                      "--rate", "40", "--arms", "ours,ours_online_only",
+                                      "--plot", str(tmp_path / "p.png"), "--json"),
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Prometheus at http://127.0.0.1:{port}" in done.stderr
-    prom = json.loads(done.stdout)["prometheus"]
-    assert prom["targets_up"] == ["learner", "processor", "replay", "scorer"]
+    report = json.loads(done.stdout)
+    experiment = report["experiment"]
+    assert [arm["arm"] for arm in experiment["arms"]] == ["ours", "ours_online_only"]
+    assert all(arm["requests"] > 0 for arm in experiment["arms"])
+    assert experiment["comparison"]["of"] == "ours_online_only - ours"
+    assert set(report["arm_expected_reward"]) == {"ours", "ours_online_only"}
+    assert (tmp_path / "p.png").stat().st_size > 0
+    prom = report["prometheus"]
+    assert prom["targets_up"] == ["learner", "learner", "processor", "replay", "scorer"]
     assert prom["policy_version"]["scorer"] >= 1 and prom["policy_version"]["learner"] >= 1
     assert prom["scorer_http_p99_seconds"] is not None
     with socket.socket() as probe:
