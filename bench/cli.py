@@ -211,6 +211,8 @@ SUITE = {
     "learner_throughput": ("bench.learner_throughput", {"seconds": 5.0}, {"seconds": 0.3, "batch_size": 64}),
     "sim_throughput": ("bench.sim_throughput", {}, {"requests": 5000, "batch": 1000}),
     "replay_sampling": ("bench.replay_sampling", {}, {"rows": 3000, "window": 1000, "reservoir": 1000}),
+    "sequential_calibration": ("bench.sequential_calibration", {"runs": 1000, "requests": 20_000, "every": 500, "seed": 0},
+                               {"runs": 5, "requests": 1000, "every": 250, "seed": 0}),
     "stream": ("bench.stream", {"requests": 40_000, "paced_seconds": 20.0}, {"requests": 1000, "paced_seconds": 3.0}),
     "scorer_latency": ("bench.scorer_latency", {}, {"calls": 100, "items": 200}),
     "scorer_http": ("bench.scorer_transport", {"transport": "http", "rate": 500.0, "seconds": 20.0},

@@ -35,6 +35,18 @@ def test_learner_throughput_benchmark_prints_json():
     assert 0 < m["adapt_n20_p50_ms"] <= m["adapt_n20_p99_ms"]
 
 
+def test_sequential_calibration_benchmark_prints_json():
+    done = subprocess.run([sys.executable, "-m", "bench.sequential_calibration", "--runs", "20", "--requests", "2000",
+                           "--look-every", "250", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    worlds = out["metrics"]["worlds"]
+    assert out["name"] == "sequential_calibration" and out["params"]["runs"] == 20
+    assert {"a_a_ctr_0.15", "a_b_0.15_vs_0.20"} <= set(worlds)
+    assert worlds["a_a_ctr_0.15"]["right_verdict_share"] is None
+    assert 0 <= worlds["a_b_0.15_vs_0.20"]["right_verdict_share"] <= 1
+
+
 def test_replay_sampling_benchmark_prints_json():
     done = subprocess.run([sys.executable, "-m", "bench.replay_sampling", "--rows", "3000", "--window", "1000",
                            "--reservoir", "1000", "--batch", "250", "--json"],
@@ -156,7 +168,7 @@ def test_bench_all_collects_results_in_one_stable_layout(tmp_path):
     for r in results:
         assert set(r) == {"name", "metrics", "params", "machine"} and r["metrics"], r["name"]
     assert set(SUITE) == {"quality", "learner_vs_vw", "learner_throughput", "sim_throughput", "replay_sampling",
-                          "stream", "scorer_latency", "scorer_http", "scorer_kafka", "freshness"}
+                          "sequential_calibration", "stream", "scorer_latency", "scorer_http", "scorer_kafka", "freshness"}
     refused = subprocess.run([sys.executable, "-m", "stream", "bench", "all", "--only", "nope", "--json",
                               str(tmp_path / "x.json")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "unknown benchmarks ['nope']" in refused.stderr
