@@ -11,7 +11,7 @@ whose no-clicks are still to come would look better than it is.
 
 The difference B - A comes with an always-valid interval (``models/sequential.py``),
 so an operator may read this report as often as they like and stop at the first
-verdict.
+verdict. Every spread is clustered by user: users, not requests, were assigned.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.sequential import Comparison, compare
+from models.sequential import Comparison, compare, spread
 from stream import schemas
 
 #: A user's first requests in the judged window that count as cold start.
@@ -68,12 +68,13 @@ class Estimate:
     n: int
 
     @classmethod
-    def of(cls, values: np.ndarray) -> Estimate:
+    def of(cls, values: np.ndarray, users: np.ndarray) -> Estimate:
+        """The mean with a 95% interval whose spread is clustered by user (``users``: integer per value)."""
         n = len(values)
         if n == 0:
             return cls(math.nan, math.nan, math.nan, 0)
         mean = float(values.mean())
-        half = Z95 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+        half = Z95 * spread(values, users) / math.sqrt(n)
         return cls(mean, mean - half, mean + half, n)
 
     def to_dict(self) -> dict:
@@ -143,18 +144,25 @@ def judge(experiences: Iterable[schemas.Experience], arms: list[str], since: flo
     if len(arms) == 2:
         pair = [r for r in judged if r.arm in arms]
         comparison = compare(np.array([r.reward for r in pair]), np.array([r.arm == arms[1] for r in pair]),
-                             alpha=alpha, names=(arms[0], arms[1]))
+                             alpha=alpha, names=(arms[0], arms[1]), units=_units([r.user_id for r in pair]))
     return ExperimentReport(summaries, comparison, left_out)
+
+
+def _units(users: list[str]) -> np.ndarray:
+    """Each request's user as an integer (the unit the spread is clustered by)."""
+    return np.unique(np.array(users, dtype=object), return_inverse=True)[1] if users else np.zeros(0, dtype=int)
 
 
 def _summary(arm: str, requests: list[Request], served_by_other: int) -> ArmSummary:
     rewards = np.array([r.reward for r in requests], dtype=float)
     clicks = np.array([r.clicked for r in requests], dtype=float)
+    users = _units([r.user_id for r in requests])
     seen: dict[str, int] = {}
-    cold = []
-    for r in requests:
+    cold, cold_users = [], []
+    for r, unit in zip(requests, users):
         seen[r.user_id] = seen.get(r.user_id, 0) + 1
         if seen[r.user_id] <= COLD_START_REQUESTS:
             cold.append(r.reward)
-    return ArmSummary(arm, len(requests), len(seen), Estimate.of(clicks), Estimate.of(rewards),
-                      Estimate.of(np.array(cold, dtype=float)), served_by_other)
+            cold_users.append(unit)
+    return ArmSummary(arm, len(requests), len(seen), Estimate.of(clicks, users), Estimate.of(rewards, users),
+                      Estimate.of(np.array(cold, dtype=float), np.array(cold_users, dtype=int)), served_by_other)

@@ -119,6 +119,8 @@ class Scorer:
         self.arms = self.config.arms or Arms.single(settings.policy_name)
         # Arm -> its served version, each replaced by one assignment (a request reads it once).
         self._served: dict[str, _Served] = {arm: _Served(0, None) for arm in self.arms.names}
+        self._swapping = threading.Lock()      # each arm's follower swaps from its own thread
+        self._arm_children: dict[tuple[str, str | None], Counter] = {}
         for arm in self.arms.names:
             ARM_VERSION.labels(arm).set(0)
         self.live_metrics: dict[str, float] = {}   # the first arm's live header metrics (gate, freshness)
@@ -152,7 +154,8 @@ class Scorer:
         served = _Served(live.version, policy, TextProjections(policy))
         _export_exploration(exploration, self.config)
         SWAP_BUILD_SECONDS.observe(time.perf_counter() - started)
-        self._served = {**self._served, arm: served}
+        with self._swapping:
+            self._served = {**self._served, arm: served}
         self.arm_metrics[arm] = dict(live.header.metrics)
         if arm == self.arms.names[0]:
             self.live_metrics = dict(live.header.metrics)
@@ -170,6 +173,14 @@ class Scorer:
             rng = self._rngs.rng = np.random.default_rng()
         return rng
 
+    def _arm_requests(self, arm: str, policy_name: str | None):
+        """The request counter's child (looked up once: ``labels`` takes a lock and checks types every call)."""
+        key = (arm, policy_name)
+        child = self._arm_children.get(key)
+        if child is None:
+            child = self._arm_children[key] = ARM_REQUESTS.labels(arm, policy_name or "none")
+        return child
+
     def serving(self, user_id: str) -> tuple[str, str | None, _Served]:
         """The user's arm, the policy name that serves it and the version, read once: an arm with no version
         yet is served the first arm's that has one; with none anywhere, uniform random (name None)."""
@@ -185,7 +196,7 @@ class Scorer:
 
     def score(self, request: schemas.ScoreRequest) -> schemas.ScoreResponse:
         arm, policy_name, served = self.serving(request.user_id)   # this request uses this version throughout
-        ARM_REQUESTS.labels(arm, policy_name or "none").inc()
+        self._arm_requests(arm, policy_name).inc()
         now = time.time()
         candidates = request.candidates
         k = min(request.k or self.config.slate_size, len(candidates))

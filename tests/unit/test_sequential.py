@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.sequential import compare, margin, requests_needed
+from models.sequential import compare, margin, requests_needed, spread
 
 LOOK_EVERY = 250
 REQUESTS = 10_000
@@ -63,3 +63,34 @@ def test_no_verdict_before_both_arms_have_traffic():
     result = compare(np.ones(500), np.zeros(500, dtype=bool))
     assert result.verdict == "no difference yet" and result.more_needed is None
     assert compare(np.array([]), np.array([], dtype=bool)).n == 0
+
+
+def _heavy_user_a_a(rng: np.random.Generator, clustered: bool) -> bool:
+    """An A/A test where users differ a lot and a few make most requests; True if a difference was declared."""
+    users = 300
+    ctr = rng.beta(0.5, 3, size=users)
+    in_b = rng.random(users) < 0.5
+    weight = rng.pareto(1.5, size=users) + 1
+    who = rng.choice(users, size=REQUESTS, p=weight / weight.sum())
+    rewards = (rng.random(REQUESTS) < ctr[who]).astype(float)
+    for n in range(500, REQUESTS + 1, 500):
+        if compare(rewards[:n], in_b[who[:n]], units=who[:n] if clustered else None).verdict != "no difference yet":
+            return True
+    return False
+
+
+def test_heavy_users_need_the_spread_clustered_by_user():
+    """Users are assigned, not requests: counted as independent, a few heavy users on one side look like a
+    difference; clustered by user, the error rate holds."""
+    rng = np.random.default_rng(11)
+    clustered = sum(_heavy_user_a_a(rng, clustered=True) for _ in range(200))
+    rng = np.random.default_rng(11)
+    naive = sum(_heavy_user_a_a(rng, clustered=False) for _ in range(200))
+    assert clustered <= 10, f"{clustered} of 200 A/A runs declared a difference"
+    assert naive > 40
+
+
+def test_clustered_spread_equals_the_plain_one_for_one_request_per_user():
+    rng = np.random.default_rng(12)
+    terms = rng.normal(size=400)
+    assert spread(terms, np.arange(400)) == pytest.approx(spread(terms))
