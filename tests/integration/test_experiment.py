@@ -216,3 +216,26 @@ def test_each_learner_trains_on_its_arm_and_evaluate_matches_the_dump(settings, 
         {e.request_id for e in shared})
     # CTR 0.15 against 0.25 per shown item on ~1,300 judged requests: B is found better.
     assert diff["verdict"] == "B better"
+
+
+def test_logged_arms_match_the_shares_at_ten_thousand_users(settings, topics, encoder):
+    """Every user's impression, as logged to the topic, says the arm the configured 30/70 split gives."""
+    producer = EventProducer(settings, "test")
+    for item in ITEMS:
+        producer.send("items", item)
+    producer.flush()
+    service = _scorer(settings, encoder, "A=30,B=70")
+    try:
+        for i in range(10_000):
+            service.scorer.score(schemas.ScoreRequest(user_id=f"u-{i}", candidates=CANDIDATES, k=2))
+        service.scorer.events.flush(30)
+    finally:
+        service.close()
+    impressions = [schemas.decode("impressions", m.value())
+                   for m in read_topic(settings, topic_name(settings, "impressions"))]
+    assert len({i.user_id for i in impressions}) == 10_000
+    in_b = sum(i.arm == "B" for i in impressions)
+    z = (in_b - 7_000) / (10_000 * 0.3 * 0.7) ** 0.5
+    assert abs(z) < 4, (in_b, z)
+    arms = Arms.parse("A=30,B=70", "exp-1")
+    assert all(i.arm == arms.assign(i.user_id) for i in impressions)
