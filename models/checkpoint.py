@@ -23,7 +23,10 @@ from safetensors.torch import load as load_tensors
 from models.tensor_bytes import to_bytes
 
 FORMAT = "recsys-stream-checkpoint"
-FORMAT_VERSION = 1
+#: 2: a list of byte strings is one uint8 tensor (1 wrote each as base64 in the JSON, a quarter of a second
+#: for the learner's held-out decisions at every checkpoint, with the learner stopped). Both are read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
 
 
 class CheckpointError(ValueError):
@@ -46,6 +49,10 @@ def _split(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, tuple):
         return {"__tuple__": [_split(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]}
     if isinstance(value, list):
+        if value and all(isinstance(v, (bytes, bytearray)) for v in value):
+            name = f"t{len(tensors)}"
+            tensors[name] = torch.frombuffer(bytearray(b"".join(value)), dtype=torch.uint8)
+            return {"__byte_list__": name, "lengths": [len(v) for v in value]}
         return [_split(v, f"{path}.{i}", tensors) for i, v in enumerate(value)]
     if isinstance(value, (bytes, bytearray)):
         return {"__bytes__": base64.b64encode(bytes(value)).decode()}
@@ -72,6 +79,20 @@ def _join(value: Any, tensors: dict[str, torch.Tensor], device: torch.device | s
         return tuple(_join(v, tensors, device) for v in value["__tuple__"])
     if "__bytes__" in value:
         return base64.b64decode(value["__bytes__"])
+    if "__byte_list__" in value:
+        try:
+            data = tensors[value["__byte_list__"]].numpy().tobytes()
+        except KeyError as exc:
+            raise CheckpointError(f"checkpoint refers to a tensor it does not hold: {value['__byte_list__']}") from exc
+        lengths = value.get("lengths")
+        if not isinstance(lengths, list) or sum(lengths) != len(data) or any(
+                not isinstance(n, int) or n < 0 for n in lengths):
+            raise CheckpointError("damaged checkpoint: a list of byte strings does not add up to its data")
+        out, start = [], 0
+        for n in lengths:
+            out.append(data[start:start + n])
+            start += n
+        return out
     raise CheckpointError(f"unknown entry in checkpoint: {sorted(value)}")
 
 
@@ -97,9 +118,9 @@ def loads(data: bytes, device: torch.device | str = "cpu") -> dict[str, Any]:
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"not a {FORMAT} file (format {metadata.get('format')!r})")
-    if metadata.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(f"checkpoint format version {metadata.get('format_version')} is not "
-                              f"{FORMAT_VERSION}; written by another release of recsys-stream")
+    if metadata.get("format_version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"checkpoint format version {metadata.get('format_version')} is not one this release "
+                              f"reads ({', '.join(READABLE_VERSIONS)}); written by another release of recsys-stream")
     try:
         tensors = load_tensors(data)
         skeleton = json.loads(metadata["state"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.delta import cpu_state, state_checksum
+from models.delta import cpu_state, make_delta, state_checksum
 from models.policy import PolicyConfig, TwoTowerPolicy
 from models.serialization import pack_delta
 from stream.policy.bus import DELTAS_WAITING, PolicyPublisher, PolicySubscriber, read_versions, rollback
@@ -14,7 +14,8 @@ SMALL = PolicyConfig(user_features=4, text_dim=8, dim=16, hidden=16, item_bucket
 
 
 def trained(parent: TwoTowerPolicy, rows: list[int], seed: int) -> TwoTowerPolicy:
-    """``parent`` after an update that moved a few embedding rows and the dense layers."""
+    """``parent`` after an update that moved a few embedding rows and the dense layers, as a delta of it
+    publishes it (half-precision values: what readers hold, and so the base of the next delta)."""
     torch.manual_seed(seed)
     child = TwoTowerPolicy(SMALL)
     child.load_state_dict(parent.state_dict())
@@ -22,6 +23,7 @@ def trained(parent: TwoTowerPolicy, rows: list[int], seed: int) -> TwoTowerPolic
         child.item_id.weight[rows] += torch.randn(len(rows), SMALL.dim)
         child.user_id.weight[rows[0]] += 0.5
         child.text_proj.weight.mul_(1.01)
+    child.load_state_dict(make_delta(cpu_state(parent), cpu_state(child))[1])
     return child
 
 

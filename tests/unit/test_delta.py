@@ -26,12 +26,12 @@ def test_delta_ships_moved_rows_and_dense_tensors_and_rebuilds_the_published_sta
     torch.manual_seed(0)
     parent = TwoTowerPolicy(CFG)
     child = moved(parent, [2, 7])
-    delta, published = make_delta(cpu_state(parent), cpu_state(child))
+    delta, published = make_delta(cpu_state(parent), cpu_state(child), half=False)
     assert delta["item_id.weight.rows"].tolist() == [2, 7] and delta["user_id.weight.rows"].tolist() == []
     assert "text_proj.bias" in delta and "history_proj.weight" not in delta      # unchanged dense stays behind
     assert torch.equal(published["user_id.weight"], parent.user_id.weight.detach())    # the tiny move waits
     assert torch.equal(apply_delta(cpu_state(parent), delta)["item_id.weight"], child.item_id.weight.detach())
-    again, _ = make_delta(published, cpu_state(child), tolerance=0.0)   # left-behind change ships when it counts
+    again, _ = make_delta(published, cpu_state(child), tolerance=0.0, half=False)   # left-behind change ships when it counts
     assert again["user_id.weight.rows"].tolist() == [3]
 
 
@@ -78,3 +78,37 @@ def test_malformed_deltas_are_refused():
         apply_delta(parent, {k: v for k, v in delta.items() if k != "user_id.weight.rows"})
     with pytest.raises(DeltaError):
         apply_delta(parent, {**delta, "not_a_tensor_of_ours": torch.zeros(1)})
+
+
+def test_half_precision_deltas_ship_half_the_bytes_and_publish_exactly_what_readers_rebuild():
+    torch.manual_seed(0)
+    parent = TwoTowerPolicy(CFG)
+    child = moved(parent, [2, 7])
+    delta, published = make_delta(cpu_state(parent), cpu_state(child))
+    assert delta["item_id.weight.values"].dtype == torch.float16 and delta["text_proj.bias"].dtype == torch.float16
+    assert delta["item_id.weight.rows"].tolist() == [2, 7] and delta["user_id.weight.rows"].tolist() == []
+    rebuilt = apply_delta(cpu_state(parent), delta)
+    assert all(t.dtype == torch.float32 for t in rebuilt.values())
+    assert state_checksum(rebuilt) == state_checksum(published)
+    # The moved rows hold the child's values rounded to half precision; every other row is the parent's, exactly.
+    assert torch.equal(rebuilt["item_id.weight"][[2, 7]], child.item_id.weight.detach()[[2, 7]].half().float())
+    assert torch.equal(rebuilt["item_id.weight"][:2], parent.item_id.weight.detach()[:2])
+    # Made again from what was published (the loop and the chain both make it): the same delta, the same state.
+    again, same = make_delta(cpu_state(parent), published)
+    assert state_checksum(same) == state_checksum(published)
+    assert all(torch.equal(again[k], delta[k]) for k in delta)
+    # Nothing moved since: nothing ships (rounding left behind is not a move).
+    empty, _ = make_delta(published, cpu_state(child))
+    assert empty["item_id.weight.rows"].tolist() == [] and "text_proj.bias" not in empty
+    half_bytes = sum(t.numel() * t.element_size() for t in delta.values())
+    full_bytes = sum(t.numel() * t.element_size() for t in make_delta(cpu_state(parent), cpu_state(child), half=False)[0].values())
+    assert half_bytes < 0.6 * full_bytes
+
+
+def test_values_beyond_half_precision_ship_in_full():
+    parent = cpu_state(TwoTowerPolicy(CFG))
+    state = {k: v.clone() for k, v in parent.items()}
+    state["text_proj.bias"] = state["text_proj.bias"] + 1e5       # beyond float16's range
+    delta, published = make_delta(parent, state)
+    assert delta["text_proj.bias"].dtype == torch.float32
+    assert torch.equal(apply_delta(parent, delta)["text_proj.bias"], state["text_proj.bias"])
