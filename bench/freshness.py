@@ -31,6 +31,7 @@ def measure(duration: float, rate: float, publish_seconds: float, progress=None,
         "event_to_update_p50_s_at_most": report["event_to_update_seconds"].get("p50_at_most"),
         "event_to_update_p99_s_at_most": report["event_to_update_seconds"].get("p99_at_most"),
         **report["policy_traffic"], "memory_mb": report.get("memory_mb", {}),
+        "stage_seconds": report.get("stage_seconds", {}),
     }, {"duration_s": duration, "rate_rps": rate, "publish_seconds": publish_seconds, "full_every": full_every})
 
 

@@ -327,6 +327,15 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         report["event_to_update_seconds"] = histogram_quantiles(learner_metrics,
                                                                 "recsys_learner_event_to_update_seconds")
         report["forgetting_by_probe_age"] = dict(by_label(learner_metrics, "recsys_learner_forgetting_ratio", "probe"))
+        # Where click -> live goes, stage by stage (the first arm's learner in an experiment).
+        report["stage_seconds"] = {
+            **{f"learner_{stage}": histogram_quantiles(learner_metrics, "recsys_learner_publish_stage_seconds",
+                                                       label=f'stage="{stage}"')
+               for stage in ("gate", "publish", "consolidate", "checkpoint")},
+            "learner_update": histogram_quantiles(learner_metrics, "recsys_learner_update_seconds"),
+            "scorer_publish_to_serve": histogram_quantiles(scrapes["score"], "recsys_scorer_publish_to_serve_seconds"),
+            "scorer_swap_build": histogram_quantiles(scrapes["score"], "recsys_scorer_swap_build_seconds"),
+        }
         codes = roles.stop()
         report["exit_codes"] = codes
         report["embedded_broker"] = settings.bootstrap_servers is None
@@ -547,12 +556,13 @@ def scrape(port: int) -> str:
         return ""
 
 
-def histogram_quantiles(text: str, name: str, quantiles: tuple[float, ...] = (0.5, 0.99)) -> dict[str, float | None]:
+def histogram_quantiles(text: str, name: str, quantiles: tuple[float, ...] = (0.5, 0.99),
+                        label: str = "") -> dict[str, float | None]:
     """Quantiles of a Prometheus histogram from its cumulative buckets (the bucket's upper bound, as
-    ``histogram_quantile`` would bound it), and its count."""
+    ``histogram_quantile`` would bound it), and its count; ``label`` (``stage="gate"``) picks one series."""
     buckets: list[tuple[float, float]] = []
     for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
+        if line.startswith(name + "_bucket{") and label in line:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
     buckets.sort()

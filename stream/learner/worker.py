@@ -104,6 +104,10 @@ EVENT_TO_UPDATE = Histogram("recsys_learner_event_to_update_seconds",
                             "From an experience's event time (a click, a closed window) to the update that first "
                             "trained on it.", buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300))
 CHECKPOINTS = Counter("recsys_learner_checkpoints_total", "Checkpoints written.")
+PUBLISH_STAGE = Histogram("recsys_learner_publish_stage_seconds",
+                          "Time of each stage of a publish: gate (the candidate judged on held-out decisions), "
+                          "publish (its delta or snapshot written and acknowledged), consolidate, checkpoint.",
+                          ["stage"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 REPEATS = Counter("recsys_learner_repeated_experiences_total",
                   "Experiences skipped because their event_id was already taken (at-least-once topic).")
 
@@ -411,7 +415,9 @@ class LearnerWorker:
         return True
 
     def _checkpoint_and_commit(self, consumer: Consumer) -> None:
+        started = time.perf_counter()
         self.checkpoint()
+        PUBLISH_STAGE.labels("checkpoint").observe(time.perf_counter() - started)
         positions = self._resume_positions()
         if positions:
             try:
@@ -489,6 +495,8 @@ class LearnerWorker:
 
     def _publish(self) -> None:
         outcome = self.loop.publish()
+        for stage, took in outcome.seconds.items():
+            PUBLISH_STAGE.labels(stage).observe(took)
         verdict = outcome.verdict
         GATE.labels(verdict.reason).inc()
         if verdict.reason in ("passed", "refused"):

@@ -72,6 +72,10 @@ ARM_REQUESTS = Counter("recsys_scorer_arm_requests_total",
                        ["arm", "served_by"])
 ARM_VERSION = Gauge("recsys_scorer_arm_version", "Policy version live for each experiment arm (0: none yet).",
                     ["arm"])
+PUBLISH_TO_SERVE = Histogram(
+    "recsys_scorer_publish_to_serve_seconds",
+    "From a version's creation by the learner (its header's created_at) to it serving here: the policies "
+    "topic, assembly, verification and the swap.", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
 FRESHNESS = Histogram(
     "recsys_freshness_seconds",
     "From the event time of the newest click a version was trained on to that version serving here.",
@@ -163,6 +167,7 @@ class Scorer:
         self.swaps.append(live.version)
         del self.swaps[:-MAX_REMEMBERED_SWAPS]
         SCORER_SWAPS.inc()
+        PUBLISH_TO_SERVE.observe(max(0.0, time.time() - live.header.created_at))
         trained_through = live.header.metrics.get("trained_through_ts")
         if trained_through:
             FRESHNESS.observe(max(0.0, time.time() - trained_through))
