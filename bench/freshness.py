@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     def configure(parser):
         parser.add_argument("--duration", type=float, default=60.0)
         parser.add_argument("--rate", type=float, default=80.0)
-        parser.add_argument("--publish-seconds", type=float, default=2.0)
+        parser.add_argument("--publish-seconds", type=float, default=1.0)
         parser.add_argument("--full-every", type=int, default=100,
                             help="a full policy snapshot every N versions (1: all full, as before deltas)")
 

@@ -75,7 +75,9 @@ class LoopOptions:
     log_dir: Path | None = None
     #: Drift of one segment's tastes, as a share of the run: (start, end).
     drift: tuple[float, float] = (0.5, 0.8)
-    publish_seconds: float = 2.0
+    #: The learner's publish cadence (half-precision deltas keep a version a second within the policy traffic
+    #: that one every 2 s made in float32).
+    publish_seconds: float = 1.0
     #: A full policy snapshot every this many versions (the rest are deltas); 1: every version full.
     full_every: int = 100
     #: Start a real Prometheus server on this port scraping every role (None: no server).
@@ -255,6 +257,23 @@ def wait_healthy(port: int, roles: Roles, timeout: float = 180.0) -> dict:
     raise TimeoutError(f"scorer not healthy within {timeout:.0f}s (see {roles.log_dir}/score.log)")
 
 
+def wait_assigned(roles: Roles, timeout: float = 120.0) -> None:
+    """Until the join and every learner read their input partitions: traffic sent before a group assigns a
+    role its partitions waits for it (about 2 s on the embedded broker), and the first clicks measured that,
+    not the loop."""
+    deadline = time.monotonic() + timeout
+    waiting = [role for role in roles.metrics if role.split(".")[0] in ("process", "learn")]
+    while waiting and time.monotonic() < deadline:
+        roles.check()
+        waiting = [role for role in waiting
+                   if not any(v > 0 for _, v in labelled_series(scrape(roles.metrics[role]),
+                                                                 "recsys_consumer_assigned_partitions"))]
+        if waiting:
+            time.sleep(0.2)
+    if waiting:
+        raise TimeoutError(f"{', '.join(waiting)} got no partitions within {timeout:.0f}s (see {roles.log_dir})")
+
+
 def make_world(options: LoopOptions, horizon: int) -> World:
     start, end = (int(horizon * f) for f in options.drift)
     return World(WorldConfig(seed=options.seed, new_users=200, new_items=20, horizon=horizon,
@@ -292,6 +311,7 @@ def run_closed_loop(settings: Settings, options: LoopOptions, say: Callable[[str
         roles.start()
         stack.callback(roles.stop)
         health = wait_healthy(roles.score_port, roles)
+        wait_assigned(roles)
         pids = {**{role: proc.pid for role, proc in roles.procs.items()}, "broker": broker_pid}
         memory_start = {role: rss_bytes(pid) for role, pid in pids.items()}
         say(f"scorer up at http://127.0.0.1:{roles.score_port} (policy v{health['policy_version']}); "

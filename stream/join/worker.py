@@ -36,7 +36,7 @@ from stream.join.reward_join import JoinConfig
 from stream.join.state import read_partitions
 from stream.kafka.clients import make_admin, make_consumer
 from stream.kafka.gaps import GapGuard
-from stream.kafka.metrics import LagReporter
+from stream.kafka.metrics import ASSIGNED_PARTITIONS, LagReporter
 from stream.kafka.producer import EventProducer
 from stream.kafka.topics import topic_name
 
@@ -112,6 +112,7 @@ class JoinWorker:
         self.guard.expect(committed)
         self.last_message_at = now   # quiet counts from here
         consumer.assign(partitions)
+        ASSIGNED_PARTITIONS.labels("process").set(len(self.owned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.failed is None:
@@ -126,6 +127,7 @@ class JoinWorker:
         self._release({tp.partition for tp in partitions})
         self.guard.forget(partitions)
         consumer.unassign()
+        ASSIGNED_PARTITIONS.labels("process").set(len(self.owned))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another worker owns them now: do not commit, just forget.
@@ -133,6 +135,7 @@ class JoinWorker:
         self._release({tp.partition for tp in partitions})
         self.guard.forget(partitions)
         consumer.unassign()
+        ASSIGNED_PARTITIONS.labels("process").set(len(self.owned))
 
     def _release(self, numbers: set[int]) -> None:
         for p in numbers:

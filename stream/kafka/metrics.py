@@ -33,6 +33,12 @@ DEAD_LETTERS = Counter(
     "Messages sent to the dead-letter topic, by source topic, component and reason.",
     ["topic", "component", "reason"],
 )
+ASSIGNED_PARTITIONS = Gauge(
+    "recsys_consumer_assigned_partitions",
+    "Input partitions this group member reads (state restored), by component: 0 until its group assigns it "
+    "any, which is when traffic starts to reach it.",
+    ["component"],
+)
 CONSUMER_LAG = Gauge(
     "recsys_consumer_lag_messages",
     "Messages on the broker beyond this consumer's position, summed over its assigned partitions, by component "

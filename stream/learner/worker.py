@@ -48,7 +48,7 @@ from stream.kafka.clients import make_consumer
 from stream.kafka.dead_letters import decode_consumed
 from stream.kafka.follower import TopicFollower
 from stream.kafka.gaps import GapGuard
-from stream.kafka.metrics import LagReporter
+from stream.kafka.metrics import ASSIGNED_PARTITIONS, LagReporter
 from stream.kafka.topics import topic_name
 from stream.learner.batches import ExperienceBatcher, is_full_decision
 from stream.learner.chain import VersionChain
@@ -280,6 +280,7 @@ class LearnerWorker:
                 tp.offset = self.positions[tp.partition]
         self.guard.expect(partitions)
         consumer.assign(partitions)
+        ASSIGNED_PARTITIONS.labels("learner").set(len(partitions))
 
     def _start_chain(self) -> None:
         """Versions continue after the newest verified one on the topic when it is beyond the checkpoint's."""
