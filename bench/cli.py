@@ -219,8 +219,8 @@ SUITE = {
                     {"transport": "http", "rate": 50.0, "seconds": 2.0, "items": 200}),
     "scorer_kafka": ("bench.scorer_transport", {"transport": "kafka", "rate": 500.0, "seconds": 20.0},
                      {"transport": "kafka", "rate": 50.0, "seconds": 2.0, "items": 200}),
-    "freshness": ("bench.freshness", {"duration": 60.0, "rate": 80.0, "publish_seconds": 2.0},
-                  {"duration": 20.0, "rate": 40.0, "publish_seconds": 2.0}),
+    "freshness": ("bench.freshness", {"duration": 60.0, "rate": 80.0, "publish_seconds": 1.0},
+                  {"duration": 20.0, "rate": 40.0, "publish_seconds": 1.0}),
 }
 
 
