@@ -78,8 +78,9 @@ class LoopOptions:
     #: The learner's publish cadence (half-precision deltas keep a version a second within the policy traffic
     #: that one every 2 s made in float32).
     publish_seconds: float = 1.0
-    #: A full policy snapshot every this many versions (the rest are deltas); 1: every version full.
-    full_every: int = 100
+    #: A full policy snapshot every this many versions (the rest are deltas; the learner also makes one every
+    #: 300 s); 1: every version full.
+    full_every: int = 400
     #: Start a real Prometheus server on this port scraping every role (None: no server).
     prometheus_port: int | None = None
     #: Called about once a second with (seconds of traffic, roles, settings): tests use it to

@@ -309,7 +309,7 @@ class LearnerWorker:
         self.policies.start()       # a rollback published while the learner was down is adopted below
         self._start_chain()
         consumer = make_consumer(self.settings, "learner", learner_group(self.settings), **{
-            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20,
             "queued.max.messages.kbytes": PREFETCH_KBYTES})
         self.guard = GapGuard(consumer, "learner")
         consumer.subscribe([self.topic], on_assign=self._on_assign)
@@ -345,6 +345,9 @@ class LearnerWorker:
                     last_update = now
                 if self.loop.publish_due or (self.loop.updates_since_publish > 0
                                              and now - last_publish >= self.config.publish_every_seconds):
+                    if self.trainable:
+                        self._turn()        # what was read since the last turn goes into this version
+                        last_update = now
                     self._publish()
                     last_publish = now
                     self._checkpoint_if_due(consumer, now)
