@@ -115,7 +115,7 @@ def test_a_forged_claimant_of_a_number_does_not_shadow_the_genuine_chain():
     import msgspec
     import torch
 
-    from models.delta import cpu_state
+    from models.delta import cpu_state, make_delta
     from models.policy import PolicyConfig, TwoTowerPolicy
     from models.serialization import pack, pack_delta
     from stream.policy.bus import PolicyVersion, load_version, newest_verified, one_per_number
@@ -124,6 +124,8 @@ def test_a_forged_claimant_of_a_number_does_not_shadow_the_genuine_chain():
     config = PolicyConfig(text_dim=8, dim=4, hidden=8, item_buckets=16, user_buckets=16, fast_dim=2)
     key = b"the real key"
     models = [TwoTowerPolicy(config) for _ in range(3)]
+    for parent, child in zip(models, models[1:]):   # each as its delta publishes it (half precision): the next base
+        child.load_state_dict(make_delta(cpu_state(parent), cpu_state(child))[1])
 
     def claim(head: dict, blob: bytes) -> PolicyVersion:
         return PolicyVersion(msgspec.convert(head | {"n_chunks": 1}, schemas.PolicyHeader), blob)
