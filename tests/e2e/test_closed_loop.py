@@ -46,12 +46,15 @@ class Chaos:
         self.at[step] = time.time()
 
     def _tamper(self, settings: Settings, latest: int) -> None:
-        header, blob = pack(TwoTowerPolicy(PolicyConfig()), settings.policy_name, latest + 1, parent=latest,
+        # A few numbers ahead: the learner publishes every second, and a number it writes first is refused to
+        # the forger as taken, not for its checksum.
+        number = latest + 3
+        header, blob = pack(TwoTowerPolicy(PolicyConfig()), settings.policy_name, number, parent=latest,
                             key=settings.hmac_key.get_secret_value().encode())
         publisher = PolicyPublisher(settings, "test")
         publisher.publish_packed(header, blob[:-1] + bytes([blob[-1] ^ 1]))
         publisher.close()
-        self.tampered.add(latest + 1)
+        self.tampered.add(number)
         self.at.setdefault("tampered", time.time())
         self.last_tamper = time.time()
 
