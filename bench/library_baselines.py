@@ -19,6 +19,7 @@ The libraries run with their defaults, untuned; they are optional (``pip install
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -98,17 +99,19 @@ class LensKitMF:
         return np.where(np.isfinite(out), out, fallback)
 
 
-class OnlineRows:
+class OnlineRows(ABC):
     """A row that learns each rating right after predicting it (``predict_then_learn``); only the time spent
     learning counts as its training time (``learn_seconds``)."""
 
     learn_seconds = 0.0
 
+    @abstractmethod
     def _predict_one(self, row: int) -> float:
-        raise NotImplementedError
+        """The library's probability of a positive rating for this row."""
 
+    @abstractmethod
     def _learn_one(self, row: int) -> None:
-        raise NotImplementedError
+        """Teach the library this row's label."""
 
     def train(self, rows: np.ndarray) -> None:
         """Period 0 (nothing to predict yet): learn it."""
@@ -130,8 +133,8 @@ class OnlineRows:
     def predict(self, rows: np.ndarray) -> np.ndarray:
         return np.array([self._predict_one(row) for row in rows])
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - a hook: only some libraries hold something to release
+        """Release what the library holds (VW's workspace)."""
 
 
 class VowpalPolicy(OnlineRows):

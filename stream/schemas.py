@@ -32,7 +32,8 @@ Propensity = Annotated[float, Meta(gt=0.0, le=1.0)]
 MAX_VERSION = 2**53 - 1
 Version = Annotated[int, Meta(ge=0, le=MAX_VERSION)]
 #: A policy name on the policies topic, and so an arm of an online experiment (RECSYS_POLICY_NAME's rule).
-PolicyName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+POLICY_NAME = r"^[A-Za-z0-9._-]{1,128}$"
+PolicyName = Annotated[str, Meta(pattern=POLICY_NAME)]
 NonNegative = Annotated[float, Meta(ge=0.0)]
 #: Purchase values and prices: bounded so a weighted reward can never overflow to infinity.
 MAX_MONEY = 1e12

@@ -308,15 +308,13 @@ def evaluate(which: str, baseline: str, since: str | None, until: str | None, fr
 
 
 def _arm_names(spec: str) -> list[str]:
-    from stream.experiment.arms import ARM_NAME
+    """The arms named as ``score --arms`` takes them (shares, if given, are not needed to judge)."""
+    from stream.experiment.arms import Arms, ArmsError
 
-    names = [name.strip().partition("=")[0] for name in spec.split(",")]
-    bad = [name for name in names if not ARM_NAME.match(name)]
-    if bad or not names:
-        fail(f"--arms takes policy names, e.g. A,B; {', '.join(map(repr, bad)) or 'none given'} is not one", 2)
-    if len(set(names)) != len(names):
-        fail(f"--arms names an arm twice: {spec}", 2)
-    return names
+    try:
+        return Arms.parse(spec).names
+    except ArmsError as exc:
+        fail(f"--arms takes the experiment's policy names, e.g. A,B: {exc}", 2)
 
 
 def _evaluate_arms(experiences: list, invalid: int, names: list[str], start: float | None, end: float | None,

@@ -16,8 +16,10 @@ import math
 import re
 from dataclasses import dataclass
 
+from stream import schemas
+
 #: An arm is a policy name on the policies topic (RECSYS_POLICY_NAME's rule).
-ARM_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+ARM_NAME = re.compile(schemas.POLICY_NAME)
 #: Most arms one experiment may have (each costs a hash per request and a policy follower).
 MAX_ARMS = 8
 

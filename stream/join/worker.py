@@ -127,7 +127,6 @@ class JoinWorker:
         self._release({tp.partition for tp in partitions})
         self.guard.forget(partitions)
         consumer.unassign()
-        ASSIGNED_PARTITIONS.labels("process").set(len(self.owned))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another worker owns them now: do not commit, just forget.
@@ -135,13 +134,13 @@ class JoinWorker:
         self._release({tp.partition for tp in partitions})
         self.guard.forget(partitions)
         consumer.unassign()
-        ASSIGNED_PARTITIONS.labels("process").set(len(self.owned))
 
     def _release(self, numbers: set[int]) -> None:
         for p in numbers:
             self.processor.drop(p)
             self.owned.discard(p)
         self.positions = {k: v for k, v in self.positions.items() if k[1] not in numbers}
+        ASSIGNED_PARTITIONS.labels("process").set(len(self.owned))
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> None:

@@ -43,6 +43,13 @@ class StreamExperiences:
 ARM_DRAWS = 4
 
 
+def trains_arm(event: schemas.Experience, arm: str | None) -> bool:
+    """Whether the learner of ``arm`` trains on ``event``: its arm's traffic (on-policy for that arm, whatever
+    served it), and records from before arms existed or imported logs (arm None), the history every arm shares.
+    ``arm`` None: every record."""
+    return arm is None or event.arm is None or event.arm == arm
+
+
 class StoreReplay:
     """``models.loop.Replay`` from the replay store: uniform rows of the policy's width and of the learner's
     experiment arm (rows of no arm, the shared history, included)."""
@@ -54,7 +61,7 @@ class StoreReplay:
         rows: list[schemas.Experience] = []
         for _ in range(ARM_DRAWS):
             drawn = [e for e in self.store.sample(n - len(rows)) if self.batcher.fits(e)]
-            own = [e for e in drawn if self.arm is None or e.arm is None or e.arm == self.arm]
+            own = [e for e in drawn if trains_arm(e, self.arm)]
             rows.extend(own)
             if len(own) == len(drawn) or len(rows) >= n:
                 break       # nothing of another arm was drawn (outside experiments: always), or the batch is full

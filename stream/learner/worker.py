@@ -54,7 +54,7 @@ from stream.learner.batches import ExperienceBatcher, is_full_decision
 from stream.learner.chain import VersionChain
 from stream.learner.forgetting_probes import ForgettingProbes, ProbeConfig
 from stream.learner.recent_ids import RecentIds
-from stream.learner.sources import StoreReplay, StreamExperiences
+from stream.learner.sources import StoreReplay, StreamExperiences, trains_arm
 from stream.ops.memory import TRIM_SECONDS, MallocTrimmer
 from stream.policy.bus import (
     LivePolicy,
@@ -155,12 +155,6 @@ def _compact(event: schemas.Experience) -> schemas.Experience:
                                    candidates=[sys.intern(c) for c in event.candidates or ()])
 
 
-def trains_arm(event: schemas.Experience, arm: str) -> bool:
-    """Whether the learner of ``arm`` trains on ``event``: its arm's traffic (on-policy for that arm, whatever
-    served it), and records from before arms existed or imported logs (arm None), the history every arm shares."""
-    return event.arm is None or event.arm == arm
-
-
 def learner_group(settings: Settings) -> str:
     """The learner's consumer group: one per policy name, so the learners of an experiment's arms each read the
     whole topic (the default name keeps the group it always had)."""
@@ -235,7 +229,9 @@ class LearnerWorker:
         }
         checkpoint.save(self.checkpoint_path, state)
         CHECKPOINTS.inc()
-        log.debug("checkpoint written in %.2fs", time.perf_counter() - started)
+        took = time.perf_counter() - started
+        PUBLISH_STAGE.labels("checkpoint").observe(took)
+        log.debug("checkpoint written in %.2fs", took)
 
     def _resume_positions(self) -> dict[int, int]:
         """Where a restart reads from: past what a turn took, not past what was only read."""
@@ -419,9 +415,7 @@ class LearnerWorker:
         return True
 
     def _checkpoint_and_commit(self, consumer: Consumer) -> None:
-        started = time.perf_counter()
         self.checkpoint()
-        PUBLISH_STAGE.labels("checkpoint").observe(time.perf_counter() - started)
         positions = self._resume_positions()
         if positions:
             try:

@@ -127,8 +127,7 @@ class Scorer:
         self._arm_children: dict[tuple[str, str | None], Counter] = {}
         for arm in self.arms.names:
             ARM_VERSION.labels(arm).set(0)
-        self.live_metrics: dict[str, float] = {}   # the first arm's live header metrics (gate, freshness)
-        self.arm_metrics: dict[str, dict[str, float]] = {}
+        self.arm_metrics: dict[str, dict[str, float]] = {}   # each arm's live header metrics (gate, freshness)
         self._rngs = threading.local()
         self.swaps: list[int] = []
 
@@ -136,6 +135,11 @@ class Scorer:
     def version(self) -> int:
         """The first arm's live version (the only arm's, outside an experiment)."""
         return self._served[self.arms.names[0]].version
+
+    @property
+    def live_metrics(self) -> dict[str, float]:
+        """The first arm's live header metrics (the only arm's, outside an experiment)."""
+        return self.arm_metrics.get(self.arms.names[0], {})
 
     def versions(self) -> dict[str, int]:
         return {arm: served.version for arm, served in self._served.items()}
@@ -161,8 +165,6 @@ class Scorer:
         with self._swapping:
             self._served = {**self._served, arm: served}
         self.arm_metrics[arm] = dict(live.header.metrics)
-        if arm == self.arms.names[0]:
-            self.live_metrics = dict(live.header.metrics)
         ARM_VERSION.labels(arm).set(live.version)
         self.swaps.append(live.version)
         del self.swaps[:-MAX_REMEMBERED_SWAPS]
