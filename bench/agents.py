@@ -18,6 +18,7 @@ from bench.reservoir import Reservoir
 from bench.served import ServedVersions
 from models.agent import OURS, Agent, AgentConfig, Variant
 from models.batch import Batch, TaskBatch
+from models.item_evidence import ItemEvidence
 from models.loop import ContinualLoop, LoopConfig
 from models.policy import PolicyConfig
 from models.serving import Recent
@@ -156,11 +157,14 @@ class OursAgent:
     consolidation), as the learner worker takes a backlog, and each version is served by
     ``ServingPolicy.decide`` from each user's last outcomes, as the scorer serves it. The bench brings only
     the data the stream would: a round's outcomes, a uniform replay reservoir (the replay store's tier,
-    holding every outcome as the replay service does) and each user's outcomes before a request."""
+    holding every outcome as the replay service does) and each user's outcomes before a request. Each item's
+    bias is shifted by its recent residuals (``models/item_evidence.py``) as the scorer shifts it, unless
+    ``item_evidence`` is off (the scorer's ``--no-item-evidence``)."""
 
     def __init__(self, stream: Stream, seed: int, item_text: np.ndarray, variant: Variant = OURS,
-                 config: AgentConfig | None = None, replay_size: int = 50_000, **policy_overrides) -> None:
-        self.name = variant.name
+                 config: AgentConfig | None = None, replay_size: int = 50_000, item_evidence: bool = True,
+                 name: str | None = None, **policy_overrides) -> None:
+        self.name = name or variant.name
         world = stream.world
         model_config = PolicyConfig(**{"text_dim": item_text.shape[1], "user_features": world.users.features.shape[1],
                                        **policy_overrides})
@@ -175,6 +179,8 @@ class OursAgent:
         self.loop: ContinualLoop[np.ndarray] = ContinualLoop(agent, self.records, self.versions, self.replay,
                                                              LoopConfig(seed=seed))
         self.item_bucket = self.sim.item_bucket.numpy()
+        self.evidence = ItemEvidence() if item_evidence else None
+        self._expected = np.zeros(0)        # the served version's plain estimate of each chosen item
 
     # -- serving -------------------------------------------------------------------------------
     def choose(self, stream: Stream, rows: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -182,20 +188,26 @@ class OursAgent:
         n = len(users)
         policy = self.versions.served
         if policy is None:         # no version yet: what a scorer serves before the first one
+            self._expected = np.zeros(0)
             return self.rng.integers(0, cands.shape[1], size=n), np.full(n, 1.0 / cands.shape[1])
         features, memory = stream.world.users.features, self.records
         vectors, bias = policy.item_vectors(self.item_bucket, self.sim.item_text)
         choice, propensity = np.zeros(n, dtype=np.int64), np.zeros(n)
+        self._expected = expected = np.zeros(n)
+        at_top = np.zeros(1, dtype=np.int64)
         for i, (u, c) in enumerate(zip(users, cands)):
             user = policy.user_vector(features[u], int(self.sim.user_bucket[u]), self._no_history)
+            shifted = bias[c] if self.evidence is None else bias[c] + self.evidence.offsets(c)
             recent = None
             seen = min(int(memory.hist_len[u]), self.history)
             if seen:
                 items = memory.hist_item[u, :seen]
                 recent = Recent(vectors[items], bias[items], np.zeros(seen, dtype=np.int64),
                                 memory.hist_reward[u, :seen])
-            decision = policy.decide(user, vectors[c], bias[c], recent, 1, self.rng)
+            decision = policy.decide(user, vectors[c], shifted, recent, 1, self.rng)
             choice[i], propensity[i] = decision.slate[0], decision.propensities[0]
+            item = c[choice[i]]
+            expected[i] = policy.estimates_at(user, vectors[item:item + 1], bias[item:item + 1], at_top, recent)[0]
         return choice, propensity
 
     @property
@@ -211,7 +223,10 @@ class OursAgent:
         self.replay.add(round_rows)         # the replay service stores the round as the learner reads it
         # A round stands for one publish interval of the worker: its outcomes are a backlog, then a version.
         self.loop.learn_backlog(round_rows)
-        self.records.remember(users, cands[np.arange(len(users)), choice], reward)
+        chosen = cands[np.arange(len(users)), choice]
+        if self.evidence is not None and len(self._expected) == len(users):     # none before the first version
+            self.evidence.record(chosen, reward - self._expected)
+        self.records.remember(users, chosen, reward)
 
 def vw_lines(world, item_text: np.ndarray) -> tuple[list[str], list[str]]:
     """Vowpal Wabbit text per user (shared namespace U: features and id) and per item (action namespace A:

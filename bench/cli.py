@@ -54,8 +54,9 @@ def bench() -> None:
               help="Requests answered per policy version before it learns from them [default: 100].")
 @click.option("--policies", default=None, help="Comma-separated subset (the oracle always runs): random, "
               "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting; also ours_online_only "
-              "(no replay, no EWC, no distillation) and ours_retained (retained user towers mixed per user at serve "
-              "time).")
+              "(no replay, no EWC, no distillation), ours_retained (retained user towers mixed per user at serve "
+              "time) and ours_no_item_evidence (served without the items' recent residuals, the scorer's "
+              "--no-item-evidence).")
 @click.option("--merge", "merge", default=None, help="Comma-separated JSON reports of runs on disjoint seeds (e.g. "
               "run in parallel): merge them into one instead of running.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,

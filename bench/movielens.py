@@ -23,8 +23,11 @@ is scored from its words. The rows:
   uniform reservoir and fresh ratings as meta tasks, a version whenever one is due and
   at the end of the period, each consolidated), and served through
   ``ServingPolicy.estimates`` with each user's last ratings before the one predicted
-  (the scorer's memory, which follows outcomes in real time, not per period).
-- ``ours_no_meta``, ``ours_no_anti_forgetting``: the agent's ablations.
+  (the scorer's memory, which follows outcomes in real time, not per period); each movie's bias is shifted
+  by its residuals so far against the served version (``models/item_evidence.py``, the scorer's item
+  evidence, which also follows outcomes as they come).
+- ``ours_no_meta``, ``ours_no_anti_forgetting``: the agent's ablations; ``ours_no_item_evidence``: ours
+  served without the item evidence (the scorer's ``--no-item-evidence``).
 - ``fine_tune``: the same model trained on each period alone (no replay, no meta, no
   regularisers): plain incremental fine-tuning.
 - ``full_retrain``: a new model each period, trained from scratch on all ratings so far
@@ -58,12 +61,13 @@ from bench.reservoir import Reservoir
 from bench.served import ServedVersions
 from models.agent import OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
 from models.batch import Batch, TaskBatch, hash_ids
+from models.item_evidence import ItemEvidence
 from models.loop import ContinualLoop, LoopConfig
 from models.policy import PolicyConfig
 from models.ranking import auc, gauc
 from models.serving import Recent
 
-POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "fine_tune", "full_retrain", "full_retrain_adapted",
+POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune", "full_retrain", "full_retrain_adapted",
             "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity")
 #: A new user's first ratings, the ones "AUC on new users" is measured on.
 NEW_USER_RATINGS = 10
@@ -211,11 +215,13 @@ class OursPolicy:
     """The production loop (``models/loop.py``) on ratings: each period is a backlog the loop learns as the
     worker backfills one (``ContinualLoop.learn_backlog``), with a uniform replay reservoir that holds the
     period before it is learned (``replay`` stores a backlog first), and each version is served through
-    ``ServingPolicy.estimates`` with the user's ratings before the one predicted (the scorer's memory)."""
+    ``ServingPolicy.estimates`` with the user's ratings before the one predicted (the scorer's memory) and
+    each movie's bias shifted by ``evidence`` (None: served without item evidence)."""
 
     def __init__(self, name: str, data: Ratings, text: np.ndarray, variant: Variant, seed: int,
-                 config: AgentConfig | None = None, loop: LoopConfig | None = None, replay_size: int = 50_000) -> None:
-        self.name, self.data = name, data
+                 config: AgentConfig | None = None, loop: LoopConfig | None = None, replay_size: int = 50_000,
+                 evidence: ItemEvidence | None = None) -> None:
+        self.name, self.data, self.evidence = name, data, evidence
         self.model_config = PolicyConfig(user_features=0, text_dim=text.shape[1])
         agent = Agent(self.model_config, config, variant, seed=seed)
         self.adapts = agent.adapts
@@ -231,12 +237,18 @@ class OursPolicy:
         self.reservoir.add(int(row) for row in rows)
         self.loop.learn_backlog(rows.tolist())
 
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """Each rating's estimated click probability from the served version and the user's ratings before
-        it (the scorer's memory)."""
-        policy, data = self.versions.served, self.data
+    def serve_period(self, rows: np.ndarray) -> np.ndarray:
+        """``predict``, with each rating's outcome joining the item evidence once it is predicted, as the
+        scorer's follows outcomes."""
+        return self.predict(rows, observe=True)
+
+    def predict(self, rows: np.ndarray, observe: bool = False) -> np.ndarray:
+        """Each rating's estimated click probability from the served version, the user's ratings before
+        it (the scorer's memory) and the item evidence so far."""
+        policy, data, evidence = self.versions.served, self.data, self.evidence
         vectors, bias = policy.item_vectors(self.item_bucket, self.text_np)
         no_features, no_history = np.zeros(0, dtype=np.float32), np.zeros(self.model_config.text_dim, dtype=np.float32)
+        at_top = np.zeros(1, dtype=np.int64)
         out = np.zeros(len(rows))
         for i, row in enumerate(rows):
             user = policy.user_vector(no_features, int(self.user_bucket[data.user[row]]), no_history)
@@ -246,7 +258,12 @@ class OursPolicy:
                 seen = data.item[previous]
                 recent = Recent(vectors[seen], bias[seen], np.zeros(len(seen), dtype=np.int64), data.label[previous])
             item = data.item[row]
-            out[i] = policy.estimates(user, vectors[item:item + 1], bias[item:item + 1], recent)[0]
+            one = slice(item, item + 1)
+            shifted = bias[one] if evidence is None else bias[one] + evidence.offsets(np.array([item]))
+            out[i] = policy.estimates(user, vectors[one], shifted, recent)[0]
+            if observe and evidence is not None:
+                expected = policy.estimates_at(user, vectors[one], bias[one], at_top, recent)
+                evidence.record(np.array([item]), data.label[row] - expected)
         return np.clip(out, 0.0, 1.0)
 
 
@@ -264,12 +281,13 @@ class FullRetrain:
         self.config = AgentConfig(update_size=batch_size, max_turn=8 * batch_size, publish_every_updates=2**31)
         self.trained: list[np.ndarray] = []
         self.inner: OursPolicy | None = None
+        self.evidence = ItemEvidence()      # served as ours is, across its per-period models
 
     def train(self, rows: np.ndarray) -> None:
         self.trained.append(rows)
         every = np.concatenate(self.trained)
         inner = OursPolicy(self.name, self.data, self.text, self.variant, self.seed, self.config,
-                           LoopConfig(holdout_share=0.0, seed=self.seed))
+                           LoopConfig(holdout_share=0.0, seed=self.seed), evidence=self.evidence)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.epochs):
             inner.loop.learn_backlog(rng.permutation(every).tolist())
@@ -277,6 +295,9 @@ class FullRetrain:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         return self.inner.predict(rows)
+
+    def serve_period(self, rows: np.ndarray) -> np.ndarray:
+        return self.inner.serve_period(rows)
 
 
 class PopularityPolicy:
@@ -296,14 +317,12 @@ class PopularityPolicy:
 
 
 def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
-    if name == "ours":
-        return OursPolicy(name, data, text, OURS, seed)
-    if name == "ours_no_meta":
-        return OursPolicy(name, data, text, OURS_NO_META, seed)
-    if name == "ours_no_anti_forgetting":
-        return OursPolicy(name, data, text, OURS_NO_ANTI_FORGETTING, seed)
-    if name == "fine_tune":
-        return OursPolicy(name, data, text, Variant("fine_tune", meta=False, anti_forgetting=False, replay=False), seed)
+    variants = {"ours": OURS, "ours_no_meta": OURS_NO_META, "ours_no_anti_forgetting": OURS_NO_ANTI_FORGETTING,
+                "ours_no_item_evidence": OURS,
+                "fine_tune": Variant("fine_tune", meta=False, anti_forgetting=False, replay=False)}
+    if name in variants:
+        evidence = None if name == "ours_no_item_evidence" else ItemEvidence()
+        return OursPolicy(name, data, text, variants[name], seed, evidence=evidence)
     if name in ("full_retrain", "full_retrain_adapted"):
         return FullRetrain(data, text, seed, adapted=name == "full_retrain_adapted")
     if name == "vw":
@@ -370,8 +389,8 @@ def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarra
             started = time.perf_counter()
             if isinstance(policy, OnlineRows):       # it learns each rating after predicting it
                 scores = policy.predict_then_learn(everything, np.isin(everything, rows))
-            else:
-                scores = policy.predict(everything)
+            else:       # the period as served: each outcome joins the serving side's evidence once predicted
+                scores = getattr(policy, "serve_period", policy.predict)(everything)
             predict_seconds = time.perf_counter() - started
             metrics = period_metrics(data, everything, scores, new_users, new_items)
             if not getattr(policy, "probabilities", True):      # a predicted rating: log loss means nothing

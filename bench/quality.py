@@ -44,7 +44,7 @@ from models.agent import VARIANTS, AgentConfig
 POLICIES = ("random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta", "ours_no_anti_forgetting",
             "oracle")
 #: Also playable by name (``--policies``), not run by default.
-OPTIONAL_POLICIES = ("ours_online_only", "ours_retained")
+OPTIONAL_POLICIES = ("ours_online_only", "ours_retained", "ours_no_item_evidence")
 PHASES = ("before", "drift", "after")
 COLD_START = (5, 10, 20)
 
@@ -108,6 +108,8 @@ def encode_items(stream: Stream) -> np.ndarray:
 def make_agent(name: str, stream: Stream, seed: int, text: np.ndarray):
     if name in VARIANTS:
         return OursAgent(stream, seed, text, VARIANTS[name])
+    if name == "ours_no_item_evidence":       # the scorer's --no-item-evidence
+        return OursAgent(stream, seed, text, VARIANTS["ours"], item_evidence=False, name=name)
     if name.startswith("vw_"):
         try:
             import vowpalwabbit  # noqa: F401
@@ -218,7 +220,7 @@ def quality_report(per_seed: dict[str, list[dict[str, float]]], curves: dict[str
 #: Pairs whose difference the acceptance criteria read (first minus second), and the metrics compared.
 PAIRS = (("ours", "vw_squarecb"), ("ours", "ours_no_meta"), ("ours", "ours_no_anti_forgetting"),
          ("ours", "ours_online_only"), ("ours_no_meta", "vw_squarecb"), ("ours_retained", "ours"),
-         ("ours_retained", "ours_online_only"))
+         ("ours_retained", "ours_online_only"), ("ours", "ours_no_item_evidence"))
 PAIRED_METRICS = ("cumulative_reward", "cold_start_reward_first_5", "cold_start_reward_first_10",
                   "returning_segment_relative", "returning_segment_share_of_oracle_after")
 

@@ -113,6 +113,13 @@ class ServingPolicy:
             mean = self.adapter.held_back(mean, len(recent.rewards))
         return base + feats @ mean + self.position_bias[0]
 
+    def estimates_at(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, positions: np.ndarray,
+                     recent: Recent | None) -> np.ndarray:
+        """``estimates`` at the positions the items were shown: what ``ItemEvidence`` measures an item's
+        residuals against. Adapted to the user, so that a user's taste, which the posterior already follows,
+        is not counted again as the item's (against the unadapted estimate, the simulator lost reward)."""
+        return self.estimates(user, vectors, bias, recent) + self.position_bias[positions] - self.position_bias[0]
+
     def decide(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None, k: int,
                rng: np.random.Generator) -> Decision:
         """A slate of ``k`` from these candidates for this user vector, explored as the version says."""

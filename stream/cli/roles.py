@@ -265,9 +265,12 @@ def learn(publish_every: int, publish_seconds: float, update_size: int, gate_alp
               "user id and --experiment; leaving an arm out on restart moves only its users to the others.")
 @click.option("--experiment", default=None,
               help="Experiment name that seeds the assignment (default RECSYS_EXPERIMENT).")
+@click.option("--no-item-evidence", is_flag=True,
+              help="Serve each version as published, without shifting an item's bias by how its recent outcomes "
+              "differed from the version's estimate (models/item_evidence.py).")
 def score(host: str, port: int, slate_size: int, temperature: float | None, epsilon: float | None,
           no_kafka_requests: bool, trim_seconds: float, mmap_threshold: int, max_users: int, user_ttl: float,
-          arms: str | None, experiment: str | None) -> None:
+          arms: str | None, experiment: str | None, no_item_evidence: bool) -> None:
     """Serve scoring with the live policy over HTTP and Kafka; hot-swaps to every new version.
 
     /metrics is served on the scoring port, so no separate metrics server is started.
@@ -292,7 +295,7 @@ def score(host: str, port: int, slate_size: int, temperature: float | None, epsi
             log.info("experiment %s: %s", experiment_arms.experiment, experiment_arms.describe())
         try:
             config = ScorerConfig(slate_size, temperature, epsilon, max_users=max_users, user_ttl=user_ttl,
-                                  arms=experiment_arms)
+                                  arms=experiment_arms, item_evidence=not no_item_evidence)
             return ScorerService(settings, _encoder(), config, host, port,
                                  kafka_requests=not no_kafka_requests, trim_seconds=trim_seconds)
         except OSError as exc:

@@ -6,7 +6,8 @@ path), so no request ever sees half a policy and none waits for a swap. It adapt
 the policy to the user from their recent experiences (the posterior of the fast
 weights under the meta-learned prior, followed from the ``experiences`` topic),
 scores unknown items from their text embedding (the ``items`` topic through the
-packaged MiniLM), draws a slate with exact propensities by the exploration the
+packaged MiniLM), shifts each candidate's bias by what its recent outcomes said
+against the version (``models/item_evidence.py``, from the same topic), draws a slate with exact propensities by the exploration the
 version carries (``ServingPolicy.decide``; an operator's ``--temperature`` or
 ``--epsilon`` overrides it, logged and exported), and logs what it showed to ``impressions``, which is
 where the reward join starts. Before any version exists it serves uniform random
@@ -38,6 +39,8 @@ from models.batch import hash_ids
 from models.blas_lane import BLAS_LANE
 from models.encoders import TextEncoder
 from models.exploration import KINDS
+from models.item_evidence import ItemEvidence
+from models.policy import PolicyConfig
 from models.serving import Recent, ServingPolicy, TextProjections, uniform_slate
 from stream import schemas
 from stream.config import Settings
@@ -58,6 +61,8 @@ SCORER_SWAPS = Counter("recsys_scorer_policy_swaps_total", "Policy versions this
 REMEMBERED_USERS = Gauge("recsys_scorer_remembered_users",
                          "Users whose recent outcomes this scorer keeps for serve-time adaptation.")
 REMEMBERED_OUTCOMES = Gauge("recsys_scorer_remembered_outcomes", "Recent outcomes kept over all remembered users.")
+EVIDENCE_ITEMS = Gauge("recsys_scorer_item_evidence_items",
+                       "Items whose recent outcomes shift their bias at serve time, over every arm.")
 SWAP_BUILD_SECONDS = Histogram(
     "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
@@ -98,6 +103,8 @@ class ScorerConfig:
     user_ttl: float = 3600.0
     #: The experiment's arms (policy names and shares of users); None: one arm, RECSYS_POLICY_NAME.
     arms: Arms | None = None
+    #: Shift each item's bias by its recent residuals against the live version (``models/item_evidence.py``).
+    item_evidence: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,10 @@ class Scorer:
         self._served: dict[str, _Served] = {arm: _Served(0, None) for arm in self.arms.names}
         self._swapping = threading.Lock()      # each arm's follower swaps from its own thread
         self._arm_children: dict[tuple[str, str | None], Counter] = {}
+        # Per arm, so one arm's traffic never shifts what another serves.
+        self.evidence: dict[str, ItemEvidence] = (
+            {arm: ItemEvidence() for arm in self.arms.names} if self.config.item_evidence else {})
+        EVIDENCE_ITEMS.set_function(lambda: sum(len(e) for e in self.evidence.values()))
         for arm in self.arms.names:
             ARM_VERSION.labels(arm).set(0)
         self.arm_metrics: dict[str, dict[str, float]] = {}   # each arm's live header metrics (gate, freshness)
@@ -227,13 +238,12 @@ class Scorer:
             user_bucket = int(hash_ids([request.user_id], cfg.user_buckets)[0])
             with BLAS_LANE:     # one request's maths at a time: see models/blas_lane.py
                 user = policy.user_vector(features, user_bucket, history)
-                vectors, bias = self._item_vectors(served, candidates)
-                evidence = None
-                if recent:
-                    seen_vectors, seen_bias = self._item_vectors(served, [item for item, _, _ in recent])
-                    positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
-                    evidence = Recent(seen_vectors, seen_bias, positions, np.asarray([r for *_, r in recent]))
-                    adapted = len(recent)
+                rows, vectors, bias = self._item_vectors(served, candidates)
+                item_evidence = self.evidence.get(policy_name or arm)
+                if item_evidence is not None:
+                    bias = bias + item_evidence.offsets(rows)
+                evidence = self._recent_of(served, recent, cfg)
+                adapted = len(recent) if recent else 0
                 decision = policy.decide(user, vectors, bias, evidence, k, self._rng())
             slate, propensities, scores = decision.slate, decision.propensities, decision.scores
         propensities = np.clip(propensities, 1e-9, 1.0)
@@ -248,15 +258,53 @@ class Scorer:
             slate=[schemas.ScoredItem(s.item_id, s.position, s.propensity, s.score or 0.0) for s in shown],
             personalised_from=adapted, ts=now, arm=arm, policy_name=policy_name)
 
-    def _item_vectors(self, served: _Served, items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _item_vectors(self, served: _Served, items: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(catalogue rows, vectors, biases) of ``items`` under ``served``."""
         catalogue = self.catalogue
         rows, buckets = catalogue.rows(items, served.policy.config.item_buckets)
         projected = served.texts.get(rows, catalogue.stamps(rows), catalogue.texts)
-        return served.policy.item_vectors_projected(buckets, projected)
+        return (rows, *served.policy.item_vectors_projected(buckets, projected))
 
     def observe_experience(self, experience: schemas.Experience, now: float) -> None:
-        if experience.kind != "purchase":      # a purchase follow-up would count one outcome twice
-            self.memory.record(experience.user_id, experience.action, experience.position, experience.reward, now)
+        if experience.kind == "purchase":      # a purchase follow-up would count one outcome twice
+            return
+        # An arm's evidence comes from its own traffic, or from traffic before the experiment (no arm).
+        for arm in (experience.arm,) if experience.arm is not None else self.arms.names:
+            evidence, served = self.evidence.get(arm), self._served.get(arm)
+            if evidence is not None and served is not None and served.policy is not None:
+                self._record_evidence(evidence, served, experience, now)
+        self.memory.record(experience.user_id, experience.action, experience.position, experience.reward, now)
+
+    def _record_evidence(self, evidence: ItemEvidence, served: _Served, experience: schemas.Experience,
+                         now: float) -> None:
+        """The outcome's residual against what ``served`` expects of the item for this user, adapted to the
+        user's outcomes before it; skipped for an item the catalogue does not know (row 0 stands for all of
+        those)."""
+        policy = served.policy
+        cfg = policy.config
+        features = np.asarray(experience.context.features, dtype=np.float32)
+        if len(features) == 0:
+            features = np.zeros(cfg.user_features, dtype=np.float32)
+        elif not experience.context.fits(cfg.user_features):
+            return
+        user_bucket = int(hash_ids([experience.user_id], cfg.user_buckets)[0])
+        recent = self.memory.recent(experience.user_id, now)
+        with BLAS_LANE:
+            rows, vectors, bias = self._item_vectors(served, [experience.action])
+            if rows[0] == 0:
+                return
+            user = policy.user_vector(features, user_bucket, np.zeros(cfg.text_dim, dtype=np.float32))
+            position = np.array([min(experience.position, cfg.max_positions - 1)])
+            expected = policy.estimates_at(user, vectors, bias, position, self._recent_of(served, recent, cfg))
+        evidence.record(rows, experience.reward - expected)
+
+    def _recent_of(self, served: _Served, recent: list, cfg: PolicyConfig) -> Recent | None:
+        """A user's recent outcomes as the posterior reads them, under ``served``."""
+        if not recent:
+            return None
+        _, vectors, bias = self._item_vectors(served, [item for item, _, _ in recent])
+        positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
+        return Recent(vectors, bias, positions, np.asarray([r for *_, r in recent]))
 
 
 def _export_exploration(rule, config: ScorerConfig) -> None:

@@ -220,8 +220,8 @@ def test_movielens_benchmark_runs_every_row_on_a_file_of_that_format(tmp_path):
     out = json.loads(out_json.read_text())
     assert out["name"] == "movielens" and out["params"]["ratings"] == 900 and out["params"]["periods"] == 3
     rows = out["metrics"]["by_policy"]
-    assert set(rows) == {"ours", "ours_no_meta", "ours_no_anti_forgetting", "fine_tune", "full_retrain",
-                         "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity"}
+    assert set(rows) == {"ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune",
+                         "full_retrain", "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity"}
     for name, m in rows.items():
         assert 0.0 <= m["mean_auc"] <= 1.0, name
         # The LensKit rows predict stars, not probabilities: no log loss for them.

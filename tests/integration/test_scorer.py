@@ -178,3 +178,32 @@ def test_scoring_over_kafka_answers_on_the_response_topic(settings, service):
                    for m in read_topic(settings, topic_name(settings, "score-responses"))]
         time.sleep(0.2)
     assert [(a.request_id, len(a.slate), a.policy_version) for a in answers] == [("kafka-1", 2, 0)]
+
+
+def test_an_items_outcomes_shift_its_score_for_every_user(settings, service):
+    """Clicks on one item from many users raise its score for a user who made none of them (item evidence),
+    by exactly the offset the evidence holds; an arm's other items and unknown items are left alone."""
+    PolicyPublisher(settings, "learner").publish(model(1), 1)
+    wait_for(lambda: service.scorer.version >= 1 and len(service.scorer.catalogue) == len(ITEMS), 20,
+             "v1 and the catalogue")
+    before = {s["item_id"]: s["score"] for s in post(service.url, {"user_id": "stranger", "candidates": CANDIDATES,
+                                                                   "k": len(CANDIDATES)})[1]["slate"]}
+    producer = EventProducer(settings, "test")
+    for n in range(30):
+        for item in (CANDIDATES[2], "not-in-the-catalogue"):
+            producer.send("experiences", schemas.Experience(
+                event_id=f"ev-{item}-{n}", request_id=f"r{n}", user_id=f"clicker-{n}", action=item, position=0,
+                propensity=0.5, reward=1.0, reward_parts=schemas.RewardParts(click=1.0), kind="click",
+                policy_version=1, ts=time.time()))
+    producer.flush()
+    evidence = service.scorer.evidence[service.scorer.arms.names[0]]
+    wait_for(lambda: evidence.outcomes == 30, 20, "the known item's 30 outcomes in the evidence")
+    rows, _ = service.scorer.catalogue.rows(CANDIDATES, 2)
+    offsets = dict(zip(CANDIDATES, evidence.offsets(rows)))
+    assert offsets[CANDIDATES[2]] > 0.2 and all(offsets[i] == 0.0 for i in CANDIDATES if i != CANDIDATES[2])
+    after = {s["item_id"]: s["score"] for s in post(service.url, {"user_id": "stranger", "candidates": CANDIDATES,
+                                                                  "k": len(CANDIDATES)})[1]["slate"]}
+    for item in CANDIDATES:
+        assert after[item] == pytest.approx(before[item] + offsets[item], abs=1e-6), item
+    with urllib.request.urlopen(service.url + "/metrics", timeout=5) as resp:
+        assert "recsys_scorer_item_evidence_items 1.0" in resp.read().decode()
