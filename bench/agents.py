@@ -180,7 +180,7 @@ class OursAgent:
                                                              LoopConfig(seed=seed))
         self.item_bucket = self.sim.item_bucket.numpy()
         self.evidence = ItemEvidence() if item_evidence else None
-        self._expected = np.zeros(0)        # the served version's plain estimate of each chosen item
+        self._expected = np.zeros(0)        # the served version's estimate of each chosen item
 
     # -- serving -------------------------------------------------------------------------------
     def choose(self, stream: Stream, rows: slice) -> tuple[np.ndarray, np.ndarray]:

@@ -3,9 +3,10 @@
 A version learns an item only as fast as the learner turns and publishes, and a new
 item starts from its text alone. Its first outcomes already say more: if users click
 it more than the version expects, every later request should know. So the server keeps,
-per item, a decayed sum of residuals (outcome minus the version's plain estimate, before
-any user adaptation) and adds the shrunk mean ``sum / (weight + prior_weight)`` to the
-item's bias at serve time. It is the item-side twin of the users' fast weights: evidence
+per item, a decayed sum of residuals (outcome minus the version's estimate for that
+user, adapted to the user's earlier outcomes, so a user's taste is not taken for the
+item's) and adds the shrunk mean ``sum / (weight + prior_weight)`` to the item's bias
+at serve time. It is the item-side twin of the users' fast weights: evidence
 in real time, no training step. On the first half of the shared MovieLens 70% (tuning
 data; ``docs/benchmarks/notes/2026-12-07-item-evidence.md``) it lifted next-period AUC
 by 0.013 and movies new in the period by 0.012; a prior weight of 10 outcomes and a
@@ -48,7 +49,7 @@ class ItemEvidence:
         return np.where(inside, picked[:, 0] / (picked[:, 1] + self.prior_weight), 0.0)
 
     def record(self, rows: np.ndarray, residuals: np.ndarray) -> None:
-        """Outcomes in the order they happened: ``residuals`` = outcome minus the version's plain estimate."""
+        """Outcomes in the order they happened: ``residuals`` = outcome minus the version's estimate."""
         rows = np.asarray(rows, dtype=np.int64)
         residuals = np.asarray(residuals, dtype=np.float64)
         if len(rows) == 0:
