@@ -39,9 +39,22 @@ def mmap_threshold_option(default: int, note: str = ""):
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Loopback port to listen on (default: a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-def broker(port: int | None, host: str) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu) in the foreground; Ctrl-C stops it."""
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics: the broker process's resident memory and CPU (default RECSYS_METRICS_PORT; "
+              "0 picks a free one).")
+@click.option("--warn-cores", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+              help="Warn when the broker uses this much CPU over a minute (the loop slows as it nears a core).")
+@click.option("--warn-mb", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Warn when the broker holds this much resident memory (it keeps every record it is sent).")
+def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: float, warn_mb: int) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground; Ctrl-C stops it.
+
+    It keeps every record in memory and its CPU grows with what a topic holds: it exports
+    both and warns, with the figures, before the loop slows (see the README's limits).
+    """
     from stream.kafka.broker import BrokerError, EmbeddedBroker
+    from stream.ops.broker_watch import BrokerWatch, WatchLevels
+    from stream.ops.metrics import serve_metrics
     from stream.policy.trust import new_key
 
     settings = load_settings()
@@ -58,13 +71,25 @@ def broker(port: int | None, host: str) -> None:
     try:
         with EmbeddedBroker(port=port, host=host) as embedded:
             try:   # Ctrl-C at any moment from here stops the broker cleanly
+                watch = BrokerWatch(embedded.pid, WatchLevels(cpu_cores=warn_cores, resident_bytes=warn_mb * 2**20))
+                wanted = metrics_port if metrics_port is not None else settings.metrics_port
+                try:
+                    bound = serve_metrics(wanted, host)
+                except OSError as exc:
+                    fail(f"cannot serve /metrics on {host}:{wanted}: {exc.strerror or exc} (pick another "
+                         "--metrics-port, or 0 for a free one)")
                 click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (memory storage)")
                 click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
                 if key_line is not None:
                     click.echo(key_line)
-                click.echo("press Ctrl-C to stop", err=True)
+                click.echo(f"its memory and CPU: http://{host}:{bound}/metrics; press Ctrl-C to stop", err=True)
                 sys.stdout.flush()
+                next_sample = time.monotonic()
                 while embedded.running():
+                    if time.monotonic() >= next_sample:
+                        for warning in watch.sample():
+                            log.warning("%s", warning)
+                        next_sample += 5.0
                     time.sleep(0.2)
             except KeyboardInterrupt:
                 click.echo("stopping embedded broker", err=True)

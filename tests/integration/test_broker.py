@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -95,3 +96,32 @@ def test_unreachable_broker_is_a_clear_error():
     done = subprocess.run(cli_command("topics", "list"), env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "cannot reach Kafka" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_broker_command_exports_its_memory_and_cpu_and_warns_past_a_level():
+    """A 1 MB memory level is passed at once: the warning names the figure; /metrics has the broker's own."""
+    port = free_port()
+    proc = subprocess.Popen(cli_command("broker", "--port", str(port), "--metrics-port", "0", "--warn-mb", "1"),
+                            env=_env_without_broker(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("/metrics" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, f"no metrics address before exit: {lines}"
+            lines.append(line)
+        url = re.search(r"http://\S+/metrics", "".join(lines)).group(0)
+        warning = ""
+        while "embedded broker holds" not in warning:
+            warning = proc.stderr.readline()
+            assert warning, "no memory warning before exit"
+        assert re.search(r"holds [\d,]+ MB after \d+ min .*level 1 MB", warning), warning
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        resident = float(re.search(r"^recsys_broker_resident_bytes (\S+)$", text, re.M).group(1))
+        assert resident > 1 * 2**20
+        assert 'recsys_broker_warnings_total{reason="memory"} 1.0' in text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
