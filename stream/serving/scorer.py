@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,10 @@ REMEMBERED_USERS = Gauge("recsys_scorer_remembered_users",
 REMEMBERED_OUTCOMES = Gauge("recsys_scorer_remembered_outcomes", "Recent outcomes kept over all remembered users.")
 EVIDENCE_ITEMS = Gauge("recsys_scorer_item_evidence_items",
                        "Items whose recent outcomes shift their bias at serve time, over every arm.")
+EVIDENCE_PRIOR_WEIGHT = Gauge(
+    "recsys_scorer_item_prior_weight", "Outcomes' worth of trust in the version an item's evidence must outweigh "
+    "(estimated from the residuals; 1e6: items do not differ from what the version says, so nothing is shifted).",
+    ["arm"])
 SWAP_BUILD_SECONDS = Histogram(
     "recsys_scorer_swap_build_seconds", "Time to prepare a new version for serving (off the request path).",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))
@@ -103,8 +108,10 @@ class ScorerConfig:
     user_ttl: float = 3600.0
     #: The experiment's arms (policy names and shares of users); None: one arm, RECSYS_POLICY_NAME.
     arms: Arms | None = None
-    #: Shift each item's bias by its recent residuals against the live version (``models/item_evidence.py``).
+    #: Shift each item's bias by its recent residuals against the live version (``models/item_evidence.py``),
+    #: shrunk by a prior weight estimated from them (or this many outcomes, fixed).
     item_evidence: bool = True
+    item_prior_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,11 @@ class Scorer:
         self._arm_children: dict[tuple[str, str | None], Counter] = {}
         # Per arm, so one arm's traffic never shifts what another serves.
         self.evidence: dict[str, ItemEvidence] = (
-            {arm: ItemEvidence() for arm in self.arms.names} if self.config.item_evidence else {})
+            {arm: ItemEvidence(prior_weight=self.config.item_prior_weight) for arm in self.arms.names}
+            if self.config.item_evidence else {})
         EVIDENCE_ITEMS.set_function(lambda: sum(len(e) for e in self.evidence.values()))
+        for arm, evidence in self.evidence.items():
+            EVIDENCE_PRIOR_WEIGHT.labels(arm).set_function(_prior_weight_of(evidence))
         for arm in self.arms.names:
             ARM_VERSION.labels(arm).set(0)
         self.arm_metrics: dict[str, dict[str, float]] = {}   # each arm's live header metrics (gate, freshness)
@@ -305,6 +315,10 @@ class Scorer:
         _, vectors, bias = self._item_vectors(served, [item for item, _, _ in recent])
         positions = np.minimum([p for _, p, _ in recent], cfg.max_positions - 1)
         return Recent(vectors, bias, positions, np.asarray([r for *_, r in recent]))
+
+
+def _prior_weight_of(evidence: ItemEvidence) -> Callable[[], float]:
+    return lambda: evidence.prior_weight
 
 
 def _export_exploration(rule, config: ScorerConfig) -> None:

@@ -20,6 +20,7 @@ from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
 from stream.kafka.topics import topic_name
 from stream.policy.bus import PolicyPublisher
+from stream.serving.scorer import ScorerConfig
 from stream.serving.service import ScorerService
 from tests.waiting import wait_for
 
@@ -180,15 +181,27 @@ def test_scoring_over_kafka_answers_on_the_response_topic(settings, service):
     assert [(a.request_id, len(a.slate), a.policy_version) for a in answers] == [("kafka-1", 2, 0)]
 
 
-def test_an_items_outcomes_shift_its_score_for_every_user(settings, service):
-    """Clicks on one item from many users raise its score for a user who made none of them (item evidence),
-    by exactly the offset the evidence holds; an arm's other items and unknown items are left alone."""
+def test_an_items_outcomes_shift_its_score_for_every_user(settings, topics, encoder):
+    """Clicks on one item from many users raise its score for a user who made none of them (item evidence,
+    at a fixed prior weight: the estimated one needs a thousand outcomes), by exactly the offset the evidence
+    holds; the other items and items the catalogue does not know are left alone."""
+    producer = EventProducer(settings, "test")
+    for item in ITEMS:
+        producer.send("items", item)
+    producer.flush()
+    service = ScorerService(settings, encoder, ScorerConfig(item_prior_weight=10.0)).start()
+    try:
+        _shift_and_check(settings, service, producer)
+    finally:
+        service.close()
+
+
+def _shift_and_check(settings, service, producer) -> None:
     PolicyPublisher(settings, "learner").publish(model(1), 1)
     wait_for(lambda: service.scorer.version >= 1 and len(service.scorer.catalogue) == len(ITEMS), 20,
              "v1 and the catalogue")
     before = {s["item_id"]: s["score"] for s in post(service.url, {"user_id": "stranger", "candidates": CANDIDATES,
                                                                    "k": len(CANDIDATES)})[1]["slate"]}
-    producer = EventProducer(settings, "test")
     for n in range(30):
         for item in (CANDIDATES[2], "not-in-the-catalogue"):
             producer.send("experiences", schemas.Experience(
