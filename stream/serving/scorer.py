@@ -275,38 +275,51 @@ class Scorer:
         projected = served.texts.get(rows, catalogue.stamps(rows), catalogue.texts)
         return (rows, *served.policy.item_vectors_projected(buckets, projected))
 
-    def observe_experience(self, experience: schemas.Experience, now: float) -> None:
-        if experience.kind == "purchase":      # a purchase follow-up would count one outcome twice
-            return
-        # An arm's evidence comes from its own traffic, or from traffic before the experiment (no arm).
-        for arm in (experience.arm,) if experience.arm is not None else self.arms.names:
+    def observe_experiences(self, experiences: list[schemas.Experience], now: float) -> None:
+        """Outcomes followed from ``experiences``: each item's evidence first (against what each user's memory
+        held before this batch, as when the request was served), then the users' memories."""
+        # A purchase follow-up would count one outcome twice.
+        outcomes = [e for e in experiences if e.kind != "purchase"]
+        if self.evidence:
+            self._record_evidence(outcomes, now)
+        for e in outcomes:
+            self.memory.record(e.user_id, e.action, e.position, e.reward, now)
+
+    def _record_evidence(self, outcomes: list[schemas.Experience], now: float) -> None:
+        """Each outcome's residual against what its arm's live version expects of the item for this user,
+        adapted to the user's earlier outcomes: one posterior per request, not per outcome. An arm's evidence
+        comes from its own traffic, or from traffic before the experiment (no arm)."""
+        requests: dict[tuple[str, str, str], list[schemas.Experience]] = {}
+        for e in outcomes:
+            for arm in (e.arm,) if e.arm is not None else self.arms.names:
+                requests.setdefault((arm, e.request_id, e.user_id), []).append(e)
+        for (arm, _, user_id), shown in requests.items():
             evidence, served = self.evidence.get(arm), self._served.get(arm)
             if evidence is not None and served is not None and served.policy is not None:
-                self._record_evidence(evidence, served, experience, now)
-        self.memory.record(experience.user_id, experience.action, experience.position, experience.reward, now)
+                self._residuals(evidence, served, user_id, shown, now)
 
-    def _record_evidence(self, evidence: ItemEvidence, served: _Served, experience: schemas.Experience,
-                         now: float) -> None:
-        """The outcome's residual against what ``served`` expects of the item for this user, adapted to the
-        user's outcomes before it; skipped for an item the catalogue does not know (row 0 stands for all of
-        those)."""
+    def _residuals(self, evidence: ItemEvidence, served: _Served, user_id: str,
+                   shown: list[schemas.Experience], now: float) -> None:
+        """Items the catalogue does not know are skipped (row 0 stands for all of those)."""
         policy = served.policy
         cfg = policy.config
-        features = np.asarray(experience.context.features, dtype=np.float32)
+        features = np.asarray(shown[0].context.features, dtype=np.float32)
         if len(features) == 0:
             features = np.zeros(cfg.user_features, dtype=np.float32)
-        elif not experience.context.fits(cfg.user_features):
+        elif not shown[0].context.fits(cfg.user_features):
             return
-        user_bucket = int(hash_ids([experience.user_id], cfg.user_buckets)[0])
-        recent = self.memory.recent(experience.user_id, now)
+        user_bucket = int(hash_ids([user_id], cfg.user_buckets)[0])
+        recent = self.memory.recent(user_id, now)
         with BLAS_LANE:
-            rows, vectors, bias = self._item_vectors(served, [experience.action])
-            if rows[0] == 0:
+            rows, vectors, bias = self._item_vectors(served, [e.action for e in shown])
+            known = rows > 0
+            if not known.any():
                 return
             user = policy.user_vector(features, user_bucket, np.zeros(cfg.text_dim, dtype=np.float32))
-            position = np.array([min(experience.position, cfg.max_positions - 1)])
-            expected = policy.estimates_at(user, vectors, bias, position, self._recent_of(served, recent, cfg))
-        evidence.record(rows, experience.reward - expected)
+            positions = np.minimum([e.position for e in shown], cfg.max_positions - 1)
+            expected = policy.estimates_at(user, vectors, bias, positions, self._recent_of(served, recent, cfg))
+        rewards = np.fromiter((e.reward for e in shown), dtype=np.float64, count=len(shown))
+        evidence.record(rows[known], (rewards - expected)[known])
 
     def _recent_of(self, served: _Served, recent: list, cfg: PolicyConfig) -> Recent | None:
         """A user's recent outcomes as the posterior reads them, under ``served``."""

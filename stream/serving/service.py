@@ -48,9 +48,7 @@ class ScorerService:
         self.trimmer = MallocTrimmer(trim_seconds, self._stop, "scorer") if trim_seconds > 0 else None
 
     def _observe(self, experiences: list[schemas.Experience]) -> None:
-        now = time.time()
-        for experience in experiences:
-            self.scorer.observe_experience(experience, now)
+        self.scorer.observe_experiences(experiences, time.time())
 
     @property
     def url(self) -> str:
