@@ -8,7 +8,7 @@ checksum, the name a version has on the topic.
 
 from __future__ import annotations
 
-from models.delta import cpu_state, state_checksum
+from models.delta import State, cpu_state, state_checksum
 from models.policy import TwoTowerPolicy
 from models.serving import ServingPolicy
 
@@ -20,7 +20,8 @@ class ServedVersions:
         #: Each published version's ``state_checksum`` when asked for (SHA-256 of ~4 MB per version).
         self.checksums: list[str] | None = [] if checksums else None
 
-    def publish(self, version: TwoTowerPolicy, live: TwoTowerPolicy | None, metrics: dict[str, float]) -> bool:
+    def publish(self, version: TwoTowerPolicy, live: TwoTowerPolicy | None, metrics: dict[str, float],
+                changes: State | None = None) -> bool:
         self.served = ServingPolicy(version)
         self.published += 1
         if self.checksums is not None:

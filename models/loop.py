@@ -35,7 +35,7 @@ import numpy as np
 
 from models.agent import Agent
 from models.batch import Batch, TaskBatch
-from models.delta import cpu_state, make_delta
+from models.delta import State, cpu_state, make_delta
 from models.gate import Verdict
 from models.policy import TwoTowerPolicy
 
@@ -73,9 +73,11 @@ class Replay(Protocol[E_out]):
 
 
 class Sink(Protocol):
-    def publish(self, version: TwoTowerPolicy, live: TwoTowerPolicy | None, metrics: dict[str, float]) -> bool:
-        """Make ``version`` the served one (``live``: its parent, what readers hold now); False when it could
-        not be published (the loop keeps the live version and learns on)."""
+    def publish(self, version: TwoTowerPolicy, live: TwoTowerPolicy | None, metrics: dict[str, float],
+                changes: State | None = None) -> bool:
+        """Make ``version`` the served one (``live``: its parent, what readers hold now; ``changes``: what moved
+        since ``live``, ``make_delta``'s delta, so a sink that writes deltas need not compute it again); False
+        when it could not be published (the loop keeps the live version and learns on)."""
         ...
 
 
@@ -203,8 +205,9 @@ class ContinualLoop(Generic[E]):
         """Candidate (as readers will hold it), gate, sink, consolidation."""
         started = time.perf_counter()
         candidate = self.agent.candidate()
+        changes = None
         if self.live is not None:
-            _, published = make_delta(cpu_state(self.live), cpu_state(candidate))
+            changes, published = make_delta(cpu_state(self.live), cpu_state(candidate))
             candidate.load_state_dict(published)
         decisions = list(self.holdout)
         verdict = self.agent.judge(candidate, self.live, self.experiences.batch(decisions) if decisions else None)
@@ -217,7 +220,7 @@ class ContinualLoop(Generic[E]):
             return Publication(verdict, False, metrics, seconds)
         learner = self.agent.learner
         metrics.update(step=float(learner.step), samples=float(learner.samples))
-        if not self.sink.publish(candidate, self.live, metrics):
+        if not self.sink.publish(candidate, self.live, metrics, changes):
             return Publication(verdict, False, metrics, seconds)
         sent = time.perf_counter()
         self.live = candidate

@@ -94,10 +94,15 @@ def pack_delta(
     key: bytes | None = None,
     created_at: float | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    changes: State | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """(header, delta bytes) of ``model`` as a delta of ``base``, the parent's published state; what
-    readers rebuild is ``make_delta(base, model)[1]``."""
-    delta, published = make_delta(base, cpu_state(model), tolerance)
+    readers rebuild is ``make_delta(base, model)[1]``. ``changes``: that delta, already made (then ``model``
+    must hold the state it rebuilds, as the learning loop's candidate does)."""
+    if changes is None:
+        delta, published = make_delta(base, cpu_state(model), tolerance)
+    else:
+        delta, published = changes, cpu_state(model)
     blob = to_bytes(delta)
     header = _header(model.config, blob, name, version, parent, metrics, key, created_at, "delta",
                      state_checksum(published), state_checksum(base))

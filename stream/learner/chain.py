@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter
 
-from models.delta import cpu_state
+from models.delta import State, cpu_state
 from models.policy import TwoTowerPolicy
 from stream import schemas
 from stream.policy.bus import POLICY_LOADED_AT, POLICY_VERSION, PolicyPublisher
@@ -47,7 +47,8 @@ class VersionChain:
         return (live is not None and self.deltas_since_full < self.full_every - 1
                 and time.monotonic() - self.last_full_at < self.full_every_seconds)
 
-    def publish(self, version: TwoTowerPolicy, live: TwoTowerPolicy | None, metrics: dict[str, float]) -> bool:
+    def publish(self, version: TwoTowerPolicy, live: TwoTowerPolicy | None, metrics: dict[str, float],
+                changes: State | None = None) -> bool:
         """``models.loop.Sink``: write ``version`` as the next number, a delta of ``live`` when one is due."""
         metrics = {**metrics, **self.metrics()}
         number = max(self.version, self.last_number) + 1
@@ -55,7 +56,8 @@ class VersionChain:
         delta = self.delta_due(live)
         try:
             if delta:
-                header = self.publisher.publish_delta(version, cpu_state(live), number, self.version, metrics)
+                header = self.publisher.publish_delta(version, cpu_state(live), number, self.version, metrics,
+                                                      changes)
             else:
                 header = self.publisher.publish(version, number, parent=self.version or None, metrics=metrics)
         except Exception as exc:  # noqa: BLE001 - the broker may be away: keep learning, try again next time

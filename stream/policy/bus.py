@@ -355,12 +355,13 @@ class PolicyPublisher:
         return self.publish_packed(header, blob)
 
     def publish_delta(self, model: TwoTowerPolicy, base: State, version: int, parent: int,
-                      metrics: dict[str, float] | None = None) -> schemas.PolicyHeader:
+                      metrics: dict[str, float] | None = None, changes: State | None = None) -> schemas.PolicyHeader:
         """Publish ``model`` (the published state: parent + what moved) as a delta of ``base``, the parent's
-        state; readers holding that exact state apply it."""
+        state; readers holding that exact state apply it. ``changes``: the delta, when already made."""
         trust = trust_of(self.settings)
         trust.require_key()
-        header, blob = pack_delta(model, base, self.name, version, parent, metrics, trust.signing_key)
+        header, blob = pack_delta(model, base, self.name, version, parent, metrics, trust.signing_key,
+                                  changes=changes)
         return self.publish_packed(header, blob)
 
     def publish_packed(self, header: dict, blob: bytes) -> schemas.PolicyHeader:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.agent import Agent, AgentConfig
-from models.delta import cpu_state, state_checksum
+from models.delta import apply_delta, cpu_state, state_checksum
 from models.gate import GateConfig
 from models.loop import ContinualLoop, LoopConfig
 from models.policy import PolicyConfig
@@ -33,7 +33,12 @@ class Recorded:
         self.checksums: list[str] = []
         self.metrics: list[dict[str, float]] = []
 
-    def publish(self, version, live, metrics) -> bool:
+    def publish(self, version, live, metrics, changes=None) -> bool:
+        # The delta the loop hands over rebuilds the version from its parent, as readers will.
+        assert (live is None) == (changes is None)
+        if changes is not None:
+            rebuilt = apply_delta(cpu_state(live), changes)
+            assert state_checksum(rebuilt) == state_checksum(cpu_state(version))
         if self.accept:
             self.checksums.append(state_checksum(cpu_state(version)))
             self.metrics.append(metrics)
