@@ -112,3 +112,17 @@ def test_values_beyond_half_precision_ship_in_full():
     delta, published = make_delta(parent, state)
     assert delta["text_proj.bias"].dtype == torch.float32
     assert torch.equal(apply_delta(parent, delta)["text_proj.bias"], state["text_proj.bias"])
+
+
+def test_a_delta_made_once_packs_to_the_same_bytes_as_one_made_again():
+    """The learning loop makes the delta to learn what readers will hold and hands it on; packing it must
+    give exactly what packing the published candidate from scratch gives."""
+    torch.manual_seed(0)
+    parent = TwoTowerPolicy(CFG)
+    candidate = moved(parent, [4, 9])
+    changes, published = make_delta(cpu_state(parent), cpu_state(candidate))
+    candidate.load_state_dict(published)
+    header, blob = pack_delta(candidate, cpu_state(parent), "default", 2, parent=1, key=b"k", created_at=1.0)
+    again_header, again_blob = pack_delta(candidate, cpu_state(parent), "default", 2, parent=1, key=b"k",
+                                          created_at=1.0, changes=changes)
+    assert again_blob == blob and again_header == header
