@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.schemas import POLICY_NAME
+
 
 class MissingBootstrapError(RuntimeError):
     """Raised when a role needs a broker but none is configured."""
@@ -107,9 +109,7 @@ class Settings(BaseSettings):
     )
     policy_name: str = Field(
         "default",
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9._-]+$",
+        pattern=POLICY_NAME,
         description="RECSYS_POLICY_NAME: key of the policy on the policies topic.",
     )
     arms: str | None = Field(
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         "(`A=50,B=50`; `score --arms` wins). Unset: one arm, RECSYS_POLICY_NAME.",
     )
     experiment: str = Field(
-        "default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$",
+        "default", pattern=POLICY_NAME,
         description="RECSYS_EXPERIMENT: name of the online experiment; with the user id it decides each user's "
         "arm, so a new name deals users out afresh.",
     )

@@ -139,18 +139,9 @@ def import_logs(files: tuple[Path, ...], preset: str | None, maps: tuple[str, ..
 
 
 def _decoded(settings, logical: str) -> tuple[list, int]:
-    """(valid records, invalid ones skipped) of a topic as it stands now."""
-    from stream import schemas
-    from stream.kafka.snapshot import read_topic
-    from stream.kafka.topics import topic_name
+    from stream.kafka.snapshot import read_decoded
 
-    good, bad = [], 0
-    for msg in read_topic(settings, topic_name(settings, logical), "evaluate", timeout=600):
-        try:
-            good.append(schemas.decode(logical, msg.value()))
-        except schemas.InvalidMessage:
-            bad += 1
-    return good, bad
+    return read_decoded(settings, logical, "evaluate", timeout=600)
 
 
 def _read_experiences(settings, from_file: Path | None, fmt: str | None) -> tuple[list, int]:

@@ -43,7 +43,7 @@ from stream.demo.walkthrough import broker_process_for
 from stream.kafka.broker import die_with_parent, free_port
 from stream.kafka.clients import LOGGING_LINGER_MS, make_admin
 from stream.kafka.producer import EventProducer
-from stream.kafka.snapshot import read_topic
+from stream.kafka.snapshot import read_decoded, read_topic
 from stream.kafka.topics import ensure_topics, topic_name
 from stream.ops.allocator import launch_env, library_for
 from stream.ops.memory import rss_bytes
@@ -520,12 +520,7 @@ def judge_arms(settings: Settings, arms: tuple[str, ...]) -> dict[str, Any]:
     """What ``evaluate --arms`` says of the run's arms, from the experiences on the topic."""
     from stream.experiment.report import judge
 
-    experiences = []
-    for message in read_topic(settings, topic_name(settings, "experiences"), "demo"):
-        try:
-            experiences.append(schemas.decode("experiences", message.value()))
-        except schemas.InvalidMessage:
-            continue        # the replay service dead-letters it; it judges nothing
+    experiences, _invalid = read_decoded(settings, "experiences", "demo")
     return judge(experiences, list(arms), settle=DEMO_CLICK_WINDOW).to_dict()
 
 

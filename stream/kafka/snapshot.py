@@ -57,3 +57,18 @@ def read_topic(settings: Settings, topic: str, role: str = "snapshot", timeout: 
         return [m for p in partitions for m in out[p]]
     finally:
         consumer.close()
+
+
+def read_decoded(settings: Settings, logical: str, role: str = "snapshot", timeout: float = 30.0) -> tuple[list, int]:
+    """(valid records, invalid ones skipped) of a logical topic as it stands now: what a report reads (the
+    replay service dead-letters the invalid ones; they judge nothing)."""
+    from stream import schemas
+    from stream.kafka.topics import topic_name
+
+    good, bad = [], 0
+    for msg in read_topic(settings, topic_name(settings, logical), role, timeout=timeout):
+        try:
+            good.append(schemas.decode(logical, msg.value()))
+        except schemas.InvalidMessage:
+            bad += 1
+    return good, bad
