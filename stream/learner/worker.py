@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -119,13 +119,9 @@ class LearnerWorkerConfig:
     #: Fresh experiences before the first update (a handful is noise).
     min_fresh: int = 32
     publish_every_seconds: float = 10.0
-    #: Requests (by request_id hash) kept out of training to validate candidates on.
-    holdout_share: float = LoopConfig.holdout_share
-    #: The newest held-out decisions the gate judges a candidate on.
-    gate_decisions: int = LoopConfig.gate_decisions
-    #: Seeds the initial weights and the choice of meta tasks: a backfill of the same experiences makes the
-    #: same versions.
-    seed: int = LoopConfig.seed
+    #: The learning loop's own settings (hold-out share, the gate's decisions, the seed of the initial weights
+    #: and of the meta tasks: a backfill of the same experiences makes the same versions).
+    loop: LoopConfig = field(default_factory=LoopConfig)
     #: Versions kept on the policies topic (older ones are tombstoned): what rollback can reach.
     retain_versions: int = 20
     #: Held-out decisions of each period become a probe set every published version is re-scored on.
@@ -171,7 +167,7 @@ class LearnerWorker:
         model_config = model_config or PolicyConfig(text_dim=encoder.dim, user_features=settings.user_features)
         if model_config.text_dim != encoder.dim:
             raise ValueError(f"policy text_dim {model_config.text_dim} != encoder dim {encoder.dim}")
-        self.agent = Agent(model_config, agent_config, variant, seed=cfg.seed)
+        self.agent = Agent(model_config, agent_config, variant, seed=cfg.loop.seed)
         self.learner = self.agent.learner
         self.catalogue = Catalogue(encoder, "learner")
         self.items = TopicFollower(settings, "items", self.catalogue.add, from_start=True, component="learner")
@@ -184,8 +180,7 @@ class LearnerWorker:
                                   metrics=lambda: {"trained_through_ts": self.trained_through})
         self.loop: ContinualLoop[schemas.Experience] = ContinualLoop(
             self.agent, StreamExperiences(self.batcher, self.replay, self.agent.config.history), self.chain,
-            StoreReplay(self.batcher, self.replay, self.arm),
-            LoopConfig(holdout_share=cfg.holdout_share, gate_decisions=cfg.gate_decisions, seed=cfg.seed))
+            StoreReplay(self.batcher, self.replay, self.arm), cfg.loop)
         self.checkpoint_path = checkpoint_path or settings.data_dir / "learner" / \
             f"{settings.topic_prefix}{settings.policy_name}.ckpt"
         self.topic = topic_name(settings, "experiences")
