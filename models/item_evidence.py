@@ -37,6 +37,9 @@ NOISE_HORIZON = 20_000
 FIRST_ESTIMATE, REESTIMATE_EVERY = 1_000, 500
 #: Bounds of the estimated prior weight, in outcomes (the upper one shifts nothing measurable).
 MIN_PRIOR_WEIGHT, MAX_PRIOR_WEIGHT = 1.0, 1e6
+#: A residual counts at most this much either way: a forged or mis-scaled reward (an experience may carry any
+#: finite float) must not own an item's bias or the noise estimate.
+MAX_RESIDUAL = 10.0
 
 
 class ItemEvidence:
@@ -67,15 +70,19 @@ class ItemEvidence:
         return np.where(inside, picked[:, 0] / (picked[:, 1] + weight), 0.0)
 
     def record(self, rows: np.ndarray, residuals: np.ndarray) -> None:
-        """Outcomes in the order they happened: ``residuals`` = outcome minus the version's estimate."""
+        """Outcomes in the order they happened: ``residuals`` = outcome minus the version's estimate. A residual
+        that is not finite is skipped and the rest are clipped to ``MAX_RESIDUAL`` (the scorer's experience
+        follower calls this: bad input must not stop it)."""
         rows = np.asarray(rows, dtype=np.int64)
         residuals = np.asarray(residuals, dtype=np.float64)
+        if len(rows) and rows.min() < 0:
+            raise ValueError("item rows must be >= 0")
+        finite = np.isfinite(residuals)
+        if not finite.all():
+            rows, residuals = rows[finite], residuals[finite]
         if len(rows) == 0:
             return
-        if rows.min() < 0:
-            raise ValueError("item rows must be >= 0")
-        if not np.isfinite(residuals).all():
-            raise ValueError("residuals must be finite")
+        residuals = np.clip(residuals, -MAX_RESIDUAL, MAX_RESIDUAL)
         with self._writing:
             table = self._table
             top = int(rows.max()) + 1

@@ -7,10 +7,11 @@ the policy to the user from their recent experiences (the posterior of the fast
 weights under the meta-learned prior, followed from the ``experiences`` topic),
 scores unknown items from their text embedding (the ``items`` topic through the
 packaged MiniLM), shifts each candidate's bias by what its recent outcomes said
-against the version (``models/item_evidence.py``, from the same topic), draws a slate with exact propensities by the exploration the
-version carries (``ServingPolicy.decide``; an operator's ``--temperature`` or
-``--epsilon`` overrides it, logged and exported), and logs what it showed to ``impressions``, which is
-where the reward join starts. Before any version exists it serves uniform random
+against the version (``models/item_evidence.py``, from ``experiences`` too), draws a
+slate with exact propensities by the exploration the version carries
+(``ServingPolicy.decide``; an operator's ``--temperature`` or ``--epsilon`` overrides
+it, logged and exported), and logs what it showed to ``impressions``, which is where
+the reward join starts. Before any version exists it serves uniform random
 slates as version 0: that traffic is what the first version learns from.
 
 An online experiment (``ScorerConfig.arms``, ``score --arms A=50,B=50``) serves several

@@ -38,8 +38,15 @@ def test_bad_settings_and_rows_are_refused():
         ItemEvidence(decay=1.5)
     with pytest.raises(ValueError):
         ItemEvidence().record(np.array([-1]), np.array([0.0]))
-    with pytest.raises(ValueError):
-        ItemEvidence().record(np.array([1]), np.array([float("nan")]))
+
+
+def test_a_forged_reward_neither_stops_the_evidence_nor_owns_an_items_bias():
+    evidence = ItemEvidence(decay=1.0, prior_weight=10.0)
+    evidence.record(np.array([1, 2, 3]), np.array([float("nan"), float("inf"), 1e300]))
+    assert evidence.outcomes == 1                                   # the non-finite two are skipped
+    assert evidence.offsets(np.array([3]))[0] == pytest.approx(10.0 / 11.0)   # 1e300 counts as 10
+    evidence.record(np.array([3] * 10_000), np.zeros(10_000))      # and is outweighed like any outlier
+    assert abs(evidence.offsets(np.array([3]))[0]) < 0.002
 
 
 def outcomes(true_offsets: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
