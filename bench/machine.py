@@ -31,10 +31,17 @@ def code_version() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+#: The code a benchmark process runs is what was checked out when it started: a run of an hour may end after a
+#: commit, and the result must name the code it measured (``commit_at_end`` says when HEAD moved meanwhile).
+AT_START = code_version()
+
+
 def machine_info() -> dict[str, Any]:
+    at_end = code_version()
     info: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        **code_version(),
+        **AT_START,
+        **({"commit_at_end": at_end["commit"]} if at_end["commit"] != AT_START["commit"] else {}),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
