@@ -67,8 +67,8 @@ from models.policy import PolicyConfig
 from models.ranking import auc, gauc
 from models.serving import Recent
 
-POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune", "full_retrain", "full_retrain_adapted",
-            "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity")
+POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune", "full_retrain",
+            "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity")
 #: A new user's first ratings, the ones "AUC on new users" is measured on.
 NEW_USER_RATINGS = 10
 HOLDOUT_SHARE = 0.1
@@ -248,7 +248,6 @@ class OursPolicy:
         policy, data, evidence = self.versions.served, self.data, self.evidence
         vectors, bias = policy.item_vectors(self.item_bucket, self.text_np)
         no_features, no_history = np.zeros(0, dtype=np.float32), np.zeros(self.model_config.text_dim, dtype=np.float32)
-        at_top = np.zeros(1, dtype=np.int64)
         out = np.zeros(len(rows))
         for i, row in enumerate(rows):
             user = policy.user_vector(no_features, int(self.user_bucket[data.user[row]]), no_history)
@@ -258,12 +257,14 @@ class OursPolicy:
                 seen = data.item[previous]
                 recent = Recent(vectors[seen], bias[seen], np.zeros(len(seen), dtype=np.int64), data.label[previous])
             item = data.item[row]
-            one = slice(item, item + 1)
-            shifted = bias[one] if evidence is None else bias[one] + evidence.offsets(np.array([item]))
-            out[i] = policy.estimates(user, vectors[one], shifted, recent)[0]
-            if observe and evidence is not None:
-                expected = policy.estimates_at(user, vectors[one], bias[one], at_top, recent)
-                evidence.record(np.array([item]), data.label[row] - expected)
+            # The estimate is linear in the bias: the evidence's shift adds to it, and the residual the evidence
+            # records is against the unshifted estimate (``ServingPolicy.estimates_at`` at the top position).
+            expected = policy.estimates(user, vectors[item:item + 1], bias[item:item + 1], recent)[0]
+            out[i] = expected
+            if evidence is not None:
+                out[i] += evidence.offsets(np.array([item]))[0]
+                if observe:
+                    evidence.record(np.array([item]), np.array([data.label[row] - expected]))
         return np.clip(out, 0.0, 1.0)
 
 
