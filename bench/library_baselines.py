@@ -12,7 +12,8 @@
 - ``river_fm``: river's factorisation machine for binary targets (the user, the movie
   and its genres as features), online in the same way.
 
-The libraries run with their defaults, untuned; they are optional (``pip install
+``bench.tune_movielens`` searched their settings on the tuning half (the first 35,000 ratings); where the
+search found better than the defaults, ``bench.movielens.TUNED`` holds it. They are optional (``pip install
 'recsys-stream[bench]'``), never runtime dependencies.
 """
 
@@ -46,11 +47,12 @@ class LensKitMF:
     probabilities = False
 
     def __init__(self, data: Ratings, seed: int, fold_in: bool, features: int = 50, regularization: float = 0.1,
-                 epochs: int = 10) -> None:
+                 epochs: int = 10, damping: float = 5.0) -> None:
         _require("lenskit.als", "lenskit_mf")
         self.name = "lenskit_mf_fold_in" if fold_in else "lenskit_mf"
         self.data, self.seed, self.fold_in = data, seed, fold_in
-        self.settings = {"embedding_size": features, "regularization": regularization, "epochs": epochs}
+        self.settings = {"embedding_size": features, "regularization": regularization, "epochs": epochs,
+                         "damping": damping}
         self.trained: list[np.ndarray] = []
         self.scorer = None
 
@@ -138,10 +140,13 @@ class OnlineRows(ABC):
 
 
 class VowpalPolicy(OnlineRows):
-    def __init__(self, data: Ratings, text: np.ndarray, seed: int) -> None:
+    def __init__(self, data: Ratings, text: np.ndarray, seed: int, learning_rate: float = 0.5,
+                 power_t: float = 0.5, l2: float = 0.0) -> None:
+        """The settings are VW's own (``-l``, ``--power_t``, ``--l2``), at VW's defaults."""
         Workspace = _require("vowpalwabbit", "vw").Workspace
         self.name, self.data = "vw", data
-        self.args = f"--loss_function logistic --link logistic -q ui --quiet -b 22 --random_seed {seed}"
+        self.args = (f"--loss_function logistic --link logistic -q ui --quiet -b 22 --random_seed {seed} "
+                     f"-l {learning_rate} --power_t {power_t} --l2 {l2}")
         self.vw = Workspace(self.args, enable_logging=False)
         self.items = [f"|i iid_{m} " + " ".join(f"t{j}:{v:.4f}" for j, v in enumerate(row))
                       for m, row in zip(data.item_ids, text)]
@@ -161,10 +166,13 @@ class VowpalPolicy(OnlineRows):
 
 
 class RiverFM(OnlineRows):
-    def __init__(self, data: Ratings, seed: int, factors: int = 10) -> None:
+    def __init__(self, data: Ratings, seed: int, factors: int = 10, lr: float = 0.01) -> None:
+        """``lr``: the step of every weight, the latent factors' and the intercept's (river's default 0.01)."""
         facto = _require("river.facto", "river_fm")
+        optim = _require("river.optim", "river_fm")
         self.name, self.data = "river_fm", data
-        self.model = facto.FMClassifier(n_factors=factors, seed=seed)
+        self.model = facto.FMClassifier(n_factors=factors, weight_optimizer=optim.SGD(lr),
+                                        latent_optimizer=optim.SGD(lr), intercept_lr=lr, seed=seed)
         genres = [text.rsplit("Genres: ", 1)[1].rstrip(".").split(", ") if "Genres: " in text else []
                   for text in data.item_texts]
         self.items = [{f"item={m}": 1.0, **{f"genre={g}": 1.0 for g in gs}} for m, gs in zip(data.item_ids, genres)]

@@ -36,12 +36,15 @@ is scored from its words. The rows:
   last ratings as ``ours`` is, so the table shows what incremental training adds.
 - ``vw``, ``river_fm``, ``lenskit_mf``, ``lenskit_mf_fold_in``: library baselines
   (``bench/library_baselines.py``).
+- ``sasrec``: a self-attentive sequence model over each user's last ratings, refit each period
+  (``bench/sequence_baseline.py``).
 - ``popularity``: each item's smoothed share of positive ratings so far.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import sys
 import time
@@ -58,6 +61,7 @@ import torch
 from bench.library_baselines import LensKitMF, OnlineRows, RiverFM, VowpalPolicy
 from bench.machine import result
 from bench.reservoir import Reservoir
+from bench.sequence_baseline import SelfAttentive
 from bench.served import ServedVersions
 from models.agent import OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
 from models.batch import Batch, TaskBatch, hash_ids
@@ -68,7 +72,13 @@ from models.ranking import auc, gauc
 from models.serving import Recent
 
 POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune", "full_retrain",
-            "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity")
+            "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "sasrec", "popularity")
+#: Baselines whose hyper-parameters ``bench.tune_movielens`` searches.
+TUNABLE = ("vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "sasrec")
+#: Settings ``bench.tune_movielens`` chose on the tuning half where they differ from the constructor's
+#: defaults (``docs/benchmarks/notes/2026-12-07-library-tuning.md``).
+TUNED: dict[str, dict[str, Any]] = {"vw": {"power_t": 0.25}, "river_fm": {"lr": 0.1},
+                                    "lenskit_mf_fold_in": {"features": 10, "regularization": 1.0}}
 #: A new user's first ratings, the ones "AUC on new users" is measured on.
 NEW_USER_RATINGS = 10
 HOLDOUT_SHARE = 0.1
@@ -317,7 +327,23 @@ class PopularityPolicy:
         return (self.liked[items] + prior * self.prior_weight) / (self.shown[items] + self.prior_weight)
 
 
-def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
+def settings_of(name: str) -> list[str]:
+    """The hyper-parameters a tunable row's constructor takes."""
+    if name not in TUNABLE:
+        raise ValueError(f"{name!r} takes no settings; rows that do: {', '.join(TUNABLE)}")
+    made = {"vw": VowpalPolicy, "river_fm": RiverFM, "lenskit_mf": LensKitMF, "lenskit_mf_fold_in": LensKitMF,
+            "sasrec": SelfAttentive}
+    fixed = {"self", "data", "text", "seed", "fold_in"}
+    return [p for p in inspect.signature(made[name].__init__).parameters if p not in fixed]
+
+
+def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int, settings: dict[str, Any] | None = None):
+    """``settings``: keyword arguments for a baseline's constructor (``bench.tune_movielens`` tries them);
+    none given, a tuned row takes its ``TUNED`` settings."""
+    settings = TUNED.get(name, {}) if settings is None else settings
+    unknown = set(settings) - set(settings_of(name)) if settings else set()
+    if unknown:
+        raise ValueError(f"{name} has no setting {', '.join(sorted(unknown))}; it takes {', '.join(settings_of(name))}")
     variants = {"ours": OURS, "ours_no_meta": OURS_NO_META, "ours_no_anti_forgetting": OURS_NO_ANTI_FORGETTING,
                 "ours_no_item_evidence": OURS,
                 "fine_tune": Variant("fine_tune", meta=False, anti_forgetting=False, replay=False)}
@@ -327,11 +353,13 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int):
     if name in ("full_retrain", "full_retrain_adapted"):
         return FullRetrain(data, text, seed, adapted=name == "full_retrain_adapted")
     if name == "vw":
-        return VowpalPolicy(data, text, seed)
+        return VowpalPolicy(data, text, seed, **settings)
     if name == "river_fm":
-        return RiverFM(data, seed)
+        return RiverFM(data, seed, **settings)
     if name in ("lenskit_mf", "lenskit_mf_fold_in"):
-        return LensKitMF(data, seed, fold_in=name == "lenskit_mf_fold_in")
+        return LensKitMF(data, seed, fold_in=name == "lenskit_mf_fold_in", **settings)
+    if name == "sasrec":
+        return SelfAttentive(data, text, seed, **settings)
     if name == "popularity":
         return PopularityPolicy(data)
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
@@ -369,8 +397,8 @@ def period_metrics(data: Ratings, rows: np.ndarray, scores: np.ndarray, new_user
 
 
 def run_policy(name: str, data: Ratings, text: np.ndarray, train: list[np.ndarray], holdout: list[np.ndarray],
-               seed: int, say: Callable[[str], None]) -> dict[str, Any]:
-    policy = make_policy(name, data, text, seed)
+               seed: int, say: Callable[[str], None], settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    policy = make_policy(name, data, text, seed, settings)
     first_period = np.zeros(len(data.item_ids), dtype=np.int64) - 1
     first_user = np.zeros(len(data.user_ids), dtype=np.int64) - 1
     per_period: list[dict[str, float]] = []
@@ -460,7 +488,8 @@ def run_movielens(data_dir: Path, periods: int = 8, policies: tuple[str, ...] = 
     params = {"data": str(data_dir), "ratings": len(data), "users": len(data.user_ids), "movies": len(data.item_ids),
               "periods": periods, "holdout_share": HOLDOUT_SHARE, "seed": seed, "policies": list(policies),
               "positive": "rating >= 4", "new_user_ratings": NEW_USER_RATINGS,
-              "first_ts": int(data.ts[0]), "last_ts": int(data.ts[-1])}
+              "first_ts": int(data.ts[0]), "last_ts": int(data.ts[-1]),
+              "tuned": {name: TUNED[name] for name in policies if name in TUNED}}
     return result("movielens", {"by_policy": summary, "paired": paired_periods(runs), "runs": runs}, params)
 
 

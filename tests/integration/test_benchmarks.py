@@ -221,7 +221,8 @@ def test_movielens_benchmark_runs_every_row_on_a_file_of_that_format(tmp_path):
     assert out["name"] == "movielens" and out["params"]["ratings"] == 900 and out["params"]["periods"] == 3
     rows = out["metrics"]["by_policy"]
     assert set(rows) == {"ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune",
-                         "full_retrain", "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "popularity"}
+                         "full_retrain", "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "sasrec",
+                         "popularity"}
     for name, m in rows.items():
         assert 0.0 <= m["mean_auc"] <= 1.0, name
         # The LensKit rows predict stars, not probabilities: no log loss for them.
@@ -234,6 +235,25 @@ def test_movielens_benchmark_runs_every_row_on_a_file_of_that_format(tmp_path):
     assert rows["vw"]["mean_auc"] > 0.65
     assert rows["ours"]["mean_auc"] > rows["popularity"]["mean_auc"] + 0.03
     assert "new users" in done.stdout
+
+
+def test_a_baseline_is_tuned_on_the_benchmarks_own_protocol(tmp_path):
+    data = tmp_path / "ml"
+    write_tiny_movielens(data)
+    done = subprocess.run([sys.executable, "-m", "bench.tune_movielens", "--data", str(data), "--row", "lenskit_mf_fold_in",
+                           "--grid", '{"features": [4, 8]}', "--limit", "600", "--periods", "3", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    trials = out["metrics"]["trials"]
+    assert [t["settings"] for t in trials] == [{"features": 4}, {"features": 8}] and out["params"]["ratings"] == 600
+    assert out["metrics"]["best_mean_auc"] == max(t["mean_auc"] for t in trials)
+    refused = subprocess.run([sys.executable, "-m", "bench.tune_movielens", "--data", str(data), "--row", "ours",
+                              "--grid", '{"dim": [4]}'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "cannot be tuned" in refused.stderr
+    unknown = subprocess.run([sys.executable, "-m", "bench.tune_movielens", "--data", str(data), "--row", "sasrec",
+                              "--grid", '{"depth": [4]}'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 1 and "sasrec has no setting depth; it takes dim" in unknown.stderr
 
 
 def test_movielens_benchmark_says_what_is_wrong_with_the_folder(tmp_path):
