@@ -50,3 +50,15 @@ def test_learn_offers_every_agent_variant():
     learn = cli.get_command(click.Context(cli), "learn")
     [variant] = [p for p in learn.params if p.name == "variant"]
     assert list(variant.type.choices) == list(VARIANTS)
+
+
+def test_bench_movielens_help_names_every_row():
+    """Its --policies help is written out for the same reason; a row added to the benchmark must appear there."""
+    from bench.movielens import POLICIES
+
+    ctx = click.Context(cli)
+    bench = cli.get_command(ctx, "bench")
+    movielens = bench.get_command(click.Context(bench, parent=ctx), "movielens")
+    [policies] = [p for p in movielens.params if p.name == "policies"]
+    listed = {name.strip(" .[") for name in policies.help.split(":", 1)[1].split("[")[0].split(",")}
+    assert listed == set(POLICIES)
