@@ -204,8 +204,6 @@ class RewardProcessor:
         for event_id in result.parked:
             if current is not None and current[0] == event_id:
                 self._held[event_id] = (bytes(current[1]), current[2])
-        for event_id in result.released:
-            self._held.pop(event_id, None)
         for rejected in result.rejected:
             held = self._held.pop(rejected.event.event_id, None)
             if held is None and current is not None and current[0] == rejected.event.event_id:
@@ -216,6 +214,12 @@ class RewardProcessor:
                 where.topic if where else rejected.kind + "s", raw, rejected.reason, rejected.detail,
                 self.component, key=where.key if where else None,
                 partition=where.partition if where else None, offset=where.offset if where else None))
+        # A released event that matched nothing is parked again in the same result: it keeps its bytes,
+        # which its changelog record is written from (without them the record became a tombstone).
+        parked_again = set(result.parked)
+        for event_id in result.released:
+            if event_id not in parked_again:
+                self._held.pop(event_id, None)
         return out
 
     # -- durable state (the batch worker's changelog) ----------------------------------------

@@ -235,3 +235,22 @@ def test_a_changelog_with_forgotten_records_of_the_old_layout_still_restores_and
         restored.handle("impressions", imp(f"r{n}", "u1", ["a"], ts), Coordinates("p.impressions", 0, n))
         later += restored.changes(0)
     assert (join_state.forgotten_key("r1"), None) in later
+
+
+def test_a_click_parked_again_after_another_impression_survives_a_restore():
+    """A click without request_id that overtook its impression is released by an earlier impression of the same
+    user and item, matches nothing there (outside that window) and is parked again: its parked record must still
+    be in the changelog, or a restore drops it and its request later closes with a no_click (found by SIGKILL
+    of the join in tests/integration/test_join_recovery.py)."""
+    proc = RewardProcessor(CONFIG)
+    offsets = dict.fromkeys(SOURCES, 0)
+    drive(proc, [("clicks", clk("c-late", "u1", "i1", T0 + 200))], 0, offsets)     # parked: no impression yet
+    assert proc.joins[0].parked == 1
+    drive(proc, [("impressions", imp("r-old", "u1", ["i1", "i2"], T0 + 100))], 0, offsets)   # too old for it
+    assert proc.joins[0].parked == 1
+    restored = RewardProcessor(CONFIG)
+    restored.restore(0, join_state.latest(proc.changes(0)))
+    assert restored.joins[0].parked == 1
+    paid = drive(restored, [("impressions", imp("r-new", "u1", ["i1", "i3"], T0 + 190))], 0, offsets)
+    assert paid == ["r-new:i1:click"]
+    assert "r-new:i1:no_click" not in finish(restored)
