@@ -50,7 +50,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +73,10 @@ from models.serving import Recent
 
 POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune", "full_retrain",
             "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "sasrec", "popularity")
-#: Baselines whose hyper-parameters ``bench.tune_movielens`` searches.
-TUNABLE = ("vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "sasrec")
+#: Baselines whose hyper-parameters ``bench.tune_movielens`` searches, by the constructor that takes them.
+_TUNABLE_CONSTRUCTORS = {"vw": VowpalPolicy, "river_fm": RiverFM, "lenskit_mf": LensKitMF,
+                         "lenskit_mf_fold_in": LensKitMF, "sasrec": SelfAttentive}
+TUNABLE = tuple(_TUNABLE_CONSTRUCTORS)
 #: Settings ``bench.tune_movielens`` chose on the tuning half where they differ from the constructor's
 #: defaults (``docs/benchmarks/notes/2026-12-07-library-tuning.md``).
 TUNED: dict[str, dict[str, Any]] = {"vw": {"power_t": 0.25}, "river_fm": {"lr": 0.1},
@@ -331,19 +333,23 @@ def settings_of(name: str) -> list[str]:
     """The hyper-parameters a tunable row's constructor takes."""
     if name not in TUNABLE:
         raise ValueError(f"{name!r} takes no settings; rows that do: {', '.join(TUNABLE)}")
-    made = {"vw": VowpalPolicy, "river_fm": RiverFM, "lenskit_mf": LensKitMF, "lenskit_mf_fold_in": LensKitMF,
-            "sasrec": SelfAttentive}
     fixed = {"self", "data", "text", "seed", "fold_in"}
-    return [p for p in inspect.signature(made[name].__init__).parameters if p not in fixed]
+    return [p for p in inspect.signature(_TUNABLE_CONSTRUCTORS[name].__init__).parameters if p not in fixed]
+
+
+def check_settings(name: str, settings: Iterable[str]) -> None:
+    """Refuse a setting the row's constructor does not take, before any time is spent on the row."""
+    unknown = set(settings) - set(settings_of(name))
+    if unknown:
+        raise ValueError(f"{name} has no setting {', '.join(sorted(unknown))}; it takes {', '.join(settings_of(name))}")
 
 
 def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int, settings: dict[str, Any] | None = None):
     """``settings``: keyword arguments for a baseline's constructor (``bench.tune_movielens`` tries them);
     none given, a tuned row takes its ``TUNED`` settings."""
     settings = TUNED.get(name, {}) if settings is None else settings
-    unknown = set(settings) - set(settings_of(name)) if settings else set()
-    if unknown:
-        raise ValueError(f"{name} has no setting {', '.join(sorted(unknown))}; it takes {', '.join(settings_of(name))}")
+    if settings:
+        check_settings(name, settings)
     variants = {"ours": OURS, "ours_no_meta": OURS_NO_META, "ours_no_anti_forgetting": OURS_NO_ANTI_FORGETTING,
                 "ours_no_item_evidence": OURS,
                 "fine_tune": Variant("fine_tune", meta=False, anti_forgetting=False, replay=False)}

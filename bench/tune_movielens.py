@@ -32,16 +32,14 @@ def combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def measure(data_dir: Path, row: str, grid: dict[str, list[Any]], limit: int, periods: int, seed: int,
             progress=None) -> dict[str, Any]:
-    from bench.movielens import TUNABLE, encode, load, run_policy, settings_of, split, summarise
+    from bench.movielens import TUNABLE, check_settings, encode, load, run_policy, split, summarise
     from models.agent import AgentConfig
 
     say = progress or (lambda line: None)
     if row not in TUNABLE:
         raise ValueError(f"--row {row!r} cannot be tuned; choose from {', '.join(TUNABLE)}")
     tried = combinations(grid)
-    unknown = set(grid) - set(settings_of(row))
-    if unknown:
-        raise ValueError(f"{row} has no setting {', '.join(sorted(unknown))}; it takes {', '.join(settings_of(row))}")
+    check_settings(row, grid)
     data = load(data_dir, AgentConfig().history, limit)
     text = encode(data.item_texts, say)
     train, holdout = split(data, periods, seed)
