@@ -117,14 +117,16 @@ class Agent:
         return self.learner.model
 
     # -- training -----------------------------------------------------------------------------------
-    def plan(self, waiting: int) -> list[int]:
+    def plan(self, waiting: int, max_steps: int | None = None) -> list[int]:
         """Sizes of the updates that take fresh decisions in this turn (up to ``max_turn`` of the ``waiting``):
-        steps of ``update_size``, or bigger ones when a backlog would need more than ``max_updates_per_turn``."""
+        steps of ``update_size``, or bigger ones when a backlog would need more than ``max_updates_per_turn``
+        (or ``max_steps``, a caller's time budget)."""
         cfg = self.config
         waiting = min(waiting, cfg.max_turn)
         if waiting <= 0:
             return []
-        steps = min(cfg.max_updates_per_turn, max(1, round(waiting / cfg.update_size)))
+        most = cfg.max_updates_per_turn if max_steps is None else max(1, min(max_steps, cfg.max_updates_per_turn))
+        steps = min(most, max(1, round(waiting / cfg.update_size)))
         size = math.ceil(waiting / steps)
         return [min(size, waiting - i * size) for i in range(steps) if waiting - i * size > 0]
 

@@ -156,9 +156,11 @@ class ContinualLoop(Generic[E]):
     def publish_due(self) -> bool:
         return self.updates_since_publish >= self.agent.config.publish_every_updates
 
-    def turn(self, waiting: Iterable[E]) -> Turn[E]:
+    def turn(self, waiting: Iterable[E], max_updates: int | None = None) -> Turn[E]:
         """Train on the next trainable records of ``waiting`` (at most ``max_turn``); the held-out ones met on
-        the way join the gate's logs. The caller drops ``consumed`` records from the front of its queue."""
+        the way join the gate's logs. The caller drops ``consumed`` records from the front of its queue.
+        ``max_updates`` caps the optimiser steps (the records then go in bigger ones): a streaming caller's
+        time budget; None, the plan the records alone decide."""
         trained: list[E] = []
         held: list[E] = []
         consumed, limit = 0, self.agent.config.max_turn
@@ -173,7 +175,7 @@ class ContinualLoop(Generic[E]):
                 if self.experiences.is_decision(e):
                     self.holdout.append(e)
         updates, start = [], 0
-        for size in self.agent.plan(len(trained)):
+        for size in self.agent.plan(len(trained), max_updates):
             updates.append(self._update(trained[start:start + size]))
             start += size
         return Turn(consumed, trained, held, updates)

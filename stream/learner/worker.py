@@ -7,8 +7,9 @@ only what is Kafka's: the records (``stream/learner/sources.py``: with the repla
 store for replayed rows and users' earlier outcomes), where versions go
 (``stream/learner/chain.py``: numbers, deltas, retention on the policies topic), when
 to train (as soon as a few records wait: a new experience reaches an update within the
-next loop turn), when to publish beyond the loop's own cadence (every
-``publish_every_seconds``), checkpoints and offsets. A backfill (``--until-caught-up``)
+next loop turn, in as many steps as fit before the next version is due: ``pace.py``),
+when to publish beyond the loop's own cadence (every ``publish_every_seconds``),
+checkpoints and offsets. A backfill (``--until-caught-up``)
 trains in whole turns and publishes by update count alone, so it makes the versions a
 benchmark driving the loop over the same records makes (``ContinualLoop.learn_backlog``).
 
@@ -53,6 +54,7 @@ from stream.kafka.topics import topic_name
 from stream.learner.batches import ExperienceBatcher, is_full_decision
 from stream.learner.chain import VersionChain
 from stream.learner.forgetting_probes import ForgettingProbes, ProbeConfig
+from stream.learner.pace import Pace
 from stream.learner.recent_ids import RecentIds
 from stream.learner.sources import StoreReplay, StreamExperiences, trains_arm
 from stream.ops.memory import TRIM_SECONDS, MallocTrimmer
@@ -191,6 +193,8 @@ class LearnerWorker:
         #: How many of ``fresh`` the loop will train on (the rest are held out).
         self.trainable = 0
         self.probes = ForgettingProbes(ProbeConfig(period_seconds=cfg.probe_period_seconds, keep=cfg.probe_sets))
+        #: Streaming turns take fewer, bigger steps when the next version is due soon.
+        self.pace = Pace()
         self.seen = RecentIds(cfg.dedupe_window)
         self.trained_through = 0.0
         self.stop_event = threading.Event()
@@ -332,16 +336,18 @@ class LearnerWorker:
                     continue
                 ready = self.trainable >= self.config.min_fresh or (self.fresh and now - last_update > 1.0)
                 if ready and (self.learner.step > 0 or self.trainable >= self.config.min_fresh):
-                    self._turn()
-                    last_update = now
+                    self._turn(self.pace.steps_until(last_publish + self.config.publish_every_seconds))
+                    last_update = now = time.monotonic()
                 if self.loop.publish_due or (self.loop.updates_since_publish > 0
                                              and now - last_publish >= self.config.publish_every_seconds):
+                    last_publish = now      # the cadence counts from when a version was due, not from when it left
                     if self.trainable:
-                        self._turn()        # what was read since the last turn goes into this version
-                        last_update = now
+                        # What was read since the last turn goes into this version, in one step: a whole
+                        # turn here would hold the version back by up to max_updates_per_turn updates.
+                        self._turn(1)
+                        last_update = time.monotonic()
                     self._publish()
-                    last_publish = now
-                    self._checkpoint_if_due(consumer, now)
+                    self._checkpoint_if_due(consumer, time.monotonic())
             self._checkpoint_and_commit(consumer)     # a graceful stop keeps what was learned since
         finally:
             stop_trimming.set()
@@ -459,10 +465,10 @@ class LearnerWorker:
         self.trainable += self.loop.trains_on(event)
         return True
 
-    def _turn(self) -> Turn[schemas.Experience]:
+    def _turn(self, max_updates: int | None = None) -> Turn[schemas.Experience]:
         """One turn of the loop over what waits (a backlog in bigger steps, so the learner keeps up with the
         stream instead of falling further behind it), and its metrics."""
-        turn = self.loop.turn(e for *_, e in self.fresh)
+        turn = self.loop.turn((e for *_, e in self.fresh), max_updates)
         taken = [self.fresh.popleft() for _ in range(turn.consumed)]
         self.trainable -= len(turn.trained)
         now = time.time()
@@ -479,6 +485,7 @@ class LearnerWorker:
             start += update.fresh
             UPDATES.inc()
             UPDATE_SECONDS.observe(update.seconds)
+            self.pace.updated(update.seconds)
             SAMPLES.labels("fresh").inc(update.fresh)
             SAMPLES.labels("replay").inc(update.replayed)
             SAMPLES.labels("task").inc(update.task_samples)
@@ -488,6 +495,7 @@ class LearnerWorker:
 
     def _publish(self) -> None:
         outcome = self.loop.publish()
+        self.pace.published(sum(outcome.seconds.values()))
         for stage, took in outcome.seconds.items():
             PUBLISH_STAGE.labels(stage).observe(took)
         verdict = outcome.verdict

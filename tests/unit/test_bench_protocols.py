@@ -80,6 +80,10 @@ def test_the_agent_plans_a_turn_in_steps_and_caps_a_backlog():
     big = agent.plan(100_000)
     assert len(big) == 8 and sum(big) == 2048
     assert agent.replay_count(32) == 32
+    # A caller's time budget takes the same records in fewer, bigger steps; never none, never more than the plan.
+    assert agent.plan(100, max_steps=1) == [100]
+    assert agent.plan(100_000, max_steps=2) == [1024, 1024]
+    assert agent.plan(100, max_steps=0) == [100] and agent.plan(100, max_steps=50) == [34, 34, 32]
 
 
 def test_the_soak_fits_each_role_from_its_warm_up_on():
