@@ -37,7 +37,7 @@ from stream.config import Settings
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.clients import base_config, make_admin
 from stream.kafka.producer import EventProducer
-from stream.kafka.topics import ensure_topics, topic_name
+from stream.kafka.topics import ensure_topics, partitions_of, topic_name
 from stream.policy.bus import PolicyPublisher
 from stream.policy.trust import new_key
 from stream.serving.kafka_transport import read_available
@@ -54,6 +54,7 @@ def _start_scorer(settings: Settings, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
                RECSYS_DATA_DIR=str(settings.data_dir), RECSYS_PARTITIONS=str(settings.partitions),
+               RECSYS_SCORING_PARTITIONS=str(partitions_of(settings, "score-requests")),
                RECSYS_HMAC_KEY=settings.hmac_key.get_secret_value())
     return subprocess.Popen([sys.executable, "-m", "stream", "score", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
@@ -97,7 +98,8 @@ def _over_kafka(settings: Settings, bodies: list[dict], rate: float, say) -> tup
     consumer = Consumer({**base_config(settings, "bench-client"), "group.id": f"bench-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 10,
                          "fetch.min.bytes": 1})
-    consumer.assign([TopicPartition(responses, p, OFFSET_END) for p in range(settings.partitions)])
+    consumer.assign([TopicPartition(responses, p, OFFSET_END)
+                     for p in range(partitions_of(settings, "score-responses"))])
 
     def read() -> None:
         while not done.is_set():
@@ -193,7 +195,8 @@ def _over_http(port: int, bodies: list[dict], rate: float, clients: int, say) ->
 
 
 def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0, candidates: int = 100,
-            clients: int = 4, items: int = 1000, progress=None) -> dict:
+            clients: int = 4, items: int = 1000, progress=None, partitions: int | None = None) -> dict:
+    """``partitions``: of the scoring topics (None: ``RECSYS_SCORING_PARTITIONS``, else ``RECSYS_PARTITIONS``)."""
     if transport not in ("http", "kafka"):
         raise ValueError(f"transport must be http or kafka, not {transport!r}")
     say = progress or (lambda line: None)
@@ -202,7 +205,8 @@ def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0
     bodies = _requests(ids, int(rate * seconds), candidates)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"bench-{transport}.", hmac_key=new_key(),
-                            data_dir=Path(tmp) / "data")
+                            data_dir=Path(tmp) / "data",
+                            **({} if partitions is None else {"scoring_partitions": partitions}))
         ensure_topics(make_admin(settings), settings)
         with EventProducer(settings, "bench") as producer:
             for i in range(len(ids)):
@@ -226,7 +230,7 @@ def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0
         **{f"request_to_response_{k}": v for k, v in _quantiles(latencies).items()},
     }, {"transport": transport, "seconds": seconds, "candidates": candidates, "k": 10,
         "http_clients": clients if transport == "http" else None, "catalogue_items": items,
-        "scorer": "recsys-stream score (own process)", "broker": "embedded Tansu", "partitions": settings.partitions})
+        "scorer": "recsys-stream score (own process)", "broker": "embedded Tansu", "partitions": partitions_of(settings, "score-requests")})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--seconds", type=float, default=20.0)
         parser.add_argument("--candidates", type=int, default=100)
         parser.add_argument("--clients", type=int, default=4)
+        parser.add_argument("--partitions", type=int, default=None,
+                            help="partitions of score-requests and score-responses (default: the settings')")
 
     def run(args, say):
-        return measure(args.transport, args.rate, args.seconds, args.candidates, args.clients, progress=say)
+        return measure(args.transport, args.rate, args.seconds, args.candidates, args.clients, progress=say,
+                       partitions=args.partitions)
 
     def summary(out):
         m, p = out["metrics"], out["params"]

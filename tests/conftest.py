@@ -80,6 +80,8 @@ def cli_env(settings) -> dict[str, str]:
         RECSYS_DATA_DIR=str(settings.data_dir),
         RECSYS_HMAC_KEY=settings.hmac_key.get_secret_value(),
     )
+    if settings.scoring_partitions is not None:
+        env["RECSYS_SCORING_PARTITIONS"] = str(settings.scoring_partitions)
     return env
 
 

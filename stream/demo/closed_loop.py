@@ -126,6 +126,8 @@ class Roles:
                         RECSYS_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                         # below ``stop``'s wait, so a role stuck on a dead broker ends itself and says why
                         RECSYS_STOP_GRACE_SECONDS=str(STOP_GRACE_SECONDS))
+        if settings.scoring_partitions is not None:
+            self.env["RECSYS_SCORING_PARTITIONS"] = str(settings.scoring_partitions)
         if settings.hmac_key is not None:
             self.env["RECSYS_HMAC_KEY"] = settings.hmac_key.get_secret_value()
         if settings.allow_unsigned:

@@ -50,23 +50,26 @@ def logical_name(settings: Settings, topic: str) -> str:
     return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
 
 
+def partitions_of(settings: Settings, logical: str) -> int:
+    """How many partitions a logical topic is created with."""
+    if logical == "policies":
+        return 1        # a handful of versions: one partition keeps their order total
+    if logical in SCORING and settings.scoring_partitions is not None:
+        return settings.scoring_partitions
+    return settings.partitions
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """The full topic layout for these settings."""
     specs = []
     for logical in LOGICAL_TOPICS:
         config = {"max.message.bytes": str(settings.max_message_bytes)}
-        if logical in COMPACTED:
-            config["cleanup.policy"] = "compact"
-            # Policies are a handful of versions: one partition keeps their order total.
-            partitions = 1 if logical == "policies" else settings.partitions
-        else:
-            config["cleanup.policy"] = "delete"
-            partitions = settings.partitions
+        config["cleanup.policy"] = "compact" if logical in COMPACTED else "delete"
         if logical in EVENTS:
             config["retention.ms"] = str(settings.event_retention_ms)
         elif logical in SCORING:
             config["retention.ms"] = str(SCORING_RETENTION_MS)
-        specs.append(TopicSpec(logical, topic_name(settings, logical), partitions, config))
+        specs.append(TopicSpec(logical, topic_name(settings, logical), partitions_of(settings, logical), config))
     return specs
 
 

@@ -24,7 +24,7 @@ from stream import schemas
 from stream.kafka.broker import free_port
 from stream.kafka.clients import base_config
 from stream.kafka.snapshot import read_topic
-from stream.kafka.topics import topic_name
+from stream.kafka.topics import partitions_of, topic_name
 from tests.conftest import cli_command, scraped, stop_processes
 from tests.waiting import end_offsets, wait_for, wait_until_consumed
 
@@ -63,7 +63,7 @@ class Responses(threading.Thread):
         topic = topic_name(self.settings, "score-responses")
         consumer = Consumer({**base_config(self.settings, "test"), "group.id": f"reader-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "fetch.wait.max.ms": 5})
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(self.settings.partitions)])
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions_of(self.settings, "score-responses"))])
         try:
             while not self.stopping.is_set():
                 for msg in consumer.consume(500, 0.1):
@@ -119,7 +119,8 @@ def where_stored(settings, missing: set[str]) -> dict:
     last = {p: max(m.offset() for m in stored if m.partition() == p) for p in held}
     consumer = Consumer({**base_config(settings, "test"), "group.id": f"{settings.topic_prefix}scorer"})
     try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in range(settings.partitions)], timeout=10)
+        committed = consumer.committed([TopicPartition(topic, p) for p in range(partitions_of(settings, "score-requests"))],
+                                       timeout=10)
         commits = {tp.partition: tp.offset for tp in committed}
     finally:
         consumer.close()
@@ -245,7 +246,7 @@ def test_two_scorers_answer_every_request_and_survive_one_being_killed(settings,
         topic = topic_name(settings, "score-requests")
         nested = b'{"user_id": "u", "candidates": ["a"], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}"
         for raw in (nested, b'{"user_id": "u", "candidates": ', b'{"user_id": "u", "candidates": []}'):
-            for partition in range(settings.partitions):
+            for partition in range(partitions_of(settings, "score-requests")):
                 producer.produce(topic, value=raw, partition=partition)
         assert producer.flush(10) == 0
         before = set(sent)
@@ -256,7 +257,7 @@ def test_two_scorers_answer_every_request_and_survive_one_being_killed(settings,
             letters = [schemas.decode("dlq", m.value()) for m in read_topic(settings, topic_name(settings, "dlq"))]
             return sum(d.component == "scorer" and d.reason == "malformed_json" for d in letters)
 
-        wait_for(lambda: malformed_letters() >= 2 * settings.partitions, 30, "the poison to be dead-lettered")
+        wait_for(lambda: malformed_letters() >= 2 * partitions_of(settings, "score-requests"), 30, "the poison to be dead-lettered")
         assert health(ports[0])["status"] == "ok" and health(ports[0])["kafka_transport"]["restarts"] == 0
         assert scorers[0].poll() is None
     finally:

@@ -31,6 +31,16 @@ def test_compaction_and_partitions_as_the_broker_reports_them(settings, topics):
     assert infos[topic_name(settings, "clicks")].cleanup_policy == "delete"
     assert infos[topic_name(settings, "clicks")].partitions == settings.partitions
     assert infos[topic_name(settings, "policies")].partitions == 1
+    assert infos[topic_name(settings, "score-requests")].partitions == settings.partitions
+
+
+def test_scoring_topics_take_their_own_partition_count(settings):
+    scoring = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}sp.", "scoring_partitions": 6})
+    admin = make_admin(scoring)
+    ensure_topics(admin, scoring)
+    infos = {i.name: i.partitions for i in describe_topics(admin, scoring)}
+    assert infos[topic_name(scoring, "score-requests")] == infos[topic_name(scoring, "score-responses")] == 6
+    assert infos[topic_name(scoring, "impressions")] == settings.partitions
 
 
 def test_topics_cli_create_then_list(cli_env, settings):
