@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         description="RECSYS_SCORING_PARTITIONS: partitions of score-requests and score-responses (unset: "
         "RECSYS_PARTITIONS); scorers sharing a prefix split them. On the embedded broker a fetch costs more "
         "the more batches its partition holds and Kafka scoring makes a batch per request: at 500 requests/s "
-        "32 partitions kept p99 at 0.1-0.7 s over 20 s where 4 reached 3.8 s, but an idle scorer's polling of "
-        "32 costs the broker 0.38 cores instead of 0.20 (BENCHMARKS.md, Scorer).",
+        "32 partitions kept p99 at 0.1-0.7 s over 20 s where 4 reached 3.5-8.1 s, but an idle scorer's polling "
+        "of 32 costs the broker 0.38 cores instead of 0.20 (BENCHMARKS.md, Scorer).",
     )
     replication_factor: int = Field(
         1, ge=1, le=16, description="RECSYS_REPLICATION_FACTOR: replicas of each topic created."
