@@ -17,9 +17,10 @@ included), ``Replay`` (rows from the past) and ``Sink`` (where a version goes).
 
 Turns are set by the data: a turn trains on the next ``max_turn`` trainable records
 (fewer when fewer wait) and a version is due every ``publish_every_updates`` updates.
-A caller may publish sooner (the streaming worker does every few seconds): that is the
-one place wall time can enter, and ``learn_backlog`` never lets it, so the same records
-and seed give the same versions through the worker's backfill and through a benchmark.
+A caller may publish sooner (the streaming worker does every second or few) and cap a
+turn's steps (its pace, so a version is not held back): the only places wall time can
+enter. ``learn_backlog`` lets it in at neither, so the same records and seed give the
+same versions through the worker's backfill and through a benchmark.
 """
 
 from __future__ import annotations
