@@ -17,7 +17,9 @@ the minutes-long swings that make neighbouring samples alike (``se_hac``). The e
 broker keeps every record it is sent (its memory storage applies no retention), so its
 slope is the bytes the loop writes to Kafka. Every 5 minutes of traffic get their own
 click-to-live figures and each process's CPU use in cores, so a loop whose freshness or
-cost per event drifts over a long run shows where.
+cost per event drifts over a long run shows where; and every minute the record batches,
+records and bytes each topic holds are counted (``stream/kafka/batch_census.py``: the
+embedded broker's cost follows its batches), so the topic that drives it is named.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from __future__ import annotations
 import bisect
 import os
 import shlex
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from confluent_kafka import KafkaException
 
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
 from stream.demo.closed_loop import FRESHNESS_WINDOW_SECONDS, LoopOptions, labelled_series, run_closed_loop, scrape
+from stream.kafka.batch_census import BatchCensus, CensusError
 from stream.ops.allocator import CHOICES as ALLOCATORS
 from stream.ops.memory import cpu_seconds, resident_parts, rss_bytes
 
@@ -105,6 +110,32 @@ def cores_by_window(samples: dict[str, list[tuple[float, float]]], window: float
     return out
 
 
+class HeldCensus(threading.Thread):
+    """Counts what each of the loop's topics holds every ``every`` seconds, off the traffic's thread."""
+
+    def __init__(self, settings: Settings, started_at: float, every: float = 60.0) -> None:
+        super().__init__(name="soak-census", daemon=True)
+        self.settings, self.started_at, self.every = settings, started_at, every
+        self.done = threading.Event()
+        #: [seconds of traffic, {logical topic: [batches, records, MB]}]
+        self.samples: list[list] = []
+        self.errors = 0
+
+    def run(self) -> None:
+        host, port = self.settings.require_bootstrap("soak").split(",")[0].rsplit(":", 1)
+        prefix, t0 = self.settings.topic_prefix, time.monotonic() - self.started_at
+        with BatchCensus(host, int(port)) as census:
+            while not self.done.wait(self.every):
+                try:
+                    held = census.update()
+                except (OSError, CensusError, KafkaException):
+                    self.errors += 1
+                    continue
+                self.samples.append([round(time.monotonic() - t0, 1), {
+                    topic.removeprefix(prefix): [h.batches, h.records, round(h.bytes / 2**20, 2)]
+                    for topic, h in sorted(held.items()) if topic.startswith(prefix) and h.batches}])
+
+
 def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: float = 120.0,
             progress=None, log_dir: Path | None = None, score_args: tuple[str, ...] = (),
             late_warmup: float = 300.0, allocator: str = "auto") -> dict:
@@ -116,8 +147,12 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
     #: process -> (seconds, CPU seconds used so far): every role, the broker and this driver.
     cpu: dict[str, list[tuple[float, float]]] = {}
     last = [-sample_every]
+    census: list[HeldCensus] = []
 
-    def sample(seconds: float, roles, _settings) -> None:
+    def sample(seconds: float, roles, settings) -> None:
+        if not census:
+            census.append(HeldCensus(settings, seconds))
+            census[0].start()
         if seconds - last[0] < sample_every:
             return
         last[0] = seconds
@@ -143,6 +178,9 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
                                                      log_dir=log_dir, score_args=score_args,
                                                      allocator=allocator),
                              progress or (lambda line: None))
+    for sampler in census:
+        sampler.done.set()
+        sampler.join(30)
     return result("soak", {
         "slopes_after_warmup": slopes_after(samples, warmup),
         # The learner's held-out decisions and probe sets fill for about 300 s at this load.
@@ -162,6 +200,9 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
         "click_to_live_by_window": report["click_to_live_seconds"]["by_window"],
         "cpu_cores_by_window": cores_by_window(cpu, FRESHNESS_WINDOW_SECONDS),
         "offset_gaps": report["offset_gaps"], "allocators": report["allocators"],
+        # What the broker holds, counted a minute behind: [seconds, {topic: [batches, records, MB]}].
+        "held_by_minute": census[0].samples if census else [],
+        "census_errors": census[0].errors if census else 0,
         "seconds": round(time.monotonic() - started, 1),
     }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup,
         "late_warmup_s": late_warmup, "score_args": list(score_args), "allocator": allocator})
@@ -190,9 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"after {out['params']['late_warmup_s']:.0f}s {late[role]['mb_per_min']} ± {late[role]['se']}, "
                          f"autocorrelation-robust ± {late[role]['se_hac']})"
                          for role, s in sorted(m["slopes_after_warmup"].items()))
+        held = m["held_by_minute"][-1][1] if m["held_by_minute"] else {}
+        batches = ", ".join(f"{topic} {figures[0]:,}" for topic, figures in
+                            sorted(held.items(), key=lambda item: -item[1][0]))
         return (f"memory slopes after {out['params']['warmup_s']:.0f}s warm-up: {rows}; "
                 f"{m['requests']} requests, {m['failed_requests']} failed; policy traffic "
-                f"{m['policy_bytes_per_s'] / 1e3:.1f} kB/s")
+                f"{m['policy_bytes_per_s'] / 1e3:.1f} kB/s; batches held at the end: {batches or 'not counted'}")
 
     return run_benchmark(__doc__, configure,
                          lambda args, say: measure(args.duration, args.rate, args.sample_every, args.warmup, say,

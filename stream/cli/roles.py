@@ -19,6 +19,8 @@ from stream.cli.common import VARIANTS, fail, load_settings, log, option, run_ro
 
 if TYPE_CHECKING:
     from models.exploration import Kind as ExplorationKind
+    from stream.kafka.broker import EmbeddedBroker
+    from stream.ops.broker_watch import BrokerWatch
 
 #: The allocator options of the two roles that hold large tensors (``stream/ops/memory.py``).
 TRIM_SECONDS = option(
@@ -46,11 +48,16 @@ def mmap_threshold_option(default: int, note: str = ""):
               help="Warn when the broker uses this much CPU over a minute (the loop slows as it nears a core).")
 @click.option("--warn-mb", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Warn when the broker holds this much resident memory (it keeps every record it is sent).")
-def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: float, warn_mb: int) -> None:
+@click.option("--census-seconds", type=click.FloatRange(min=0.5), default=60.0, show_default=True,
+              help="Seconds between two counts of the record batches each topic holds (recsys_broker_held_batches; "
+              "each count reads only what was written since the last).")
+def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: float, warn_mb: int,
+           census_seconds: float) -> None:
     """Run the embedded Kafka-compatible broker (Tansu) in the foreground; Ctrl-C stops it.
 
-    It keeps every record in memory and its CPU grows with what a topic holds: it exports
-    both and warns, with the figures, before the loop slows (see the README's limits).
+    It keeps every record in memory and its CPU grows with the batches a topic holds: it
+    exports its memory, its CPU and the batches each topic holds, and warns, with the figures,
+    before the loop slows (see the README's limits).
     """
     from stream.kafka.broker import BrokerError, EmbeddedBroker
     from stream.ops.broker_watch import BrokerWatch, WatchLevels
@@ -82,15 +89,9 @@ def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: fl
                 click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
                 if key_line is not None:
                     click.echo(key_line)
-                click.echo(f"its memory and CPU: http://{host}:{bound}/metrics; press Ctrl-C to stop", err=True)
+                click.echo(f"its memory, CPU and batches: http://{host}:{bound}/metrics; press Ctrl-C to stop", err=True)
                 sys.stdout.flush()
-                next_sample = time.monotonic()
-                while embedded.running():
-                    if time.monotonic() >= next_sample:
-                        for warning in watch.sample():
-                            log.warning("%s", warning)
-                        next_sample += 5.0
-                    time.sleep(0.2)
+                _watch_until_exit(embedded, watch, census_seconds)
             except KeyboardInterrupt:
                 click.echo("stopping embedded broker", err=True)
                 return
@@ -100,6 +101,32 @@ def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: fl
         return
     except BrokerError as exc:
         fail(str(exc))
+
+
+
+def _watch_until_exit(embedded: EmbeddedBroker, watch: BrokerWatch, census_seconds: float) -> None:
+    """Samples the broker every 5 s and counts its batches every ``census_seconds`` until it exits."""
+    from confluent_kafka import KafkaException
+
+    from stream.kafka.batch_census import BatchCensus, CensusError
+    from stream.ops.broker_watch import BROKER_CENSUS_ERRORS
+
+    with BatchCensus(embedded.host, embedded.port or 0) as census:
+        next_sample = next_census = time.monotonic()
+        while embedded.running():
+            if time.monotonic() >= next_census:
+                try:
+                    watch.observe_census(census.update())
+                except (OSError, CensusError, KafkaException) as exc:
+                    BROKER_CENSUS_ERRORS.inc()
+                    log.warning("counting the batches the broker holds failed (%s); trying again in %.0f s",
+                                exc, census_seconds)
+                next_census = time.monotonic() + census_seconds
+            if time.monotonic() >= next_sample:
+                for warning in watch.sample():
+                    log.warning("%s", warning)
+                next_sample += 5.0
+            time.sleep(0.2)
 
 
 

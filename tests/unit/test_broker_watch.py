@@ -35,3 +35,18 @@ def test_cpu_share_is_measured_over_a_window_and_warned_past_its_level():
 def test_a_quiet_broker_is_not_warned_about():
     watch = BrokerWatch(os.getpid(), WatchLevels(resident_bytes=2**62, cpu_cores=64.0, window=0.0), now=0.0)
     assert watch.sample(now=10.0) == []
+
+
+def test_a_census_is_exported_per_topic_and_named_in_the_warnings():
+    from stream.kafka.batch_census import Held
+    from stream.ops.broker_watch import BROKER_BATCHES
+
+    watch = BrokerWatch(os.getpid(), WatchLevels(resident_bytes=1, cpu_cores=1e9, window=1e9), now=0.0)
+    assert watch.holding() == ""                    # before the first census: nothing to say
+    watch.observe_census({"t.impressions": Held(1200, 7000, 3_000_000), "t.clicks": Held(900, 4000, 500_000),
+                          "t.items": Held(0, 0, 0)})
+    assert BROKER_BATCHES.labels("t.impressions")._value.get() == 1200
+    warning = watch.sample(now=60.0)[0]
+    assert "it holds 2,100 batches (most: t.impressions 1,200, t.clicks 900)" in warning
+    watch.observe_census({"t.clicks": Held(950, 4100, 520_000)})        # t.impressions was deleted
+    assert ("t.impressions",) not in BROKER_BATCHES._metrics
