@@ -70,7 +70,7 @@ def _run(env: dict[str, str], *args: str, timeout: float = 3600) -> subprocess.C
 
 
 def measure(data: Path, periods: int = 8, limit: int | None = None, progress=None) -> dict[str, Any]:
-    from stream.config import Settings
+    from stream.config import Settings, child_environment
     from stream.kafka.broker import EmbeddedBroker, die_with_parent
     from stream.kafka.snapshot import read_topic
     from stream.kafka.topics import topic_name
@@ -86,10 +86,9 @@ def measure(data: Path, periods: int = 8, limit: int | None = None, progress=Non
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="recsys-stream-loop-") as tmp:
         folder = Path(tmp)
         cut = _cut(data, periods, limit, folder)
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="ml.", data_dir=folder / "data")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-        env.update(RECSYS_BOOTSTRAP_SERVERS=broker.bootstrap_servers, RECSYS_TOPIC_PREFIX="ml.",
-                   RECSYS_DATA_DIR=str(settings.data_dir), RECSYS_LOG_LEVEL="WARNING", RECSYS_HMAC_KEY=new_key())
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="ml.", data_dir=folder / "data",
+                            hmac_key=new_key(), log_level="WARNING")
+        env = child_environment(settings)
         _run(env, "topics", "create")
         replay = subprocess.Popen([sys.executable, "-m", "stream", "replay", "--metrics-port", "0"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)

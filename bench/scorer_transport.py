@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from bench.runner import run_benchmark, stop_processes
 from models.policy import PolicyConfig, TwoTowerPolicy
 from sim.world import World, WorldConfig
 from stream import schemas
-from stream.config import Settings
+from stream.config import Settings, child_environment
 from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.kafka.clients import base_config, make_admin
 from stream.kafka.producer import EventProducer
@@ -51,11 +50,7 @@ def _requests(ids: list[str], n: int, candidates: int, seed: int = 0) -> list[di
 
 
 def _start_scorer(settings: Settings, port: int, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
-               RECSYS_DATA_DIR=str(settings.data_dir), RECSYS_PARTITIONS=str(settings.partitions),
-               RECSYS_SCORING_PARTITIONS=str(partitions_of(settings, "score-requests")),
-               RECSYS_HMAC_KEY=settings.hmac_key.get_secret_value())
+    env = child_environment(settings, RECSYS_SCORING_PARTITIONS=str(partitions_of(settings, "score-requests")))
     return subprocess.Popen([sys.executable, "-m", "stream", "score", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
 

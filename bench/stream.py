@@ -109,11 +109,10 @@ class Stage:
         self.roles: list[subprocess.Popen] = []
 
     def start(self, *roles: str) -> None:
+        from stream.config import child_environment
         from stream.kafka.broker import die_with_parent
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-        env.update(RECSYS_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=self.settings.topic_prefix,
-                   RECSYS_DATA_DIR=str(self.data), RECSYS_LOG_LEVEL="WARNING")
+        env = child_environment(self.settings, RECSYS_LOG_LEVEL="WARNING")
         self.roles += [subprocess.Popen([sys.executable, "-m", "stream", role, "--metrics-port", "0"], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
                        for role in roles]

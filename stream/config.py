@@ -205,6 +205,23 @@ class Settings(BaseSettings):
             out[name] = value
         return out
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as the ``RECSYS_*`` variables that read back into equal settings, secrets in
+        clear: what a child process is started with (never for display; ``masked`` is)."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, dict):
+                value = json.dumps(value)
+            elif isinstance(value, bool):
+                value = int(value)
+            env[f"RECSYS_{name.upper()}"] = str(value)
+        return env
+
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """(variable, default, description) for every setting; feeds the README table."""
@@ -218,3 +235,15 @@ class Settings(BaseSettings):
 def _looks_secret(key: str) -> bool:
     key = key.lower()
     return any(word in key for word in ("password", "secret", "token", "key"))
+
+
+def child_environment(settings: Settings, **overrides: str) -> dict[str, str]:
+    """This process's environment with its ``RECSYS_*`` variables replaced by ``settings`` (and then
+    ``overrides``): the one way a role, demo or benchmark starts another ``recsys-stream`` process, so
+    a child cannot run on a setting its parent never had, nor miss one it had."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env.update(settings.as_env())
+    env.update(overrides)
+    return env

@@ -72,17 +72,9 @@ def topics(settings):
 @pytest.fixture()
 def cli_env(settings) -> dict[str, str]:
     """Environment for running `recsys-stream` as a subprocess against the test's namespace."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-    env.update(
-        RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        RECSYS_TOPIC_PREFIX=settings.topic_prefix,
-        RECSYS_PARTITIONS=str(settings.partitions),
-        RECSYS_DATA_DIR=str(settings.data_dir),
-        RECSYS_HMAC_KEY=settings.hmac_key.get_secret_value(),
-    )
-    if settings.scoring_partitions is not None:
-        env["RECSYS_SCORING_PARTITIONS"] = str(settings.scoring_partitions)
-    return env
+    from stream.config import child_environment
+
+    return child_environment(settings)
 
 
 def stop_processes(*procs, timeout: float = 30.0) -> None:

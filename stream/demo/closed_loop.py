@@ -17,7 +17,6 @@ import contextlib
 import http.client
 import itertools
 import json
-import os
 import re
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from pydantic import SecretStr
 
 from sim.world import Drift, World, WorldConfig
 from stream import schemas
-from stream.config import Settings
+from stream.config import Settings, child_environment
 from stream.demo.prometheus_server import LocalPrometheus
 from stream.demo.walkthrough import broker_process_for
 from stream.kafka.broker import die_with_parent, free_port
@@ -120,18 +119,11 @@ class Roles:
 
     def __init__(self, settings: Settings, log_dir: Path, publish_seconds: float, full_every: int = 100,
                  score_args: tuple[str, ...] = (), allocator: str = "auto", arms: tuple[str, ...] = ()) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
-        self.env.update(RECSYS_BOOTSTRAP_SERVERS=settings.bootstrap_servers, RECSYS_TOPIC_PREFIX=settings.topic_prefix,
-                        RECSYS_PARTITIONS=str(settings.partitions), RECSYS_DATA_DIR=str(settings.data_dir),
-                        RECSYS_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-                        # below ``stop``'s wait, so a role stuck on a dead broker ends itself and says why
-                        RECSYS_STOP_GRACE_SECONDS=str(STOP_GRACE_SECONDS))
-        if settings.scoring_partitions is not None:
-            self.env["RECSYS_SCORING_PARTITIONS"] = str(settings.scoring_partitions)
-        if settings.hmac_key is not None:
-            self.env["RECSYS_HMAC_KEY"] = settings.hmac_key.get_secret_value()
-        if settings.allow_unsigned:
-            self.env["RECSYS_ALLOW_UNSIGNED"] = "1"
+        # The loop decides the arms itself (``arms``); INFO: the demo reads the roles' logs.
+        self.env = child_environment(settings.model_copy(update={"arms": None}), RECSYS_LOG_LEVEL="INFO",
+                                     PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+                                     # below ``stop``'s wait, so a role stuck on a dead broker ends itself and says why
+                                     RECSYS_STOP_GRACE_SECONDS=str(STOP_GRACE_SECONDS))
         self.log_dir = log_dir
         self.publish_seconds = publish_seconds
         self.full_every = full_every
