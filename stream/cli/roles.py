@@ -59,7 +59,7 @@ def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: fl
     exports its memory, its CPU and the batches each topic holds, and warns, with the figures,
     before the loop slows (see the README's limits).
     """
-    from stream.kafka.broker import BrokerError, EmbeddedBroker
+    from stream.kafka.broker import EMBEDDED_PARTITIONS, BrokerError, EmbeddedBroker
     from stream.ops.broker_watch import BrokerWatch, WatchLevels
     from stream.ops.metrics import serve_metrics
     from stream.policy.trust import new_key
@@ -87,6 +87,9 @@ def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: fl
                          "--metrics-port, or 0 for a free one)")
                 click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (memory storage)")
                 click.echo(f"  export RECSYS_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+                if "partitions" not in settings.model_fields_set:
+                    click.echo(f"  export RECSYS_PARTITIONS={EMBEDDED_PARTITIONS}   # this broker's cost follows the "
+                               "batches it holds, and each partition is a batch per flush")
                 if key_line is not None:
                     click.echo(key_line)
                 click.echo(f"its memory, CPU and batches: http://{host}:{bound}/metrics; press Ctrl-C to stop", err=True)

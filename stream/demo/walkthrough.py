@@ -19,7 +19,7 @@ from typing import Any
 from stream import schemas
 from stream.config import Settings
 from stream.ingest.files import INGESTIBLE, ingest_file
-from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.broker import EmbeddedBroker, embedded_settings
 from stream.kafka.clients import make_admin
 from stream.kafka.producer import EventProducer
 from stream.kafka.snapshot import read_topic
@@ -64,7 +64,8 @@ def demo_events(start: float, width: int) -> dict[str, list[str]]:
 
 @contextlib.contextmanager
 def broker_for(settings: Settings) -> Iterator[Settings]:
-    """Use the configured cluster, or start an embedded broker for the duration."""
+    """Use the configured cluster, or start an embedded broker for the duration (one partition per
+    topic unless RECSYS_PARTITIONS says: ``stream.kafka.broker.EMBEDDED_PARTITIONS``)."""
     with broker_process_for(settings) as (live, _pid):
         yield live
 
@@ -76,7 +77,7 @@ def broker_process_for(settings: Settings) -> Iterator[tuple[Settings, int | Non
         yield settings, None
         return
     with EmbeddedBroker() as broker:
-        yield settings.model_copy(update={"bootstrap_servers": broker.bootstrap_servers}), broker.pid
+        yield embedded_settings(settings, broker.bootstrap_servers), broker.pid
 
 
 def run_demo(settings: Settings, say: Callable[[str], None]) -> dict[str, Any]:

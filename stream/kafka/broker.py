@@ -22,6 +22,8 @@ from typing import BinaryIO
 
 from confluent_kafka.admin import AdminClient
 
+from stream.config import Settings
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -29,6 +31,22 @@ LOOPBACK = "127.0.0.1"
 
 class BrokerError(RuntimeError):
     pass
+
+
+#: Partitions per topic on the embedded broker where RECSYS_PARTITIONS does not say: partitions buy
+#: parallelism across processes, which one machine's roles do not use, while each one costs Tansu a
+#: batch per flush and its cost follows the batches it holds. In 10-minute soaks at the demo's load
+#: (BENCHMARKS.md, "Soak") one partition held 3x fewer batches than four, and the broker's CPU rose
+#: 0.05 cores per 5 minutes instead of 0.14.
+EMBEDDED_PARTITIONS = 1
+
+
+def embedded_settings(settings: Settings, bootstrap_servers: str) -> Settings:
+    """``settings`` pointed at an embedded broker, with its partition count unless one was set."""
+    update: dict[str, object] = {"bootstrap_servers": bootstrap_servers}
+    if "partitions" not in settings.model_fields_set:
+        update["partitions"] = EMBEDDED_PARTITIONS
+    return settings.model_copy(update=update)
 
 
 def find_binary(explicit: str | os.PathLike[str] | None = None) -> str:

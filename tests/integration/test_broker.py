@@ -53,6 +53,7 @@ def test_broker_command_runs_in_foreground_and_stops_on_ctrl_c():
         first = proc.stdout.readline()
         assert f"127.0.0.1:{port}" in first, proc.stderr.read() if proc.poll() is not None else first
         assert f"RECSYS_BOOTSTRAP_SERVERS=127.0.0.1:{port}" in proc.stdout.readline()
+        assert "export RECSYS_PARTITIONS=1 " in proc.stdout.readline()    # none in the environment
         key = proc.stdout.readline()       # no key in the environment: one is made for this broker's roles
         assert re.search(r"export RECSYS_HMAC_KEY=[0-9a-f]{64}\b", key), key
         proc.send_signal(signal.SIGINT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -119,3 +121,32 @@ def test_compression_is_zstd_unless_set_and_reaches_every_producer(monkeypatch):
     monkeypatch.setenv("RECSYS_COMPRESSION", "brotli")
     with pytest.raises(ValidationError, match="compression"):
         Settings()
+
+
+def test_settings_given_to_a_child_read_back_equal(monkeypatch, tmp_path):
+    """Every field crosses the process boundary (secrets, the JSON of extras, flags, an unset field
+    stays unset), and a parent's stray RECSYS_* variable does not."""
+    from stream.config import child_environment
+
+    monkeypatch.setenv("RECSYS_ARMS", "a=50,b=50")          # the parent's, not in the settings given
+    given = Settings(bootstrap_servers="k1:9092", topic_prefix="shop1.", partitions=3, scoring_partitions=16,
+                     data_dir=tmp_path, hmac_key="k" * 32, sasl_password="pw", allow_unsigned=True,
+                     kafka_extra={"client.rack": "eu-1a"}, compression="lz4", log_level="WARNING", arms=None)
+    env = child_environment(given, RECSYS_STOP_GRACE_SECONDS="3")
+    assert "RECSYS_ARMS" not in env and env["RECSYS_STOP_GRACE_SECONDS"] == "3"
+    for key in [k for k in os.environ if k.startswith("RECSYS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("RECSYS_"):
+            monkeypatch.setenv(key, value)
+    assert Settings() == given.model_copy(update={"stop_grace_seconds": 3.0})
+
+
+def test_the_embedded_broker_gets_one_partition_per_topic_unless_one_was_set(monkeypatch):
+    from stream.kafka.broker import EMBEDDED_PARTITIONS, embedded_settings
+
+    assert embedded_settings(Settings(), "127.0.0.1:1").partitions == EMBEDDED_PARTITIONS == 1
+    assert embedded_settings(Settings(partitions=4), "127.0.0.1:1").partitions == 4
+    monkeypatch.setenv("RECSYS_PARTITIONS", "6")
+    live = embedded_settings(Settings(), "127.0.0.1:1")
+    assert (live.partitions, live.bootstrap_servers) == (6, "127.0.0.1:1")
