@@ -96,5 +96,4 @@ class VersionChain:
         if excess <= 0:
             return
         cut = max((i for i, h in enumerate(self.retained) if i <= excess and h.kind == "full"), default=0)
-        for _ in range(cut):
-            self.publisher.retire(self.retained.popleft())
+        self.publisher.retire(*(self.retained.popleft() for _ in range(cut)))

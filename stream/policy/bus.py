@@ -385,15 +385,18 @@ class PolicyPublisher:
                  len(chunks))
         return wire
 
-    def retire(self, header: schemas.PolicyHeader) -> None:
-        """Tombstone a version (header first, so no reader ever sees it half gone). Keys of both forms:
-        a version written before claims were keyed has none."""
-        for claim in (claim_of(header), ""):
-            self._send(record_key(self.name, header.version, HEADER_PART, claim), None)
-        for claim in (claim_of(header), ""):
-            for i in range(header.n_chunks):
-                self._send(record_key(self.name, header.version, f"c{i:05d}", claim), None)
-        self._flush(f"retiring {self.name} v{header.version}")
+    def retire(self, *headers: schemas.PolicyHeader) -> None:
+        """Tombstone versions, each header first (so no reader ever sees one half gone), in one flush: one
+        batch on the topic, not one per version (a broker that does not compact keeps every batch). Keys of
+        both forms: a version written before claims were keyed has none."""
+        for header in headers:
+            for claim in (claim_of(header), ""):
+                self._send(record_key(self.name, header.version, HEADER_PART, claim), None)
+            for claim in (claim_of(header), ""):
+                for i in range(header.n_chunks):
+                    self._send(record_key(self.name, header.version, f"c{i:05d}", claim), None)
+        if headers:
+            self._flush(f"retiring {self.name} v{headers[0].version}-v{headers[-1].version}")
 
     def close(self) -> None:
         try:

@@ -174,3 +174,22 @@ def test_policy_show_names_why_a_version_does_not_verify(small_messages, cli_env
         assert shown.returncode == 1, shown.stderr
         problem = json.loads(shown.stdout)["problem"]
         assert problem.startswith(f"{reason}:") and "not on the topic" not in problem, problem
+
+
+def test_retired_versions_vanish_for_readers_in_one_batch(settings, topics):
+    """Tombstones of several versions go out in one flush: a broker that keeps every batch (the embedded
+    one) gains one batch per retirement, not one per version; readers no longer assemble any of them."""
+    from stream.kafka.batch_census import BatchCensus
+    from stream.kafka.topics import topic_name
+
+    publisher = PolicyPublisher(settings, "learner")
+    headers = [publisher.publish(model(v), v, parent=v - 1 or None) for v in range(1, 6)]
+    topic = topic_name(settings, "policies")
+    host, port = settings.bootstrap_servers.rsplit(":", 1)
+    with BatchCensus(host, int(port)) as census:
+        census.update({topic: 1})
+        before = census.update({topic: 1})[topic].batches
+        publisher.retire(*headers[:4])
+        census.update({topic: 1})
+        assert census.update({topic: 1})[topic].batches == before + 1
+    assert [v.version for v in read_versions(settings)] == [5]
