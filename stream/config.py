@@ -54,7 +54,8 @@ class Settings(BaseSettings):
         "", description="RECSYS_TOPIC_PREFIX: prepended to every topic name (e.g. `shop1.`)."
     )
     partitions: int = Field(
-        4, ge=1, le=1024, description="RECSYS_PARTITIONS: partitions of the keyed event topics."
+        4, ge=1, le=1024, description="RECSYS_PARTITIONS: partitions of the keyed event topics (unset, a demo or "
+        "benchmark that starts the embedded broker uses 1: its cost follows the batches it holds)."
     )
     scoring_partitions: int | None = Field(
         None, ge=1, le=1024,
