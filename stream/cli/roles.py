@@ -106,7 +106,6 @@ def broker(port: int | None, host: str, metrics_port: int | None, warn_cores: fl
         fail(str(exc))
 
 
-
 def _watch_until_exit(embedded: EmbeddedBroker, watch: BrokerWatch, census_seconds: float) -> None:
     """Samples the broker every 5 s and counts its batches every ``census_seconds`` until it exits."""
     from confluent_kafka import KafkaException
@@ -130,7 +129,6 @@ def _watch_until_exit(embedded: EmbeddedBroker, watch: BrokerWatch, census_secon
                     log.warning("%s", warning)
                 next_sample += 5.0
             time.sleep(0.2)
-
 
 
 @click.command()
