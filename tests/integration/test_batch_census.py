@@ -3,7 +3,6 @@ offsets, a deleted topic forgotten; and `recsys-stream broker` exporting it."""
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import time
@@ -16,6 +15,7 @@ from stream.kafka.batch_census import BatchCensus
 from stream.kafka.broker import free_port
 from stream.kafka.clients import make_admin
 from tests.conftest import cli_command
+from tests.integration.test_broker import metrics_url
 
 
 def produce_batches(bootstrap: str, topic: str, batches: int, per_batch: int, partition: int = 0) -> None:
@@ -57,12 +57,7 @@ def test_broker_command_exports_the_batches_each_topic_holds(settings):
     proc = subprocess.Popen(cli_command("broker", "--port", str(port), "--metrics-port", "0", "--census-seconds", "0.5"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        while not any("/metrics" in line for line in lines):
-            line = proc.stderr.readline()
-            assert line, f"no metrics address before exit: {lines}"
-            lines.append(line)
-        url = re.search(r"http://\S+/metrics", "".join(lines)).group(0)
+        url = metrics_url(proc)
         local = settings.model_copy(update={"bootstrap_servers": f"127.0.0.1:{port}"})
         topic = create(local, "census", 1)
         produce_batches(local.bootstrap_servers, topic, 5, 3)

@@ -16,6 +16,16 @@ from stream.kafka.broker import BrokerError, EmbeddedBroker, free_port
 from tests.conftest import REPO, cli_command
 
 
+def metrics_url(proc: subprocess.Popen) -> str:
+    """The /metrics address `recsys-stream broker` prints on stderr once it serves it."""
+    lines = []
+    while not any("/metrics" in line for line in lines):
+        line = proc.stderr.readline()
+        assert line, f"no metrics address before exit: {lines}"
+        lines.append(line)
+    return re.search(r"http://\S+/metrics", "".join(lines)).group(0)
+
+
 def _env_without_broker() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
 
@@ -105,12 +115,7 @@ def test_broker_command_exports_its_memory_and_cpu_and_warns_past_a_level():
     proc = subprocess.Popen(cli_command("broker", "--port", str(port), "--metrics-port", "0", "--warn-mb", "1"),
                             env=_env_without_broker(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        while not any("/metrics" in line for line in lines):
-            line = proc.stderr.readline()
-            assert line, f"no metrics address before exit: {lines}"
-            lines.append(line)
-        url = re.search(r"http://\S+/metrics", "".join(lines)).group(0)
+        url = metrics_url(proc)
         warning = ""
         while "embedded broker holds" not in warning:
             warning = proc.stderr.readline()
