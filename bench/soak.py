@@ -119,6 +119,8 @@ class HeldCensus(threading.Thread):
         self.done = threading.Event()
         #: [seconds of traffic, {logical topic: [batches, records, MB]}]
         self.samples: list[list] = []
+        #: [seconds of traffic, offsets a census left unread]: above 0, that minute's counts are short.
+        self.unread: list[list] = []
         self.errors = 0
 
     def run(self) -> None:
@@ -131,6 +133,7 @@ class HeldCensus(threading.Thread):
                 except (OSError, CensusError, KafkaException):
                     self.errors += 1
                     continue
+                self.unread.append([round(time.monotonic() - t0, 1), census.unread])
                 self.samples.append([round(time.monotonic() - t0, 1), {
                     topic.removeprefix(prefix): [h.batches, h.records, round(h.bytes / 2**20, 2)]
                     for topic, h in sorted(held.items()) if topic.startswith(prefix) and h.batches}])
@@ -203,6 +206,7 @@ def measure(duration: float, rate: float, sample_every: float = 10.0, warmup: fl
         # What the broker holds, counted a minute behind: [seconds, {topic: [batches, records, MB]}].
         "held_by_minute": census[0].samples if census else [],
         "census_errors": census[0].errors if census else 0,
+        "census_unread_by_minute": census[0].unread if census else [],
         "seconds": round(time.monotonic() - started, 1),
     }, {"duration_s": duration, "rate_rps": rate, "sample_every_s": sample_every, "warmup_s": warmup,
         "late_warmup_s": late_warmup, "score_args": list(score_args), "allocator": allocator})

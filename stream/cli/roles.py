@@ -113,12 +113,13 @@ def _watch_until_exit(embedded: EmbeddedBroker, watch: BrokerWatch, census_secon
     from stream.kafka.batch_census import BatchCensus, CensusError
     from stream.ops.broker_watch import BROKER_CENSUS_ERRORS
 
-    with BatchCensus(embedded.host, embedded.port or 0) as census:
+    with BatchCensus(embedded.host, embedded.port or 0, budget_s=min(20.0, census_seconds / 2)) as census:
         next_sample = next_census = time.monotonic()
         while embedded.running():
             if time.monotonic() >= next_census:
                 try:
-                    watch.observe_census(census.update())
+                    held = census.update()
+                    watch.observe_census(held, census.unread)
                 except (OSError, CensusError, KafkaException) as exc:
                     BROKER_CENSUS_ERRORS.inc()
                     log.warning("counting the batches the broker holds failed (%s); trying again in %.0f s",

@@ -7,13 +7,16 @@ boundaries (librdkafka hands out records), so the census reads them with plain F
 (version 4: the oldest Kafka 4 still serves, and Tansu 0.6.0 answers it) and counts each batch
 once. Every partition keeps a cursor, and a census reads only what was written since the last
 one, up to the high watermark that census saw: Tansu gives a batch its offsets before it stores
-it, so the newest offsets may not be readable yet.
+it, so the newest offsets may not be readable yet. Tansu 0.6.0 spends one byte budget (5 MB) on
+a request's partitions in order and ignores each partition's own, so a partition with much to
+read is read on its own: one busy topic cannot starve the others of a whole census.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -118,11 +121,15 @@ def parse_fetch_response(frame: bytes, correlation: int) -> dict[tuple[str, int]
 
 
 class BatchCensus:
-    """Counts the batches each topic holds, a little more each ``update``; one broker, one connection."""
+    """Counts the batches each topic holds, a little more each ``update``; one broker, one connection.
 
-    def __init__(self, host: str, port: int, timeout: float = 5.0, max_rounds: int = 32) -> None:
-        self.address, self.timeout, self.max_rounds = (host, port), timeout, max_rounds
+    ``budget_s`` bounds one update's reading; what it leaves is read by the next, and ``unread``
+    says how many offsets that is (0: the census is whole up to the last one's end)."""
+
+    def __init__(self, host: str, port: int, timeout: float = 5.0, budget_s: float = 20.0) -> None:
+        self.address, self.timeout, self.budget_s = (host, port), timeout, budget_s
         self.held: dict[str, Held] = {}
+        self.unread = 0
         self._cursor: dict[tuple[str, int], int] = {}
         self._limit: dict[tuple[str, int], int] = {}
         self._sock: socket.socket | None = None
@@ -144,19 +151,21 @@ class BatchCensus:
             self.held.setdefault(tp[0], Held())
             self._cursor.setdefault(tp, 0)
             self._limit.setdefault(tp, 0)
-        seen: dict[tuple[str, int], int] = {}
-        for _ in range(self.max_rounds):
-            if not wanted:
-                break
-            answers, moved = self._fetch(wanted), False
-            for tp, answer in answers.items():
-                seen.setdefault(tp, answer.high_watermark)
-                if not answer.error:
-                    moved |= self._count(tp, answer.batches)
-            # An answer has a byte budget that the first partitions may spend: go on while any moved.
-            wanted = {tp for tp in wanted if self._cursor[tp] < self._limit[tp]} if moved else set()
-        for tp, high in seen.items():
-            self._limit[tp] = max(self._limit[tp], high)
+        deadline = time.monotonic() + self.budget_s
+        # One request learns every partition's end and reads what fits of what is due ...
+        answers = self._fetch(wanted) if wanted else {}
+        for tp, answer in answers.items():
+            if not answer.error:
+                self._count(tp, answer.batches)
+        # ... then each partition still due is read on its own until it is whole or time is up.
+        for tp in sorted(wanted):
+            while self._cursor[tp] < self._limit[tp] and time.monotonic() < deadline:
+                answer = self._fetch({tp}).get(tp)
+                if answer is None or answer.error or not self._count(tp, answer.batches):
+                    break
+        self.unread = sum(max(0, self._limit[tp] - self._cursor[tp]) for tp in wanted)
+        for tp, answer in answers.items():
+            self._limit[tp] = max(self._limit[tp], answer.high_watermark)
         return self.held
 
     def topics(self) -> dict[str, int]:
@@ -174,6 +183,8 @@ class BatchCensus:
             if batch.base_offset < self._cursor[tp]:
                 continue              # a real Kafka answers from the batch holding the offset
             if batch.base_offset >= self._limit[tp]:
+                if not moved:         # nothing is stored below the limit: offsets given out, never written
+                    self._cursor[tp], moved = self._limit[tp], True
                 break
             held.batches, held.records, held.bytes = held.batches + 1, held.records + batch.records, \
                 held.bytes + batch.size

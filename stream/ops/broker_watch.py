@@ -33,6 +33,9 @@ BROKER_BATCHES = Gauge("recsys_broker_held_batches",
 BROKER_RECORDS = Gauge("recsys_broker_held_records", "Records the embedded broker holds, by topic.", ["topic"])
 BROKER_BYTES = Gauge("recsys_broker_held_bytes", "Bytes of record batches the embedded broker holds, by topic.",
                      ["topic"])
+BROKER_CENSUS_UNREAD = Gauge("recsys_broker_census_unread_offsets",
+                              "Offsets the last batch census was due to read but left to the next (its time "
+                              "budget ran out); the held_* figures undercount while this is above 0.")
 BROKER_CENSUS_ERRORS = Counter("recsys_broker_census_errors_total",
                                "Batch censuses that failed (the broker did not answer, or answered what could "
                                "not be read); the held_* figures are then a census older.")
@@ -63,8 +66,9 @@ class BrokerWatch:
         self._warned: dict[str, float] = {}
         self._held: dict[str, Held] = {}
 
-    def observe_census(self, held: dict[str, Held]) -> None:
+    def observe_census(self, held: dict[str, Held], unread: int = 0) -> None:
         """Exports a census's totals and keeps them for the warnings' text."""
+        BROKER_CENSUS_UNREAD.set(unread)
         for topic in set(self._held) - set(held):
             for gauge in (BROKER_BATCHES, BROKER_RECORDS, BROKER_BYTES):
                 gauge.remove(topic)

@@ -68,7 +68,7 @@ def test_broker_command_exports_the_batches_each_topic_holds(settings):
             with urllib.request.urlopen(url, timeout=5) as resp:
                 text = resp.read().decode()
         assert f'recsys_broker_held_records{{topic="{topic}"}} 15.0' in text
-        assert "recsys_broker_census_errors_total 0.0" in text
+        assert "recsys_broker_census_errors_total 0.0" in text and "recsys_broker_census_unread_offsets 0.0" in text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
     finally:
