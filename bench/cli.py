@@ -188,18 +188,20 @@ def stream_command(requests: int, paced_seconds: float, json_path: Path | None) 
 @click.option("--candidates", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Keep-alive HTTP connections sharing the offered load (http only).")
+@click.option("--items", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="Catalogue size: the scorer embeds every item's text before it serves.")
 @click.option("--partitions", type=click.IntRange(1, 1024), default=None,
               help="Partitions of score-requests and score-responses (default: RECSYS_SCORING_PARTITIONS, "
                    "else RECSYS_PARTITIONS).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result here.")
-def scorer_command(transport: str, rate: float, seconds: float, candidates: int, clients: int,
+def scorer_command(transport: str, rate: float, seconds: float, candidates: int, clients: int, items: int,
                    partitions: int | None, json_path: Path | None) -> None:
     """`recsys-stream score` at a fixed offered load: requests/s answered and request -> response p50/p99."""
     from bench.scorer_transport import measure
 
     try:
-        out = measure(transport, rate, seconds, candidates, clients, progress=_say, partitions=partitions)
+        out = measure(transport, rate, seconds, candidates, clients, items, progress=_say, partitions=partitions)
     except (RuntimeError, TimeoutError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _write_json(out, json_path)

@@ -5,8 +5,9 @@
 
 The scorer is the production role, `recsys-stream score`, in its own process on the
 embedded broker, with a published policy version and a catalogue of simulated items
-embedded by the packaged MiniLM. The client offers requests at a constant rate (open
-loop: a slow answer does not slow the offered load) with 100 candidates and k = 10.
+embedded by the packaged MiniLM (``--items``, 1,000). The client offers requests at a
+constant rate (open loop: a slow answer does not slow the offered load) with
+``--candidates`` (100) and k = 10.
 Over Kafka, a request is timed from the moment it is handed to the producer to the
 moment its response is read from ``score-responses``; over HTTP, from the request
 write to the end of the response, on ``--clients`` keep-alive connections.
@@ -194,6 +195,8 @@ def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0
     """``partitions``: of the scoring topics (None: ``RECSYS_SCORING_PARTITIONS``, else ``RECSYS_PARTITIONS``)."""
     if transport not in ("http", "kafka"):
         raise ValueError(f"transport must be http or kafka, not {transport!r}")
+    if not 1 <= candidates <= items:
+        raise ValueError(f"candidates must be between 1 and the catalogue's {items} items, not {candidates}")
     say = progress or (lambda line: None)
     world = World(WorldConfig(seed=5, n_items=items))
     ids = [str(x) for x in world.catalog.item_ids]
@@ -235,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--seconds", type=float, default=20.0)
         parser.add_argument("--candidates", type=int, default=100)
         parser.add_argument("--clients", type=int, default=4)
+        parser.add_argument("--items", type=int, default=1000,
+                            help="catalogue size: the scorer embeds each item's text before it serves")
         parser.add_argument("--partitions", type=int, default=None,
                             help="partitions of score-requests and score-responses (default: the settings')")
 
     def run(args, say):
-        return measure(args.transport, args.rate, args.seconds, args.candidates, args.clients, progress=say,
-                       partitions=args.partitions)
+        return measure(args.transport, args.rate, args.seconds, args.candidates, args.clients, args.items,
+                       progress=say, partitions=args.partitions)
 
     def summary(out):
         m, p = out["metrics"], out["params"]

@@ -101,8 +101,10 @@ def test_scorer_latency_benchmark_prints_json():
 @pytest.mark.parametrize("transport", ["http", "kafka"])
 def test_scorer_transport_benchmark_writes_json(tmp_path, transport):
     out = tmp_path / "scorer.json"
+    # A small catalogue: the scorer embeds every item's text before it serves, and that is most of the run.
     done = subprocess.run([sys.executable, "-m", "stream", "bench", "scorer", "--transport", transport, "--rate", "40",
-                           "--seconds", "2", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--seconds", "2", "--items", "60", "--candidates", "20", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads(out.read_text())["metrics"]
     assert m["requests"] == 80 and m["answered"] == 80 and m["errors"] == 0
