@@ -262,3 +262,22 @@ def test_movielens_benchmark_says_what_is_wrong_with_the_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "stream", "bench", "movielens", "--data", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "ratings.csv not found" in done.stderr
+
+
+def test_broker_listing_benchmark_times_fetches_as_a_partition_fills():
+    done = subprocess.run([sys.executable, "-m", "bench.broker_listing", "--steps", "100,300", "--repeats", "5", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert out["name"] == "broker_listing" and out["params"]["steps"] == [100, 300]
+    rows = out["metrics"]["by_step"]
+    assert [r["batches_in_partition_0"] for r in rows] == [100, 300]
+    assert all(r["fetch_ms_partition_0_tail"] > 0 and r["fetch_ms_other_partition_tail"] > 0 for r in rows)
+    assert all(set(r["tail_answered_within_wait_ms"]) == {"10", "20", "50"} for r in rows)
+    assert math.isfinite(out["metrics"]["ms_per_1000_batches_same_partition"])
+
+
+def test_broker_listing_refuses_steps_that_do_not_rise():
+    done = subprocess.run([sys.executable, "-m", "bench.broker_listing", "--steps", "300,100"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--steps must be rising" in done.stderr
