@@ -152,7 +152,6 @@ class JoinWorker:
         consumer = make_consumer(self.settings, "process", self.group, **{
             "enable.auto.commit": False,
             "partition.assignment.strategy": "range",
-            "fetch.wait.max.ms": 50,
         })
         self.guard = GapGuard(consumer, "process")
         consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke,

@@ -38,7 +38,7 @@ class TopicFollower(threading.Thread):
         topic = topic_name(self.settings, self.logical)
         consumer = Consumer(consumer_config(self.settings, self.component,
                                             f"{self.component}-{self.logical}-{uuid.uuid4().hex}", **{
-            "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 50,
+            "enable.auto.commit": False, "enable.partition.eof": True,
             "auto.offset.reset": "earliest" if self.from_start else "latest"}))
         try:
             meta = consumer.list_topics(topic, timeout=30).topics[topic]

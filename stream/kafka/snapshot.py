@@ -27,7 +27,7 @@ def read_topic(settings: Settings, topic: str, role: str = "snapshot", timeout: 
     """
     conf = consumer_config(
         settings, role, f"{role}-{uuid.uuid4().hex}",
-        **{"enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 20},
+        **{"enable.auto.commit": False, "enable.partition.eof": True},
     )
     consumer = Consumer(conf)
     try:

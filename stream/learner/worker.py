@@ -304,7 +304,7 @@ class LearnerWorker:
         self.policies.start()       # a rollback published while the learner was down is adopted below
         self._start_chain()
         consumer = make_consumer(self.settings, "learner", learner_group(self.settings), **{
-            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "queued.max.messages.kbytes": PREFETCH_KBYTES})
         self.guard = GapGuard(consumer, "learner")
         consumer.subscribe([self.topic], on_assign=self._on_assign)

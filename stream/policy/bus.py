@@ -560,7 +560,7 @@ class PolicySubscriber:
     def _run(self) -> None:
         topic = topic_name(self.settings, "policies")
         consumer = Consumer(consumer_config(self.settings, self.component, f"policy-{self.component}-{uuid.uuid4().hex}", **{
-            "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 20,
+            "enable.auto.commit": False, "enable.partition.eof": True,
             "fetch.message.max.bytes": self.settings.max_message_bytes + CHUNK_HEADROOM,
         }))
         try:

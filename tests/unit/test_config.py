@@ -86,6 +86,8 @@ def test_producer_is_idempotent_and_consumer_stores_offsets_manually():
     c = consumer_config(s, "process", "g")
     assert c["enable.auto.offset.store"] is False
     assert c["session.timeout.ms"] <= 6000
+    # Long enough for the embedded broker to list a partition of tens of thousands of batches.
+    assert c["fetch.wait.max.ms"] >= 100
 
 
 def test_describe_lists_every_variable():
