@@ -98,6 +98,7 @@ def measure(steps: list[int], repeats: int = 200, progress=None) -> dict:
                              "tail_answered_within_wait_ms": within})
                 say(f"  tail of partition 0 {busy} ms, tail of partition 1 {other} ms, an empty partition {idle} ms; "
                     "tail answered within " + ", ".join(f"{w} ms: {share:.0%}" for w, share in within.items()))
+        del producer, admin         # closed while the broker still runs: no reconnect noise as it stops
     first, last = rows[0], rows[-1]
     span = (last["batches_in_partition_0"] - first["batches_in_partition_0"]) / 1000 or 1
     return result("broker_listing", {
