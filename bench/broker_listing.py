@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import statistics
-import struct
 import time
 
 from confluent_kafka import Producer
@@ -27,7 +26,7 @@ from confluent_kafka.admin import NewTopic
 from bench.machine import result
 from bench.runner import run_benchmark
 from stream.config import Settings
-from stream.kafka.batch_census import BatchCensus, fetch_request, parse_fetch_response
+from stream.kafka.batch_census import fetch
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.clients import make_admin
 
@@ -46,12 +45,8 @@ def _fill(producer: Producer, partition: int, batches: int) -> None:
 
 def _newest_batch(sock: socket.socket, partition: int) -> int:
     """The base offset of a partition's newest batch (a flush may carry more than one record)."""
-    sock.sendall(fetch_request(0, {TOPIC: {partition: (0, 1)}}, wait_ms=TIMED_WAIT_MS))
-    (length,) = struct.unpack(">i", BatchCensus._read(sock, 4))
-    high = parse_fetch_response(BatchCensus._read(sock, length), 0)[(TOPIC, partition)].high_watermark
-    sock.sendall(fetch_request(1, {TOPIC: {partition: (max(0, high - 64), 1 << 20)}}, wait_ms=TIMED_WAIT_MS))
-    (length,) = struct.unpack(">i", BatchCensus._read(sock, 4))
-    batches = parse_fetch_response(BatchCensus._read(sock, length), 1)[(TOPIC, partition)].batches
+    high = fetch(sock, 0, {TOPIC: {partition: (0, 1)}}, TIMED_WAIT_MS)[(TOPIC, partition)].high_watermark
+    batches = fetch(sock, 1, {TOPIC: {partition: (max(0, high - 64), 1 << 20)}}, TIMED_WAIT_MS)[(TOPIC, partition)].batches
     if not batches:
         raise RuntimeError(f"partition {partition} answered no batch below its end {high}")
     return batches[-1].base_offset
@@ -62,9 +57,7 @@ def _fetches(sock: socket.socket, partition: int, offset: int, repeats: int, wai
     took, answered = [], 0
     for i in range(repeats):
         started = time.perf_counter()
-        sock.sendall(fetch_request(i, {TOPIC: {partition: (offset, 1 << 20)}}, wait_ms=wait_ms))
-        (length,) = struct.unpack(">i", BatchCensus._read(sock, 4))
-        answer = parse_fetch_response(BatchCensus._read(sock, length), i)[(TOPIC, partition)]
+        answer = fetch(sock, i, {TOPIC: {partition: (offset, 1 << 20)}}, wait_ms)[(TOPIC, partition)]
         took.append(time.perf_counter() - started)
         answered += bool(answer.batches)
     return round(statistics.median(took) * 1000, 3), answered / repeats

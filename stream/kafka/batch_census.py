@@ -121,6 +121,28 @@ def parse_fetch_response(frame: bytes, correlation: int) -> dict[tuple[str, int]
         raise CensusError(f"malformed Fetch response: {exc}") from exc
 
 
+def fetch(sock: socket.socket, correlation: int, wanted: dict[str, dict[int, tuple[int, int]]],
+          wait_ms: int = FETCH_WAIT_MS) -> dict[tuple[str, int], PartitionAnswer]:
+    """One Fetch v4 round trip over ``sock``: ``{topic: {partition: (offset, max bytes)}}`` asked,
+    ``{(topic, partition): answer}`` read back."""
+    sock.sendall(fetch_request(correlation, wanted, wait_ms))
+    (length,) = struct.unpack(">i", _read_exactly(sock, 4))
+    return parse_fetch_response(_read_exactly(sock, length), correlation)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    if not 0 <= size <= 4 * MAX_BYTES:
+        raise CensusError(f"answer of {size} bytes")
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise CensusError("the broker closed the connection mid-answer")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 class BatchCensus:
     """Counts the batches each topic holds, a little more each ``update``; one broker, one connection.
 
@@ -200,10 +222,7 @@ class BatchCensus:
             by_topic.setdefault(topic, {})[p] = (cursor, PARTITION_MAX_BYTES if cursor < self._limit[(topic, p)] else 1)
         self._correlation = (self._correlation + 1) & 0x7FFFFFFF
         try:
-            sock = self._connect()
-            sock.sendall(fetch_request(self._correlation, by_topic))
-            (length,) = struct.unpack(">i", self._read(sock, 4))
-            return parse_fetch_response(self._read(sock, length), self._correlation)
+            return fetch(self._connect(), self._correlation, by_topic)
         except (OSError, CensusError):
             self.close()              # a fresh connection next time: no half-read answer left on it
             raise
@@ -212,19 +231,6 @@ class BatchCensus:
         if self._sock is None:
             self._sock = socket.create_connection(self.address, timeout=self.timeout)
         return self._sock
-
-    @staticmethod
-    def _read(sock: socket.socket, size: int) -> bytes:
-        if not 0 <= size <= 4 * MAX_BYTES:
-            raise CensusError(f"answer of {size} bytes")
-        chunks, left = [], size
-        while left:
-            chunk = sock.recv(min(left, 1 << 20))
-            if not chunk:
-                raise CensusError("the broker closed the connection mid-answer")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
 
     def __enter__(self) -> BatchCensus:
         return self

@@ -73,11 +73,11 @@ def producer_config(settings: Settings, role: str, **overrides: Any) -> dict[str
 
 #: How long a fetch may wait for data. Kafka answers as soon as there is data, so there this only
 #: spaces out idle polls. The embedded Tansu answers only what it has read when the wait runs out,
-#: and listing a partition's batches takes longer as they pile up (about 1 ms per 1,000 on this
-#: machine, several times that on a loaded one): with 20 ms the learner's and the census's fetches
-#: came back empty after ~30 minutes at the demo's load and the loop fell behind; with 100 ms the
-#: same soak kept click -> live p99 under 2.5 s and the broker at 0.42 cores instead of 0.60
-#: (docs/ARCHITECTURE.md, "Brokers"). Where data is waiting, a fetch returns at once either way.
+#: and listing a partition's batches takes longer as they pile up (1.3 ms per 1,000 on this
+#: machine by `python -m bench.broker_listing`, several times that on a loaded one): with 20 ms
+#: the learner's and the census's fetches came back empty after ~30 minutes at the demo's load
+#: and the loop fell behind; with 100 ms the same soak kept click -> live p99 under 2.5 s and
+#: the broker at 0.42 cores instead of 0.60 (docs/ARCHITECTURE.md, "Brokers"). Where data is waiting, a fetch returns at once either way.
 FETCH_WAIT_MS = 100
 
 
