@@ -198,17 +198,14 @@ def stream_command(requests: int, paced_seconds: float, json_path: Path | None) 
 def scorer_command(transport: str, rate: float, seconds: float, candidates: int, clients: int, items: int,
                    partitions: int | None, json_path: Path | None) -> None:
     """`recsys-stream score` at a fixed offered load: requests/s answered and request -> response p50/p99."""
-    from bench.scorer_transport import measure
+    from bench.scorer_transport import measure, summary
 
     try:
         out = measure(transport, rate, seconds, candidates, clients, items, progress=_say, partitions=partitions)
     except (RuntimeError, TimeoutError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _write_json(out, json_path)
-    m = out["metrics"]
-    click.echo(f"{transport}: offered {rate:g}/s, answered {m['answered_requests_per_s']}/s "
-               f"({m['answered']}/{m['requests']}, {m['errors']} errors); request -> response "
-               f"p50 {m['request_to_response_p50_ms']} ms, p99 {m['request_to_response_p99_ms']} ms")
+    click.echo(summary(out))
 
 
 #: What `bench all` runs: name -> (module, keyword arguments of its measure()), full and quick.

@@ -195,8 +195,17 @@ def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0
     """``partitions``: of the scoring topics (None: ``RECSYS_SCORING_PARTITIONS``, else ``RECSYS_PARTITIONS``)."""
     if transport not in ("http", "kafka"):
         raise ValueError(f"transport must be http or kafka, not {transport!r}")
-    if not 1 <= candidates <= items:
-        raise ValueError(f"candidates must be between 1 and the catalogue's {items} items, not {candidates}")
+    if rate < 1 or seconds < 1:
+        raise ValueError(f"rate and seconds must be at least 1, not {rate:g}/s for {seconds:g}s")
+    if not 1 <= items <= 100_000:
+        raise ValueError(f"items must be between 1 and 100,000, not {items}")
+    if not 1 <= candidates <= min(items, 1000):
+        raise ValueError(f"candidates must be between 1 and {min(items, 1000)} (at most 1,000 and the "
+                         f"catalogue's {items} items), not {candidates}")
+    if not 1 <= clients <= 64:
+        raise ValueError(f"clients must be between 1 and 64, not {clients}")
+    if partitions is not None and not 1 <= partitions <= 1024:
+        raise ValueError(f"partitions must be between 1 and 1024, not {partitions}")
     say = progress or (lambda line: None)
     world = World(WorldConfig(seed=5, n_items=items))
     ids = [str(x) for x in world.catalog.item_ids]
@@ -231,7 +240,16 @@ def measure(transport: str = "kafka", rate: float = 500.0, seconds: float = 20.0
         "scorer": "recsys-stream score (own process)", "broker": "embedded Tansu", "partitions": partitions_of(settings, "score-requests")})
 
 
+def summary(out: dict) -> str:
+    m, p = out["metrics"], out["params"]
+    return (f"{p['transport']}: offered {m['offered_requests_per_s']:g}/s, answered {m['answered_requests_per_s']}/s "
+            f"({m['answered']}/{m['requests']}, {m['errors']} errors); request -> response p50 "
+            f"{m['request_to_response_p50_ms']} ms, p99 {m['request_to_response_p99_ms']} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The argparse entry; `recsys-stream bench scorer` is the same measure() and summary() behind click."""
+
     def configure(parser):
         parser.add_argument("--transport", choices=["http", "kafka"], default="kafka")
         parser.add_argument("--rate", type=float, default=500.0)
@@ -244,14 +262,11 @@ def main(argv: list[str] | None = None) -> int:
                             help="partitions of score-requests and score-responses (default: the settings')")
 
     def run(args, say):
-        return measure(args.transport, args.rate, args.seconds, args.candidates, args.clients, args.items,
-                       progress=say, partitions=args.partitions)
-
-    def summary(out):
-        m, p = out["metrics"], out["params"]
-        return (f"{p['transport']}: offered {m['offered_requests_per_s']:g}/s, answered {m['answered_requests_per_s']}/s "
-                f"({m['answered']}/{m['requests']}, {m['errors']} errors); request -> response p50 "
-                f"{m['request_to_response_p50_ms']} ms, p99 {m['request_to_response_p99_ms']} ms")
+        try:
+            return measure(args.transport, args.rate, args.seconds, args.candidates, args.clients, args.items,
+                           progress=say, partitions=args.partitions)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
 
     return run_benchmark(__doc__, configure, run, summary, argv)
 

@@ -141,3 +141,15 @@ def test_the_soaks_robust_error_covers_a_flat_role_that_swings_for_minutes():
     assert white["se_hac"] == pytest.approx(white["se"], rel=0.35)
     rising = slope(list(times), list((500 + times / 60 * 0.5 + noise) * 2**20))
     assert rising["mb_per_min"] > 4 * rising["se_hac"]
+
+
+def test_scorer_benchmark_refuses_bad_arguments_before_it_starts_anything():
+    """Both entries (argparse and `recsys-stream bench scorer`) rely on measure() to check them."""
+    from bench.scorer_transport import measure
+
+    for kwargs, field in (({"transport": "grpc"}, "transport"), ({"rate": 0.5}, "rate"), ({"seconds": 0}, "seconds"),
+                          ({"items": 0}, "items"), ({"items": 20, "candidates": 50}, "candidates"),
+                          ({"candidates": 1001, "items": 2000}, "candidates"), ({"clients": 65}, "clients"),
+                          ({"partitions": 0}, "partitions")):
+        with pytest.raises(ValueError, match=field):
+            measure(**kwargs)
