@@ -55,8 +55,8 @@ def bench() -> None:
 @click.option("--policies", default=None, help="Comma-separated subset (the oracle always runs): random, "
               "popularity, vw_squarecb, vw_epsilon, ours, ours_no_meta, ours_no_anti_forgetting; also ours_online_only "
               "(no replay, no EWC, no distillation), ours_retained (retained user towers mixed per user at serve "
-              "time) and ours_no_item_evidence (served without the items' recent residuals, the scorer's "
-              "--no-item-evidence).")
+              "time), ours_no_item_evidence (served without the items' recent residuals, the scorer's "
+              "--no-item-evidence) and ours_changepoint (each user served from where their current tastes began).")
 @click.option("--merge", "merge", default=None, help="Comma-separated JSON reports of runs on disjoint seeds (e.g. "
               "run in parallel): merge them into one instead of running.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
@@ -94,7 +94,8 @@ def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, 
               help="Equal-count periods the stream is cut into (the first only trains).")
 @click.option("--policies", default=None, help="Comma-separated subset: ours, ours_no_meta, ours_no_anti_forgetting, "
               "ours_no_item_evidence, fine_tune, full_retrain, full_retrain_adapted, vw, river_fm, lenskit_mf, "
-              "lenskit_mf_fold_in, sasrec, popularity [default: all]. Baselines run with the settings "
+              "lenskit_mf_fold_in, sasrec, popularity [default: all]; also ours_changepoint (each user served "
+              "from where their current tastes began). Baselines run with the settings "
               "`python -m bench.tune_movielens` chose on the first half.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of model initialisation and sampling.")
 @click.option("--limit", type=click.IntRange(500), default=None, help="Use only the first N ratings (a quick look).")

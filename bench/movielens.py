@@ -27,7 +27,9 @@ is scored from its words. The rows:
   by its residuals so far against the served version (``models/item_evidence.py``, the scorer's item
   evidence, which also follows outcomes as they come).
 - ``ours_no_meta``, ``ours_no_anti_forgetting``: the agent's ablations; ``ours_no_item_evidence``: ours
-  served without the item evidence (the scorer's ``--no-item-evidence``).
+  served without the item evidence (the scorer's ``--no-item-evidence``); ``ours_changepoint`` (not run by
+  default): ours with each user's posterior taken from where their current tastes began
+  (``models/changepoint.py``).
 - ``fine_tune``: the same model trained on each period alone (no replay, no meta, no
   regularisers): plain incremental fine-tuning.
 - ``full_retrain``: a new model each period, trained from scratch on all ratings so far
@@ -63,7 +65,7 @@ from bench.machine import result
 from bench.reservoir import Reservoir
 from bench.sequence_baseline import SelfAttentive
 from bench.served import ServedVersions
-from models.agent import OURS, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
+from models.agent import OURS, OURS_CHANGEPOINT, OURS_NO_ANTI_FORGETTING, OURS_NO_META, Agent, AgentConfig, Variant
 from models.batch import Batch, TaskBatch, hash_ids
 from models.item_evidence import ItemEvidence
 from models.loop import ContinualLoop, LoopConfig
@@ -73,6 +75,8 @@ from models.serving import Recent
 
 POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune", "full_retrain",
             "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "sasrec", "popularity")
+#: Also run by name (``--policies``), not by default.
+OPTIONAL_POLICIES = ("ours_changepoint",)
 #: Baselines whose hyper-parameters ``bench.tune_movielens`` searches, by the constructor that takes them.
 _TUNABLE_CONSTRUCTORS = {"vw": VowpalPolicy, "river_fm": RiverFM, "lenskit_mf": LensKitMF,
                          "lenskit_mf_fold_in": LensKitMF, "sasrec": SelfAttentive}
@@ -351,7 +355,7 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int, settings:
     if settings:
         check_settings(name, settings)
     variants = {"ours": OURS, "ours_no_meta": OURS_NO_META, "ours_no_anti_forgetting": OURS_NO_ANTI_FORGETTING,
-                "ours_no_item_evidence": OURS,
+                "ours_no_item_evidence": OURS, "ours_changepoint": OURS_CHANGEPOINT,
                 "fine_tune": Variant("fine_tune", meta=False, anti_forgetting=False, replay=False)}
     if name in variants:
         evidence = None if name == "ours_no_item_evidence" else ItemEvidence()
@@ -368,7 +372,7 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int, settings:
         return SelfAttentive(data, text, seed, **settings)
     if name == "popularity":
         return PopularityPolicy(data)
-    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES + OPTIONAL_POLICIES)}")
 
 
 # -- the protocol --------------------------------------------------------------------------------
@@ -472,9 +476,9 @@ def summarise(run: dict[str, Any]) -> dict[str, float]:
 def run_movielens(data_dir: Path, periods: int = 8, policies: tuple[str, ...] = POLICIES, seed: int = 1,
                   limit: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     say = progress or (lambda line: None)
-    unknown = set(policies) - set(POLICIES)
+    unknown = set(policies) - set(POLICIES + OPTIONAL_POLICIES)
     if unknown:
-        raise ValueError(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policies {sorted(unknown)}; choose from {', '.join(POLICIES + OPTIONAL_POLICIES)}")
     history = AgentConfig().history
     data = load(data_dir, history, limit)
     say(f"{len(data):,} ratings by {len(data.user_ids):,} users of {len(data.item_ids):,} movies, "

@@ -44,7 +44,7 @@ from models.agent import VARIANTS, AgentConfig
 POLICIES = ("random", "popularity", "vw_squarecb", "vw_epsilon", "ours", "ours_no_meta", "ours_no_anti_forgetting",
             "oracle")
 #: Also playable by name (``--policies``), not run by default.
-OPTIONAL_POLICIES = ("ours_online_only", "ours_retained", "ours_no_item_evidence")
+OPTIONAL_POLICIES = ("ours_online_only", "ours_retained", "ours_no_item_evidence", "ours_changepoint")
 PHASES = ("before", "drift", "after")
 COLD_START = (5, 10, 20)
 
@@ -220,7 +220,8 @@ def quality_report(per_seed: dict[str, list[dict[str, float]]], curves: dict[str
 #: Pairs whose difference the acceptance criteria read (first minus second), and the metrics compared.
 PAIRS = (("ours", "vw_squarecb"), ("ours", "ours_no_meta"), ("ours", "ours_no_anti_forgetting"),
          ("ours", "ours_online_only"), ("ours_no_meta", "vw_squarecb"), ("ours_retained", "ours"),
-         ("ours_retained", "ours_online_only"), ("ours", "ours_no_item_evidence"))
+         ("ours_retained", "ours_online_only"), ("ours", "ours_no_item_evidence"), ("ours_changepoint", "ours"),
+         ("ours_changepoint", "ours_online_only"), ("ours_changepoint", "vw_squarecb"))
 PAIRED_METRICS = ("cumulative_reward", "cold_start_reward_first_5", "cold_start_reward_first_10",
                   "returning_segment_relative", "returning_segment_share_of_oracle_after")
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from models.batch import Batch, TaskBatch
+from models.changepoint import TUNED_HAZARD
 from models.exploration import Exploration
 from models.gate import GateConfig, Verdict, judge
 from models.learner import Learner, LearnerConfig
@@ -70,7 +71,9 @@ class AgentConfig:
 class Variant:
     """An ablation of the agent: the benchmarks' ``ours_no_meta``, ``ours_no_anti_forgetting`` (no EWC or
     distillation; replay stays) and ``ours_online_only`` (fresh data alone: no replay either); or an
-    extension: ``ours_retained`` (retained user towers mixed per user at serve time, ``models/retained.py``)."""
+    extension: ``ours_retained`` (retained user towers mixed per user at serve time, ``models/retained.py``),
+    ``ours_changepoint`` (the serving posterior weighs where each user's current tastes began,
+    ``models/changepoint.py``)."""
 
     name: str = "ours"
     meta: bool = True
@@ -78,6 +81,8 @@ class Variant:
     replay: bool = True
     #: Retained user towers (``PolicyConfig.experts``); 0 keeps the model config's.
     experts: int = 0
+    #: ``PolicyConfig.change_hazard`` (the serving posterior's changepoint detector); None keeps the model config's.
+    change_hazard: float | None = None
 
     def apply(self, config: AgentConfig) -> AgentConfig:
         learner = config.learner
@@ -93,7 +98,9 @@ OURS_NO_META = Variant("ours_no_meta", meta=False)
 OURS_NO_ANTI_FORGETTING = Variant("ours_no_anti_forgetting", anti_forgetting=False)
 OURS_ONLINE_ONLY = Variant("ours_online_only", anti_forgetting=False, replay=False)
 OURS_RETAINED = Variant("ours_retained", experts=4)
-VARIANTS = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING, OURS_ONLINE_ONLY, OURS_RETAINED)}
+OURS_CHANGEPOINT = Variant("ours_changepoint", change_hazard=TUNED_HAZARD)
+VARIANTS = {v.name: v for v in (OURS, OURS_NO_META, OURS_NO_ANTI_FORGETTING, OURS_ONLINE_ONLY, OURS_RETAINED,
+                                OURS_CHANGEPOINT)}
 
 
 class Agent:
@@ -104,6 +111,8 @@ class Agent:
         self.config = cfg = variant.apply(config or AgentConfig())
         model_config = model_config or PolicyConfig()
         model_config = replace(model_config, exploration=cfg.exploration, experts=variant.experts or model_config.experts)
+        if variant.change_hazard is not None:
+            model_config = replace(model_config, change_hazard=variant.change_hazard)
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)

@@ -49,6 +49,9 @@ class PolicyConfig:
     #: whole move (reward on the tuning streams wanted it); pooled AUC on MovieLens's first half wanted the
     #: estimate held back (0 gave new users 0.6165, 5 0.6501, 10 0.6578, 20 0.6596; BENCHMARKS.md).
     estimate_pseudo_count: float = 10.0
+    #: Chance per outcome that a user's tastes change (``models/changepoint.py``): the serving posterior then
+    #: weighs where in the user's recent outcomes their current regime began (0: every recent outcome counts).
+    change_hazard: float = 0.0
     #: Retained copies of the user tower a learned gate mixes per user at serve time (``models/retained.py``):
     #: a memory of past tastes the serving path uses (0: none).
     experts: int = 0
@@ -59,7 +62,7 @@ class PolicyConfig:
         if isinstance(self.exploration, dict):     # from JSON (a version header, a checkpoint)
             object.__setattr__(self, "exploration", Exploration.from_dict(self.exploration))
         if (self.user_features < 0 or self.fast_dim < 1 or self.prior_scale <= 0 or self.noise <= 0
-                or not self.estimate_pseudo_count >= 0 or self.experts < 0):
+                or not self.estimate_pseudo_count >= 0 or self.experts < 0 or not 0 <= self.change_hazard < 1):
             raise ValueError(f"invalid policy config {self}")
 
     def to_dict(self) -> dict:

@@ -100,8 +100,8 @@ class ServingPolicy:
         base = vectors @ user + bias
         if recent is None:
             return feats, base, self.adapter.prior_mean, self.adapter.prior_tril
-        mean, scale = self.adapter.posterior(user, recent.vectors, recent.bias, recent.positions, recent.rewards,
-                                             with_scale)
+        mean, scale = self.adapter.current(user, recent.vectors, recent.bias, recent.positions, recent.rewards,
+                                           with_scale)
         return feats, base, mean, scale
 
     def estimates(self, user: np.ndarray, vectors: np.ndarray, bias: np.ndarray, recent: Recent | None) -> np.ndarray:
