@@ -94,8 +94,9 @@ def quality_command(json_path: Path | None, plot_path: Path | None, seeds: str, 
               help="Equal-count periods the stream is cut into (the first only trains).")
 @click.option("--policies", default=None, help="Comma-separated subset: ours, ours_no_meta, ours_no_anti_forgetting, "
               "ours_no_item_evidence, fine_tune, full_retrain, full_retrain_adapted, vw, river_fm, lenskit_mf, "
-              "lenskit_mf_fold_in, sasrec, popularity [default: all]; also ours_changepoint (each user served "
-              "from where their current tastes began). Baselines run with the settings "
+              "lenskit_mf_fold_in, sasrec, popularity [default: all]; also ours_changepoint and "
+              "full_retrain_adapted_changepoint (each user served from where their current tastes began). "
+              "Baselines run with the settings "
               "`python -m bench.tune_movielens` chose on the first half.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of model initialisation and sampling.")
 @click.option("--limit", type=click.IntRange(500), default=None, help="Use only the first N ratings (a quick look).")

@@ -29,7 +29,7 @@ is scored from its words. The rows:
 - ``ours_no_meta``, ``ours_no_anti_forgetting``: the agent's ablations; ``ours_no_item_evidence``: ours
   served without the item evidence (the scorer's ``--no-item-evidence``); ``ours_changepoint`` (not run by
   default): ours with each user's posterior taken from where their current tastes began
-  (``models/changepoint.py``).
+  (``models/changepoint.py``); ``full_retrain_adapted_changepoint`` the same for that row.
 - ``fine_tune``: the same model trained on each period alone (no replay, no meta, no
   regularisers): plain incremental fine-tuning.
 - ``full_retrain``: a new model each period, trained from scratch on all ratings so far
@@ -76,7 +76,7 @@ from models.serving import Recent
 POLICIES = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_no_item_evidence", "fine_tune", "full_retrain",
             "full_retrain_adapted", "vw", "river_fm", "lenskit_mf", "lenskit_mf_fold_in", "sasrec", "popularity")
 #: Also run by name (``--policies``), not by default.
-OPTIONAL_POLICIES = ("ours_changepoint",)
+OPTIONAL_POLICIES = ("ours_changepoint", "full_retrain_adapted_changepoint")
 #: Baselines whose hyper-parameters ``bench.tune_movielens`` searches, by the constructor that takes them.
 _TUNABLE_CONSTRUCTORS = {"vw": VowpalPolicy, "river_fm": RiverFM, "lenskit_mf": LensKitMF,
                          "lenskit_mf_fold_in": LensKitMF, "sasrec": SelfAttentive}
@@ -291,9 +291,9 @@ class FullRetrain:
     served adapted to each user's last ratings as ``ours`` is: what incremental training adds beyond that."""
 
     def __init__(self, data: Ratings, text: np.ndarray, seed: int, adapted: bool = False, epochs: int = 2,
-                 batch_size: int = 256) -> None:
-        self.name = "full_retrain_adapted" if adapted else "full_retrain"
-        self.variant = Variant(self.name, meta=adapted, anti_forgetting=False, replay=False)
+                 batch_size: int = 256, change_hazard: float | None = None) -> None:
+        self.name = ("full_retrain_adapted" if adapted else "full_retrain") + ("_changepoint" if change_hazard else "")
+        self.variant = Variant(self.name, meta=adapted, anti_forgetting=False, replay=False, change_hazard=change_hazard)
         self.data, self.text, self.seed, self.epochs = data, text, seed, epochs
         self.config = AgentConfig(update_size=batch_size, max_turn=8 * batch_size, publish_every_updates=2**31)
         self.trained: list[np.ndarray] = []
@@ -362,6 +362,8 @@ def make_policy(name: str, data: Ratings, text: np.ndarray, seed: int, settings:
         return OursPolicy(name, data, text, variants[name], seed, evidence=evidence)
     if name in ("full_retrain", "full_retrain_adapted"):
         return FullRetrain(data, text, seed, adapted=name == "full_retrain_adapted")
+    if name == "full_retrain_adapted_changepoint":
+        return FullRetrain(data, text, seed, adapted=True, change_hazard=OURS_CHANGEPOINT.change_hazard)
     if name == "vw":
         return VowpalPolicy(data, text, seed, **settings)
     if name == "river_fm":

@@ -45,8 +45,10 @@ def _quantiles(ms: list[float]) -> dict[str, float]:
             "max_ms": round(float(a.max()), 3)}
 
 
-def measure(calls: int = 2000, items: int = 1000, progress=None) -> dict:
+def measure(calls: int = 2000, items: int = 1000, progress=None, change_hazard: float = 0.0) -> dict:
+    """``change_hazard``: the published version's ``PolicyConfig.change_hazard`` (the changepoint detector)."""
     say = progress or (lambda line: None)
+    policy_config = PolicyConfig(change_hazard=change_hazard)
     torch.manual_seed(0)
     world = World(WorldConfig(seed=5, n_items=items))
     ids = [str(x) for x in world.catalog.item_ids]
@@ -62,7 +64,7 @@ def measure(calls: int = 2000, items: int = 1000, progress=None) -> dict:
         service = ScorerService(settings, TextEncoder(), kafka_requests=False).start()
         scorer = service.scorer
         try:
-            PolicyPublisher(settings, "bench").publish(TwoTowerPolicy(PolicyConfig()), 1)
+            PolicyPublisher(settings, "bench").publish(TwoTowerPolicy(policy_config), 1)
             deadline = time.monotonic() + 60
             while scorer.version < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -110,6 +112,7 @@ def measure(calls: int = 2000, items: int = 1000, progress=None) -> dict:
             service.close()
     return result("scorer_latency", metrics, {"calls": calls, "catalogue_items": items, "slate_size": 10,
                                               "recent_experiences_per_user": 20, "policy": "default PolicyConfig",
+                                              "change_hazard": change_hazard,
                                               "torch_threads": torch.get_num_threads()})
 
 
@@ -162,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     def configure(parser):
         parser.add_argument("--calls", type=int, default=2000)
         parser.add_argument("--items", type=int, default=1000)
+        parser.add_argument("--change-hazard", type=float, default=0.0,
+                            help="serve a version with this changepoint hazard (models/changepoint.py; 0: off)")
 
     def run(args, say):
-        return measure(args.calls, args.items, say)
+        return measure(args.calls, args.items, say, args.change_hazard)
 
     def summary(out):
         m = out["metrics"]

@@ -27,7 +27,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 #: The agent variants (``models.agent.VARIANTS``) that ``learn --variant`` and ``demo --arms`` take, written out:
 #: importing the agent would make ``--help`` slow (tests/unit/test_cli_reference.py keeps them the agent's).
-VARIANTS = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_online_only", "ours_retained")
+VARIANTS = ("ours", "ours_no_meta", "ours_no_anti_forgetting", "ours_online_only", "ours_retained",
+            "ours_changepoint")
 
 
 def load_settings() -> Settings:

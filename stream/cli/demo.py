@@ -37,7 +37,7 @@ from stream.ops.allocator import CHOICES as ALLOCATORS
               help="Compare two agent variants online, e.g. ours,ours_online_only: each serves half the users and "
               "learns from its own traffic with its own learner; prints both arms' reward over time and the verdict "
               "of `evaluate --arms` at the end (variants: ours, ours_no_meta, ours_no_anti_forgetting, "
-              "ours_online_only, ours_retained).")
+              "ours_online_only, ours_retained, ours_changepoint).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def demo(duration: float, n_requests: int | None, rate: float, plot_path: Path, log_dir: Path | None,
          walkthrough: bool, with_prometheus: bool, prometheus_port: int, allocator: str, arms: str | None,

@@ -237,7 +237,8 @@ def process(click_window: float, purchase_window: float, grace: float, dedupe_ho
 @click.option("--variant", type=click.Choice(VARIANTS), default="ours", show_default=True,
               help="What the learner keeps of the agent (the benchmarks' rows): ours_online_only trains on fresh "
               "experiences alone (no replay, EWC or distillation), ours_no_meta serves without the meta-learned "
-              "prior, ... A checkpoint remembers the model, not the variant.")
+              "prior, ours_changepoint serves each user from where their current tastes began, ... A checkpoint "
+              "remembers the model, not the variant.")
 @click.option("--name", default=None, callback=lambda ctx, param, value: _policy_name(value),
               help="Policy name to train and publish (default RECSYS_POLICY_NAME). In an online experiment "
               "(`score --arms`) the learner of an arm trains only on that arm's experiences, with its own "
