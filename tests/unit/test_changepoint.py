@@ -123,3 +123,17 @@ def test_the_mixture_is_the_brute_force_one_over_every_boundary():
     np.testing.assert_allclose(regime.mean, mean, atol=1e-10)
     np.testing.assert_allclose(regime.scale @ regime.scale.T, mixed, atol=1e-10)
     assert regime.outcomes == pytest.approx(weights @ (s - np.arange(s + 1)))
+
+
+def test_the_variant_sets_the_hazard_and_a_published_version_carries_it_to_the_scorer():
+    from models.agent import OURS, OURS_CHANGEPOINT, Agent
+    from models.changepoint import TUNED_HAZARD
+    from models.serialization import pack, unpack
+    from models.serving import ServingPolicy
+
+    config = PolicyConfig(user_features=4, text_dim=8, dim=8, item_buckets=64, user_buckets=64)
+    assert Agent(config, variant=OURS, seed=0).model.config.change_hazard == 0.0
+    model = Agent(config, variant=OURS_CHANGEPOINT, seed=0).model
+    header, blob = pack(model, "default", 1, parent=None, metrics={}, key=b"k")
+    served = ServingPolicy(unpack(header, blob, b"k"))
+    assert served.config.change_hazard == TUNED_HAZARD and served.adapter.change_hazard == TUNED_HAZARD
