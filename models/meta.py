@@ -136,6 +136,12 @@ class ServeAdapter:
         view = item_vectors @ self.proj.T
         return np.concatenate([view, np.ones((len(view), 1), dtype=view.dtype)], axis=1)
 
+    def _evidence(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray, positions: np.ndarray,
+                  rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The outcomes' fast features and their rewards minus the score without fast weights."""
+        feats = self.fast_features(item_vectors.astype(np.float64))
+        return feats, rewards - (item_vectors @ user + item_bias + self.position_bias[positions])
+
     def posterior(self, user: np.ndarray, item_vectors: np.ndarray, item_bias: np.ndarray,
                   positions: np.ndarray, rewards: np.ndarray, with_scale: bool = True,
                   ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -143,8 +149,7 @@ class ServeAdapter:
         only Thompson sampling needs it)."""
         if len(rewards) == 0:
             return self.prior_mean, self.prior_tril
-        feats = self.fast_features(item_vectors.astype(np.float64))
-        residual = rewards - (item_vectors @ user + item_bias + self.position_bias[positions])
+        feats, residual = self._evidence(user, item_vectors, item_bias, positions, rewards)
         precision = self.prior_precision + feats.T @ feats / self.noise_var
         precision = 0.5 * (precision + precision.T)
         target = self.prior_term + feats.T @ residual / self.noise_var
@@ -167,8 +172,7 @@ class ServeAdapter:
         cost pooled AUC on MovieLens's first half (0.7387 against 0.7405 at hazard 0.05, seed 1)."""
         if self.change_hazard <= 0 or len(rewards) == 0:
             return self.posterior(user, item_vectors, item_bias, positions, rewards, with_scale)
-        feats = self.fast_features(item_vectors.astype(np.float64))
-        residual = rewards - (item_vectors @ user + item_bias + self.position_bias[positions])
+        feats, residual = self._evidence(user, item_vectors, item_bias, positions, rewards)
         regime = regime_posterior(feats, residual, self.prior_mean, self.prior_tril, self.noise_var,
                                   self.change_hazard, with_scale)
         return regime.mean, regime.scale

@@ -25,7 +25,7 @@ FETCH, FETCH_VERSION = 1, 4
 #: Tansu drops what a fetch has not read by the end of its wait: a partition whose batches take longer to
 #: list than the wait is answered with nothing (3,000 batches: nothing at 1 ms, 1,398 of 3,000 at 20 ms, all at
 #: 100 ms; tried on 0.6.0). A wait ends early once data is found, and the census is not latency-bound.
-FETCH_WAIT_MS = 500
+CENSUS_WAIT_MS = 500
 MAX_BYTES = 8 << 20
 PARTITION_MAX_BYTES = 1 << 20
 #: The header fields before ``lastOffsetDelta`` in a v2 record batch, after ``baseOffset`` and ``batchLength``.
@@ -78,7 +78,7 @@ def _string(text: str) -> bytes:
 
 
 def fetch_request(correlation: int, wanted: dict[str, dict[int, tuple[int, int]]],
-                  wait_ms: int = FETCH_WAIT_MS) -> bytes:
+                  wait_ms: int = CENSUS_WAIT_MS) -> bytes:
     """A framed Fetch v4 request for ``{topic: {partition: (offset, max bytes)}}``."""
     body = [struct.pack(">iiiibi", -1, wait_ms, 1, MAX_BYTES, 0, len(wanted))]
     for topic, partitions in wanted.items():
@@ -122,7 +122,7 @@ def parse_fetch_response(frame: bytes, correlation: int) -> dict[tuple[str, int]
 
 
 def fetch(sock: socket.socket, correlation: int, wanted: dict[str, dict[int, tuple[int, int]]],
-          wait_ms: int = FETCH_WAIT_MS) -> dict[tuple[str, int], PartitionAnswer]:
+          wait_ms: int = CENSUS_WAIT_MS) -> dict[tuple[str, int], PartitionAnswer]:
     """One Fetch v4 round trip over ``sock``: ``{topic: {partition: (offset, max bytes)}}`` asked,
     ``{(topic, partition): answer}`` read back."""
     sock.sendall(fetch_request(correlation, wanted, wait_ms))
